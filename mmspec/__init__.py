@@ -1,0 +1,16 @@
+"""mmspec: one draft/refine engine for speculative decoding of text, image-token and speech-codec models.
+
+The core (this package) knows frames ``[B, T, K]`` only; ``mmspec.text``, ``mmspec.image`` and
+``mmspec.speech`` hold the adapters.
+"""
+from . import accept
+from .drafters import JacobiDrafter, LookaheadDrafter, ModelDrafter, PromptLookupDrafter
+from .loop import autoregressive, decode, generate
+from .sampling import Sampler
+from .types import PAD, Draft, Generation, Sampling, Step, Verdict
+
+__all__ = [
+    "accept", "decode", "generate", "autoregressive", "Sampler", "Sampling", "Draft", "Verdict", "Step",
+    "Generation", "PAD", "JacobiDrafter", "LookaheadDrafter", "ModelDrafter", "PromptLookupDrafter",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,9 @@
+"""Drafters: one file per family, each implementing ``start / propose / observe``."""
+from .jacobi import JacobiDrafter
+from .lookahead import LookaheadDrafter
+from .model import ModelDrafter
+from .ngram import PromptLookupDrafter
+
+NAMES = ("none", "model", "prompt-lookup", "jacobi", "lookahead")
+
+__all__ = ["JacobiDrafter", "LookaheadDrafter", "ModelDrafter", "PromptLookupDrafter", "NAMES"]

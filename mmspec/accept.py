@@ -1,0 +1,117 @@
+"""Accept rules: one function each, one signature.
+
+    rule(draft, target_logits, sampler, pos) -> Verdict
+
+``draft.tokens [B, D, K]`` were proposed after the last committed frame; ``target_logits [B, D + 1, K, V]``
+come from one target forward over ``[last, draft]``, so ``target_logits[:, j]`` predicts the frame at
+position ``pos + j``. A rule returns the accepted draft prefix, then one recovered (after a rejection)
+or bonus (all accepted) frame, then PAD. With D = 0 every rule is plain decoding of one frame, which is
+how the autoregressive baseline runs through the same code.
+
+Inside rules, ``p`` is the target's distribution and ``q`` the draft's, both after the same warping.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .sampling import Sampler
+from .types import PAD, Draft, Verdict
+
+
+def _commit(draft_tokens: Tensor, frame_ok: Tensor, final: Tensor) -> Verdict:
+    """Accepted prefix of ``draft_tokens [B, D, K]`` (``frame_ok [B, D]``), then ``final[b, n_b]``, then PAD."""
+    B, D, K = draft_tokens.shape
+    n_accepted = frame_ok.long().cumprod(dim=1).sum(dim=1) if D else final.new_zeros(B)  # [B]
+    index = torch.arange(D + 1, device=final.device)[None, :]  # [1, D + 1]
+    padded = torch.cat([draft_tokens, final[:, D:]], dim=1)  # [B, D + 1, K]
+    tokens = torch.where((index < n_accepted[:, None])[..., None], padded, final)
+    tokens = tokens.masked_fill((index > n_accepted[:, None])[..., None], PAD)
+    return Verdict(tokens=tokens, n_accepted=n_accepted)
+
+
+def _prefix_match(draft: Draft, choice: Tensor) -> Verdict:
+    """Accept while the draft equals ``choice [B, D + 1, K]``; then commit ``choice`` (recovered/bonus)."""
+    D = draft.size
+    frame_ok = (draft.tokens == choice[:, :D]).all(dim=-1)  # [B, D]
+    return _commit(draft.tokens, frame_ok, choice)
+
+
+def greedy(draft: Draft, target_logits: Tensor, sampler: Sampler, pos: Tensor) -> Verdict:
+    """Lossless for greedy decoding: accept while each draft frame equals the target's argmax, then append
+    the target's argmax. The output is identical to greedy autoregressive decoding."""
+    return _prefix_match(draft, target_logits.argmax(dim=-1))
+
+
+def reproducible(draft: Draft, target_logits: Tensor, sampler: Sampler, pos: Tensor) -> Verdict:
+    """Lossless, and seed-reproducible: every frame is the Gumbel-max of the target's warped logits with
+    noise keyed by (seed, row, position). That is an exact sample of the target, and since the noise of a
+    position never depends on the draft, the output with the same seed is identical token for token with
+    and without speculation. Drafters that sample with the same keyed noise (``sampler.keyed``) are
+    accepted far more often than independent ones (Gumbel coupling)."""
+    return _prefix_match(draft, sampler.keyed_choice(target_logits, pos))
+
+
+reproducible.keyed_noise = True  # the loop gives such rules a keyed sampler
+
+
+def speculative(draft: Draft, target_logits: Tensor, sampler: Sampler, pos: Tensor) -> Verdict:
+    """Lossless speculative sampling (Leviathan et al. 2023; Chen et al. 2023).
+
+    Each draft token x ~ q is accepted with probability min(1, p(x) / q(x)); at the first rejection the
+    token is drawn from norm(max(0, p - q)); if all D frames are accepted a bonus frame is drawn from
+    p_{D+1}. A deterministic draft (``probs is None``) is q = one-hot: accept with p(x), else sample p
+    without x. With K codebooks from parallel heads, the codebooks of one frame are independent given
+    the past, so each is accepted or resampled on its own and the frame is an exact sample; a frame with
+    any rejected codebook ends the step. Greedy sampling (temperature 0) falls back to ``greedy``.
+    """
+    if sampler.greedy:
+        return greedy(draft, target_logits, sampler, pos)
+    p = sampler.probs(target_logits)  # [B, D + 1, K, V]
+    D = draft.size
+    x = draft.tokens  # [B, D, K]
+    if draft.probs is None:
+        q = torch.nn.functional.one_hot(x, p.shape[-1]).to(p.dtype)  # [B, D, K, V]
+    else:
+        q = draft.probs.to(p.dtype)
+    # 1. Accept each drafted token with probability min(1, p(x) / q(x)).
+    p_x = p[:, :D].gather(-1, x[..., None]).squeeze(-1)  # [B, D, K]
+    q_x = q.gather(-1, x[..., None]).squeeze(-1)  # [B, D, K]
+    ok = sampler.uniform(p_x.shape) * q_x < p_x  # [B, D, K]
+    # 2. Residual distributions norm(max(0, p - q)) for every drafted position, p itself for the bonus.
+    residual = (p[:, :D] - q).clamp_(min=0)  # [B, D, K, V]
+    mass = residual.sum(-1, keepdim=True)
+    residual = torch.where(mass > 0, residual / mass.clamp(min=1e-30), p[:, :D])
+    fresh = sampler.sample(torch.cat([residual, p[:, D:]], dim=1))  # [B, D + 1, K]
+    # 3. In the first frame with a rejection, accepted codebooks keep their draft token.
+    final = torch.cat([torch.where(ok, x, fresh[:, :D]), fresh[:, D:]], dim=1)  # [B, D + 1, K]
+    return _commit(x, ok.all(dim=-1), final)
+
+
+def typical(
+    draft: Draft, target_logits: Tensor, sampler: Sampler, pos: Tensor, *, epsilon: float = 0.09, delta: float = 0.3
+) -> Verdict:
+    """LOSSY typical acceptance (Medusa, Cai et al. 2024): accept x if p(x) > min(epsilon, delta * exp(-H(p))).
+
+    The output is not distributed as the target's: a token with enough target mass is kept even when
+    sampling would often have chosen another. The recovered/bonus frame is sampled from p (argmax when
+    greedy). Use ``functools.partial(typical, epsilon=..., delta=...)`` for other thresholds.
+    """
+    p = sampler.probs(target_logits)  # [B, D + 1, K, V]
+    D = draft.size
+    entropy = -(p * torch.log(p.clamp(min=1e-30))).sum(-1)  # [B, D + 1, K]
+    threshold = torch.minimum(torch.full_like(entropy, epsilon), delta * torch.exp(-entropy))
+    p_x = p[:, :D].gather(-1, draft.tokens[..., None]).squeeze(-1)  # [B, D, K]
+    frame_ok = (p_x > threshold[:, :D]).all(dim=-1)  # [B, D]
+    final = target_logits.argmax(-1) if sampler.greedy else sampler.sample(p)  # [B, D + 1, K]
+    return _commit(draft.tokens, frame_ok, final)
+
+
+RULES = {"greedy": greedy, "speculative": speculative, "reproducible": reproducible, "typical": typical}
+LOSSLESS = {"greedy": True, "speculative": True, "reproducible": True, "typical": False}
+
+
+def get_rule(name: str):
+    if name not in RULES:
+        raise ValueError(f"unknown rule {name!r}; allowed: {', '.join(RULES)}")
+    return RULES[name]

@@ -1,0 +1,88 @@
+"""Jacobi refinement as a drafter (Santilli et al. 2023; Speculative Jacobi Decoding, Teng et al. 2024).
+
+The drafter keeps a window of guesses for the next frames. The verify forward scores the whole window
+at once; the target's predictions at the positions after the committed prefix become the next guesses
+(one Jacobi iteration), and the window is padded to k with an init policy. With the greedy rule this is
+Jacobi decoding (never more steps than autoregressive, identical output). With the speculative rule it is
+Speculative Jacobi Decoding: each guess keeps the distribution q it was sampled from (the target's
+warped distribution of the previous iteration, the init policy's for fresh guesses), so acceptance with
+min(1, p/q) stays exact.
+
+Init policies: ``"pad"`` (a fixed token), ``"random"`` (uniform over the vocabulary; q = uniform),
+``"repeat"`` (copy the newest frame), or a callable ``init(seq [B, S, K], n) -> [B, n, K]`` that guesses
+the n frames after ``seq`` (committed output followed by the current guesses); adapters use it for
+spatial policies such as copying the token above in an image grid. Callable and fixed inits are
+deterministic (q = one-hot).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from ..protocols import Target
+from ..sampling import Sampler
+from ..types import Draft, Step
+
+Init = Callable[[Tensor, int], Tensor]
+
+
+class JacobiDrafter:
+    def __init__(self, init: str | Init = "random", pad_id: int = 0):
+        if not callable(init) and init not in ("pad", "random", "repeat"):
+            raise ValueError(f"init must be 'pad', 'random', 'repeat' or a callable, got {init!r}")
+        self.init, self.pad_id = init, pad_id
+
+    def start(self, target: Target, sampler: Sampler) -> None:
+        self.target, self.sampler = target, sampler
+        self.V = target.vocab_size
+        self.out: Tensor | None = None  # committed new frames [B, C, K]
+        self.guess: Tensor | None = None  # [B, W, K]
+        self.q: Tensor | None = None  # [B, W, K, V] or None when every guess is deterministic
+
+    def _fresh(self, seq: Tensor, n: int) -> tuple[Tensor, Tensor | None]:
+        """n init guesses after ``seq [B, S, K]``: tokens ``[B, n, K]`` and their q (None = one-hot)."""
+        B, _, K = seq.shape
+        if callable(self.init):
+            return self.init(seq, n).to(seq.device), None
+        if self.init == "pad":
+            return seq.new_full((B, n, K), self.pad_id), None
+        if self.init == "repeat":
+            return seq[:, -1:].expand(B, n, K).clone(), None
+        tokens = torch.randint(0, self.V, (B, n, K), generator=self.sampler.generator, device=seq.device)
+        return tokens, torch.full((B, n, K, self.V), 1.0 / self.V, device=seq.device)
+
+    def propose(self, last: Tensor, k: int) -> Draft:
+        guess = self.guess if self.guess is not None else last[:, :0]
+        q = self.q
+        if guess.shape[1] < k:  # 1. pad the window with init guesses
+            seq = torch.cat([self.out, guess], dim=1) if self.out is not None else torch.cat([last, guess], dim=1)
+            fresh, fresh_q = self._fresh(seq, k - guess.shape[1])
+            if q is not None or fresh_q is not None:
+                q = torch.cat([self._dense(q, guess), self._dense(fresh_q, fresh)], dim=1)
+            guess = torch.cat([guess, fresh], dim=1)
+        tokens = guess[:, :k]  # [B, k, K]
+        probs = None if q is None or self.sampler.greedy or self.sampler.keyed else q[:, :k]
+        return Draft(tokens=tokens, probs=probs)
+
+    def _dense(self, q: Tensor | None, tokens: Tensor) -> Tensor:
+        return q if q is not None else torch.nn.functional.one_hot(tokens, self.V).float()
+
+    def observe(self, step: Step, target_logits: Tensor) -> None:
+        frames = step.frames.clamp(min=0)
+        self.out = frames if self.out is None else torch.cat([self.out, frames], dim=1)
+        n = step.frames.shape[1]
+        rest = target_logits[:, n:].float()  # [B, D + 1 - n, K, V] predictions after the committed prefix
+        if rest.shape[1] == 0:
+            self.guess, self.q = None, None
+            return
+        # 2. One Jacobi iteration: the target's predictions become the next guesses.
+        s = self.sampler
+        if s.greedy:
+            self.guess, self.q = rest.argmax(-1), None
+        elif s.keyed:
+            self.guess, self.q = s.keyed_choice(rest, self.target.pos.clone() + 1), None
+        else:
+            self.q = s.probs(rest)
+            self.guess = s.sample(self.q)

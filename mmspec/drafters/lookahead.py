@@ -1,0 +1,85 @@
+"""Lookahead drafting (Fu et al. 2024), in the shared loop.
+
+A Jacobi window runs ahead of the output (its trajectory is the "lookahead branch"); every verify forward
+harvests n-grams from that trajectory and from the committed output into a pool keyed by their first
+frame. When the pool holds n-grams that start with the newest frame, the drafter proposes the best one
+(the most recently harvested: the "verification branch", one candidate per step); otherwise it proposes
+the Jacobi window itself, which keeps the trajectory moving. Deterministic drafts (q = one-hot) under
+the greedy rule; with sampling rules the window guesses carry their q as in ``JacobiDrafter``.
+
+The original runs both branches in one forward with a 2-D attention mask; here each forward is either a
+candidate or the window, which keeps every adapter's plain causal cache. A tree over several candidates
+is a later speed path.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from torch import Tensor
+
+from ..protocols import Target
+from ..sampling import Sampler
+from ..types import Draft, Step
+from .jacobi import Init, JacobiDrafter
+from .ngram import frame_ids
+
+
+class LookaheadDrafter:
+    def __init__(self, ngram: int = 4, pool_size: int = 4, init: str | Init = "repeat"):
+        if not isinstance(ngram, int) or ngram < 2:
+            raise ValueError(f"ngram must be an integer >= 2, got {ngram!r}")
+        if not isinstance(pool_size, int) or pool_size < 1:
+            raise ValueError(f"pool_size must be an integer >= 1, got {pool_size!r}")
+        self.ngram, self.pool_size = ngram, pool_size
+        self.jacobi = JacobiDrafter(init=init)
+
+    def start(self, target: Target, sampler: Sampler) -> None:
+        self.jacobi.start(target, sampler)
+        self.V = target.vocab_size
+        self.pools: list[OrderedDict] = [OrderedDict() for _ in target.prompt_frames()]
+        self.tail = [f[-(self.ngram - 1) :].clone() for f in target.prompt_frames()]  # per row [<= N-1, K]
+        for b, frames in enumerate(target.prompt_frames()):
+            self._harvest(b, frames)
+
+    def _harvest(self, b: int, seq: Tensor) -> None:
+        """Add every n-gram of ``seq [L, K]`` to row b's pool, keyed by its first frame."""
+        N, pool = self.ngram, self.pools[b]
+        if seq.shape[0] < N:
+            return
+        keys = frame_ids(seq, self.V).tolist()
+        for i in range(seq.shape[0] - N + 1):
+            cands = pool.setdefault(keys[i], OrderedDict())
+            gram = seq[i + 1 : i + N]  # [N - 1, K]
+            cands[tuple(gram.flatten().tolist())] = gram
+            cands.move_to_end(tuple(gram.flatten().tolist()))
+            while len(cands) > self.pool_size:
+                cands.popitem(last=False)
+
+    def propose(self, last: Tensor, k: int) -> Draft:
+        keys = frame_ids(last[:, 0], self.V).tolist()
+        found = [self.pools[b].get(key) for b, key in enumerate(keys)]
+        if not any(found):
+            return self.jacobi.propose(last, k)
+        B, _, K = last.shape
+        D = min(k, self.ngram - 1)
+        tokens = last.expand(B, D, K).clone()
+        for b, cands in enumerate(found):
+            if cands:
+                gram = next(reversed(cands.values()))  # the newest candidate
+                tokens[b] = gram[:D]
+        return Draft(tokens=tokens)
+
+    def observe(self, step: Step, target_logits: Tensor) -> None:
+        self.jacobi.observe(step, target_logits)
+        # Harvest the committed output and the trajectory: each committed frame followed by the
+        # target's greedy predictions for the positions after it.
+        guess = self.jacobi.guess
+        for b in range(step.frames.shape[0]):
+            new = step.frames[b]
+            new = new[new[:, 0] >= 0]
+            seq = torch.cat([self.tail[b], new])
+            self._harvest(b, seq)
+            if guess is not None and len(seq):
+                self._harvest(b, torch.cat([seq[-1:], guess[b]]))
+            self.tail[b] = seq[-(self.ngram - 1) :]

@@ -1,0 +1,77 @@
+"""Draft-model speculation: a small autoregressive model of the same modality and vocabulary drafts k
+frames, keeping the distribution q each frame was sampled from (Leviathan et al. 2023; Chen et al. 2023).
+
+The draft model is itself a Target adapter (same ``start / forward / rollback``), so any model the
+toolkit can verify with, it can also draft with. Its cache is rolled back to the committed prefix after
+every step; committed frames it has not seen yet wait in a backlog and are fed with the next ``last``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..protocols import Target
+from ..sampling import Sampler
+from ..types import Draft, Step
+
+
+class ModelDrafter:
+    def __init__(self, model: Target):
+        self.model = model
+
+    def start(self, target: Target, sampler: Sampler) -> None:
+        if self.model.num_codebooks != target.num_codebooks:
+            raise ValueError(
+                f"draft model has {self.model.num_codebooks} codebooks, the target {target.num_codebooks}: they must match"
+            )
+        self.target, self.sampler = target, sampler
+        self.model.start(target.prompt, max_new_frames=1)
+        self.backlog: list[Tensor] = []  # committed frames [B, n, K] the draft model has not been fed
+        self.fed_drafts = 0
+
+    def _fit(self, logits: Tensor) -> Tensor:
+        """Draft logits over the target's vocabulary: cut embedding padding, or pad with -inf."""
+        V = self.target.vocab_size
+        if logits.shape[-1] > V:
+            return logits[..., :V]
+        if logits.shape[-1] < V:
+            pad = logits.new_full(logits.shape[:-1] + (V - logits.shape[-1],), float("-inf"))
+            return torch.cat([logits, pad], dim=-1)
+        return logits
+
+    def _choose(self, logits: Tensor) -> tuple[Tensor, Tensor | None]:
+        """One draft frame from ``logits [B, 1, K, V]``: tokens ``[B, 1, K]`` and q (None if deterministic)."""
+        s = self.sampler
+        if s.greedy:
+            return logits.argmax(-1), None
+        if s.keyed:  # same keyed noise as the target: Gumbel coupling; q is not needed by that rule
+            return s.keyed_choice(logits, self.model.pos.clone()), None
+        q = s.probs(logits)  # [B, 1, K, V]
+        return s.sample(q), q
+
+    def propose(self, last: Tensor, k: int) -> Draft:
+        # 1. Catch up on committed frames (the backlog ends with ``last``).
+        frames = torch.cat(self.backlog, dim=1).clamp(min=0) if self.backlog else last  # [B, n, K]
+        self.backlog = []
+        logits = self._fit(self.model.forward(frames)[:, -1:]).float()  # [B, 1, K, V]
+        tokens, probs = [], []
+        # 2. Sample k frames one by one; feed all but the last.
+        for i in range(k):
+            tok, q = self._choose(logits)
+            tokens.append(tok)
+            probs.append(q)
+            if i < k - 1:
+                logits = self._fit(self.model.forward(tok)).float()
+        self.fed_drafts = k - 1
+        tokens_t = torch.cat(tokens, dim=1)  # [B, k, K]
+        probs_t = None if probs[0] is None else torch.cat(probs, dim=1)  # [B, k, K, V]
+        return Draft(tokens=tokens_t, probs=probs_t)
+
+    def observe(self, step: Step, target_logits: Tensor) -> None:
+        # Keep the drafts that were committed by every row; the rest of the step waits in the backlog.
+        n = step.frames.shape[1]
+        keep = min(n - 1, self.fed_drafts) if step.n_drafted else 0
+        if step.n_drafted:
+            self.model.rollback(self.model.pos - self.fed_drafts + keep)
+        self.fed_drafts = 0
+        self.backlog.append(step.frames[:, keep:])

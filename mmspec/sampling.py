@@ -1,0 +1,107 @@
+"""Warping (temperature, top-k, top-p) and sampling, identical for target, draft and residual.
+
+A ``Sampler`` holds one ``Sampling`` and the randomness of one call: a ``torch.Generator`` seeded from
+the call's seed, and, for reproducible decoding, noise keyed by (seed, row, position) so that a token's
+randomness does not depend on how many tokens were verified together.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .types import Sampling
+
+_MASK64 = (1 << 64) - 1
+
+
+def warp(logits: Tensor, sampling: Sampling) -> Tensor:
+    """Temperature, then top-k, then top-p; filtered entries become -inf. ``[..., V] -> [..., V]`` float32."""
+    logits = logits.float()
+    if sampling.greedy:
+        return logits
+    logits = logits / sampling.temperature
+    if sampling.top_k is not None and sampling.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, sampling.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if sampling.top_p is not None and sampling.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+        drop_sorted = (cum - torch.softmax(sorted_logits, dim=-1)) >= sampling.top_p  # keep the first over p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+def probs_of(logits: Tensor, sampling: Sampling) -> Tensor:
+    """The distribution a token is sampled from: softmax of the warped logits (one-hot when greedy)."""
+    if sampling.greedy:
+        return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+    return torch.softmax(warp(logits, sampling), dim=-1)
+
+
+def _mix(x: int) -> int:
+    """splitmix64 finaliser: a well-spread 64-bit hash of an integer."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (x ^ (x >> 31)) & ((1 << 63) - 1)
+
+
+class Sampler:
+    """The randomness and warping of one generation call.
+
+    ``keyed`` selects reproducible decoding: every token is the Gumbel-max of its warped logits with
+    noise drawn from a generator seeded by (seed, row, position), which is an exact sample of the
+    target and does not depend on speculation.
+    """
+
+    def __init__(self, sampling: Sampling, seed: int = 0, device: torch.device | str = "cpu", keyed: bool = False):
+        if not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        self.sampling = sampling
+        self.seed = seed
+        self.device = torch.device(device)
+        self.keyed = keyed
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(seed)
+
+    @property
+    def greedy(self) -> bool:
+        return self.sampling.greedy
+
+    def warp(self, logits: Tensor) -> Tensor:
+        return warp(logits, self.sampling)
+
+    def probs(self, logits: Tensor) -> Tensor:
+        return probs_of(logits, self.sampling)
+
+    def sample(self, probs: Tensor) -> Tensor:
+        """One token per distribution: ``[..., V] -> [...]``."""
+        flat = probs.reshape(-1, probs.shape[-1])
+        return torch.multinomial(flat, 1, generator=self.generator).reshape(probs.shape[:-1])
+
+    def uniform(self, shape) -> Tensor:
+        return torch.rand(shape, generator=self.generator, device=self.device)
+
+    def gumbel(self, pos: Tensor, T: int, K: int, V: int) -> Tensor:
+        """Keyed Gumbel noise for the frames at positions ``pos[b] + t``: ``[B, T, K, V]``.
+
+        One generator draw per (row, position), seeded by a hash of (seed, row, position), so the noise
+        of a position is the same however the positions are grouped into forwards.
+        """
+        rows = []
+        gen = torch.Generator(device=self.device)
+        for b, p in enumerate(pos.tolist()):
+            for t in range(T):
+                gen.manual_seed(_mix(_mix(_mix(self.seed) ^ b) ^ (p + t)))
+                rows.append(torch.rand((K, V), generator=gen, device=self.device))
+        u = torch.stack(rows).reshape(len(pos), T, K, V).clamp_(1e-20, 1.0 - 1e-7)
+        return -torch.log(-torch.log(u))
+
+    def keyed_choice(self, logits: Tensor, pos: Tensor) -> Tensor:
+        """Gumbel-max of the warped ``logits [B, T, K, V]`` with keyed noise at ``pos``: ``[B, T, K]``."""
+        scores = self.warp(logits)
+        if self.greedy:
+            return scores.argmax(-1)
+        B, T, K, V = scores.shape
+        return (torch.log_softmax(scores, -1) + self.gumbel(pos, T, K, V)).argmax(-1)
