@@ -1,0 +1,535 @@
+"""Offline speech zoo recipe: espeak-ng data -> small EnCodec -> codec LMs (target + draft).
+
+Subcommands (``python -m mmspec.speech.recipe <cmd> --help``):
+
+* ``prepare``  (CPU, needs ``espeak-ng``): synthesize short English utterances from first sentences of
+  Python stdlib docstrings with a few espeak voices, 16 kHz, stored as 8-bit mu-law in a compressed
+  ``audio.mulaw.xz`` + ``index.json`` (transcripts, voices, 5% validation split) under ``--data``.
+* ``train``    (GPU or CPU): 1. codec (waveform L1 + multi-resolution mel L1 + commitment),
+  2. encode every utterance to codes, 3. target LM, 4. draft LM (+ distillation on target logits when
+  time remains). ``--time-budget`` caps the whole run; checkpoints make it resumable.
+* ``evaluate`` (CPU): codec mel distance and SI-SNR, LM validation losses, 3 sampled utterances
+  written as WAVs, model cards.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import lzma
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import time
+import wave
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SAMPLE_RATE = 16000
+AUDIO_NAME = "audio.mulaw.xz"
+DEFAULT_DATA = Path(__file__).resolve().parent.parent / ".gpu" / "speech"
+DEFAULT_OUT = Path(__file__).resolve().parent / "zoo"
+# Each voice: espeak-ng voice (+variant), speed (words/min), pitch (0-99). The LM is conditioned on it.
+VOICES = [
+    {"name": "us_male", "espeak": "en-us", "speed": 180, "pitch": 45},
+    {"name": "gb_male", "espeak": "en-gb", "speed": 170, "pitch": 40},
+    {"name": "us_female", "espeak": "en-us+f3", "speed": 185, "pitch": 60},
+    {"name": "gb_female", "espeak": "en-gb+f4", "speed": 175, "pitch": 55},
+]
+_SENTENCE = re.compile(r"^[A-Z][A-Za-z ,']+[.?!]$")
+
+
+# ----------------------------------------------------------------------------------------- data
+def mulaw_encode(x: np.ndarray, mu: int = 255) -> np.ndarray:
+    """float [-1, 1] -> uint8 mu-law (8 bits: about 38 dB SNR, half the size of int16)."""
+    x = np.clip(x, -1.0, 1.0)
+    y = np.sign(x) * np.log1p(mu * np.abs(x)) / np.log1p(mu)
+    return np.round((y + 1) / 2 * mu).astype(np.uint8)
+
+
+def mulaw_decode(q: np.ndarray, mu: int = 255) -> np.ndarray:
+    """uint8 mu-law -> float32 [-1, 1]."""
+    y = q.astype(np.float32) / mu * 2 - 1
+    return (np.sign(y) * np.expm1(np.abs(y) * np.log1p(mu)) / mu).astype(np.float32)
+
+
+def stdlib_sentences() -> list[str]:
+    """Clean ASCII first-class sentences (3-10 words) from docstrings of this Python's stdlib, sorted."""
+    root = sysconfig.get_paths()["stdlib"]
+    skip = {"test", "tests", "idlelib", "site-packages", "lib2to3", "turtledemo", "__pycache__"}
+    found: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in skip)
+        for name in sorted(f for f in filenames if f.endswith(".py")):
+            try:
+                tree = ast.parse(Path(dirpath, name).read_text(encoding="utf-8"))
+            except (SyntaxError, UnicodeDecodeError, ValueError):
+                continue
+            for node in ast.walk(tree):
+                if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                    continue
+                for s in re.split(r"(?<=[.?!])\s+", " ".join((ast.get_docstring(node) or "").split())):
+                    if 3 <= len(s.split()) <= 10 and 12 <= len(s) <= 64 and _SENTENCE.match(s):
+                        found.add(s)
+    return sorted(found)
+
+
+def synthesize(text: str, voice: dict) -> np.ndarray:
+    """espeak-ng -> float32 mono at 16 kHz, leading/trailing silence trimmed to 50 ms."""
+    import torchaudio.functional as AF
+
+    cmd = ["espeak-ng", "-v", voice["espeak"], "-s", str(voice["speed"]), "-p", str(voice["pitch"]),
+           "--stdout", text]
+    raw = subprocess.run(cmd, check=True, capture_output=True).stdout
+    with wave.open(__import__("io").BytesIO(raw)) as w:
+        sr = w.getframerate()
+        x = np.frombuffer(w.readframes(w.getnframes()), dtype=np.int16).astype(np.float32) / 32768
+    x = AF.resample(torch.from_numpy(x), sr, SAMPLE_RATE).numpy()
+    loud = np.flatnonzero(np.abs(x) > 0.01)
+    if len(loud) == 0:
+        return x[:0]
+    pad = SAMPLE_RATE // 20
+    return x[max(0, loud[0] - pad): loud[-1] + pad]
+
+
+def prepare(args) -> None:
+    """Synthesize the utterances; write ``audio.mulaw.xz`` (lzma'd uint8 mu-law) + ``index.json``."""
+    # 1. Check the synthesizer.
+    if shutil.which("espeak-ng") is None:
+        sys.exit("espeak-ng is missing: run `apt-get update && apt-get install -y espeak-ng`")
+    out = Path(args.data)
+    out.mkdir(parents=True, exist_ok=True)
+    # 2. Sentences in a fixed pseudo-random order; voice i % len(VOICES).
+    sentences = stdlib_sentences()
+    order = np.random.default_rng(args.seed).permutation(len(sentences))
+    jobs = [(sentences[j], i % len(VOICES)) for i, j in enumerate(order[: args.max_utterances])]
+    # 3. Synthesize in order (threads only wait on espeak), keep 1-4 s, stop at the byte budget.
+    from tqdm import tqdm
+
+    chunks, items, total = [], [], 0
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        wavs = pool.map(lambda job: synthesize(job[0], VOICES[job[1]]), jobs)
+        for (text, v), x in tqdm(zip(jobs, wavs), total=len(jobs), desc="espeak-ng"):
+            if not (1.0 * SAMPLE_RATE <= len(x) <= 4.0 * SAMPLE_RATE):
+                continue
+            q = mulaw_encode(x)
+            items.append({"offset": total, "length": len(q), "text": text, "voice": v})
+            chunks.append(q)
+            total += len(q)
+            if total >= args.max_seconds * SAMPLE_RATE:
+                break
+    # 4. Deterministic 5% validation split (every 20th utterance) and the files.
+    for i, it in enumerate(items):
+        it["split"] = "valid" if i % 20 == 0 else "train"
+    blob = lzma.compress(np.concatenate(chunks).tobytes(), preset=9)  # ~0.7x of raw mu-law
+    (out / AUDIO_NAME).write_bytes(blob)
+    index = {"sample_rate": SAMPLE_RATE, "encoding": "mulaw8", "voices": VOICES,
+             "source": "first sentences of Python stdlib docstrings, espeak-ng " + _espeak_version(),
+             "utterances": items}
+    (out / "index.json").write_text(json.dumps(index))
+    size = sum(f.stat().st_size for f in out.iterdir()) / 1e6
+    print(f"{len(items)} utterances, {total / SAMPLE_RATE / 60:.1f} min, {size:.1f} MB in {out}")
+
+
+def _espeak_version() -> str:
+    try:
+        return subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True).stdout.split()[3]
+    except Exception:
+        return "unknown"
+
+
+def load_data(data_dir: str | Path) -> tuple[dict, list[np.ndarray]]:
+    """``index.json`` and the decoded float32 waveforms (one array per utterance, 16 kHz)."""
+    data_dir = Path(data_dir)
+    index = json.loads((data_dir / "index.json").read_text())
+    audio = mulaw_decode(np.frombuffer(lzma.decompress((data_dir / AUDIO_NAME).read_bytes()), np.uint8))
+    wavs = [audio[u["offset"]: u["offset"] + u["length"]] for u in index["utterances"]]
+    return index, wavs
+
+
+# ----------------------------------------------------------------------------------------- train
+FULL = dict(codec=dict(n_filters=16, dimension=64, lstm=1, num_codebooks=4, codebook_size=512),
+            codec_batch=32, segment=16000, lm_batch=64,
+            target=dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=2,
+                        intermediate_size=768),
+            draft=dict(hidden_size=128, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
+                       intermediate_size=384))
+QUICK = dict(codec=dict(n_filters=4, dimension=16, lstm=0, num_codebooks=4, codebook_size=32),
+             codec_batch=4, segment=4000, lm_batch=8, max_utterances=48,
+             target=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         intermediate_size=64),
+             draft=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                        intermediate_size=32))
+SHARES = {"codec": 0.45, "target": 0.35, "draft": 0.20}
+
+
+class Clock:
+    """Wall-clock budget of the whole run, re-split among the stages still to run."""
+
+    def __init__(self, budget: float, reserve: float):
+        self.t0, self.end = time.time(), time.time() + budget - reserve
+
+    def deadline(self, stage: str, todo: list[str]) -> float:
+        """Deadline for ``stage`` given the stages ``todo`` (including it) that share the remaining time."""
+        left = max(0.0, self.end - time.time())
+        return time.time() + left * SHARES[stage] / sum(SHARES[s] for s in todo)
+
+    def elapsed(self) -> float:
+        return time.time() - self.t0
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def lr_at(progress: float, step: int, base: float, warmup: int = 100) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 10% over the time budget."""
+    warm = min(1.0, (step + 1) / warmup)
+    return base * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def save_ckpt(path: Path, **state) -> None:
+    """Atomic torch.save (a crash mid-write never leaves a truncated checkpoint)."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def mel_losses(sr: int, device) -> list:
+    """Multi-resolution log-mel transforms (n_fft 256 / 512 / 1024, hop n_fft / 4)."""
+    import torchaudio
+
+    return [torchaudio.transforms.MelSpectrogram(sr, n_fft=n, hop_length=n // 4, n_mels=m).to(device)
+            for n, m in ((256, 32), (512, 64), (1024, 64))]
+
+
+def codec_loss(codec, mels, wav):
+    """``wav [B, 1, S]`` -> (total loss, parts): 0.5 * waveform L1 + log-mel L1 (3 scales) + commitment."""
+    import torch.nn.functional as F
+
+    m = codec.model
+    emb = m.encoder(wav)  # [B, D, T]
+    q = m.quantizer(emb, m.frame_rate, m.bandwidth)  # straight-through quantized [B, D, T]
+    rec = m.decoder(q.quantized)[..., : wav.shape[-1]]  # [B, 1, S]
+    l1 = F.l1_loss(rec, wav)
+    mel = sum(F.l1_loss(torch.log(t(rec) + 1e-5), torch.log(t(wav) + 1e-5)) for t in mels) / len(mels)
+    commit = q.penalty
+    return 0.5 * l1 + mel + commit, {"l1": l1.detach(), "mel": mel.detach(), "commit": commit.detach()}
+
+
+def train_codec(args, cfg, train_wavs, device, deadline, ckpt_dir: Path):
+    """Stage 1: fit the ZooCodec on random segments of the training audio (fp32; TF32 on CUDA)."""
+    from tqdm import tqdm
+
+    from .codec import ZooCodec
+
+    torch.manual_seed(args.seed)
+    codec = ZooCodec(**cfg["codec"]).to(device).train()
+    opt = torch.optim.AdamW(codec.parameters(), lr=1e-3, betas=(0.8, 0.99))
+    audio = torch.from_numpy(np.concatenate(train_wavs)).to(device)  # [N] all training audio
+    seg, B = cfg["segment"], cfg["codec_batch"]
+    step, spent, path = 0, 0.0, ckpt_dir / "codec.ckpt"
+    # 1. Resume (weights, optimizer, step, time already spent).
+    if path.exists():
+        st = torch.load(path, map_location=device, weights_only=False)
+        codec.model.load_state_dict(st["model"]), opt.load_state_dict(st["opt"])
+        step, spent = st["step"], st["spent"]
+    mels, start, last_save = mel_losses(codec.sample_rate, device), time.time(), time.time()
+    total = spent + max(1e-6, deadline - start)
+    bar = tqdm(desc="codec", unit="step", initial=step)
+    gen = torch.Generator(device="cpu").manual_seed(args.seed + step)
+    while time.time() < deadline:
+        # 2. A batch of random segments.
+        offs = torch.randint(0, len(audio) - seg, (B,), generator=gen).to(device)
+        wav = audio[offs[:, None] + torch.arange(seg, device=device)].unsqueeze(1)  # [B, 1, S]
+        # 3. One optimizer step with a time-based cosine schedule.
+        progress = (spent + time.time() - start) / total
+        for g in opt.param_groups:
+            g["lr"] = lr_at(progress, step, 1e-3, warmup=50)
+        loss, parts = codec_loss(codec, mels, wav)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(codec.parameters(), 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        if step % 25 == 0:  # (the only host syncs besides encodec's dead-code check)
+            bar.set_postfix({k: f"{v.item():.3f}" for k, v in parts.items()})
+        # 4. Checkpoint every minute.
+        if time.time() - last_save > 60:
+            save_ckpt(path, model=codec.model.state_dict(), opt=opt.state_dict(), step=step,
+                      spent=spent + time.time() - start)
+            last_save = time.time()
+    bar.close()
+    print(f"codec: {step} steps" + "".join(f", {k} {v.item():.4f}" for k, v in (parts if step else {}).items()))
+    return codec.eval(), step
+
+
+@torch.no_grad()
+def encode_all(codec, wavs, device, batch: int = 32) -> list[np.ndarray]:
+    """Stage 2: codes ``[K, T]`` (int16) for every utterance; T = ceil(len / hop)."""
+    order = np.argsort([len(w) for w in wavs])
+    codes: list = [None] * len(wavs)
+    for i in range(0, len(order), batch):
+        idx = order[i: i + batch]
+        S = max(len(wavs[j]) for j in idx)
+        x = torch.zeros(len(idx), 1, S)
+        for r, j in enumerate(idx):
+            x[r, 0, : len(wavs[j])] = torch.from_numpy(wavs[j])
+        c = codec.encode(x.to(device)).cpu().numpy().astype(np.int16)  # [b, K, T]; causal: padding is harmless
+        for r, j in enumerate(idx):
+            codes[j] = c[r, :, : math.ceil(len(wavs[j]) / codec.hop_length)]
+    return codes
+
+
+def lm_tensors(items: list[dict], codes: list[np.ndarray], K: int, pad_id: int, eos_id: int) -> dict:
+    """Whole data set as LM tensors: left-padded text ``[N, L]``, input frames / targets ``[N, S, K]``.
+
+    Per utterance: codes ``[K, T]`` + an EOS column -> delay -> ``[K, T + K]`` targets; inputs are the
+    BOS (pad) frame followed by the targets shifted right by one step. Targets past the end are -100.
+    """
+    from .lm import apply_delay, encode_text, TEXT_PAD
+
+    texts = [encode_text(it["text"], it["voice"]) for it in items]
+    tlen = np.array([len(t) for t in texts])
+    alen = np.array([c.shape[1] + K for c in codes])
+    N, L, S = len(items), int(tlen.max()), int(alen.max())
+    text = torch.full((N, L), TEXT_PAD, dtype=torch.long)
+    tmask = torch.zeros(N, L, dtype=torch.long)
+    inp = torch.full((N, S, K), pad_id, dtype=torch.long)
+    tgt = torch.full((N, S, K), -100, dtype=torch.long)
+    for i, (t, c) in enumerate(zip(texts, codes)):
+        c = torch.from_numpy(c.astype(np.int64))  # [K, T]
+        ext = torch.cat([c, torch.full((K, 1), eos_id)], dim=1)  # [K, T + 1]
+        d = apply_delay(ext[None], pad_id)[0].T  # [T + K, K]
+        inp[i, 1: len(d)] = d[:-1]
+        tgt[i, : len(d)] = d
+        text[i, L - len(t):] = torch.tensor(t)
+        tmask[i, L - len(t):] = 1
+    return dict(text=text, tmask=tmask, inp=inp, tgt=tgt, tlen=tlen, alen=alen)
+
+
+def lm_batch(data: dict, idx: np.ndarray, device) -> tuple:
+    """Rows ``idx`` cut to their longest text / audio: (text [B, L], mask [B, L + S], inp [B, S, K], tgt)."""
+    L, S = int(data["tlen"][idx].max()), int(data["alen"][idx].max())
+    ii = torch.from_numpy(idx).to(data["text"].device)
+    text, tmask = data["text"][ii, -L:], data["tmask"][ii, -L:]
+    mask = torch.cat([tmask, torch.ones_like(tmask[:, :1]).expand(-1, S)], dim=1)
+    return text.to(device), mask.to(device), data["inp"][ii, :S].to(device), data["tgt"][ii, :S].to(device)
+
+
+def lm_step_loss(model, batch, device, teacher=None):
+    """Mean next-frame cross-entropy over real targets (+ KL(teacher || model) when a teacher is given)."""
+    import torch.nn.functional as F
+
+    text, mask, inp, tgt = batch
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        logits = model(text_ids=text, audio_frames=inp, attention_mask=mask).logits[:, text.shape[1]:]
+    logits = logits.float()  # [B, S, K, V]
+    V = logits.shape[-1]
+    ce = F.cross_entropy(logits.reshape(-1, V), tgt.reshape(-1), ignore_index=-100)
+    if teacher is None:
+        return ce, ce
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        t_logits = teacher(text_ids=text, audio_frames=inp, attention_mask=mask).logits[:, text.shape[1]:]
+    valid = (tgt != -100).float()  # [B, S, K]
+    t_logp, logp = t_logits.float().log_softmax(-1), logits.log_softmax(-1)
+    kl = ((t_logp.exp() * (t_logp - logp)).sum(-1) * valid).sum() / valid.sum()
+    return 0.5 * ce + 0.5 * kl, ce
+
+
+@torch.no_grad()
+def lm_eval_loss(model, data: dict, idx: np.ndarray, device, batch: int = 32) -> float:
+    """Token-weighted mean cross-entropy (nats) over the rows ``idx``."""
+    import torch.nn.functional as F
+
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(idx), batch):
+        text, mask, inp, tgt = lm_batch(data, idx[i: i + batch], device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(text_ids=text, audio_frames=inp, attention_mask=mask).logits[:, text.shape[1]:]
+        V = logits.shape[-1]
+        total += F.cross_entropy(logits.float().reshape(-1, V), tgt.reshape(-1), ignore_index=-100,
+                                 reduction="sum").item()
+        count += int((tgt != -100).sum())
+    return total / max(1, count)
+
+
+def train_lm(name, model, data, train_idx, device, deadline, ckpt_dir: Path, batch: int, lr: float,
+             seed: int, teacher=None, distill_after: float = 0.4):
+    """Stage 3 / 4: AdamW, bf16 autocast on CUDA, time-based cosine schedule, resumable.
+
+    With a ``teacher``, the last ``1 - distill_after`` of the stage's time also distils its logits.
+    """
+    from tqdm import tqdm
+
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+    step, spent, path = 0, 0.0, ckpt_dir / f"{name}.ckpt"
+    # 1. Resume.
+    if path.exists():
+        st = torch.load(path, map_location=device, weights_only=False)
+        model.load_state_dict(st["model"]), opt.load_state_dict(st["opt"])
+        step, spent = st["step"], st["spent"]
+    rng = np.random.default_rng(seed + step)
+    start, last_save, loss_ema = time.time(), time.time(), None
+    total = spent + max(1e-6, deadline - start)
+    bar = tqdm(desc=name, unit="step", initial=step)
+    model.train()
+    while time.time() < deadline:
+        # 2. Random batch, schedule, optional distillation.
+        progress = (spent + time.time() - start) / total
+        for g in opt.param_groups:
+            g["lr"] = lr_at(progress, step, lr)
+        idx = rng.choice(train_idx, size=min(batch, len(train_idx)), replace=False)
+        use_teacher = teacher if progress >= distill_after else None
+        loss, ce = lm_step_loss(model, lm_batch(data, idx, device), device, use_teacher)
+        # 3. Update.
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        if step % 25 == 0:
+            loss_ema = ce.item()
+            bar.set_postfix(ce=f"{loss_ema:.3f}", distill=use_teacher is not None)
+        # 4. Checkpoint every minute.
+        if time.time() - last_save > 60:
+            save_ckpt(path, model=model.state_dict(), opt=opt.state_dict(), step=step,
+                      spent=spent + time.time() - start)
+            last_save = time.time()
+    bar.close()
+    return model.eval(), step
+
+
+def speech_meta(codec, lm_cfg, index: dict, role: str, codec_path: str) -> dict:
+    """The ``mmspec_speech.json`` the speech adapter reads next to ``lm/``."""
+    from .lm import TEXT_BOS, TEXT_EOS, TEXT_PAD, VOICE_BASE
+
+    return {"role": role, "codec": codec_path, "lm": "lm", "sample_rate": codec.sample_rate,
+            "frame_rate": codec.frame_rate, "hop_length": codec.hop_length,
+            "num_codebooks": codec.num_codebooks, "codebook_size": codec.codebook_size,
+            "audio_vocab_size": lm_cfg.audio_vocab_size, "pad_id": lm_cfg.pad_id, "eos_id": lm_cfg.eos_id,
+            "delay_pattern": "codebook k shifted right by k steps (MusicGen); EOS on codebook 0 ends speech",
+            "text": {"encoding": "ASCII bytes 0-127", "pad_id": TEXT_PAD, "bos_id": TEXT_BOS,
+                     "eos_id": TEXT_EOS, "voice_base": VOICE_BASE,
+                     "layout": "[bos, voice_base + voice, bytes..., eos] then audio frames"},
+            "voices": [v["name"] for v in index["voices"]],
+            "voice_settings": index["voices"], "max_frames": int(4.0 * codec.frame_rate) + 10}
+
+
+def save_lm(model, folder: Path) -> None:
+    """fp16 safetensors via ``save_pretrained``; the in-memory model keeps its dtype."""
+    dtype = next(model.parameters()).dtype
+    model.to(torch.float16).save_pretrained(folder, safe_serialization=True)
+    model.to(dtype)
+
+
+def train(args) -> None:
+    """Codec -> codes -> target LM -> draft LM within ``--time-budget`` seconds (resumable)."""
+    from .codec import ZooCodec
+    from .lm import SpeechLM, SpeechLMConfig
+
+    # 1. Set-up: budget (from now: data loading counts), device, sizes, data, checkpoint folder.
+    clock = Clock(args.time_budget, reserve=min(20.0, 0.05 * args.time_budget))
+    device, cfg = resolve_device(args.device), (QUICK if args.quick else FULL)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    index, wavs = load_data(args.data)
+    items = index["utterances"][: cfg.get("max_utterances")]
+    wavs = wavs[: len(items)]
+    train_idx = np.array([i for i, u in enumerate(items) if u["split"] == "train"])
+    valid_idx = np.array([i for i, u in enumerate(items) if u["split"] == "valid"])
+    out = Path(args.out)
+    ckpt = out / "checkpoints"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    tgt_dir, dft_dir = out / "speech", out / "speech-draft"
+    summary = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+               "time_budget_s": args.time_budget, "quick": args.quick, "utterances": len(items),
+               "train_utterances": len(train_idx), "valid_utterances": len(valid_idx)}
+    print(f"{summary['device']}: {len(train_idx)} train / {len(valid_idx)} valid utterances")
+    # 2. Stage 1: codec (skipped when already saved), saved fp16 and reloaded so codes match the shipped one.
+    if not (tgt_dir / "codec" / "config.json").exists():
+        codec, steps = train_codec(args, cfg, [wavs[i] for i in train_idx], device,
+                                   clock.deadline("codec", ["codec", "target", "draft"]), ckpt)
+        codec.save_pretrained(tgt_dir / "codec")
+        summary["codec_steps"] = steps
+    summary["codec_done_s"] = round(clock.elapsed(), 1)
+    codec = ZooCodec.from_pretrained(tgt_dir / "codec", device=device)
+    # 3. Stage 2: codes for every utterance.
+    codes_path = ckpt / "codes.npz"
+    if codes_path.exists():
+        codes = list(np.load(codes_path).values())
+    else:
+        codes = encode_all(codec, wavs, device)
+        np.savez(codes_path, *codes)
+    K, C = codec.num_codebooks, codec.codebook_size
+    base = dict(num_codebooks=K, codebook_size=C, num_voices=len(index["voices"]))
+    data = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in lm_tensors(items, codes, K, C, C + 1).items()}
+    summary["codes_done_s"] = round(clock.elapsed(), 1)
+    # 4. Stage 3: target LM; 5. stage 4: draft LM (distilled from the target in its last 60%).
+    models = {}
+    for role, folder, todo in (("target", tgt_dir, ["target", "draft"]), ("draft", dft_dir, ["draft"])):
+        lm_cfg = SpeechLMConfig(**base, **cfg[role])
+        if (folder / "lm" / "config.json").exists():
+            model = SpeechLM.from_pretrained(folder / "lm", dtype=torch.float32).to(device).eval()
+        else:
+            torch.manual_seed(args.seed + len(role))
+            model = SpeechLM(lm_cfg).to(device)
+            lr = 2e-3 if role == "draft" else 1e-3
+            model, steps = train_lm(role, model, data, train_idx, device, clock.deadline(role, todo), ckpt,
+                                    cfg["lm_batch"], lr, args.seed, teacher=models.get("target"))
+            save_lm(model, folder / "lm")
+            summary[f"{role}_steps"] = steps
+        models[role] = model
+        summary[f"{role}_params"] = sum(p.numel() for p in model.parameters())
+        summary[f"{role}_valid_ce"] = round(lm_eval_loss(model, data, valid_idx, device), 4)
+        summary[f"{role}_done_s"] = round(clock.elapsed(), 1)
+        codec_path = "codec" if role == "target" else "../speech/codec"
+        meta = speech_meta(codec, lm_cfg, index, role, codec_path)
+        (folder / "mmspec_speech.json").write_text(json.dumps(meta, indent=2))
+    # 6. Summary; drop the (large, fp32 + optimizer) checkpoints unless asked to keep them.
+    summary["codec_params"] = sum(p.numel() for p in codec.parameters())
+    summary["total_s"] = round(clock.elapsed(), 1)
+    (out / "train_summary.json").write_text(json.dumps(summary, indent=2))
+    if not args.keep_checkpoints:
+        shutil.rmtree(ckpt, ignore_errors=True)
+    print(json.dumps(summary, indent=2))
+
+
+# ----------------------------------------------------------------------------------------- CLI
+def main(argv=None) -> None:
+    """Entry point: ``prepare`` / ``train`` / ``evaluate``."""
+    parser = argparse.ArgumentParser(prog="mmspec.speech.recipe", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prepare", help="synthesize the espeak-ng data set (CPU)")
+    p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--max-seconds", type=float, default=2600.0,
+                   help="audio budget in seconds (lzma mu-law: about 11 kB/s)")
+    p.add_argument("--max-utterances", type=int, default=4000)
+    p.add_argument("--seed", type=int, default=0)
+    t = sub.add_parser("train", help="train codec, target LM and draft LM (GPU or CPU)")
+    t.add_argument("--data", default=str(DEFAULT_DATA))
+    t.add_argument("--out", default=str(DEFAULT_OUT))
+    t.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    t.add_argument("--time-budget", type=float, default=None, help="seconds for the whole run (400; quick 60)")
+    t.add_argument("--quick", action="store_true", help="tiny models and data: a CPU smoke test")
+    t.add_argument("--keep-checkpoints", action="store_true")
+    t.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.cmd == "train" and args.time_budget is None:
+        args.time_budget = 60.0 if args.quick else 400.0
+    {"prepare": prepare, "train": train}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    main()
