@@ -1,0 +1,508 @@
+"""Offline text zoo recipe: a ~23M-parameter Python-code Llama target and a ~2M drafter for it.
+
+    python -m mmspec.text.recipe prepare  [--data .gpu/text]                     # CPU, minutes
+    python -m mmspec.text.recipe train    --data .gpu/text --out text/zoo --device cuda --time-budget 400
+    python -m mmspec.text.recipe evaluate --data .gpu/text --out text/zoo       # CPU, < 5 min
+
+`prepare` builds the corpus (standard library + a few permissive packages), a byte-level BPE tokenizer
+and uint16 token arrays. `train` trains the target, then the drafter (pretraining on the corpus, then
+distillation on the target's distribution, which is what raises agreement for speculation), inside one
+wall-clock budget, and saves fp16 `save_pretrained` folders `code-target/` and `code-draft/`.
+`evaluate` measures losses, greedy agreement and sample completions and writes the model cards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import recipe_data as rd
+
+DEFAULT_DATA = ".gpu/text"
+DEFAULT_OUT = str(Path(__file__).resolve().parent / "zoo")
+MAX_DATA_BYTES = 30_000_000
+
+
+# ----------------------------------------------------------------------------------------------------
+# prepare
+# ----------------------------------------------------------------------------------------------------
+
+def prepare(args) -> dict:
+    """Collect the corpus, train the tokenizer, write train.bin / val.bin / meta.json / tokenizer/."""
+    t0 = time.time()
+    data = Path(args.data)
+    data.mkdir(parents=True, exist_ok=True)
+    # 1. Corpus: stdlib, plus capped permissive packages unless disabled.
+    files = rd.stdlib_files()
+    packages = {}
+    if args.package_bytes > 0:
+        extra, packages = rd.package_files(args.package_bytes)
+        files += extra
+    docs = [(f, text) for f in files if (text := rd._usable(f.path)) is not None]
+    print(f"[prepare] {len(docs)} usable files of {len(files)}", flush=True)
+    # 2. File-level split by path hash.
+    train_docs = [(f, t) for f, t in docs if not rd.is_val(f.rel, args.val_permille)]
+    val_docs = [(f, t) for f, t in docs if rd.is_val(f.rel, args.val_permille)]
+    # 3. Tokenizer on the training files only.
+    tokenizer = rd.train_tokenizer([t for _, t in train_docs], args.vocab_size)
+    rd.save_tokenizer(tokenizer, data / "tokenizer")
+    eot_id = tokenizer.convert_tokens_to_ids(rd.EOT)
+    print(f"[prepare] tokenizer trained ({time.time() - t0:.0f}s)", flush=True)
+    # 4. Encode; keep training files in hash order up to the token cap (deterministic subsample).
+    train_docs = _cap_tokens(tokenizer, train_docs, args.max_train_tokens)
+    val_docs = _cap_tokens(tokenizer, val_docs, args.max_train_tokens // 20)
+    train_ids = rd.encode_documents(tokenizer, [t for _, t in train_docs], eot_id)
+    val_ids = rd.encode_documents(tokenizer, [t for _, t in val_docs], eot_id)
+    train_ids.tofile(data / "train.bin")
+    val_ids.tofile(data / "val.bin")
+    # 5. Meta: counts, file lists with their license source, what produced them.
+    meta = _meta(args, tokenizer, eot_id, train_docs, val_docs, train_ids, val_ids, packages)
+    meta["prepare_seconds"] = round(time.time() - t0, 1)
+    (data / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    size = sum(p.stat().st_size for p in data.rglob("*") if p.is_file())
+    assert size < MAX_DATA_BYTES, f"{data} is {size / 1e6:.1f} MB, over {MAX_DATA_BYTES / 1e6:.0f} MB"
+    print(f"[prepare] train {len(train_ids):,} tokens ({len(train_docs)} files), val {len(val_ids):,} "
+          f"tokens ({len(val_docs)} files), {size / 1e6:.1f} MB, {meta['prepare_seconds']}s", flush=True)
+    return meta
+
+
+def _cap_tokens(tokenizer, docs, max_tokens: int):
+    """Keep documents in path-hash order while the token total stays under max_tokens."""
+    encs = tokenizer.backend_tokenizer.encode_batch([t for _, t in docs], add_special_tokens=False)
+    order = sorted(range(len(docs)), key=lambda i: rd.stable_hash(docs[i][0].rel))
+    kept, total = [], 0
+    for i in order:
+        n = len(encs[i].ids) + 1
+        if total + n > max_tokens:
+            continue
+        kept.append(i)
+        total += n
+    return [docs[i] for i in sorted(kept, key=lambda i: docs[i][0].rel)]
+
+
+def _meta(args, tokenizer, eot_id, train_docs, val_docs, train_ids, val_ids, packages) -> dict:
+    """The provenance record written next to the token arrays."""
+    def listing(ds):
+        return [[f.rel, f.source, f.license] for f, _ in ds]
+
+    return {
+        "vocab_size": len(tokenizer), "eot_id": eot_id,
+        "pad_id": tokenizer.convert_tokens_to_ids(rd.PAD), "dtype": "uint16",
+        "n_train_tokens": int(len(train_ids)), "n_val_tokens": int(len(val_ids)),
+        "n_train_files": len(train_docs), "n_val_files": len(val_docs),
+        "val_permille": args.val_permille, "split": "sha1(relative path) % 1000 < val_permille",
+        "python": platform.python_version(),
+        "sources": {"stdlib": {"license": "PSF-2.0", "version": platform.python_version()}, **packages},
+        "files": {"train": listing(train_docs), "val": listing(val_docs)},
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# train
+# ----------------------------------------------------------------------------------------------------
+
+TARGET_DIMS = dict(hidden_size=448, intermediate_size=1216, num_hidden_layers=8,
+                   num_attention_heads=8, num_key_value_heads=8)      # ~23.2M parameters
+DRAFT_DIMS = dict(hidden_size=192, intermediate_size=448, num_hidden_layers=1,
+                  num_attention_heads=4, num_key_value_heads=4)       # ~2.0M parameters
+QUICK_TARGET_DIMS = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4)
+QUICK_DRAFT_DIMS = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                        num_attention_heads=2, num_key_value_heads=2)
+
+
+def llama_config(dims: dict, meta: dict):
+    """A tied-embedding RoPE Llama config sharing the corpus tokenizer's vocabulary and specials."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=meta["vocab_size"], max_position_embeddings=2048, tie_word_embeddings=True,
+        bos_token_id=meta["eot_id"], eos_token_id=meta["eot_id"], pad_token_id=meta["pad_id"],
+        rms_norm_eps=1e-5, **dims,
+    )
+
+
+class Batches:
+    """Random training windows and fixed validation windows, all token ids resident on the device."""
+
+    def __init__(self, data: Path, batch: int, context: int, device, val_windows: int = 64):
+        import torch
+
+        self.batch, self.context, self.device = batch, context, device
+        train = np.fromfile(data / "train.bin", dtype=np.uint16).astype(np.int64)
+        val = np.fromfile(data / "val.bin", dtype=np.uint16).astype(np.int64)
+        self.train = torch.from_numpy(train).to(device)                       # [N]
+        self.offsets = torch.arange(context + 1, device=device)              # [T + 1]
+        # Up to `val_windows` non-overlapping held-out windows, spread evenly over val.bin.
+        n = min(val_windows, (len(val) - 1) // (context + 1))
+        starts = np.linspace(0, len(val) - context - 1, n).astype(np.int64)
+        self.val = torch.from_numpy(np.stack([val[s:s + context + 1] for s in starts])).to(device)
+
+    def sample(self, gen):
+        """One batch of random windows: inputs and next-token labels, each [B, T]."""
+        import torch
+
+        starts = torch.randint(0, len(self.train) - self.context - 1, (self.batch,), generator=gen)
+        win = self.train[starts.to(self.device)[:, None] + self.offsets]      # [B, T + 1]
+        return win[:, :-1], win[:, 1:]
+
+
+def ce_loss(model, x, y):
+    """Next-token cross-entropy in nats/token; x, y: [B, T]."""
+    import torch.nn.functional as F
+
+    logits = model(input_ids=x, use_cache=False).logits                      # [B, T, V]
+    return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+
+
+def kl_loss(teacher):
+    """Distillation loss KL(target || draft) per token, against a frozen teacher's full distribution."""
+    import torch
+    import torch.nn.functional as F
+
+    def loss(model, x, y):
+        with torch.no_grad():
+            t_logp = F.log_softmax(teacher(input_ids=x, use_cache=False).logits.float(), -1)  # [B,T,V]
+        d_logp = F.log_softmax(model(input_ids=x, use_cache=False).logits.float(), -1)      # [B,T,V]
+        return F.kl_div(d_logp.flatten(0, 1), t_logp.flatten(0, 1), log_target=True,
+                        reduction="batchmean")
+    return loss
+
+
+def lr_at(progress: float, peak: float, warmup: float = 0.03, floor: float = 0.1) -> float:
+    """Linear warmup then cosine decay to floor * peak, as a function of stage progress in [0, 1]."""
+    if progress < warmup:
+        return peak * max(progress / warmup, 0.02)
+    q = min((progress - warmup) / (1 - warmup), 1.0)
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * q)))
+
+
+def make_optimizer(model, lr: float, device):
+    """AdamW, weight decay on matrices only (not norms), fused kernels on CUDA."""
+    import torch
+
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    other = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8,
+                             fused=(torch.device(device).type == "cuda"))
+
+
+class Run:
+    """What every stage shares: device, batches, autocast, checkpoint folder, flags."""
+
+    def __init__(self, args, device, batches: Batches, ckpt_dir: Path):
+        self.device, self.batches, self.ckpt_dir = device, batches, ckpt_dir
+        self.resume, self.seed, self.compile = not args.no_resume, args.seed, args.compile
+        self.ckpt_every_s = 60.0
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+
+    def autocast(self):
+        """bf16 autocast on CUDA; plain fp32 on CPU."""
+        import contextlib
+
+        import torch
+
+        if torch.device(self.device).type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def val_loss(self, model, loss_fn) -> float:
+        """Mean of loss_fn over the fixed held-out windows (model put back in train mode after)."""
+        import torch
+
+        model.eval()
+        vals, B = [], self.batches.batch
+        with torch.no_grad(), self.autocast():
+            for i in range(0, len(self.batches.val), B):
+                win = self.batches.val[i:i + B]                               # [b, T + 1]
+                vals.append(loss_fn(model, win[:, :-1], win[:, 1:]) * len(win))
+        model.train()
+        return float(torch.stack(vals).sum()) / len(self.batches.val)
+
+
+def _save_ckpt(path: Path, model, opt, state: dict, best) -> None:
+    """Atomic checkpoint: model, optimizer, stage state and the best (fp16) weights so far."""
+    import torch
+
+    tmp = path.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "state": state, "best": best}, tmp)
+    tmp.replace(path)
+
+
+def _resume(run: Run, name: str, model, opt, state: dict):
+    """Load a stage checkpoint if there is one; returns (state, best_weights)."""
+    import torch
+
+    path = run.ckpt_dir / f"{name}.pt"
+    if not (run.resume and path.exists()):
+        return state, None
+    blob = torch.load(path, map_location=run.device, weights_only=False)
+    model.load_state_dict(blob["model"])
+    opt.load_state_dict(blob["opt"])
+    print(f"[{name}] resumed at step {blob['state']['step']}", flush=True)
+    return blob["state"], blob["best"]
+
+
+def run_stage(run: Run, name: str, model, loss_fn, *, seconds: float, max_steps: float, lr: float,
+              log_every: int = 10, evals: int = 10) -> dict:
+    """Train `model` on `loss_fn` until its time share or step cap is used up; keep the best weights.
+
+    Progress (for the LR schedule) is max(step / max_steps, elapsed / seconds), so the schedule fits
+    a wall-clock budget without knowing the throughput in advance. Resumes from OUT/ckpt/<name>.pt.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    # 1. Optimizer, state, optional resume.
+    opt = make_optimizer(model, lr, run.device)
+    state = {"step": 0, "tokens": 0, "elapsed": 0.0, "seconds": seconds, "done": False,
+             "curve": [], "val": [], "best_val": math.inf}
+    state, best = _resume(run, name, model, opt, state)
+    path, fwd = run.ckpt_dir / f"{name}.pt", (torch.compile(model) if run.compile else model)
+    gen = torch.Generator().manual_seed(run.seed * 7919 + state["step"] + len(name))
+    t0 = last_ckpt = time.time()
+    left = min(seconds, state["seconds"] - state["elapsed"])
+    deadline = t0 + max(0.0, left) if not state["done"] else t0
+    bar = tqdm(total=1000, desc=name, mininterval=1.0 if sys.stderr.isatty() else 10.0)
+    next_eval, progress, model_loss = 0.0, 0.0, None
+    model.train()
+    while time.time() < deadline:
+        # 2. Progress -> learning rate.
+        elapsed = state["elapsed"] + time.time() - t0
+        progress = min(1.0, max(state["step"] / max_steps, elapsed / state["seconds"]))
+        if progress >= 1.0:
+            break
+        for group in opt.param_groups:
+            group["lr"] = lr_at(progress, lr)
+        # 3. One step: sample, forward under autocast, backward, clip, update.
+        x, y = run.batches.sample(gen)                                        # [B, T]
+        with run.autocast():
+            loss = loss_fn(fwd, x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        state["step"] += 1
+        state["tokens"] += x.numel()
+        # 4. Every few steps: one host sync for logging and the progress bar.
+        if state["step"] % log_every == 0 or state["step"] == 1:
+            model_loss = loss.item()
+            state["curve"].append([state["step"], state["tokens"], round(model_loss, 4),
+                                   round(elapsed, 1), lr_at(progress, lr)])
+            bar.n = int(progress * 1000)
+            bar.set_postfix(loss=f"{model_loss:.3f}", step=state["step"], refresh=False)
+            bar.update(0)
+        # 5. Held-out loss every 1/evals of the stage; keep the best weights (early stopping).
+        if progress >= next_eval:
+            best, next_eval = _evaluate_and_keep(run, name, model, loss_fn, state, best), next_eval + 1 / evals
+        # 6. Resumable checkpoint.
+        if time.time() - last_ckpt > run.ckpt_every_s:
+            state["elapsed"] += time.time() - t0
+            t0 = last_ckpt = time.time()
+            _save_ckpt(path, model, opt, state, best)
+    bar.close()
+    # 7. Final held-out loss, restore the best weights, mark done, checkpoint.
+    if not state["done"]:
+        state["elapsed"] += time.time() - t0
+        best = _evaluate_and_keep(run, name, model, loss_fn, state, best)
+        state["done"] = progress >= 1.0 or state["step"] >= max_steps
+        _save_ckpt(path, model, opt, state, best)
+    if best is not None:
+        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in best.items()})
+    print(f"[{name}] {state['step']} steps, {state['tokens']:,} tokens, {state['elapsed']:.0f}s, "
+          f"best held-out {state['best_val']:.4f}", flush=True)
+    return state
+
+
+def _evaluate_and_keep(run: Run, name: str, model, loss_fn, state: dict, best):
+    """Held-out loss now; returns the weights to keep (fp16 copy of the best so far)."""
+    import torch
+
+    val = run.val_loss(model, loss_fn)
+    state["val"].append([state["step"], state["tokens"], round(val, 4)])
+    if val < state["best_val"]:
+        state["best_val"] = val
+        best = {k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype, copy=True)
+                for k, v in model.state_dict().items()}
+    return best
+
+
+def pick_device(name: str) -> str:
+    """'auto' -> cuda when available, else cpu."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def hardware(device: str) -> str:
+    """A human string naming the hardware, for logs and model cards."""
+    import os
+
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(0)
+    name = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
+                 if ln.startswith("model name")]
+        name = names[0] if names else name
+    return f"{name} CPU, {os.cpu_count()} cores"
+
+
+def train(args) -> dict:
+    """Target stage, then drafter pretraining and distillation, all inside --time-budget seconds."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    t_start = time.time()
+    deadline = t_start + args.time_budget - min(15.0, 0.05 * args.time_budget)  # keep time to save
+    # 1. Device, data, tokenizer, sizes.
+    device = pick_device(args.device)
+    torch.manual_seed(args.seed)
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    data, out = Path(args.data), Path(args.out)
+    meta = json.loads((data / "meta.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(str(data / "tokenizer"))
+    context = args.context if not args.quick else min(args.context, 64)
+    batch = args.batch_size or (4 if args.quick else 64 if device == "cuda" else 8)
+    batches = Batches(data, batch, context, device, val_windows=8 if args.quick else 64)
+    run = Run(args, device, batches, out / "ckpt")
+    max_steps = 20 if args.quick else math.inf
+    # 2. Target: pretrain on the corpus.
+    t_dims, d_dims = (QUICK_TARGET_DIMS, QUICK_DRAFT_DIMS) if args.quick else (TARGET_DIMS, DRAFT_DIMS)
+    target = LlamaForCausalLM(llama_config(t_dims, meta)).to(device)
+    stages = {"target": run_stage(run, "target", target, ce_loss, max_steps=max_steps, lr=1.5e-3,
+                                  seconds=args.target_frac * (deadline - time.time()))}
+    save_model(target, tokenizer, out / "code-target")
+    # 3. Drafter: pretrain on the corpus (about a third of what is left), then distill on the target.
+    draft = LlamaForCausalLM(llama_config(d_dims, meta)).to(device)
+    stages["draft"] = run_stage(run, "draft", draft, ce_loss, max_steps=max_steps / 2, lr=3e-3,
+                                seconds=0.35 * (deadline - time.time()))
+    target.eval().requires_grad_(False)
+    stages["distill"] = run_stage(run, "distill", draft, kl_loss(target), max_steps=max_steps / 2,
+                                  lr=1.5e-3, seconds=deadline - time.time())
+    stages["distill"]["val_ce"] = run.val_loss(draft, ce_loss)
+    save_model(draft, tokenizer, out / "code-draft")
+    # 4. Log; drop checkpoints once everything is saved (they are big and only needed to resume).
+    log = train_log(args, device, meta, target, draft, stages, batch, context, time.time() - t_start)
+    (out / "train_log.json").write_text(json.dumps(log, indent=1) + "\n")
+    if all(s["done"] for s in stages.values()) and not args.keep_ckpt:
+        for p in run.ckpt_dir.glob("*.pt"):
+            p.unlink()
+        run.ckpt_dir.rmdir()
+    print(f"[train] done in {log['wall_seconds']:.0f}s -> {out}", flush=True)
+    return log
+
+
+def save_model(model, tokenizer, folder: Path) -> None:
+    """fp16 safetensors `save_pretrained` folder with generation config and tokenizer files."""
+    import copy
+
+    import torch
+    from transformers import GenerationConfig
+
+    # 1. fp16 copy on CPU (the training model keeps fp32 weights).
+    half = copy.deepcopy(model).to("cpu", dtype=torch.float16)
+    cfg = half.config
+    half.generation_config = GenerationConfig(bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id,
+                                              pad_token_id=cfg.pad_token_id)
+    # 2. Save model (safetensors is the default format) and tokenizer next to it.
+    half.save_pretrained(str(folder))
+    rd.save_tokenizer(tokenizer, folder)
+
+
+def train_log(args, device, meta, target, draft, stages, batch, context, wall) -> dict:
+    """What the model cards cite: hardware, tokens seen, wall time, sampled loss curves."""
+    import torch
+    import transformers
+
+    def sampled(rows, n=200):
+        step = max(1, len(rows) // n)
+        return rows[::step] + ([rows[-1]] if rows and (len(rows) - 1) % step else [])
+
+    return {
+        "hardware": hardware(device), "device": device, "torch": torch.__version__,
+        "transformers": transformers.__version__, "time_budget": args.time_budget,
+        "wall_seconds": round(wall, 1), "quick": args.quick, "batch": batch, "context": context,
+        "compile": args.compile, "corpus_train_tokens": meta["n_train_tokens"],
+        "params": {"target": sum(p.numel() for p in target.parameters()),
+                   "draft": sum(p.numel() for p in draft.parameters())},
+        "stages": {name: {"steps": s["step"], "tokens": s["tokens"], "seconds": round(s["elapsed"], 1),
+                          "tokens_per_s": round(s["tokens"] / max(s["elapsed"], 1e-9)),
+                          "best_val": s["best_val"], "done": s["done"], "val_ce": s.get("val_ce"),
+                          "val_curve": s["val"], "loss_curve": sampled(s["curve"])}
+                   for name, s in stages.items()},
+        "columns": {"loss_curve": ["step", "tokens", "loss", "seconds", "lr"],
+                    "val_curve": ["step", "tokens", "loss"]},
+    }
+
+
+def evaluate(args):
+    raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------------------------------
+# command line
+# ----------------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    """`prepare`, `train`, `evaluate` subcommands."""
+    ap = argparse.ArgumentParser(prog="mmspec.text.recipe", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prepare", help="corpus + tokenizer + token arrays (CPU)")
+    p.add_argument("--data", default=DEFAULT_DATA)
+    p.add_argument("--vocab-size", type=int, default=8192)
+    p.add_argument("--val-permille", type=int, default=40, help="held-out files per 1000 (by hash)")
+    p.add_argument("--max-train-tokens", type=int, default=12_000_000)
+    p.add_argument("--package-bytes", type=int, default=3_500_000,
+                   help="source bytes per permissive package (0: standard library only)")
+    t = sub.add_parser("train", help="train target + drafter (GPU; CPU fallback)")
+    t.add_argument("--data", default=DEFAULT_DATA)
+    t.add_argument("--out", default=DEFAULT_OUT)
+    t.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    t.add_argument("--time-budget", type=float, default=400.0, help="wall-clock seconds, whole command")
+    t.add_argument("--quick", action="store_true", help="tiny models, ~20 steps each (smoke test)")
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--context", type=int, default=512)
+    t.add_argument("--target-frac", type=float, default=0.65, help="share of the budget for the target")
+    t.add_argument("--compile", action="store_true", help="torch.compile the models (off by default)")
+    t.add_argument("--no-resume", action="store_true", help="ignore checkpoints in OUT/ckpt")
+    t.add_argument("--keep-ckpt", action="store_true", help="keep OUT/ckpt after a completed run")
+    t.add_argument("--seed", type=int, default=0)
+    e = sub.add_parser("evaluate", help="losses, agreement, samples, model cards (CPU)")
+    e.add_argument("--data", default=DEFAULT_DATA)
+    e.add_argument("--out", default=DEFAULT_OUT)
+    e.add_argument("--device", default="cpu", choices=["auto", "cuda", "cpu"])
+    e.add_argument("--max-tokens", type=int, default=32_768, help="held-out tokens to score")
+    e.add_argument("--new-tokens", type=int, default=64)
+    return ap
+
+
+def main(argv=None) -> int:
+    """Entry point (also behind `mmspec zoo train text`)."""
+    args = build_parser().parse_args(argv)
+    if args.cmd == "prepare":
+        prepare(args)
+    elif args.cmd == "train":
+        train(args)
+    else:
+        evaluate(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,196 @@
+"""Data side of the offline text zoo recipe: corpus, split, tokenizer, token arrays.
+
+Everything here runs without network: the corpus is Python source that ships with every Python
+(the standard library) plus, optionally, a few permissively licensed installed packages. The split is
+decided per FILE by a hash of its relative path, so it is stable across machines and runs, and no
+validation file ever leaks into training through a shared window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import importlib.util
+import json
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+EOT = "<|endoftext|>"  # BOS, EOS and document separator
+PAD = "<|pad|>"
+SPECIAL_TOKENS = [EOT, PAD]
+
+# Directory names whose content is test suites, vendored third-party code or GUI demos.
+EXCLUDED_DIRS = {
+    "test", "tests", "testing", "idlelib", "turtledemo", "site-packages", "dist-packages",
+    "__pycache__", "_vendor", "vendor", "vendored", "encodings", "pydoc_data", "ensurepip",
+    "lib-dynload", "config-3.10-x86_64-linux-gnu", "config-3.11-x86_64-linux-gnu",
+    "config-3.12-x86_64-linux-gnu",
+}
+MAX_FILE_BYTES = 400_000   # larger files are generated tables, not code people write
+MAX_LINE_CHARS = 2_000     # minified or data-like lines
+
+# Optional extra corpus: import name -> (distribution name, license as the project states it).
+# Only permissive licenses; the installed version's metadata is recorded next to it in meta.json.
+PERMISSIVE_PACKAGES = {
+    "numpy": ("numpy", "BSD-3-Clause"),
+    "pip": ("pip", "MIT"),
+    "setuptools": ("setuptools", "MIT"),
+    "jinja2": ("jinja2", "BSD-3-Clause"),
+    "requests": ("requests", "Apache-2.0"),
+    "urllib3": ("urllib3", "MIT"),
+    "click": ("click", "BSD-3-Clause"),
+    "networkx": ("networkx", "BSD-3-Clause"),
+    "sympy": ("sympy", "BSD-3-Clause"),
+    "transformers": ("transformers", "Apache-2.0"),
+    "diffusers": ("diffusers", "Apache-2.0"),
+    "huggingface_hub": ("huggingface_hub", "Apache-2.0"),
+    "pygments": ("pygments", "BSD-2-Clause"),
+    "attr": ("attrs", "MIT"),
+    "fsspec": ("fsspec", "BSD-3-Clause"),
+    "idna": ("idna", "BSD-3-Clause"),
+}
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One corpus document: where it came from and under which license."""
+
+    rel: str        # stable id, e.g. "stdlib/json/decoder.py" or "numpy/linalg/_linalg.py"
+    path: Path
+    source: str     # "stdlib" or the distribution name
+    license: str
+
+
+def stable_hash(rel: str) -> int:
+    """A 64-bit hash of a relative path that does not depend on PYTHONHASHSEED or the machine."""
+    return int.from_bytes(hashlib.sha1(rel.encode("utf-8")).digest()[:8], "big")
+
+
+def is_val(rel: str, val_permille: int = 40) -> bool:
+    """File-level split: a file is held out iff its path hash falls in the first `val_permille`."""
+    return stable_hash(rel) % 1000 < val_permille
+
+
+def _usable(path: Path) -> str | None:
+    """Read a file, or None when it is not plain UTF-8 code of a sensible size."""
+    # 1. Size filter before reading: huge files are generated tables.
+    if path.stat().st_size > MAX_FILE_BYTES or path.stat().st_size == 0:
+        return None
+    # 2. Decode strictly; keep the text exactly (round-trip is byte exact).
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError):
+        return None
+    # 3. Drop minified / data-like files.
+    if any(len(line) > MAX_LINE_CHARS for line in text.splitlines()):
+        return None
+    return text
+
+
+def _walk(root: Path, prefix: str, source: str, license: str) -> list[SourceFile]:
+    """All *.py files under root, skipping excluded directories, sorted by relative id."""
+    files = []
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root).parts
+        if any(p in EXCLUDED_DIRS or p.startswith("test_") for p in parts[:-1]):
+            continue
+        if parts[-1].startswith(("test_", "_sysconfigdata")) or parts[-1] == "conftest.py":
+            continue
+        files.append(SourceFile(f"{prefix}/{'/'.join(parts)}", path, source, license))
+    return files
+
+
+def stdlib_files() -> list[SourceFile]:
+    """The standard library of the running Python, without test suites (PSF license)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    return _walk(root, "stdlib", "stdlib", "PSF-2.0")
+
+
+def package_files(max_bytes_per_package: int) -> tuple[list[SourceFile], dict]:
+    """Files of the installed permissive packages, each capped at `max_bytes_per_package`.
+
+    The cap keeps one big package (transformers, sympy) from dominating; which files survive the cap
+    is decided by the path hash, so it is deterministic for a given installed version.
+    """
+    files, used = [], {}
+    for name, (dist, license) in PERMISSIVE_PACKAGES.items():
+        # 1. Locate the package; skip if it is not installed here.
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        root = Path(list(spec.submodule_search_locations)[0])
+        try:
+            version = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown"
+        # 2. Take files in hash order until the byte cap.
+        cands = sorted(_walk(root, name, dist, license), key=lambda f: stable_hash(f.rel))
+        total, kept = 0, []
+        for f in cands:
+            size = f.path.stat().st_size
+            if total + size > max_bytes_per_package:
+                continue
+            total += size
+            kept.append(f)
+        files += sorted(kept, key=lambda f: f.rel)
+        used[dist] = {"version": version, "license": license, "files": len(kept), "bytes": total}
+    return files, used
+
+
+def train_tokenizer(texts, vocab_size: int):
+    """Byte-level BPE over the given texts -> a `transformers.PreTrainedTokenizerFast`.
+
+    Byte-level pre-tokenization maps every byte to a symbol, so spaces, tabs, newlines and any unicode
+    come back exactly; no normalizer and no cleanup of spaces on decode, for the same reason.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    # 1. BPE model with byte-level pre-tokenizer and decoder.
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    # 2. Train; the full 256-byte alphabet guarantees any input is encodable.
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), min_frequency=2,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    # 3. Wrap for transformers: <|endoftext|> is BOS/EOS/UNK, a separate pad token.
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=EOT, eos_token=EOT, unk_token=EOT, pad_token=PAD,
+        clean_up_tokenization_spaces=False, model_max_length=2048,
+    )
+
+
+def save_tokenizer(tokenizer, folder: Path) -> None:
+    """save_pretrained, portable across transformers 4.x and 5.x.
+
+    transformers 5 records its own class name (`TokenizersBackend`) and no longer writes
+    special_tokens_map.json; both majors load the `PreTrainedTokenizerFast` name, so write that.
+    """
+    folder = Path(folder)
+    tokenizer.save_pretrained(str(folder))
+    cfg_path = folder / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    for key in ("is_local", "local_files_only"):   # loading-time flags, not tokenizer settings
+        cfg.pop(key, None)
+    cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
+    special = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT, "pad_token": PAD}
+    (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+
+
+def encode_documents(tokenizer, texts: list[str], eot_id: int) -> np.ndarray:
+    """Concatenate documents as `EOT doc EOT doc ... EOT` into one uint16 array."""
+    # 1. Batch-encode with the Rust tokenizer (parallel, no special tokens added).
+    encs = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
+    # 2. Join with separators.
+    chunks = [np.array([eot_id], dtype=np.uint16)]
+    for enc in encs:
+        chunks.append(np.asarray(enc.ids, dtype=np.uint16))
+        chunks.append(np.array([eot_id], dtype=np.uint16))
+    return np.concatenate(chunks)
