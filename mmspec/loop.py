@@ -64,7 +64,8 @@ def decode(
     verdict, draft = rule(empty, logits, sampler, target.pos.clone()), empty
     while True:
         # 5. Commit n = (batch minimum of accepted) + 1 frames; stop rows at their end; roll back caches.
-        n = min(int(verdict.n_accepted.min()) + 1, budget - made)  # the one sync per step
+        live = verdict.n_accepted.masked_fill(done, verdict.tokens.shape[1])  # ended rows do not hold the batch back
+        n = min(int(live.min()) + 1, budget - made)  # the one sync per step
         frames = verdict.tokens[:, :n]  # [B, n, K]
         ended = target.finished(frames).cumsum(dim=1) > 0  # [B, n] at or after a row's end
         after_end = torch.cat([done[:, None].expand(B, 1), ended[:, :-1]], dim=1) | done[:, None]

@@ -24,6 +24,9 @@ class ModelDrafter:
             raise ValueError(
                 f"draft model has {self.model.num_codebooks} codebooks, the target {target.num_codebooks}: they must match"
             )
+        check = getattr(target, "check_draft", None)
+        if check is not None:
+            check(self.model)  # the adapter refuses pairs it cannot verify (e.g. different tokenizers)
         self.target, self.sampler = target, sampler
         self.model.start(target.prompt, max_new_frames=1)
         self.backlog: list[Tensor] = []  # committed frames [B, n, K] the draft model has not been fed

@@ -1,0 +1,185 @@
+"""The text adapter: a Target over any Hugging Face causal LM (``AutoModelForCausalLM``) and its tokenizer.
+
+Frames are single tokens (K = 1). Batches are left-padded; ``pos`` counts each row's real tokens, so
+positions (and reproducible noise) do not depend on the padding. Rollback crops the model's own
+``Cache`` through its public ``crop`` method.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+ZOO = Path(__file__).parent / "zoo"
+
+
+def resolve(name_or_path: str) -> str:
+    """``zoo:NAME`` -> the shipped folder; a local path must exist; anything else is a hub id."""
+    if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
+        raise ValueError(f"model must be a hub name, a local path or zoo:NAME, got {name_or_path!r}")
+    name = str(name_or_path)
+    if name.startswith("zoo:"):
+        folder = ZOO / name[4:]
+        known = sorted(p.name for p in ZOO.iterdir() if (p / "config.json").exists()) if ZOO.exists() else []
+        if not (folder / "config.json").exists():
+            raise ValueError(f"unknown text zoo model {name!r}; available: {', '.join('zoo:' + k for k in known) or 'none'}")
+        return str(folder)
+    expanded = os.path.expanduser(name)
+    if os.path.exists(expanded):
+        return expanded
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:  # hub ids are "org/name"
+        raise ValueError(f"model path {name!r} does not exist")
+    return name
+
+
+def _load(loader, name: str, **kwargs):
+    try:
+        return loader.from_pretrained(name, **kwargs)
+    except (OSError, ValueError, EnvironmentError) as err:
+        raise ValueError(f"could not load {name!r} as a local folder or hub model: {str(err).splitlines()[0]}") from err
+
+
+class TextTarget:
+    """Target over a causal LM. ``TextTarget.from_pretrained("zoo:code-target")`` or any hub name/path."""
+
+    num_codebooks = 1
+
+    def __init__(self, model, tokenizer, *, chat: bool = False, device: str | torch.device | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.chat = chat
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        config = model.config
+        self.max_frames = int(getattr(config, "max_position_embeddings", None) or 1_000_000)
+        eos = getattr(model.generation_config, "eos_token_id", None)
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        self.eos_ids = torch.tensor([e for e in (eos if isinstance(eos, list) else [eos]) if e is not None], dtype=torch.long)
+        self.pos = torch.zeros(1, dtype=torch.long)
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.2x
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str,
+        *,
+        dtype: str | torch.dtype | None = None,
+        device: str | None = None,
+        device_map: str | None = None,
+        trust_remote_code: bool = False,
+        chat: bool = False,
+    ) -> "TextTarget":
+        """Load model and tokenizer by hub name, local path or ``zoo:NAME``.
+
+        ``dtype``: "float32" (default on CPU), "float16", "bfloat16" or "auto". ``device_map="auto"``
+        spreads a model larger than one GPU through accelerate.
+        """
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = resolve(name_or_path)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() and device_map is None else "cpu"
+        if dtype is None:
+            dtype = torch.float32 if device == "cpu" else "auto"
+        elif isinstance(dtype, str) and dtype != "auto":
+            if dtype not in ("float32", "float16", "bfloat16"):
+                raise ValueError(f"dtype must be float32, float16, bfloat16 or auto, got {dtype!r}")
+            dtype = getattr(torch, dtype)
+        kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
+        if device_map is not None:
+            kwargs["device_map"] = device_map
+        model = _load(AutoModelForCausalLM, path, **kwargs)
+        if device_map is None:
+            model = model.to(device)
+        tokenizer = _load(AutoTokenizer, path, trust_remote_code=trust_remote_code)
+        return cls(model, tokenizer, chat=chat, device=None if device_map else device)
+
+    # -- prompts ---------------------------------------------------------------------------------
+    def encode(self, prompt: str | Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Prompt text(s) -> left-padded ids ``[B, L]`` and pad counts ``[B]``."""
+        texts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
+            raise ValueError("prompt must be non-empty text (a string or a list of non-empty strings)")
+        rows = []
+        for text in texts:
+            if self.chat:
+                ids = self.tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+                ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+            else:
+                ids = self.tokenizer(text)["input_ids"]
+            rows.append(list(ids))
+        L = max(len(r) for r in rows)
+        if L >= self.max_frames:
+            raise ValueError(f"prompt is {L} tokens long; the model's context holds {self.max_frames} (prompt + new tokens)")
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        ids = torch.tensor([[pad_id] * (L - len(r)) + r for r in rows], dtype=torch.long)
+        pads = torch.tensor([L - len(r) for r in rows], dtype=torch.long)
+        return ids.to(self.device), pads.to(self.device)
+
+    # -- Target protocol -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def start(self, prompt: str | Sequence[str], max_new_frames: int) -> Tensor:
+        from transformers import DynamicCache
+
+        ids, self.pads = self.encode(prompt)  # [B, L], [B]
+        self.prompt, self.prompt_ids = prompt, ids
+        self.cache = DynamicCache()
+        self.mask = (torch.arange(ids.shape[1], device=self.device)[None, :] >= self.pads[:, None]).long()  # [B, L]
+        self.padded = bool(self.pads.any())
+        self.pos = -self.pads  # so that pos counts real tokens after the prefill
+        return self.forward(ids[..., None], keep_last=True)  # [B, 1, 1, V]
+
+    def prompt_frames(self) -> list[Tensor]:
+        return [row[int(p) :, None] for row, p in zip(self.prompt_ids, self.pads)]  # per row [L_b, 1]
+
+    @torch.inference_mode()
+    def forward(self, frames: Tensor, keep_last: bool = False) -> Tensor:
+        T = frames.shape[1]
+        ids = frames[..., 0]  # [B, T]
+        kwargs = {}
+        if self.padded:
+            if self.mask.shape[1] < self.cache.get_seq_length() + T:
+                self.mask = torch.cat([self.mask, self.mask.new_ones(ids.shape[0], T)], dim=1)
+            kwargs["attention_mask"] = self.mask
+            kwargs["position_ids"] = (self.pos[:, None] + torch.arange(T, device=self.device)[None, :]).clamp(min=0)
+        if keep_last:
+            kwargs["logits_to_keep"] = 1
+        kwargs[self._cache_arg] = self.cache
+        out = self.model(input_ids=ids, use_cache=True, **kwargs)
+        self.pos = self.pos + T
+        return out.logits[:, :, None, :]  # [B, T, 1, V]
+
+    def rollback(self, pos: Tensor) -> None:
+        remove = int((self.pos - pos).max())
+        if not bool(((self.pos - pos) == remove).all()):
+            raise ValueError("TextTarget rolls all rows back by the same number of tokens")
+        if remove > 0:
+            self.cache.crop(-remove)
+            self.mask = self.mask[:, : self.cache.get_seq_length()]
+        self.pos = pos.clone()
+
+    def finished(self, frames: Tensor) -> Tensor:
+        return torch.isin(frames[..., 0], self.eos_ids.to(frames.device))  # [B, T]
+
+    def decode(self, frames: Tensor, lengths: Tensor) -> list[str]:
+        return [
+            self.tokenizer.decode(frames[b, : int(lengths[b]), 0].tolist(), skip_special_tokens=True)
+            for b in range(frames.shape[0])
+        ]
+
+    # -- pairing ---------------------------------------------------------------------------------
+    def check_draft(self, draft: "TextTarget") -> None:
+        """Refuse a draft model whose tokenizer differs (embedding padding beyond it is fine)."""
+        if not isinstance(draft, TextTarget):
+            raise ValueError(f"a text target needs a text draft model, got {type(draft).__name__}")
+        if self.tokenizer.get_vocab() != draft.tokenizer.get_vocab():
+            raise ValueError(
+                "draft model's tokenizer differs from the target's; draft-model speculation needs the same "
+                "tokenizer (cross-tokenizer drafting is not supported)"
+            )
