@@ -134,7 +134,6 @@ class SpeechLM(PreTrainedModel):
         # One table of K * V rows: codebook k's id c lives at row k * V + c.
         self.audio_embed = nn.Embedding(K * V, H)
         self.heads = nn.Linear(H, K * V, bias=False)  # K parallel heads as one matrix
-        self.register_buffer("codebook_offsets", torch.arange(K) * V, persistent=False)
         self.post_init()
 
     def embed(self, text_ids: torch.Tensor | None, audio_frames: torch.Tensor | None) -> torch.Tensor:
@@ -143,7 +142,9 @@ class SpeechLM(PreTrainedModel):
         if text_ids is not None:
             parts.append(self.backbone.embed_tokens(text_ids))  # [B, L, H]
         if audio_frames is not None:
-            rows = audio_frames + self.codebook_offsets.to(audio_frames.device)  # [B, T, K]
+            K, V = self.config.num_codebooks, self.config.audio_vocab_size
+            # (offsets computed here, not kept in a buffer: from_pretrained leaves non-persistent buffers unset)
+            rows = audio_frames + torch.arange(K, device=audio_frames.device) * V  # [B, T, K]
             parts.append(self.audio_embed(rows).sum(dim=2))  # [B, T, H]
         return torch.cat(parts, dim=1)
 

@@ -26,6 +26,7 @@ import sys
 import sysconfig
 import time
 import wave
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -99,6 +100,11 @@ def synthesize(text: str, voice: dict) -> np.ndarray:
     return x[max(0, loud[0] - pad): loud[-1] + pad]
 
 
+def split_of(text: str) -> str:
+    """"valid" for about 5% of transcripts (crc32 % 20 == 0), else "train"."""
+    return "valid" if zlib.crc32(text.encode()) % 20 == 0 else "train"
+
+
 def prepare(args) -> None:
     """Synthesize the utterances; write ``audio.mulaw.xz`` (lzma'd uint8 mu-law) + ``index.json``."""
     # 1. Check the synthesizer.
@@ -125,9 +131,9 @@ def prepare(args) -> None:
             total += len(q)
             if total >= args.max_seconds * SAMPLE_RATE:
                 break
-    # 4. Deterministic 5% validation split (every 20th utterance) and the files.
-    for i, it in enumerate(items):
-        it["split"] = "valid" if i % 20 == 0 else "train"
+    # 4. Deterministic 5% validation split (by transcript hash, so every voice is represented) and the files.
+    for it in items:
+        it["split"] = split_of(it["text"])
     blob = lzma.compress(np.concatenate(chunks).tobytes(), preset=9)  # ~0.7x of raw mu-law
     (out / AUDIO_NAME).write_bytes(blob)
     index = {"sample_rate": SAMPLE_RATE, "encoding": "mulaw8", "voices": VOICES,
@@ -506,6 +512,229 @@ def train(args) -> None:
     print(json.dumps(summary, indent=2))
 
 
+# ----------------------------------------------------------------------------------------- evaluate
+def si_snr(est: np.ndarray, ref: np.ndarray) -> float:
+    """Scale-invariant signal-to-noise ratio in dB (zero-mean signals, same length)."""
+    est, ref = est - est.mean(), ref - ref.mean()
+    proj = (est @ ref) / (ref @ ref + 1e-12) * ref
+    return float(10 * np.log10((proj @ proj + 1e-12) / ((est - proj) @ (est - proj) + 1e-12)))
+
+
+def log_mel(x: np.ndarray, sr: int = SAMPLE_RATE) -> torch.Tensor:
+    """log-mel spectrogram ``[64, frames]`` (n_fft 1024, hop 256) of a mono waveform."""
+    import torchaudio
+
+    mel = torchaudio.transforms.MelSpectrogram(sr, n_fft=1024, hop_length=256, n_mels=64)
+    return torch.log(mel(torch.from_numpy(x).float()) + 1e-5)
+
+
+def audio_stats(x: np.ndarray, sr: int = SAMPLE_RATE) -> dict:
+    """Measured properties: duration, RMS (dBFS), spectral flatness, voiced fraction and median F0.
+
+    Voicing: 40 ms frames with RMS above -40 dBFS whose normalised autocorrelation peak in 60-400 Hz
+    exceeds 0.5 (espeak's voiced segments are strongly periodic; noise is not).
+    """
+    n, hop = int(0.04 * sr), int(0.02 * sr)
+    frames = [x[i: i + n] for i in range(0, len(x) - n, hop)]
+    voiced, f0s, loud = 0, [], 0
+    for f in frames:
+        f = f - f.mean()
+        if np.sqrt((f ** 2).mean()) < 0.01:
+            continue
+        loud += 1
+        ac = np.correlate(f, f, "full")[n - 1:]
+        lo, hi = sr // 400, sr // 60
+        lag = lo + int(np.argmax(ac[lo:hi]))
+        if ac[lag] / (ac[0] + 1e-12) > 0.5:
+            voiced, f0s = voiced + 1, f0s + [sr / lag]
+    spec = np.abs(np.fft.rfft(x[: len(x) // n * n].reshape(-1, n) * np.hanning(n), axis=1)) ** 2 + 1e-10
+    flat = float(np.mean(np.exp(np.log(spec).mean(1)) / spec.mean(1)))
+    return {"duration_s": round(len(x) / sr, 2), "rms_dbfs": round(float(20 * np.log10(np.sqrt((x ** 2).mean()) + 1e-9)), 1),
+            "spectral_flatness": round(flat, 4), "loud_frames": loud,
+            "voiced_fraction_of_loud": round(voiced / max(1, loud), 3),
+            "median_f0_hz": round(float(np.median(f0s)), 1) if f0s else None}
+
+
+def write_wav(path: Path, x: np.ndarray, sr: int = SAMPLE_RATE) -> None:
+    """16-bit mono WAV with the standard-library ``wave`` module."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(sr)
+        w.writeframes((np.clip(x, -1, 1) * 32767).astype(np.int16).tobytes())
+
+
+@torch.no_grad()
+def sample_speech(model, text: str, voice: int, max_frames: int, top_k: int = 50, temperature: float = 1.0,
+                  seed: int = 0, min_frames: int = 10) -> torch.Tensor:
+    """KV-cached sampling of the delayed stream -> codes ``[1, K, T]`` (evaluation baseline only).
+
+    Constraints that keep the stream valid: codebook k is ``pad_id`` at steps s < k; real codes only
+    (codebook 0 may also end with ``eos_id``) until codebook 0 ends; then K - 1 closing steps.
+    """
+    from .lm import encode_text, revert_delay
+
+    cfg = model.config
+    K, C, pad, eos = cfg.num_codebooks, cfg.codebook_size, cfg.pad_id, cfg.eos_id
+    gen = torch.Generator().manual_seed(seed)
+    text_ids = torch.tensor([encode_text(text, voice)])
+    frame = torch.full((1, 1, K), pad)  # the BOS frame
+    out = model(text_ids=text_ids, audio_frames=frame, use_cache=True)
+    cache, cols, end = out.past_key_values, [], None
+    for s in range(max_frames + K):
+        # 1. Warp: temperature, allowed ids per codebook, top-k.
+        logits = out.logits[0, -1].float() / temperature  # [K, V]
+        logits[:, C:] = -float("inf")
+        if end is None and s >= min_frames:
+            logits[0, eos] = out.logits[0, -1, 0, eos].float() / temperature
+        kth = logits.topk(min(top_k, C), dim=-1).values[:, -1:]
+        probs = torch.where(logits < kth, -float("inf"), logits).softmax(-1)
+        col = torch.multinomial(probs, 1, generator=gen)[:, 0]  # [K]
+        # 2. Delay constraints.
+        for k in range(K):
+            if s < k or (end is not None and s >= end + k):
+                col[k] = pad
+        if end is None and (col[0] == eos or s == max_frames):
+            end = s
+            col[0] = eos
+        cols.append(col)
+        if end is not None and s >= end + K - 2:
+            break
+        out = model(audio_frames=col.view(1, 1, K), past_key_values=cache, use_cache=True)
+        cache = out.past_key_values
+    delayed = torch.stack(cols, dim=1)[None, :, : end + K - 1]  # [1, K, T + K - 1]
+    return revert_delay(delayed)  # [1, K, T]
+
+
+def evaluate_codec(codec, wavs: list[np.ndarray]) -> dict:
+    """Reconstruction quality on held-out utterances: log-mel L1 distance and SI-SNR (means)."""
+    mel_d, snr = [], []
+    for x in wavs:
+        y = codec.decode(codec.encode(torch.from_numpy(x)[None, None]))[0, 0, : len(x)].numpy()
+        mel_d.append(float((log_mel(y) - log_mel(x)).abs().mean()))
+        snr.append(si_snr(y, x))
+    return {"utterances": len(wavs), "log_mel_l1": round(float(np.mean(mel_d)), 4),
+            "si_snr_db": round(float(np.mean(snr)), 2)}
+
+
+@torch.no_grad()
+def draft_agreement(target, draft, data: dict, idx: np.ndarray) -> float:
+    """Teacher-forced top-1 agreement of draft and target over real targets (a proxy for acceptance)."""
+    text, mask, inp, tgt = lm_batch(data, idx, torch.device("cpu"))
+    p = target(text_ids=text, audio_frames=inp, attention_mask=mask).logits[:, text.shape[1]:].argmax(-1)
+    q = draft(text_ids=text, audio_frames=inp, attention_mask=mask).logits[:, text.shape[1]:].argmax(-1)
+    valid = tgt != -100
+    return round(float((p == q)[valid].float().mean()), 4)
+
+
+def sox_info(path: Path) -> str:
+    """``sox --i`` and ``sox stat`` output when sox is installed (else a note)."""
+    if shutil.which("sox") is None:
+        return "sox not installed"
+    info = subprocess.run(["sox", "--i", str(path)], capture_output=True, text=True).stdout
+    stat = subprocess.run(["sox", str(path), "-n", "stat"], capture_output=True, text=True).stderr
+    return info.strip() + "\n" + stat.strip()
+
+
+def evaluate(args) -> None:
+    """Codec metrics, LM validation losses, 3 sampled utterances and model cards (CPU, a few minutes)."""
+    from .codec import ZooCodec
+    from .lm import SpeechLM
+
+    torch.manual_seed(args.seed)
+    zoo = Path(args.zoo)
+    index, wavs = load_data(args.data)
+    valid = [i for i, u in enumerate(index["utterances"]) if u["split"] == "valid"][: args.max_valid]
+    # 1. Codec reconstruction on held-out audio.
+    codec = ZooCodec.from_pretrained(zoo / "speech" / "codec")
+    report = {"codec": evaluate_codec(codec, [wavs[i] for i in valid])}
+    print("codec", report["codec"])
+    # 2. LM validation cross-entropy (codes from the shipped codec) and draft/target agreement.
+    items = [index["utterances"][i] for i in valid]
+    codes = encode_all(codec, [wavs[i] for i in valid], torch.device("cpu"))
+    C = codec.codebook_size
+    data = lm_tensors(items, codes, codec.num_codebooks, C, C + 1)
+    rows = np.arange(len(items))
+    lms = {r: SpeechLM.from_pretrained(zoo / f, dtype=torch.float32).eval()
+           for r, f in (("target", "speech/lm"), ("draft", "speech-draft/lm"))}
+    for role, m in lms.items():
+        report[f"{role}_valid_ce"] = round(lm_eval_loss(m, data, rows, torch.device("cpu")), 4)
+        report[f"{role}_params"] = sum(p.numel() for p in m.parameters())
+    report["draft_target_top1_agreement"] = draft_agreement(lms["target"], lms["draft"], data, rows)
+    print({k: v for k, v in report.items() if k != "codec"})
+    # 3. Three samples from held-out transcripts (+ the espeak references, measured the same way).
+    meta = json.loads((zoo / "speech" / "mmspec_speech.json").read_text())
+    report["samples"] = []
+    by_voice = {}
+    for i in valid:  # the first held-out utterance of each voice, then the rest
+        by_voice.setdefault(index["utterances"][i]["voice"], i)
+    picks = (list(by_voice.values()) + [i for i in valid if i not in by_voice.values()])[: args.samples]
+    for n, i in enumerate(picks):
+        u = index["utterances"][i]
+        codes = sample_speech(lms["target"], u["text"], u["voice"], meta["max_frames"], top_k=args.top_k,
+                              seed=args.seed + n)
+        y = codec.decode(codes)[0, 0].numpy()
+        path = zoo / "speech" / "samples" / f"sample{n}.wav"
+        write_wav(path, y)
+        report["samples"].append({"file": f"samples/{path.name}", "text": u["text"],
+                                  "voice": index["voices"][u["voice"]]["name"], "generated": audio_stats(y),
+                                  "espeak_reference": audio_stats(wavs[i]), "sox": sox_info(path)})
+        print(report["samples"][-1]["text"], report["samples"][-1]["generated"])
+    (zoo / "speech" / "evaluation.json").write_text(json.dumps(report, indent=2))
+    write_cards(zoo, report, meta)
+
+
+def _sample_lines(report: dict) -> list[str]:
+    """Model-card lines describing the generated samples by measured properties only."""
+    lines = []
+    for smp in report.get("samples", []):
+        g, r = smp["generated"], smp["espeak_reference"]
+        lines.append(f"* `{smp['file']}` ({smp['voice']}): \"{smp['text']}\" -- {g['duration_s']} s "
+                     f"(espeak reference {r['duration_s']} s), RMS {g['rms_dbfs']} dBFS (ref {r['rms_dbfs']}), "
+                     f"spectral flatness {g['spectral_flatness']} (ref {r['spectral_flatness']}), voiced fraction "
+                     f"{g['voiced_fraction_of_loud']} (ref {r['voiced_fraction_of_loud']}), median F0 "
+                     f"{g['median_f0_hz']} Hz (ref {r['median_f0_hz']} Hz).")
+    return lines
+
+
+def write_cards(zoo: Path, report: dict, meta: dict) -> None:
+    """``README.md`` model cards for ``speech/`` and ``speech-draft/`` from the train and eval summaries."""
+    summ_path = zoo / "train_summary.json"
+    tr = json.loads(summ_path.read_text()) if summ_path.exists() else {}
+    hw = (f"Trained on {tr.get('device', 'unknown hardware')} in {tr.get('total_s', '?')} s wall time "
+          f"(budget {tr.get('time_budget_s', '?')} s, shared with other jobs), "
+          f"{tr.get('train_utterances', '?')} training utterances.")
+    c = report["codec"]
+    common = [
+        "Data: English sentences (first sentences of Python standard-library docstrings) synthesized with "
+        f"espeak-ng in {len(meta['voices'])} voices ({', '.join(meta['voices'])}), 16 kHz, stored as 8-bit "
+        "mu-law; 5% of utterances held out. This is robotic formant-synthesis speech, not human speech.",
+        f"Codec (`speech/codec`, encodec `EncodecModel` built from its SEANet/RVQ modules): "
+        f"{meta['num_codebooks']} codebooks x {meta['codebook_size']} codes at {meta['frame_rate']} Hz, "
+        f"{tr.get('codec_steps', '?')} steps (waveform L1 + multi-resolution mel L1 + commitment; no "
+        f"adversarial loss). Held-out reconstruction: log-mel L1 {c['log_mel_l1']}, SI-SNR {c['si_snr_db']} dB.",
+        "Format: see `mmspec_speech.json` and the docstring of `mmspec.speech.lm` (text bytes + voice token, "
+        "then delayed codec frames; parallel heads, logits `[B, T, K, V]`).",
+    ]
+    tgt = ["# mmspec speech zoo: target codec LM", "", hw, "", *common, "",
+           f"LM: Llama backbone, {report['target_params'] / 1e6:.2f}M parameters, "
+           f"{tr.get('target_steps', '?')} steps; held-out cross-entropy {report['target_valid_ce']} nats/token.", "",
+           "## Samples (not listened to: measured properties only)", "",
+           "Sampled with top-k 50, temperature 1, from held-out transcripts; the espeak reference is the "
+           "original held-out utterance. Voiced fraction = share of loud 40 ms frames with a periodic "
+           "(autocorrelation > 0.5) pitch between 60 and 400 Hz.", "", *_sample_lines(report), "",
+           "Limitations: a toy model trained for minutes on ~40 minutes of synthetic speech; intelligibility "
+           "is not measured and should not be assumed. Its purpose is to exercise speculative decoding of "
+           "codec LMs offline.", ""]
+    dft = ["# mmspec speech zoo: draft codec LM", "", hw, "", *common, "",
+           f"Draft LM: {report['draft_params'] / 1e6:.2f}M parameters, same vocabulary, codebooks and text "
+           f"format as the target (`../speech`), {tr.get('draft_steps', '?')} steps (cross-entropy, then "
+           f"distillation on the target's logits). Held-out cross-entropy {report['draft_valid_ce']} nats/token; "
+           f"teacher-forced top-1 agreement with the target {report['draft_target_top1_agreement']}.", "",
+           "The codec lives in `../speech/codec`.", ""]
+    (zoo / "speech" / "README.md").write_text("\n".join(tgt))
+    (zoo / "speech-draft" / "README.md").write_text("\n".join(dft))
+
+
 # ----------------------------------------------------------------------------------------- CLI
 def main(argv=None) -> None:
     """Entry point: ``prepare`` / ``train`` / ``evaluate``."""
@@ -525,10 +754,17 @@ def main(argv=None) -> None:
     t.add_argument("--quick", action="store_true", help="tiny models and data: a CPU smoke test")
     t.add_argument("--keep-checkpoints", action="store_true")
     t.add_argument("--seed", type=int, default=0)
+    e = sub.add_parser("evaluate", help="metrics, samples and model cards (CPU)")
+    e.add_argument("--data", default=str(DEFAULT_DATA))
+    e.add_argument("--zoo", default=str(DEFAULT_OUT))
+    e.add_argument("--max-valid", type=int, default=40)
+    e.add_argument("--samples", type=int, default=3)
+    e.add_argument("--top-k", type=int, default=50)
+    e.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.cmd == "train" and args.time_budget is None:
         args.time_budget = 60.0 if args.quick else 400.0
-    {"prepare": prepare, "train": train}[args.cmd](args)
+    {"prepare": prepare, "train": train, "evaluate": evaluate}[args.cmd](args)
 
 
 if __name__ == "__main__":
