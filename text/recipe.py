@@ -34,17 +34,21 @@ MAX_DATA_BYTES = 30_000_000
 # prepare
 # ----------------------------------------------------------------------------------------------------
 
-def prepare(args) -> dict:
-    """Collect the corpus, train the tokenizer, write train.bin / val.bin / meta.json / tokenizer/."""
+def prepare(args, files: list[rd.SourceFile] | None = None) -> dict:
+    """Collect the corpus, train the tokenizer, write train.bin / val.bin / meta.json / tokenizer/.
+
+    `files` replaces the corpus collection (tests pass a handful of files).
+    """
     t0 = time.time()
     data = Path(args.data)
     data.mkdir(parents=True, exist_ok=True)
     # 1. Corpus: stdlib, plus capped permissive packages unless disabled.
-    files = rd.stdlib_files()
     packages = {}
-    if args.package_bytes > 0:
+    if files is None and args.package_bytes > 0:
+        files = rd.stdlib_files()
         extra, packages = rd.package_files(args.package_bytes)
         files += extra
+    files = rd.stdlib_files() if files is None else files
     docs = [(f, text) for f in files if (text := rd._usable(f.path)) is not None]
     print(f"[prepare] {len(docs)} usable files of {len(files)}", flush=True)
     # 2. File-level split by path hash.
@@ -56,10 +60,8 @@ def prepare(args) -> dict:
     eot_id = tokenizer.convert_tokens_to_ids(rd.EOT)
     print(f"[prepare] tokenizer trained ({time.time() - t0:.0f}s)", flush=True)
     # 4. Encode; keep training files in hash order up to the token cap (deterministic subsample).
-    train_docs = _cap_tokens(tokenizer, train_docs, args.max_train_tokens)
-    val_docs = _cap_tokens(tokenizer, val_docs, args.max_train_tokens // 20)
-    train_ids = rd.encode_documents(tokenizer, [t for _, t in train_docs], eot_id)
-    val_ids = rd.encode_documents(tokenizer, [t for _, t in val_docs], eot_id)
+    train_docs, train_ids = _encode_capped(tokenizer, train_docs, args.max_train_tokens, eot_id)
+    val_docs, val_ids = _encode_capped(tokenizer, val_docs, args.max_train_tokens // 20, eot_id)
     train_ids.tofile(data / "train.bin")
     val_ids.tofile(data / "val.bin")
     # 5. Meta: counts, file lists with their license source, what produced them.
@@ -73,9 +75,14 @@ def prepare(args) -> dict:
     return meta
 
 
-def _cap_tokens(tokenizer, docs, max_tokens: int):
-    """Keep documents in path-hash order while the token total stays under max_tokens."""
+def _encode_capped(tokenizer, docs, max_tokens: int, eot_id: int):
+    """Encode documents; keep them in path-hash order while the total stays under max_tokens.
+
+    Returns the kept documents (sorted by path) and their `EOT doc EOT ...` uint16 array.
+    """
+    # 1. Batch-encode with the Rust tokenizer (parallel, no special tokens added).
     encs = tokenizer.backend_tokenizer.encode_batch([t for _, t in docs], add_special_tokens=False)
+    # 2. Deterministic subsample: hash order, skip what does not fit.
     order = sorted(range(len(docs)), key=lambda i: rd.stable_hash(docs[i][0].rel))
     kept, total = [], 0
     for i in order:
@@ -84,7 +91,8 @@ def _cap_tokens(tokenizer, docs, max_tokens: int):
             continue
         kept.append(i)
         total += n
-    return [docs[i] for i in sorted(kept, key=lambda i: docs[i][0].rel)]
+    kept.sort(key=lambda i: docs[i][0].rel)
+    return [docs[i] for i in kept], rd.join_documents([encs[i].ids for i in kept], eot_id)
 
 
 def _meta(args, tokenizer, eot_id, train_docs, val_docs, train_ids, val_ids, packages) -> dict:
@@ -149,8 +157,9 @@ class Batches:
         """One batch of random windows: inputs and next-token labels, each [B, T]."""
         import torch
 
-        starts = torch.randint(0, len(self.train) - self.context - 1, (self.batch,), generator=gen)
-        win = self.train[starts.to(self.device)[:, None] + self.offsets]      # [B, T + 1]
+        starts = torch.randint(0, len(self.train) - self.context - 1, (self.batch,), generator=gen,
+                               device=self.device)                            # [B], no host sync
+        win = self.train[starts[:, None] + self.offsets]                      # [B, T + 1]
         return win[:, :-1], win[:, 1:]
 
 
@@ -267,12 +276,12 @@ def run_stage(run: Run, name: str, model, loss_fn, *, seconds: float, max_steps:
              "curve": [], "val": [], "best_val": math.inf}
     state, best = _resume(run, name, model, opt, state)
     path, fwd = run.ckpt_dir / f"{name}.pt", (torch.compile(model) if run.compile else model)
-    gen = torch.Generator().manual_seed(run.seed * 7919 + state["step"] + len(name))
+    gen = torch.Generator(device=run.device).manual_seed(run.seed * 7919 + state["step"] + len(name))
     t0 = last_ckpt = time.time()
     left = min(seconds, state["seconds"] - state["elapsed"])
     deadline = t0 + max(0.0, left) if not state["done"] else t0
     bar = tqdm(total=1000, desc=name, mininterval=1.0 if sys.stderr.isatty() else 10.0)
-    next_eval, progress, model_loss = 0.0, 0.0, None
+    next_eval, progress = 0.0, 0.0
     model.train()
     while time.time() < deadline:
         # 2. Progress -> learning rate.
@@ -302,18 +311,19 @@ def run_stage(run: Run, name: str, model, loss_fn, *, seconds: float, max_steps:
             bar.update(0)
         # 5. Held-out loss every 1/evals of the stage; keep the best weights (early stopping).
         if progress >= next_eval:
-            best, next_eval = _evaluate_and_keep(run, name, model, loss_fn, state, best), next_eval + 1 / evals
+            best = _evaluate_and_keep(run, name, model, loss_fn, state, best)
+            next_eval += 1 / evals
         # 6. Resumable checkpoint.
         if time.time() - last_ckpt > run.ckpt_every_s:
             state["elapsed"] += time.time() - t0
             t0 = last_ckpt = time.time()
             _save_ckpt(path, model, opt, state, best)
     bar.close()
-    # 7. Final held-out loss, restore the best weights, mark done, checkpoint.
+    # 7. Final held-out loss, restore the best weights, mark done (a rerun skips it), checkpoint.
     if not state["done"]:
         state["elapsed"] += time.time() - t0
         best = _evaluate_and_keep(run, name, model, loss_fn, state, best)
-        state["done"] = progress >= 1.0 or state["step"] >= max_steps
+        state["done"] = True
         _save_ckpt(path, model, opt, state, best)
     if best is not None:
         model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in best.items()})
@@ -451,8 +461,191 @@ def train_log(args, device, meta, target, draft, stages, batch, context, wall) -
     }
 
 
-def evaluate(args):
-    raise NotImplementedError
+# ----------------------------------------------------------------------------------------------------
+# evaluate
+# ----------------------------------------------------------------------------------------------------
+
+PROMPTS = [
+    "def fibonacci(n):\n",
+    "class Stack:\n",
+    "import os\n\ndef ",
+    "def is_prime(n):\n",
+    "with open(path) as f:\n",
+    "class Config:\n    def __init__(self",
+]
+QUALITY_BAR = {"min_loss_gap": 0.3, "min_agreement": 0.6}
+
+
+def score_heldout(target, draft, val: np.ndarray, unigram_logp: np.ndarray, max_tokens: int,
+                  context: int = 512, batch: int = 8) -> dict:
+    """Teacher-forced losses (nats/token) and greedy agreement on evenly spread held-out windows."""
+    import torch
+    import torch.nn.functional as F
+
+    # 1. Windows of context + 1 tokens spread over val.bin, ~max_tokens scored positions in all.
+    n = max(1, min(max_tokens // context, (len(val) - 1) // (context + 1)))
+    starts = np.linspace(0, len(val) - context - 1, n).astype(np.int64)
+    wins = torch.from_numpy(np.stack([val[s:s + context + 1] for s in starts]).astype(np.int64))
+    sums = {"target": 0.0, "draft": 0.0, "unigram": 0.0, "agree": 0.0}
+    # 2. Score both models on the same positions.
+    with torch.no_grad():
+        for i in range(0, n, batch):
+            win = wins[i:i + batch].to(target.device)
+            x, y = win[:, :-1], win[:, 1:]                                            # [b, T]
+            t_logits = target(input_ids=x, use_cache=False).logits.float()            # [b, T, V]
+            d_logits = draft(input_ids=x, use_cache=False).logits.float()             # [b, T, V]
+            sums["target"] += F.cross_entropy(t_logits.flatten(0, 1), y.flatten(), reduction="sum").item()
+            sums["draft"] += F.cross_entropy(d_logits.flatten(0, 1), y.flatten(), reduction="sum").item()
+            sums["agree"] += (t_logits.argmax(-1) == d_logits.argmax(-1)).sum().item()
+            sums["unigram"] -= float(unigram_logp[y.cpu().numpy()].sum())
+    # 3. Means per scored token.
+    count = n * context
+    return {"target_loss": sums["target"] / count, "draft_loss": sums["draft"] / count,
+            "unigram_loss": sums["unigram"] / count, "agreement": sums["agree"] / count,
+            "scored_tokens": count, "windows": n, "context": context}
+
+
+def unigram_logp(train: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Add-one smoothed unigram log-probabilities from the training token counts."""
+    counts = np.bincount(train, minlength=vocab_size).astype(np.float64) + 1.0
+    return np.log(counts / counts.sum())
+
+
+def completions(model, tokenizer, eot_id: int, new_tokens: int) -> list[dict]:
+    """Greedy continuations of PROMPTS (prefixed with <|endoftext|> as in training) + repetition check."""
+    import torch
+
+    rows = []
+    for prompt in PROMPTS:
+        ids = torch.tensor([[eot_id] + tokenizer(prompt)["input_ids"]], device=model.device)  # [1, P]
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                             do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        new = out[0, ids.shape[1]:].tolist()
+        rows.append({"prompt": prompt, "completion": tokenizer.decode(new), **repetition(new)})
+    return rows
+
+
+def repetition(ids: list[int], n: int = 4) -> dict:
+    """Share of repeated token 4-grams; above 0.5 the completion is looping."""
+    grams = [tuple(ids[i:i + n]) for i in range(len(ids) - n + 1)]
+    rep = 1.0 - len(set(grams)) / len(grams) if grams else 0.0
+    return {"repeated_4gram_share": round(rep, 3), "looping": rep > 0.5}
+
+
+def evaluate(args) -> dict:
+    """Score the trained pair on held-out code, sample completions, write eval.json and model cards."""
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    t0 = time.time()
+    data, out = Path(args.data), Path(args.out)
+    device = pick_device(args.device)
+    meta = json.loads((data / "meta.json").read_text())
+    # 1. Load both folders the way users will (fp16 on disk; fp32 on CPU for speed and accuracy).
+    dtype = torch.float32 if device == "cpu" else torch.float16
+    tokenizer = AutoTokenizer.from_pretrained(str(out / "code-target"))
+    target = LlamaForCausalLM.from_pretrained(str(out / "code-target"), dtype=dtype).to(device).eval()
+    draft = LlamaForCausalLM.from_pretrained(str(out / "code-draft"), dtype=dtype).to(device).eval()
+    # 2. Held-out losses, unigram baseline, agreement.
+    train = np.fromfile(data / "train.bin", dtype=np.uint16)
+    val = np.fromfile(data / "val.bin", dtype=np.uint16)
+    scores = score_heldout(target, draft, val, unigram_logp(train, meta["vocab_size"]), args.max_tokens,
+                           context=min(512, len(val) - 1))
+    # 3. Greedy samples from both.
+    samples = {"target": completions(target, tokenizer, meta["eot_id"], args.new_tokens),
+               "draft": completions(draft, tokenizer, meta["eot_id"], args.new_tokens)}
+    # 4. Quality bar from the issue.
+    bar = {"loss_gap_ok": scores["draft_loss"] - scores["target_loss"] >= QUALITY_BAR["min_loss_gap"],
+           "agreement_ok": scores["agreement"] >= QUALITY_BAR["min_agreement"],
+           "below_unigram_ok": max(scores["target_loss"], scores["draft_loss"]) < scores["unigram_loss"] - 1}
+    log_path = out / "train_log.json"
+    train_log_ = json.loads(log_path.read_text()) if log_path.exists() else {}
+    result = {"scores": scores, "quality_bar": bar, "samples": samples, "eval_hardware": hardware("cpu"),
+              "eval_seconds": round(time.time() - t0, 1)}
+    (out / "eval.json").write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    # 5. Model cards.
+    for role, model in (("target", target), ("draft", draft)):
+        card = model_card(role, model, meta, train_log_, result)
+        (out / f"code-{role}" / "README.md").write_text(card)
+    print(json.dumps({"scores": scores, "quality_bar": bar, "eval_seconds": result["eval_seconds"]},
+                     indent=1), flush=True)
+    return result
+
+
+def model_card(role: str, model, meta: dict, log: dict, result: dict) -> str:
+    """README.md for one zoo folder: what it is, how it was trained and scored, corpus and licenses."""
+    cfg, s = model.config, result["scores"]
+    stages = log.get("stages", {})
+    own = ["target"] if role == "target" else ["draft", "distill"]
+    tokens = sum(stages.get(k, {}).get("tokens", 0) for k in own)
+    seconds = sum(stages.get(k, {}).get("seconds", 0) for k in own)
+    other = "code-draft" if role == "target" else "code-target"
+    lines = [
+        "---", "library_name: transformers", "pipeline_tag: text-generation", "license: apache-2.0",
+        "tags: [mmspec, speculative-decoding, python, code]", "---", "",
+        f"# mmspec zoo: code-{role}", "",
+        (f"A small Python-code {'target' if role == 'target' else 'drafter'} for speculative decoding "
+         f"demos in mmspec; its partner is `{other}` (same tokenizer). Trained offline from scratch on "
+         "Python source that ships with Python and a few permissively licensed packages. It completes "
+         "code; it is not a general or instruction-following model."), "",
+        "## Model", "",
+        f"- `LlamaForCausalLM`, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
+        f"{cfg.num_hidden_layers} layer(s), hidden {cfg.hidden_size}, {cfg.num_attention_heads} heads, "
+        f"SwiGLU {cfg.intermediate_size}, RoPE, tied embeddings, fp16 safetensors.",
+        f"- Tokenizer: byte-level BPE, vocabulary {meta['vocab_size']}, `<|endoftext|>` (id "
+        f"{meta['eot_id']}) is BOS/EOS/document separator, `<|pad|>` (id {meta['pad_id']}) pads. "
+        "Round-trips any text exactly. Training documents start after `<|endoftext|>`; prepend it to prompts.",
+        "", "## Training", "",
+        f"- Hardware: {log.get('hardware', 'unknown')}; torch {log.get('torch', '?')}, "
+        f"transformers {log.get('transformers', '?')}.",
+        f"- Tokens seen: {tokens:,} in {seconds:.0f} s (context {log.get('context', '?')}, batch "
+        f"{log.get('batch', '?')}, AdamW, cosine LR with warmup, bf16 autocast; whole run "
+        f"{log.get('wall_seconds', '?')} s within a {log.get('time_budget', '?')} s budget).",
+    ]
+    if role == "draft":
+        lines.append(f"- Stages: corpus pretraining ({stages.get('draft', {}).get('tokens', 0):,} tokens), "
+                     f"then distillation on the target's full next-token distribution (KL(target||draft), "
+                     f"{stages.get('distill', {}).get('tokens', 0):,} tokens), which raises agreement.")
+    lines += ["", "## Evaluation (held-out files, teacher-forced)", "",
+              "| metric | value |", "|---|---|",
+              f"| target loss (nats/token) | {s['target_loss']:.3f} |",
+              f"| draft loss (nats/token) | {s['draft_loss']:.3f} |",
+              f"| unigram baseline loss | {s['unigram_loss']:.3f} |",
+              f"| greedy agreement draft vs target | {s['agreement']:.3f} |",
+              f"| scored tokens | {s['scored_tokens']:,} ({s['windows']} windows of {s['context']}) |", "",
+              "Quality bar (issue 7): " + ", ".join(f"{k} = {v}" for k, v in result["quality_bar"].items())
+              + f". Evaluated on {result['eval_hardware']}.", "",
+              "## Greedy completions (64 new tokens)", ""]
+    for row in result["samples"][role]:
+        flag = " (looping)" if row["looping"] else ""
+        lines += [f"Prompt `{row['prompt']!r}`{flag}:", "", "```python", row["prompt"] + row["completion"],
+                  "```", ""]
+    lines += corpus_section(meta) + [
+        "## Use", "", "```python", "from transformers import AutoTokenizer, LlamaForCausalLM",
+        f"tok = AutoTokenizer.from_pretrained('code-{role}')",
+        f"model = LlamaForCausalLM.from_pretrained('code-{role}')", "```", "",
+        "## Retrain", "", "```bash", "mmspec zoo train text        # = the three steps below",
+        "python -m mmspec.text.recipe prepare --data .gpu/text",
+        "python -m mmspec.text.recipe train --data .gpu/text --out text/zoo --device cuda --time-budget 400",
+        "python -m mmspec.text.recipe evaluate --data .gpu/text --out text/zoo", "```", ""]
+    return "\n".join(lines)
+
+
+def corpus_section(meta: dict) -> list[str]:
+    """Corpus provenance: sources with versions and licenses, sizes, the split rule."""
+    lines = ["## Corpus", "",
+             f"{meta['n_train_files']} training files ({meta['n_train_tokens']:,} tokens) and "
+             f"{meta['n_val_files']} held-out files ({meta['n_val_tokens']:,} tokens); split per file by "
+             f"`{meta['split']}` with val_permille = {meta['val_permille']}. Test suites, vendored code, "
+             "generated tables and minified files are excluded. Full file lists: `meta.json` of `prepare`.",
+             "", "| source | version | license | files used |", "|---|---|---|---|"]
+    used = {}
+    for rel, source, _ in meta["files"]["train"] + meta["files"]["val"]:
+        used[source] = used.get(source, 0) + 1
+    for name, info in meta["sources"].items():
+        lines.append(f"| {'Python standard library' if name == 'stdlib' else name} | "
+                     f"{info.get('version', '?')} | {info['license']} | {used.get(name, 0)} |")
+    return lines + [""]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -467,8 +660,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=DEFAULT_DATA)
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--val-permille", type=int, default=40, help="held-out files per 1000 (by hash)")
-    p.add_argument("--max-train-tokens", type=int, default=12_000_000)
-    p.add_argument("--package-bytes", type=int, default=3_500_000,
+    p.add_argument("--max-train-tokens", type=int, default=12_500_000)
+    p.add_argument("--package-bytes", type=int, default=5_000_000,
                    help="source bytes per permissive package (0: standard library only)")
     t = sub.add_parser("train", help="train target + drafter (GPU; CPU fallback)")
     t.add_argument("--data", default=DEFAULT_DATA)

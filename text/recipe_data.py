@@ -184,13 +184,10 @@ def save_tokenizer(tokenizer, folder: Path) -> None:
     (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
 
 
-def encode_documents(tokenizer, texts: list[str], eot_id: int) -> np.ndarray:
-    """Concatenate documents as `EOT doc EOT doc ... EOT` into one uint16 array."""
-    # 1. Batch-encode with the Rust tokenizer (parallel, no special tokens added).
-    encs = tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
-    # 2. Join with separators.
+def join_documents(docs_ids: list[list[int]], eot_id: int) -> np.ndarray:
+    """Concatenate token lists as `EOT doc EOT doc ... EOT` into one uint16 array."""
     chunks = [np.array([eot_id], dtype=np.uint16)]
-    for enc in encs:
-        chunks.append(np.asarray(enc.ids, dtype=np.uint16))
+    for ids in docs_ids:
+        chunks.append(np.asarray(ids, dtype=np.uint16))
         chunks.append(np.array([eot_id], dtype=np.uint16))
     return np.concatenate(chunks)
