@@ -119,29 +119,42 @@ def prepare(args) -> None:
     # 3. Synthesize in order (threads only wait on espeak), keep 1-4 s, stop at the byte budget.
     from tqdm import tqdm
 
-    chunks, items, total = [], [], 0
+    chunks, items, total = [], [], 0  # chunks: uint8 mu-law per utterance
+    bar = tqdm(total=len(jobs), desc="espeak-ng")
     with ThreadPoolExecutor(max_workers=2) as pool:
-        wavs = pool.map(lambda job: synthesize(job[0], VOICES[job[1]]), jobs)
-        for (text, v), x in tqdm(zip(jobs, wavs), total=len(jobs), desc="espeak-ng"):
-            if not (1.0 * SAMPLE_RATE <= len(x) <= 4.0 * SAMPLE_RATE):
-                continue
-            q = mulaw_encode(x)
-            items.append({"offset": total, "length": len(q), "text": text, "voice": v})
-            chunks.append(q)
-            total += len(q)
+        for b in range(0, len(jobs), 64):  # batches, so nothing past the budget is synthesized
+            batch = jobs[b: b + 64]
+            for (text, v), x in zip(batch, pool.map(lambda job: synthesize(job[0], VOICES[job[1]]), batch)):
+                bar.update(1)
+                if total >= args.max_seconds * SAMPLE_RATE or not (SAMPLE_RATE <= len(x) <= 4 * SAMPLE_RATE):
+                    continue
+                items.append({"text": text, "voice": v})
+                chunks.append(mulaw_encode(x))
+                total += len(x)
             if total >= args.max_seconds * SAMPLE_RATE:
                 break
+    bar.close()
     # 4. Deterministic 5% validation split (by transcript hash, so every voice is represented) and the files.
-    for it in items:
-        it["split"] = split_of(it["text"])
-    blob = lzma.compress(np.concatenate(chunks).tobytes(), preset=9)  # ~0.7x of raw mu-law
-    (out / AUDIO_NAME).write_bytes(blob)
-    index = {"sample_rate": SAMPLE_RATE, "encoding": "mulaw8", "voices": VOICES,
-             "source": "first sentences of Python stdlib docstrings, espeak-ng " + _espeak_version(),
+    source = "first sentences of Python stdlib docstrings, espeak-ng " + _espeak_version()
+    write_data(out, chunks, [it["text"] for it in items], [it["voice"] for it in items], VOICES, source)
+    size = sum(f.stat().st_size for f in out.iterdir()) / 1e6
+    if size > 24:
+        print(f"WARNING: {size:.1f} MB exceeds the 24 MB carry budget; lower --max-seconds")
+    print(f"{len(items)} utterances, {total / SAMPLE_RATE / 60:.1f} min, {size:.1f} MB in {out}")
+
+
+def write_data(out: Path, mulaw: list[np.ndarray], texts: list[str], voices: list[int], voice_list: list[dict],
+               source: str) -> None:
+    """Write a data set: ``audio.mulaw.xz`` (lzma'd concatenated uint8 mu-law) + ``index.json``."""
+    out.mkdir(parents=True, exist_ok=True)
+    items, offset = [], 0
+    for q, text, v in zip(mulaw, texts, voices):
+        items.append({"offset": offset, "length": len(q), "text": text, "voice": int(v), "split": split_of(text)})
+        offset += len(q)
+    (out / AUDIO_NAME).write_bytes(lzma.compress(np.concatenate(mulaw).tobytes(), preset=9))
+    index = {"sample_rate": SAMPLE_RATE, "encoding": "mulaw8", "voices": voice_list, "source": source,
              "utterances": items}
     (out / "index.json").write_text(json.dumps(index))
-    size = sum(f.stat().st_size for f in out.iterdir()) / 1e6
-    print(f"{len(items)} utterances, {total / SAMPLE_RATE / 60:.1f} min, {size:.1f} MB in {out}")
 
 
 def _espeak_version() -> str:
