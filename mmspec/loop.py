@@ -103,8 +103,9 @@ def generate(target: Target, drafter: Drafter | None, prompt: Any, **kwargs) -> 
     sync()
     wall = time.perf_counter() - t0
     tokens = torch.cat([s.frames for s in steps], dim=1)  # [B, T, K]
-    valid = tokens[..., 0] != PAD  # [B, T]
-    gen = Generation(tokens=tokens, lengths=valid.sum(dim=1), steps=steps, wall_s=wall)
+    lengths = (tokens[..., 0] != PAD).sum(dim=1)  # [B]
+    tokens = tokens[:, : int(lengths.max())]  # a step may run past the last row's end
+    gen = Generation(tokens=tokens, lengths=lengths, steps=steps, wall_s=wall)
     gen.outputs = target.decode(tokens, gen.lengths)
     return gen
 
