@@ -599,7 +599,8 @@ def model_card(role: str, model, meta: dict, log: dict, result: dict) -> str:
         f"- Hardware: {log.get('hardware', 'unknown')}; torch {log.get('torch', '?')}, "
         f"transformers {log.get('transformers', '?')}.",
         f"- Tokens seen: {tokens:,} in {seconds:.0f} s (context {log.get('context', '?')}, batch "
-        f"{log.get('batch', '?')}, AdamW, cosine LR with warmup, bf16 autocast; whole run "
+        f"{log.get('batch', '?')}, AdamW, cosine LR with warmup, "
+        f"{'bf16 autocast' if log.get('device') == 'cuda' else 'fp32'}; whole run "
         f"{log.get('wall_seconds', '?')} s within a {log.get('time_budget', '?')} s budget).",
     ]
     if role == "draft":
@@ -680,7 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--data", default=DEFAULT_DATA)
     e.add_argument("--out", default=DEFAULT_OUT)
     e.add_argument("--device", default="cpu", choices=["auto", "cuda", "cpu"])
-    e.add_argument("--max-tokens", type=int, default=32_768, help="held-out tokens to score")
+    e.add_argument("--max-tokens", type=int, default=24_576, help="held-out tokens to score")
     e.add_argument("--new-tokens", type=int, default=64)
     return ap
 
