@@ -20,6 +20,9 @@ Sequence layout (one row; batches LEFT-pad the text with ``TEXT_PAD`` and ``atte
 * Output: ``logits [B, N, K, V]`` for every input position (text positions included: the position of
   the BOS frame predicts the first delayed column). ``past_key_values`` / ``use_cache`` are handed to
   ``LlamaModel`` (a ``DynamicCache``), so incremental decoding and ``DynamicCache.crop`` roll-back work.
+  Roll back with a NEGATIVE count, ``cache.crop(-n_removed)`` (skip n = 0): transformers 5.24 rejects
+  positive ``crop`` arguments, earlier 5.x read them as a length.
+* Load with ``SpeechLM.from_pretrained(folder, dtype=torch.float32)``: the saved weights are fp16.
 """
 from __future__ import annotations
 
@@ -28,7 +31,12 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import LlamaConfig, LlamaModel, PretrainedConfig, PreTrainedModel
+from transformers import LlamaConfig, LlamaModel, PreTrainedModel
+
+try:  # transformers >= 5 spells it PreTrainedConfig (PretrainedConfig stays as an alias for now)
+    from transformers import PreTrainedConfig as PretrainedConfig
+except ImportError:  # pragma: no cover - transformers 4.x
+    from transformers import PretrainedConfig
 
 TEXT_PAD, TEXT_BOS, TEXT_EOS, VOICE_BASE = 128, 129, 130, 131
 

@@ -175,13 +175,13 @@ def load_data(data_dir: str | Path) -> tuple[dict, list[np.ndarray]]:
 
 # ----------------------------------------------------------------------------------------- train
 FULL = dict(codec=dict(n_filters=16, dimension=64, lstm=1, num_codebooks=4, codebook_size=512),
-            codec_batch=32, segment=16000, lm_batch=64,
+            codec_batch=48, segment=16000, lm_batch=64, eval_every=100,
             target=dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=2,
                         intermediate_size=768),
             draft=dict(hidden_size=128, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2,
                        intermediate_size=384))
 QUICK = dict(codec=dict(n_filters=4, dimension=16, lstm=0, num_codebooks=4, codebook_size=32),
-             codec_batch=4, segment=4000, lm_batch=8, max_utterances=48,
+             codec_batch=4, segment=4000, lm_batch=8, max_utterances=48, eval_every=10,
              target=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          intermediate_size=64),
              draft=dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
@@ -384,28 +384,30 @@ def lm_eval_loss(model, data: dict, idx: np.ndarray, device, batch: int = 32) ->
     return total / max(1, count)
 
 
-def train_lm(name, model, data, train_idx, device, deadline, ckpt_dir: Path, batch: int, lr: float,
-             seed: int, teacher=None, distill_after: float = 0.4):
+def train_lm(name, model, data, train_idx, valid_idx, device, deadline, ckpt_dir: Path, batch: int, lr: float,
+             seed: int, teacher=None, distill_after: float = 0.4, eval_every: int = 100):
     """Stage 3 / 4: AdamW, bf16 autocast on CUDA, time-based cosine schedule, resumable.
 
     With a ``teacher``, the last ``1 - distill_after`` of the stage's time also distils its logits.
+    Held-out cross-entropy is measured every ``eval_every`` steps; the best weights are returned
+    (the data set is small, so late steps can overfit). Returns (model, steps, best valid CE).
     """
     from tqdm import tqdm
 
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
-    step, spent, path = 0, 0.0, ckpt_dir / f"{name}.ckpt"
+    step, spent, best, path = 0, 0.0, (float("inf"), None), ckpt_dir / f"{name}.ckpt"
     # 1. Resume.
     if path.exists():
-        st = torch.load(path, map_location=device, weights_only=False)
+        st = torch.load(path, map_location="cpu", weights_only=False)
         model.load_state_dict(st["model"]), opt.load_state_dict(st["opt"])
-        step, spent = st["step"], st["spent"]
+        step, spent, best = st["step"], st["spent"], st["best"]
     rng = np.random.default_rng(seed + step)
-    start, last_save, loss_ema = time.time(), time.time(), None
+    start, last_save = time.time(), time.time()
     total = spent + max(1e-6, deadline - start)
     bar = tqdm(desc=name, unit="step", initial=step)
-    model.train()
     while time.time() < deadline:
         # 2. Random batch, schedule, optional distillation.
+        model.train()
         progress = (spent + time.time() - start) / total
         for g in opt.param_groups:
             g["lr"] = lr_at(progress, step, lr)
@@ -419,16 +421,24 @@ def train_lm(name, model, data, train_idx, device, deadline, ckpt_dir: Path, bat
         opt.step()
         step += 1
         bar.update(1)
-        if step % 25 == 0:
-            loss_ema = ce.item()
-            bar.set_postfix(ce=f"{loss_ema:.3f}", distill=use_teacher is not None)
-        # 4. Checkpoint every minute.
+        # 4. Held-out loss: keep the best weights (on the CPU).
+        if step % eval_every == 0 and len(valid_idx):
+            v = lm_eval_loss(model, data, valid_idx, device)
+            if v < best[0]:
+                best = (v, {k: t.detach().to("cpu", copy=True) for k, t in model.state_dict().items()})
+            bar.set_postfix(ce=f"{ce.item():.3f}", valid=f"{v:.3f}", distill=use_teacher is not None)
+        # 5. Checkpoint every minute.
         if time.time() - last_save > 60:
-            save_ckpt(path, model=model.state_dict(), opt=opt.state_dict(), step=step,
+            save_ckpt(path, model=model.state_dict(), opt=opt.state_dict(), step=step, best=best,
                       spent=spent + time.time() - start)
             last_save = time.time()
     bar.close()
-    return model.eval(), step
+    # 6. Final held-out loss; restore the best weights if an earlier step was better.
+    final = lm_eval_loss(model, data, valid_idx, device) if len(valid_idx) else float("inf")
+    if best[1] is not None and best[0] < final:
+        model.load_state_dict(best[1])
+    print(f"{name}: {step} steps, valid CE final {final:.4f}, best {min(final, best[0]):.4f}")
+    return model.eval(), step, min(final, best[0])
 
 
 def speech_meta(codec, lm_cfg, index: dict, role: str, codec_path: str) -> dict:
@@ -505,8 +515,9 @@ def train(args) -> None:
             torch.manual_seed(args.seed + len(role))
             model = SpeechLM(lm_cfg).to(device)
             lr = 2e-3 if role == "draft" else 1e-3
-            model, steps = train_lm(role, model, data, train_idx, device, clock.deadline(role, todo), ckpt,
-                                    cfg["lm_batch"], lr, args.seed, teacher=models.get("target"))
+            model, steps, _ = train_lm(role, model, data, train_idx, valid_idx, device,
+                                       clock.deadline(role, todo), ckpt, cfg["lm_batch"], lr, args.seed,
+                                       teacher=models.get("target"), eval_every=cfg["eval_every"])
             save_lm(model, folder / "lm")
             summary[f"{role}_steps"] = steps
         models[role] = model
