@@ -228,7 +228,7 @@ class Run:
         import torch
 
         model.eval()
-        vals, B = [], self.batches.batch
+        vals, B = [], max(self.batches.batch, 8)
         with torch.no_grad(), self.autocast():
             for i in range(0, len(self.batches.val), B):
                 win = self.batches.val[i:i + B]                               # [b, T + 1]
@@ -281,7 +281,7 @@ def run_stage(run: Run, name: str, model, loss_fn, *, seconds: float, max_steps:
     left = min(seconds, state["seconds"] - state["elapsed"])
     deadline = t0 + max(0.0, left) if not state["done"] else t0
     bar = tqdm(total=1000, desc=name, mininterval=1.0 if sys.stderr.isatty() else 10.0)
-    next_eval, progress = 0.0, 0.0
+    next_eval, progress, eval_seconds = 1 / evals, 0.0, 0.0
     model.train()
     while time.time() < deadline:
         # 2. Progress -> learning rate.
@@ -309,10 +309,11 @@ def run_stage(run: Run, name: str, model, loss_fn, *, seconds: float, max_steps:
             bar.n = int(progress * 1000)
             bar.set_postfix(loss=f"{model_loss:.3f}", step=state["step"], refresh=False)
             bar.update(0)
-        # 5. Held-out loss every 1/evals of the stage; keep the best weights (early stopping).
-        if progress >= next_eval:
+        # 5. Held-out loss every 1/evals of the stage, if it fits; keep the best weights.
+        if progress >= next_eval and time.time() + eval_seconds < deadline:
+            t_eval = time.time()
             best = _evaluate_and_keep(run, name, model, loss_fn, state, best)
-            next_eval += 1 / evals
+            next_eval, eval_seconds = next_eval + 1 / evals, time.time() - t_eval
         # 6. Resumable checkpoint.
         if time.time() - last_ckpt > run.ckpt_every_s:
             state["elapsed"] += time.time() - t0
@@ -389,7 +390,7 @@ def train(args) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(str(data / "tokenizer"))
     context = args.context if not args.quick else min(args.context, 64)
     batch = args.batch_size or (4 if args.quick else 64 if device == "cuda" else 8)
-    batches = Batches(data, batch, context, device, val_windows=8 if args.quick else 64)
+    batches = Batches(data, batch, context, device, val_windows=64 if device == "cuda" else 8)
     run = Run(args, device, batches, out / "ckpt")
     max_steps = 20 if args.quick else math.inf
     # 2. Target: pretrain on the corpus.
