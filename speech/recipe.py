@@ -716,8 +716,17 @@ def _sample_lines(report: dict) -> list[str]:
                      f"(espeak reference {r['duration_s']} s), RMS {g['rms_dbfs']} dBFS (ref {r['rms_dbfs']}), "
                      f"spectral flatness {g['spectral_flatness']} (ref {r['spectral_flatness']}), voiced fraction "
                      f"{g['voiced_fraction_of_loud']} (ref {r['voiced_fraction_of_loud']}), median F0 "
-                     f"{g['median_f0_hz']} Hz (ref {r['median_f0_hz']} Hz).")
+                     f"{g['median_f0_hz']} Hz (ref {r['median_f0_hz']} Hz). {_voicing_verdict(g, r)}")
     return lines
+
+
+def _voicing_verdict(g: dict, r: dict) -> str:
+    """A measured (not listened) verdict: espeak-like voicing = at least half the reference's voiced
+    fraction with a median F0 within 30% of the reference's."""
+    f0_ok = g["median_f0_hz"] and r["median_f0_hz"] and abs(g["median_f0_hz"] / r["median_f0_hz"] - 1) < 0.3
+    if g["voiced_fraction_of_loud"] >= 0.5 * r["voiced_fraction_of_loud"] and f0_ok:
+        return "Espeak-like voicing is present by this measure."
+    return "Espeak-like voicing is NOT present by this measure."
 
 
 def write_cards(zoo: Path, report: dict, meta: dict) -> None:
@@ -732,12 +741,15 @@ def write_cards(zoo: Path, report: dict, meta: dict) -> None:
         "Data: English sentences (first sentences of Python standard-library docstrings) synthesized with "
         f"espeak-ng in {len(meta['voices'])} voices ({', '.join(meta['voices'])}), 16 kHz, stored as 8-bit "
         "mu-law; 5% of utterances held out. This is robotic formant-synthesis speech, not human speech.",
-        f"Codec (`speech/codec`, encodec `EncodecModel` built from its SEANet/RVQ modules): "
+        f"Codec (the zoo's `speech/codec`, an encodec `EncodecModel` built from its SEANet/RVQ modules): "
         f"{meta['num_codebooks']} codebooks x {meta['codebook_size']} codes at {meta['frame_rate']} Hz, "
         f"{tr.get('codec_steps', '?')} steps (waveform L1 + multi-resolution mel L1 + commitment; no "
         f"adversarial loss). Held-out reconstruction: log-mel L1 {c['log_mel_l1']}, SI-SNR {c['si_snr_db']} dB.",
         "Format: see `mmspec_speech.json` and the docstring of `mmspec.speech.lm` (text bytes + voice token, "
         "then delayed codec frames; parallel heads, logits `[B, T, K, V]`).",
+        "Load: `ZooCodec.from_pretrained(<zoo>/speech/codec)` (`mmspec.speech.codec`) and "
+        "`SpeechLM.from_pretrained(<folder>/lm, dtype=torch.float32)` (`mmspec.speech.lm`); weights are fp16 "
+        "safetensors. Rebuild with `python -m mmspec.speech.recipe prepare|train|evaluate`.",
     ]
     tgt = ["# mmspec speech zoo: target codec LM", "", hw, "", *common, "",
            f"LM: Llama backbone, {report['target_params'] / 1e6:.2f}M parameters, "
@@ -781,7 +793,7 @@ def main(argv=None) -> None:
     e = sub.add_parser("evaluate", help="metrics, samples and model cards (CPU)")
     e.add_argument("--data", default=str(DEFAULT_DATA))
     e.add_argument("--zoo", default=str(DEFAULT_OUT))
-    e.add_argument("--max-valid", type=int, default=40)
+    e.add_argument("--max-valid", type=int, default=24)
     e.add_argument("--samples", type=int, default=3)
     e.add_argument("--top-k", type=int, default=50)
     e.add_argument("--seed", type=int, default=0)
