@@ -385,12 +385,13 @@ def lm_eval_loss(model, data: dict, idx: np.ndarray, device, batch: int = 32) ->
 
 
 def train_lm(name, model, data, train_idx, valid_idx, device, deadline, ckpt_dir: Path, batch: int, lr: float,
-             seed: int, teacher=None, distill_after: float = 0.4, eval_every: int = 100):
+             seed: int, teacher=None, distill_after: float = 0.4, eval_every: int = 100, ckpt_every: float = 60.0):
     """Stage 3 / 4: AdamW, bf16 autocast on CUDA, time-based cosine schedule, resumable.
 
     With a ``teacher``, the last ``1 - distill_after`` of the stage's time also distils its logits.
     Held-out cross-entropy is measured every ``eval_every`` steps; the best weights are returned
-    (the data set is small, so late steps can overfit). Returns (model, steps, best valid CE).
+    (the data set is small, so late steps can overfit). A checkpoint in ``ckpt_dir`` (written every
+    ``ckpt_every`` s) is resumed from. Returns (model, steps, best valid CE).
     """
     from tqdm import tqdm
 
@@ -427,8 +428,8 @@ def train_lm(name, model, data, train_idx, valid_idx, device, deadline, ckpt_dir
             if v < best[0]:
                 best = (v, {k: t.detach().to("cpu", copy=True) for k, t in model.state_dict().items()})
             bar.set_postfix(ce=f"{ce.item():.3f}", valid=f"{v:.3f}", distill=use_teacher is not None)
-        # 5. Checkpoint every minute.
-        if time.time() - last_save > 60:
+        # 5. Checkpoint every ``ckpt_every`` seconds.
+        if time.time() - last_save > ckpt_every:
             save_ckpt(path, model=model.state_dict(), opt=opt.state_dict(), step=step, best=best,
                       spent=spent + time.time() - start)
             last_save = time.time()

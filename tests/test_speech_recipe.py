@@ -151,3 +151,18 @@ def test_train_quick_and_evaluate_smoke(tmp_path):
     recipe.main(["evaluate", "--data", str(data), "--zoo", str(zoo), "--max-valid", "2", "--samples", "1"])
     assert (zoo / "speech" / "samples" / "sample0.wav").exists()
     assert "draft" in (zoo / "speech-draft" / "README.md").read_text()
+
+
+def test_train_lm_resumes_from_checkpoint(tmp_path):
+    import time
+
+    items = [{"text": f"Row {i}.", "voice": i % 2} for i in range(6)]
+    codes = [np.random.default_rng(i).integers(0, 16, (3, 5)).astype(np.int16) for i in range(6)]
+    data = recipe.lm_tensors(items, codes, K=3, pad_id=16, eos_id=17)
+    dev, rows = torch.device("cpu"), np.arange(6)
+    run = lambda: recipe.train_lm("t", _lm().train(), data, rows[:4], rows[4:], dev, time.time() + 1.0, tmp_path,
+                                  batch=2, lr=1e-3, seed=0, eval_every=2, ckpt_every=0.0)
+    _, steps1, _ = run()
+    assert steps1 > 0 and (tmp_path / "t.ckpt").exists()
+    _, steps2, _ = run()  # continues the step count of the first run
+    assert steps2 > steps1
