@@ -1,0 +1,101 @@
+"""LANTERN relaxed acceptance for image tokens (Jang et al. 2024, "LANTERN: Accelerating Visual
+Autoregressive Models with Relaxed Speculative Decoding"). LOSSY, with a per-step total-variation bound.
+
+Many VQ codes are near-equivalent visually, so the target's mass is spread over latent neighbours and a
+drafted code is often rejected although a neighbour of it was likely. LANTERN credits a drafted code with
+the target mass of its nearest codebook neighbours:
+
+    p~(x) = p(x) + sum of p over x's nearest neighbours, taken in order while their cumulative mass <= delta
+
+and accepts x with min(1, p~(x) / q(x)). The neighbour table (per code, its ``k_nb`` nearest other codes
+by Euclidean distance of the VQ codebook embeddings) is computed once and cached.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+from torch import Tensor
+
+from mmspec import accept
+from mmspec.sampling import Sampler
+from mmspec.types import Draft, Verdict
+
+log = logging.getLogger("mmspec.image.lantern")
+_TABLES: dict[tuple, Tensor] = {}  # in-memory cache: (path or id, k_nb) -> [V, k_nb]
+
+
+def neighbour_table(codebook: Tensor, k_nb: int) -> Tensor:
+    """Per code, the ``k_nb`` nearest OTHER codes sorted by codebook distance: ``[V, E] -> LongTensor [V, k_nb]``."""
+    V = codebook.shape[0]
+    if not isinstance(k_nb, int) or not 1 <= k_nb < V:
+        raise ValueError(f"k_nb (LANTERN neighbours per code) must be an integer in [1, {V - 1}], got {k_nb!r}")
+    dist = torch.cdist(codebook.float(), codebook.float())  # [V, V]
+    dist.fill_diagonal_(float("inf"))  # a code is not its own neighbour
+    return dist.topk(k_nb, dim=-1, largest=False).indices  # [V, k_nb], nearest first
+
+
+def neighbours_for(target, k_nb: int = 1000) -> Tensor:
+    """The neighbour table of ``target.codebook()``, cached in memory and in ``lantern_k{k_nb}.pt`` next to
+    the model when its folder is writable. ``k_nb`` is capped at V - 1."""
+    book = target.codebook()  # [V, E]
+    k_nb = min(k_nb, book.shape[0] - 1)
+    path = getattr(target, "path", "") or ""
+    key = (path or id(target), k_nb)
+    if key in _TABLES:
+        return _TABLES[key]
+    file = os.path.join(path, f"lantern_k{k_nb}.pt") if path and os.path.isdir(path) else None
+    table = None
+    if file and os.path.exists(file):
+        table = torch.load(file, map_location="cpu")
+        if table.shape != (book.shape[0], k_nb):
+            table = None
+    if table is None:
+        table = neighbour_table(book.cpu(), k_nb)
+        if file and os.access(path, os.W_OK):
+            torch.save(table, file)
+    _TABLES[key] = table
+    return table
+
+
+def lantern_rule(neighbours: Tensor, delta: float = 0.1):
+    """Build the LOSSY LANTERN accept rule over ``neighbours [V, k_nb]`` with relaxation ``delta``."""
+    if not isinstance(delta, (int, float)) or not 0 <= delta < 1:
+        raise ValueError(f"LANTERN delta must be in [0, 1), got {delta!r}")
+    log.info("LANTERN relaxed acceptance: LOSSY, per-step total-variation distortion <= delta = %g (k_nb = %d)",
+             delta, neighbours.shape[1])
+
+    def lantern(draft: Draft, target_logits: Tensor, sampler: Sampler, pos: Tensor) -> Verdict:
+        """LOSSY LANTERN relaxed speculative sampling (Jang et al. 2024); per-step TV distortion <= delta.
+
+        For draft x ~ q with target p (same warping): p~(x) = p(x) + the target mass of x's nearest
+        codebook neighbours, taken in order while their cumulative mass <= delta; accept x with
+        min(1, p~(x) / q(x)). At the first rejection sample norm(max(0, p - q)) (p itself when that is
+        empty) and stop; if all are accepted sample a bonus from p. A deterministic draft is q = one-hot.
+        With delta = 0 this is exactly ``accept.speculative`` (same random draws, same tokens).
+        Greedy sampling falls back to ``accept.greedy``.
+        """
+        if sampler.greedy:
+            return accept.greedy(draft, target_logits, sampler, pos)
+        p = sampler.probs(target_logits)  # [B, D + 1, K, V]
+        D, x = draft.size, draft.tokens  # x: [B, D, K]
+        q = torch.nn.functional.one_hot(x, p.shape[-1]).to(p.dtype) if draft.probs is None else draft.probs.to(p.dtype)
+        # 1. Relaxed target mass of each drafted code.
+        p_x = p[:, :D].gather(-1, x[..., None]).squeeze(-1)  # [B, D, K]
+        nb = neighbours.to(x.device)[x]  # [B, D, K, k_nb]
+        p_nb = p[:, :D].gather(-1, nb)  # [B, D, K, k_nb]
+        extra = (p_nb * (p_nb.cumsum(-1) <= delta)).sum(-1)  # [B, D, K]
+        q_x = q.gather(-1, x[..., None]).squeeze(-1)  # [B, D, K]
+        ok = sampler.uniform(p_x.shape) * q_x < p_x + extra  # [B, D, K]
+        # 2. Residual norm(max(0, p - q)) at drafted positions, p for the bonus.
+        residual = (p[:, :D] - q).clamp_(min=0)  # [B, D, K, V]
+        mass = residual.sum(-1, keepdim=True)
+        residual = torch.where(mass > 0, residual / mass.clamp(min=1e-30), p[:, :D])
+        fresh = sampler.sample(torch.cat([residual, p[:, D:]], dim=1))  # [B, D + 1, K]
+        final = torch.cat([torch.where(ok, x, fresh[:, :D]), fresh[:, D:]], dim=1)  # [B, D + 1, K]
+        return accept._commit(x, ok.all(dim=-1), final)
+
+    lantern.lossless = False
+    lantern.tv_bound = float(delta)
+    return lantern

@@ -1,0 +1,242 @@
+"""The image adapter: a Target over mmspec's LlamaGen-style class-conditional model (``image/models.py``).
+
+The transformer is a Hugging Face ``LlamaForCausalLM`` over ``[class_token, c_1 .. c_{h*w}]`` and the
+tokenizer a ``diffusers.VQModel``. Frames are single codes (K = 1) in raster order. What the adapter
+adds around the model:
+
+* **Classifier-free guidance inside the adapter**: the cache holds 2B rows (conditional rows prompted
+  by the class token, unconditional rows by the null token); the returned logits are
+  ``u + s * (c - u)``, optionally only inside a guidance interval of grid positions; both halves are
+  rolled back together. ``cfg_scale == 1`` runs the conditional rows only (the unguided model).
+* **Constraint by sub-vocabulary**: the logits have V = number of image codes (model ids
+  ``code_offset .. code_offset + V - 1``), so every drafted, sampled or recovered token is an image code.
+* **Fixed length**: ``max_frames = 1 + grid_h * grid_w``, so the loop stops at the full grid.
+* **Decoding**: committed codes -> ``PIL.Image`` through the VQ decoder.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+ZOO = Path(__file__).parent / "zoo"
+META_FILE = "mmspec_image.json"
+
+
+def resolve(name_or_path: str) -> str:
+    """``zoo:NAME`` -> ``image/zoo/NAME``; a local path must exist; anything else is returned as is (hub id)."""
+    if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
+        raise ValueError(f"model must be a local path, a hub name or zoo:NAME, got {name_or_path!r}")
+    name = str(name_or_path)
+    if name.startswith("zoo:"):
+        folder = ZOO / name[4:]
+        if not (folder / META_FILE).exists():
+            known = sorted(p.name for p in ZOO.iterdir() if (p / META_FILE).exists()) if ZOO.exists() else []
+            raise ValueError(f"unknown image zoo model {name!r}; available: {', '.join('zoo:' + k for k in known) or 'none'}"
+                             " (train it with `mmspec zoo train image`)")
+        return str(folder)
+    expanded = os.path.expanduser(name)
+    if os.path.exists(expanded):
+        return expanded
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ValueError(f"model path {name!r} does not exist")
+    return name
+
+
+def cache_arg(model) -> str:
+    """The forward kwarg that takes the KV cache: ``cache`` since transformers 5.2x, else ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def check_guidance(cfg_scale: float, cfg_interval) -> tuple[float, tuple[float, float]]:
+    """Validate a guidance scale (>= 0) and an interval of grid fractions ``(lo, hi)``, 0 <= lo < hi <= 1."""
+    if not isinstance(cfg_scale, (int, float)) or not cfg_scale >= 0:
+        raise ValueError(f"guidance scale (cfg) must be a number >= 0 (1 = unguided), got {cfg_scale!r}")
+    interval = (0.0, 1.0) if cfg_interval is None else tuple(float(x) for x in cfg_interval)
+    if len(interval) != 2 or not 0.0 <= interval[0] < interval[1] <= 1.0:
+        raise ValueError(f"cfg interval must be two grid fractions 0 <= lo < hi <= 1, got {cfg_interval!r}")
+    return float(cfg_scale), interval
+
+
+class ImageTarget:
+    """Target over a class-conditional image-token transformer with CFG. See the module docstring.
+
+    ``ImageTarget.from_pretrained("zoo:shapes", cfg_scale=3.0)``; prompts are class names
+    (``"red ring"``) or lists of them.
+    """
+
+    num_codebooks = 1
+
+    def __init__(self, model, vqvae, meta: dict, *, cfg_scale: float | None = None,
+                 cfg_interval: tuple[float, float] | None = None, image_size: int | None = None,
+                 path: str = "", device: str | torch.device | None = None):
+        self.model = model.eval()
+        self.vqvae = vqvae.eval() if vqvae is not None else None
+        self.meta, self.path = meta, path
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        # 1. layout: codes, class tokens, null token, grid
+        self.class_names = [" ".join(str(c).lower().split()) for c in meta["class_names"]]
+        self.class_ids = list(meta["class_token_ids"])
+        self.null_id = int(meta["null_token_id"])
+        self.code_offset = int(meta.get("code_offset", 0))
+        self.vocab_size = int(meta["num_codes"])  # V: image codes only (the constraint)
+        self.grid_h, self.grid_w = int(meta["grid_h"]), int(meta["grid_w"])
+        self.grid_tokens = self.grid_h * self.grid_w
+        self.max_frames = 1 + self.grid_tokens  # [class] + grid: generation stops at the full grid
+        self.image_size = int(meta.get("image_size", 0))
+        if image_size is not None and image_size != self.image_size:
+            raise ValueError(f"this model makes {self.image_size}x{self.image_size} images "
+                             f"({self.grid_h}x{self.grid_w} codes); got image size {image_size}")
+        self._check_layout()
+        # 2. guidance
+        default = float(meta.get("default_cfg_scale", 1.0))
+        self.cfg_scale, self.cfg_interval = check_guidance(default if cfg_scale is None else cfg_scale, cfg_interval)
+        self._cache_arg = cache_arg(model)
+        self.pos = torch.zeros(1, dtype=torch.long)
+
+    def _check_layout(self) -> None:
+        """Refuse a model whose vocabulary, context or VQ grid does not match the layout."""
+        n_vocab = int(self.model.get_output_embeddings().weight.shape[0])
+        top = max(self.code_offset + self.vocab_size, self.null_id + 1, max(self.class_ids) + 1)
+        if n_vocab < top:
+            raise ValueError(f"model vocabulary has {n_vocab} ids; the image layout needs {top}")
+        ctx = getattr(self.model.config, "max_position_embeddings", None)
+        if ctx is not None and ctx < self.max_frames:
+            raise ValueError(f"model context {ctx} is shorter than 1 + {self.grid_h}x{self.grid_w} grid tokens")
+        if self.vqvae is not None:
+            n_codes = self.vqvae.quantize.embedding.weight.shape[0]
+            factor = 2 ** (len(self.vqvae.config.block_out_channels) - 1)
+            if n_codes != self.vocab_size or self.image_size // factor != self.grid_h or self.grid_h != self.grid_w:
+                raise ValueError(f"VQ tokenizer ({n_codes} codes, {self.image_size}/{factor} grid) does not match the "
+                                 f"layout ({self.vocab_size} codes, {self.grid_h}x{self.grid_w} grid)")
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, *, cfg_scale: float | None = None, cfg_interval=None,
+                        image_size: int | None = None, device: str | None = None, dtype: str | None = None) -> "ImageTarget":
+        """Load a zoo folder (``mmspec_image.json`` + ``transformer/`` + ``vqvae/``) by path or ``zoo:NAME``."""
+        from .models import load_zoo
+
+        path = resolve(name_or_path)
+        if not os.path.exists(os.path.join(path, META_FILE)):
+            raise ValueError(f"{name_or_path!r} is not an mmspec image model folder (no {META_FILE})")
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if dtype is None:
+            dtype = "float32" if device == "cpu" else "float16"
+        if dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
+        zoo = load_zoo(path, device=device, dtype=getattr(torch, dtype))
+        return cls(zoo.transformer, zoo.vqvae, zoo.meta, cfg_scale=cfg_scale, cfg_interval=cfg_interval,
+                   image_size=image_size, path=path, device=device)
+
+    # -- prompts ---------------------------------------------------------------------------------
+    @property
+    def guided(self) -> bool:
+        return self.cfg_scale != 1.0
+
+    def encode(self, prompt: str | Sequence[str]) -> Tensor:
+        """Class name(s) -> class token ids ``[B]``; ValueError listing the allowed names otherwise."""
+        names = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not names:
+            raise ValueError("prompt must be a class name or a non-empty list of class names")
+        ids = []
+        for name in names:
+            key = " ".join(str(name).lower().split())
+            if key not in self.class_names:
+                raise ValueError(f"unknown class {name!r}; allowed: {', '.join(self.class_names)}")
+            ids.append(self.class_ids[self.class_names.index(key)])
+        return torch.tensor(ids, dtype=torch.long, device=self.device)
+
+    # -- Target protocol -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def start(self, prompt: str | Sequence[str], max_new_frames: int) -> Tensor:
+        from transformers import DynamicCache
+
+        ids = self.encode(prompt)  # [B]
+        self.prompt, self.B = prompt, ids.shape[0]
+        # 1. conditional rows, then unconditional rows prompted by the null class
+        if self.guided:
+            ids = torch.cat([ids, torch.full_like(ids, self.null_id)])  # [2B]
+        self.cache = DynamicCache()
+        self.pos = torch.zeros(self.B, dtype=torch.long, device=self.device)
+        return self._run(ids[:, None])  # [B, 1, 1, V]
+
+    def prompt_frames(self) -> list[Tensor]:
+        """No prompt frames in code space (the class token is not an image code): per row ``[0, 1]``."""
+        return [torch.zeros(0, 1, dtype=torch.long, device=self.device) for _ in range(self.B)]
+
+    @torch.inference_mode()
+    def forward(self, frames: Tensor) -> Tensor:
+        ids = frames[..., 0] + self.code_offset  # [B, T] model ids
+        if self.guided:
+            ids = torch.cat([ids, ids])  # [2B, T] the same codes feed both halves
+        return self._run(ids)  # [B, T, 1, V]
+
+    def _run(self, ids: Tensor) -> Tensor:
+        """Model forward over ``ids [B or 2B, T]`` at ``pos``; guided code logits ``[B, T, 1, V]``; pos += T."""
+        T = ids.shape[1]
+        out = self.model(input_ids=ids, use_cache=True, **{self._cache_arg: self.cache})
+        logits = out.logits[..., self.code_offset: self.code_offset + self.vocab_size].float()  # [B|2B, T, V]
+        if self.guided:
+            cond, uncond = logits[: self.B], logits[self.B:]
+            # 2. guide only where the predicted grid index lies inside the interval
+            index = self.pos[:1] + torch.arange(T, device=self.device)  # [T] grid index predicted at each input
+            frac = index.float() / self.grid_tokens
+            inside = ((frac >= self.cfg_interval[0]) & (frac < self.cfg_interval[1]))[None, :, None]  # [1, T, 1]
+            logits = torch.where(inside, uncond + self.cfg_scale * (cond - uncond), cond)
+        self.pos = self.pos + T
+        return logits[:, :, None, :]  # [B, T, 1, V]
+
+    def rollback(self, pos: Tensor) -> None:
+        """Crop both guidance halves of the cache to ``pos`` (all rows move by the same amount)."""
+        remove = int((self.pos - pos).max())
+        if not bool(((self.pos - pos) == remove).all()):
+            raise ValueError("ImageTarget rolls all rows back by the same number of frames")
+        if remove > 0:
+            self.cache.crop(-remove)
+        self.pos = pos.clone()
+
+    def finished(self, frames: Tensor) -> Tensor:
+        """Images end at the full grid (``max_frames``), never at a token."""
+        return torch.zeros(frames.shape[:2], dtype=torch.bool, device=frames.device)
+
+    @torch.inference_mode()
+    def decode(self, frames: Tensor, lengths: Tensor) -> list:
+        """Committed codes ``[B, T, 1]`` -> one ``PIL.Image`` per row (an unfinished grid is padded with code 0)."""
+        from PIL import Image
+
+        from .models import decode_codes, to_uint8
+
+        if self.vqvae is None:
+            raise ValueError("this image model has no VQ decoder (a draft-only folder); decode with the target")
+        codes = torch.zeros(frames.shape[0], self.grid_tokens, dtype=torch.long, device=self.device)
+        for b in range(frames.shape[0]):
+            n = min(int(lengths[b]), self.grid_tokens)
+            codes[b, :n] = frames[b, :n, 0].clamp(min=0)
+        images = decode_codes(self.vqvae, codes.view(-1, self.grid_h, self.grid_w))  # [B, 3, H, W]
+        return [Image.fromarray(a.numpy()) for a in to_uint8(images)]
+
+    # -- pairing ---------------------------------------------------------------------------------
+    def check_draft(self, draft) -> None:
+        """A draft must share the code vocabulary, the classes and the grid (it predicts the same tokens)."""
+        if not isinstance(draft, ImageTarget):
+            raise ValueError(f"an image target needs an image draft model, got {type(draft).__name__}")
+        mine = (self.vocab_size, self.code_offset, self.class_ids, self.null_id, self.grid_h, self.grid_w)
+        theirs = (draft.vocab_size, draft.code_offset, draft.class_ids, draft.null_id, draft.grid_h, draft.grid_w)
+        if mine != theirs:
+            raise ValueError("draft image model's layout (codes, classes, grid) differs from the target's")
+
+    def codebook(self) -> Tensor:
+        """VQ codebook embeddings ``[V, E]`` (code i is model id ``code_offset + i``), for LANTERN."""
+        if self.vqvae is None:
+            raise ValueError("this image model has no VQ tokenizer")
+        return self.vqvae.quantize.embedding.weight.detach().float()
+
+
+def load_meta(path: str) -> dict:
+    with open(os.path.join(path, META_FILE)) as f:
+        return json.load(f)

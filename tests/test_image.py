@@ -1,0 +1,287 @@
+"""Image adapter on tiny random models: greedy equivalence of every method, CFG and its rollback,
+constraints, SJD / LANTERN distributions, the CLI and bad input. No zoo weights are needed."""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+
+import pytest
+import torch
+
+import mmspec
+from mmspec import Sampling, accept
+from mmspec.image import ImageTarget, SpatialInit, lantern_rule, neighbour_table
+from mmspec.image.models import build_transformer, build_vqvae, guided_logits, sample_codes
+from mmspec.testing import ToyTarget
+
+CLASSES = ["red ring", "blue cross", "green disk"]
+N_CODES, GRID = 16, 4  # 16 codes, 4 x 4 grid (32 px / 2^3)
+
+
+def tiny_meta(cfg=3.0):
+    n = N_CODES
+    return {"class_names": CLASSES, "class_token_ids": [n + i for i in range(len(CLASSES))],
+            "null_token_id": n + len(CLASSES), "num_codes": n, "code_offset": 0, "grid_h": GRID, "grid_w": GRID,
+            "image_size": 32, "default_cfg_scale": cfg, "pixel_range": [-1, 1]}
+
+
+def tiny_models(seed=0, hidden=32, layers=2):
+    torch.manual_seed(seed)
+    model = build_transformer(N_CODES + len(CLASSES) + 1, hidden, layers, 2, GRID * GRID + 1)
+    with torch.no_grad():  # sharpen so that greedy grids have structure (and repeats)
+        model.get_output_embeddings().weight.mul_(6.0)
+    vq = build_vqvae(channels=(8, 8, 8, 8), num_codes=N_CODES, embed_dim=4)
+    return model.eval(), vq.eval()
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {"target": tiny_models(0), "draft": tiny_models(1, hidden=16, layers=1)}
+
+
+def target_of(models, which="target", **kw):
+    model, vq = models[which]
+    return ImageTarget(model, vq, tiny_meta(), **kw)
+
+
+def methods(models, target):
+    return {
+        "jacobi-random": mmspec.JacobiDrafter("random"),
+        "jacobi-left": mmspec.JacobiDrafter(SpatialInit("left")),
+        "jacobi-above": mmspec.JacobiDrafter(SpatialInit("above").bind(target)),
+        "model": mmspec.ModelDrafter(target_of(models, "draft", cfg_scale=target.cfg_scale)),
+        "prompt-lookup": mmspec.PromptLookupDrafter(),
+        "lookahead": mmspec.LookaheadDrafter(),
+    }
+
+
+# -- equivalence ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("cfg", [3.0, 1.0])
+def test_greedy_equivalence_every_method(models, batch, cfg):
+    target = target_of(models, cfg_scale=cfg)
+    prompts = CLASSES[:batch]
+    base = mmspec.autoregressive(target, prompts, max_new_tokens=64)
+    assert base.tokens.shape == (batch, GRID * GRID, 1)  # stops at the full grid
+    ref = sample_codes(models["target"][0], target.encode(prompts), target.null_id, N_CODES, GRID * GRID,
+                       cfg_scale=cfg, temperature=0.0)
+    assert base.tokens[..., 0].tolist() == ref.tolist()
+    for name, drafter in methods(models, target).items():
+        for k in (3, 16):
+            gen = mmspec.generate(target, drafter, prompts, max_new_tokens=64, k=k, rule=accept.greedy)
+            assert gen.token_ids() == base.token_ids(), (name, k)
+            assert gen.stats["target_forwards"] <= base.stats["target_forwards"], (name, k)
+    assert [im.size for im in base.outputs] == [(32, 32)] * batch
+
+
+def test_guidance_interval_guides_only_inside(models):
+    target = target_of(models, cfg_scale=4.0, cfg_interval=(0.0, 0.5))
+    cls = target.encode(["red ring"])
+    base = mmspec.autoregressive(target, ["red ring"], max_new_tokens=64)
+    codes = base.tokens[..., 0]
+    guided = guided_logits(models["target"][0], cls, codes, target.null_id, N_CODES, 4.0)[0]  # [16, V]
+    plain = guided_logits(models["target"][0], cls, codes, target.null_id, N_CODES, 1.0)[0]
+    half = GRID * GRID // 2
+    assert codes[0, :half].tolist() == guided[:half].argmax(-1).tolist()
+    assert codes[0, half:].tolist() == plain[half:].argmax(-1).tolist()
+    gen = mmspec.generate(target, mmspec.JacobiDrafter(), ["red ring"], max_new_tokens=64, k=5)
+    assert gen.token_ids() == base.token_ids()
+
+
+# -- guidance, rollback, constraint --------------------------------------------------------------
+
+def test_guidance_one_is_the_unguided_model(models):
+    target = target_of(models, cfg_scale=1.0)
+    model = models["target"][0]
+    codes = torch.randint(0, N_CODES, (2, 6))
+    first = target.start(["red ring", "green disk"], 16)  # [2, 1, 1, V]
+    rest = target.forward(codes[:, :5, None])  # [2, 5, 1, V]
+    got = torch.cat([first, rest], dim=1)[:, :, 0]
+    want = model(input_ids=torch.cat([target.encode(["red ring", "green disk"])[:, None], codes[:, :5]], 1)).logits
+    torch.testing.assert_close(got, want[..., :N_CODES].float(), atol=1e-4, rtol=1e-4)
+    assert target.cache.get_seq_length() == 6 and target.cache.layers[0].keys.shape[0] == 2  # B rows, no uncond half
+
+
+def test_guided_logits_match_the_reference(models):
+    target = target_of(models, cfg_scale=2.5)
+    codes = torch.randint(0, N_CODES, (2, 7))
+    cls = target.encode(["blue cross", "red ring"])
+    got = torch.cat([target.start(["blue cross", "red ring"], 16), target.forward(codes[:, :6, None])], dim=1)[:, :, 0]
+    want = guided_logits(models["target"][0], cls, codes, target.null_id, N_CODES, 2.5)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_rollback_of_both_guidance_halves_equals_a_fresh_prefill(models):
+    target = target_of(models, cfg_scale=3.0)
+    codes = torch.randint(0, N_CODES, (2, 9, 1), generator=torch.Generator().manual_seed(3))
+    target.start(CLASSES[:2], 16)
+    target.forward(codes[:, :4])
+    target.forward(torch.randint(0, N_CODES, (2, 5, 1)))  # a rejected draft
+    target.rollback(target.pos - 5)
+    assert target.cache.get_seq_length() == 5 and target.pos.tolist() == [5, 5]
+    after = target.forward(codes[:, 4:])  # [2, 5, 1, V]
+    fresh = target_of(models, cfg_scale=3.0)
+    fresh.start(CLASSES[:2], 16)
+    want = fresh.forward(codes)[:, 4:]
+    torch.testing.assert_close(after, want, atol=1e-5, rtol=1e-5)
+    assert target.cache.layers[0].keys.shape[0] == 4  # cond + uncond rows, cropped together
+
+
+def test_constraint_keeps_every_code_in_range(models):
+    target = target_of(models, cfg_scale=5.0)
+    assert target.vocab_size == N_CODES < models["target"][0].config.vocab_size
+    for drafter in (None, mmspec.JacobiDrafter("random")):
+        gen = mmspec.generate(target, drafter, CLASSES[:2], max_new_tokens=64, k=6, rule=accept.speculative,
+                              sampling=Sampling(temperature=3.0), seed=4)
+        assert gen.tokens.shape[1] == GRID * GRID
+        assert bool((gen.tokens >= 0).all()) and bool((gen.tokens < N_CODES).all())
+
+
+def test_spatial_inits():
+    seq = torch.arange(6)[None, :, None]  # cells 0..5 of a width-4 grid
+    assert SpatialInit("left")(seq, 3)[0, :, 0].tolist() == [5, 5, 5]
+    assert SpatialInit("above", width=4)(seq, 4)[0, :, 0].tolist() == [2, 3, 4, 5]  # cells 6..9 copy 2..5
+    assert SpatialInit("above", width=4)(seq[:, :2], 3)[0, :, 0].tolist() == [1, 1, 0]  # row 0: left; cell 4: cell 0
+    with pytest.raises(ValueError, match="width"):
+        SpatialInit("above")(seq, 2)
+
+
+# -- distributions -------------------------------------------------------------------------------
+
+def chi2_pvalue(counts: Counter, probs: dict, runs: int) -> float:
+    """Pearson chi-square goodness of fit (outcomes with expectation < 5 pooled)."""
+    stat, dof, po, pe = 0.0, -1, 0.0, 0.0
+    for outcome, pr in probs.items():
+        e, o = pr * runs, counts.get(outcome, 0)
+        if e < 5:
+            po, pe = po + o, pe + e
+            continue
+        stat, dof = stat + (o - e) ** 2 / e, dof + 1
+    if pe > 0:
+        stat, dof = stat + (po - pe) ** 2 / pe, dof + 1
+    return float(torch.special.gammaincc(torch.tensor(dof / 2.0, dtype=torch.float64), torch.tensor(stat / 2.0, dtype=torch.float64)))
+
+
+def toy_counts(target, make, rule, runs, n=3, k=3):
+    p = torch.tensor([[[1], [2], [0]]])
+    counts = Counter()
+    for seed in range(runs):
+        gen = mmspec.generate(target, make(), p, max_new_tokens=n, k=k, rule=rule, sampling=Sampling(1.0), seed=seed)
+        counts[tuple(tuple(f) for f in gen.tokens[0].tolist())] += 1
+    return counts, target.distribution(p, n)
+
+
+@pytest.mark.parametrize("init", ["random", "above"])
+def test_sjd_matches_the_target_distribution(init):
+    target = ToyTarget(vocab_size=4, seed=5, sharpness=1.5)
+    make = lambda: mmspec.JacobiDrafter("random" if init == "random" else SpatialInit("above", width=2))  # noqa: E731
+    counts, probs = toy_counts(target, make, accept.speculative, 1500)
+    assert chi2_pvalue(counts, probs, 1500) > 1e-3
+
+
+def test_lantern_delta_zero_is_speculative_sampling(models):
+    target = ToyTarget(vocab_size=4, seed=5, sharpness=1.5)
+    table = neighbour_table(torch.randn(4, 3, generator=torch.Generator().manual_seed(0)), 2)
+    counts, probs = toy_counts(target, lambda: mmspec.JacobiDrafter("random"), lantern_rule(table, 0.0), 1500)
+    assert chi2_pvalue(counts, probs, 1500) > 1e-3
+    # on the image target: the same tokens as accept.speculative, seed for seed
+    image = target_of(models, cfg_scale=2.0)
+    for seed in range(3):
+        kw = dict(max_new_tokens=64, k=8, sampling=Sampling(temperature=1.0), seed=seed)
+        a = mmspec.generate(image, mmspec.JacobiDrafter(), CLASSES[:2], rule=accept.speculative, **kw)
+        b = mmspec.generate(image, mmspec.JacobiDrafter(), CLASSES[:2], rule=lantern_rule(table_of(image), 0.0), **kw)
+        assert a.token_ids() == b.token_ids()
+
+
+def table_of(image):
+    return neighbour_table(image.codebook(), 8)
+
+
+def test_lantern_accepts_more_and_is_labelled_lossy(models):
+    image = target_of(models, cfg_scale=1.0)
+    rates = {}
+    for delta in (0.0, 0.3):
+        rule = lantern_rule(table_of(image), delta)
+        assert "LOSSY" in rule.__doc__ and rule.tv_bound == delta and rule.lossless is False
+        acc = [mmspec.generate(image, mmspec.JacobiDrafter(), CLASSES, max_new_tokens=64, k=8, rule=rule,
+                               sampling=Sampling(temperature=2.0), seed=s).stats["acceptance_rate"] for s in range(4)]
+        rates[delta] = sum(acc) / len(acc)
+    assert rates[0.3] > rates[0.0]
+
+
+def test_neighbour_table_is_sorted_and_excludes_self():
+    book = torch.tensor([[0.0], [1.0], [3.0], [10.0]])
+    table = neighbour_table(book, 3)
+    assert table.tolist() == [[1, 2, 3], [0, 2, 3], [1, 0, 3], [2, 1, 0]]
+    with pytest.raises(ValueError, match="k_nb"):
+        neighbour_table(book, 4)
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+def test_bad_input(models):
+    target = target_of(models)
+    with pytest.raises(ValueError, match="unknown class 'purple ring'; allowed: red ring, blue cross"):
+        mmspec.autoregressive(target, "purple ring", max_new_tokens=4)
+    with pytest.raises(ValueError, match="k .* >= 1"):
+        mmspec.generate(target, mmspec.JacobiDrafter(), "red ring", max_new_tokens=4, k=0)
+    with pytest.raises(ValueError, match="guidance scale"):
+        target_of(models, cfg_scale=-1.0)
+    with pytest.raises(ValueError, match="interval"):
+        target_of(models, cfg_interval=(0.6, 0.2))
+    with pytest.raises(ValueError, match="image size"):
+        target_of(models, image_size=64)
+    bad = dict(tiny_meta(), grid_h=8, grid_w=8)
+    with pytest.raises(ValueError, match="grid"):
+        ImageTarget(models["target"][0], models["target"][1], bad)
+    with pytest.raises(ValueError, match="layout"):
+        target.check_draft(ImageTarget(models["draft"][0], None, dict(tiny_meta(), class_token_ids=[16, 18, 17])))
+    with pytest.raises(ValueError, match="delta"):
+        lantern_rule(torch.zeros(4, 2, dtype=torch.long), 1.5)
+
+
+# -- the CLI and the notebook API ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def zoo_dir(models, tmp_path_factory):
+    """A zoo-format folder pair saved from the tiny models (loaded back through from_pretrained)."""
+    root = tmp_path_factory.mktemp("imgzoo")
+    for which, rel in (("target", "vqvae"), ("draft", "../shapes/vqvae")):
+        folder = root / ("shapes" if which == "target" else "shapes-draft")
+        model, vq = models[which]
+        model.save_pretrained(folder / "transformer")
+        if which == "target":
+            vq.save_pretrained(folder / "vqvae")
+        (folder / "mmspec_image.json").write_text(json.dumps(dict(tiny_meta(), vqvae=rel)))
+    return root
+
+
+def test_cli_generate_writes_pngs_and_json(zoo_dir, tmp_path, capsys):
+    from mmspec.cli import main
+
+    out = str(tmp_path / "image.png")
+    rc = main(["generate", "--modality", "image", "--target", str(zoo_dir / "shapes"), "--prompt", "red ring",
+               "--drafter", "jacobi", "--init", "above", "--rule", "speculative", "--temperature", "1", "--k", "16",
+               "--cfg", "3.0", "--seed", "0", "--batch", "2", "--out", out, "--json"])
+    assert rc == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["files"] == [str(tmp_path / "image_0.png"), str(tmp_path / "image_1.png")]
+    assert all(os.path.exists(f) for f in result["files"]) and result["image_sizes"] == [[32, 32], [32, 32]]
+    assert len(result["token_ids"][0]) == GRID * GRID and result["lossless"] is True
+    rc = main(["generate", "--modality", "image", "--target", str(zoo_dir / "shapes"), "--draft",
+               str(zoo_dir / "shapes-draft"), "--drafter", "model", "--prompt", "blue cross", "--out", out])
+    assert rc == 0 and os.path.exists(out)
+    assert main(["generate", "--modality", "image", "--target", str(zoo_dir / "shapes"), "--prompt", "pink x"]) == 2
+    assert "allowed: red ring" in capsys.readouterr().err
+    assert main(["generate", "--modality", "image", "--target", str(zoo_dir / "shapes"), "--cfg", "-2"]) == 2
+
+
+def test_notebook_api(zoo_dir):
+    import mmspec.image
+
+    gen = mmspec.image.generate("green disk", method="sjd", target=str(zoo_dir / "shapes"), init="left", seed=1)
+    assert gen.outputs[0].size == (32, 32) and gen.tokens.shape[1] == GRID * GRID
+    lan = mmspec.image.generate("green disk", method="lantern", target=str(zoo_dir / "shapes"), seed=1)
+    assert lan.tokens.shape[1] == GRID * GRID
