@@ -518,7 +518,8 @@ def completions(model, tokenizer, eot_id: int, new_tokens: int) -> list[dict]:
 
     rows = []
     for prompt in PROMPTS:
-        ids = torch.tensor([[eot_id] + tokenizer(prompt)["input_ids"]], device=model.device)  # [1, P]
+        ids = tokenizer(prompt)["input_ids"]
+        ids = torch.tensor([ids if ids[:1] == [eot_id] else [eot_id] + ids], device=model.device)  # [1, P], EOT first
         out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
                              do_sample=False, pad_token_id=tokenizer.pad_token_id)
         new = out[0, ids.shape[1]:].tolist()

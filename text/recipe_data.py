@@ -182,6 +182,24 @@ def save_tokenizer(tokenizer, folder: Path) -> None:
     cfg_path.write_text(json.dumps(cfg, indent=2) + "\n")
     special = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT, "pad_token": PAD}
     (folder / "special_tokens_map.json").write_text(json.dumps(special, indent=2) + "\n")
+    add_bos(folder / "tokenizer.json")
+
+
+def add_bos(path: Path) -> None:
+    """Make `tokenizer(text)` start with EOT, as every training document does (documents follow an EOT).
+
+    Without it a prompt starts mid-stream and greedy completions degrade; with it, HF `generate` and
+    mmspec see the same ids. Data preparation encodes with `add_special_tokens=False`, so it is unaffected.
+    """
+    data = json.loads(Path(path).read_text())
+    bos = {"SpecialToken": {"id": EOT, "type_id": 0}}
+    data["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {EOT: {"id": EOT, "ids": [SPECIAL_TOKENS.index(EOT)], "tokens": [EOT]}},
+    }
+    Path(path).write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
 
 
 def join_documents(docs_ids: list[list[int]], eot_id: int) -> np.ndarray:

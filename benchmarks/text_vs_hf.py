@@ -1,0 +1,100 @@
+"""mmspec against Hugging Face ``generate`` on the same model pair, prompts and machine (issue 2's anchor).
+
+    python benchmarks/text_vs_hf.py --target zoo:code-target --draft zoo:code-draft --prompts 20 --new 128
+
+Rows: HF greedy vs mmspec autoregressive; HF prompt lookup (prompt_lookup_num_tokens=k) vs mmspec
+prompt lookup at the same k; HF assisted generation (assistant_model) vs mmspec draft-model speculation.
+Every pair is checked for identical tokens. Each measurement is warmed up once and repeated; the
+median wall time over prompts x repeats is reported with the hardware.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+
+import mmspec
+from mmspec.text import TextTarget
+from mmspec.text.prompts import held_out_prompts
+
+
+def hf_run(target: TextTarget, prompt: str, new: int, **kwargs):
+    ids, _ = target.encode(prompt)
+    t0 = time.perf_counter()
+    out = target.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False,
+                                pad_token_id=target.tokenizer.pad_token_id, **kwargs)
+    wall = time.perf_counter() - t0
+    row = out[0, ids.shape[1]:].tolist()
+    eos = set(target.eos_ids.tolist())
+    for i, t in enumerate(row):
+        if t in eos:
+            row = row[: i + 1]
+            break
+    return row, wall
+
+
+def mm_run(target: TextTarget, drafter, prompt: str, new: int, k: int):
+    gen = mmspec.generate(target, drafter, prompt, max_new_tokens=new, k=k)
+    return gen.token_ids()[0], gen.wall_s, gen.stats
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--target", default="zoo:code-target")
+    ap.add_argument("--draft", default="zoo:code-draft")
+    ap.add_argument("--prompts", type=int, default=20)
+    ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--k", type=int, default=4, help="draft length for mmspec draft-model speculation")
+    ap.add_argument("--lookup-k", type=int, default=10, help="prompt_lookup_num_tokens for both libraries")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", default=None, help="write results here")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    target = TextTarget.from_pretrained(args.target, device="cpu")
+    draft = TextTarget.from_pretrained(args.draft, device="cpu")
+    prompts = held_out_prompts(args.prompts)
+    pairs = {
+        "autoregressive": (lambda p: hf_run(target, p, args.new),
+                           lambda p: mm_run(target, None, p, args.new, 1)),
+        "prompt lookup": (lambda p: hf_run(target, p, args.new, prompt_lookup_num_tokens=args.lookup_k),
+                          lambda p: mm_run(target, mmspec.PromptLookupDrafter(max_ngram=2), p, args.new, args.lookup_k)),
+        "draft model": (lambda p: hf_run(target, p, args.new, assistant_model=draft.model),
+                        lambda p: mm_run(target, mmspec.ModelDrafter(draft), p, args.new, args.k)),
+    }
+    results = {}
+    for name, (hf, mm) in pairs.items():
+        hf(prompts[0]), mm(prompts[0])  # warm-up
+        hf_walls, mm_walls, same, accepted, hf_tokens, mm_tokens = [], [], True, [], 0, 0
+        for _ in range(args.repeats):
+            for p in prompts:
+                a, wa = hf(p)
+                b, wb, stats = mm(p)
+                same &= a == b
+                hf_walls.append(wa), mm_walls.append(wb), accepted.append(stats["mean_accepted"])
+                hf_tokens += len(a)
+                mm_tokens += len(b)
+        results[name] = {
+            "hf_tokens_per_s": hf_tokens / sum(hf_walls), "mmspec_tokens_per_s": mm_tokens / sum(mm_walls),
+            "ratio": (mm_tokens / sum(mm_walls)) / (hf_tokens / sum(hf_walls)),
+            "identical": same, "mean_accepted": statistics.mean(accepted),
+        }
+        r = results[name]
+        print(f"{name:16} HF {r['hf_tokens_per_s']:7.1f} tok/s   mmspec {r['mmspec_tokens_per_s']:7.1f} tok/s   "
+              f"ratio {r['ratio']:.2f}x   identical {same}   mean accepted {r['mean_accepted']:.2f}", flush=True)
+    meta = {"hardware": platform.processor() or platform.machine(), "cpu_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "prompts": len(prompts), "new_tokens": args.new, "k": args.k,
+            "lookup_k": args.lookup_k}
+    print(json.dumps(meta))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
