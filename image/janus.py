@@ -1,0 +1,192 @@
+"""Janus / Janus-Pro text-to-image generation as a Target (Hugging Face ``JanusForConditionalGeneration``).
+
+Janus generates image tokens with its language model fed by *generation* embeddings
+(``prepare_embeddings_for_image_generation``) and scored by its ``generation_head`` (not the text
+``lm_head``). This adapter mirrors ``JanusForConditionalGeneration.generate(generation_mode="image")``:
+
+* the prompt is text ending with the begin-of-image token (the processor adds it with
+  ``generation_mode="image"``), or already tokenized ids;
+* CFG with a doubled batch: conditional rows get the prompt, unconditional rows the same ids with every
+  token except BOS and BOI replaced by the pad token; logits = u + s * (c - u) (HF applies it for s > 1);
+* V = the VQ codebook size (the generation head's outputs), K = 1, ``max_frames`` = prompt + image tokens;
+* committed codes decode through ``decode_image_tokens`` to a ``PIL.Image``.
+
+Batches are left-padded; ``pos`` counts each row's real tokens, as in the text adapter.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .target import cache_arg, check_guidance
+
+
+class JanusTarget:
+    num_codebooks = 1
+
+    def __init__(self, model, processor=None, *, cfg_scale: float | None = None, cfg_interval=None,
+                 device: str | torch.device | None = None, path: str = "", boi_token_id: int | None = None):
+        self.model, self.processor, self.path = model.eval(), processor, path
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.lm = model.model.language_model
+        gen = model.generation_config
+        self.pad_id, self.bos_id = gen.pad_token_id, gen.bos_token_id
+        self.boi_id = boi_token_id if boi_token_id is not None else (getattr(gen, "generation_kwargs", None) or {}).get("boi_token_id")
+        if self.boi_id is None and processor is not None:
+            tok = getattr(processor, "tokenizer", processor)
+            self.boi_id = tok.convert_tokens_to_ids(getattr(tok, "boi_token", None) or "<begin_of_image>")
+        if self.pad_id is None or self.boi_id is None:
+            raise ValueError("Janus generation_config needs pad_token_id and generation_kwargs['boi_token_id']")
+        self.vocab_size = int(model.model.vqmodel.config.num_embeddings)  # V: image codes only
+        self.grid_tokens = int(model.model.vision_model.config.num_image_tokens)
+        self.grid_h = self.grid_w = math.isqrt(self.grid_tokens)
+        default = getattr(gen, "guidance_scale", None) or 5.0
+        self.cfg_scale, self.cfg_interval = check_guidance(default if cfg_scale is None else cfg_scale, cfg_interval)
+        self._cache_arg = cache_arg(self.lm)
+        self.max_frames = 1_000_000
+        self.pos = torch.zeros(1, dtype=torch.long)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, *, cfg_scale=None, cfg_interval=None, device=None, dtype=None) -> "JanusTarget":
+        from transformers import AutoProcessor, JanusForConditionalGeneration
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = getattr(torch, dtype) if isinstance(dtype, str) else (dtype or (torch.float32 if device == "cpu" else torch.bfloat16))
+        try:
+            model = JanusForConditionalGeneration.from_pretrained(name_or_path, dtype=dtype).to(device)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"could not load {name_or_path!r} as an image model: {str(err).splitlines()[0]}") from err
+        try:
+            processor = AutoProcessor.from_pretrained(name_or_path)
+        except (OSError, ValueError):
+            processor = None
+        return cls(model, processor, cfg_scale=cfg_scale, cfg_interval=cfg_interval, device=device, path=str(name_or_path),
+                   boi_token_id=_saved_boi(name_or_path))
+
+    @property
+    def guided(self) -> bool:
+        return self.cfg_scale != 1.0
+
+    # -- prompts ---------------------------------------------------------------------------------
+    def encode(self, prompt) -> tuple[Tensor, Tensor]:
+        """Text(s) or token id lists -> left-padded ids ``[B, L]`` (ending with BOI) and pad counts ``[B]``."""
+        if isinstance(prompt, Tensor):
+            rows = [list(map(int, r)) for r in (prompt[None] if prompt.dim() == 1 else prompt).tolist()]
+        elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(x, int) for x in prompt):
+            rows = [list(prompt)]
+        else:
+            texts = [prompt] if isinstance(prompt, str) else list(prompt)
+            if not texts or any(not isinstance(t, (str, list, tuple)) or not len(t) for t in texts):
+                raise ValueError("Janus prompt must be non-empty text, a list of texts or token id lists")
+            rows = [list(t) if not isinstance(t, str) else self._tokenize(t) for t in texts]
+        L = max(len(r) for r in rows)
+        ids = torch.tensor([[self.pad_id] * (L - len(r)) + r for r in rows], dtype=torch.long, device=self.device)
+        return ids, torch.tensor([L - len(r) for r in rows], dtype=torch.long, device=self.device)
+
+    def _tokenize(self, text: str) -> list[int]:
+        if self.processor is None:
+            raise ValueError("this Janus model has no processor/tokenizer; pass token ids as the prompt")
+        out = self.processor(text=[text], generation_mode="image", return_tensors="pt")
+        return out["input_ids"][0].tolist()
+
+    # -- Target protocol -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def start(self, prompt, max_new_frames: int) -> Tensor:
+        from transformers import DynamicCache
+
+        ids, self.pads = self.encode(prompt)  # [B, L], [B]
+        self.prompt, self.prompt_ids, self.B = prompt, ids, ids.shape[0]
+        # 1. unconditional rows: every token but BOS / BOI becomes the pad token
+        if self.guided:
+            uncond = ids.masked_fill((ids != self.bos_id) & (ids != self.boi_id), self.pad_id)
+            ids = torch.cat([ids, uncond])  # [2B, L]
+        rows = ids.shape[0]
+        pads = self.pads.repeat(rows // self.B)
+        self.mask = (torch.arange(ids.shape[1], device=self.device)[None, :] >= pads[:, None]).long()  # [2B, L]
+        self.cache = DynamicCache()
+        self.pos = -self.pads
+        self.first = ids.shape[1] - self.pads  # [B] pos at grid index 0
+        self.max_frames = int(self.first.max()) + self.grid_tokens
+        embeds = self.model.get_input_embeddings()(ids)  # [2B, L, H]
+        return self._run(embeds, keep_last=True)  # [B, 1, 1, V]
+
+    def prompt_frames(self) -> list[Tensor]:
+        return [torch.zeros(0, 1, dtype=torch.long, device=self.device) for _ in range(self.B)]
+
+    @torch.inference_mode()
+    def forward(self, frames: Tensor) -> Tensor:
+        codes = frames[..., 0]  # [B, T]
+        if self.guided:
+            codes = torch.cat([codes, codes])
+        return self._run(self.model.prepare_embeddings_for_image_generation(codes))  # [B, T, 1, V]
+
+    def _run(self, embeds: Tensor, keep_last: bool = False) -> Tensor:
+        """Language model over ``embeds [B|2B, T, H]``; guided generation-head logits ``[B, T', 1, V]``."""
+        rows, T = embeds.shape[:2]
+        pos = self.pos.repeat(rows // self.B)  # [B|2B]
+        if self.mask.shape[1] < self.cache.get_seq_length() + T:
+            self.mask = torch.cat([self.mask, self.mask.new_ones(rows, T)], dim=1)
+        position_ids = (pos[:, None] + torch.arange(T, device=self.device)[None, :]).clamp(min=0)
+        out = self.lm(inputs_embeds=embeds, attention_mask=self.mask, position_ids=position_ids, use_cache=True,
+                      **{self._cache_arg: self.cache})
+        hidden = out.last_hidden_state[:, -1:] if keep_last else out.last_hidden_state
+        logits = self.model.model.generation_head(hidden).float()  # [B|2B, T', V]
+        if self.guided:
+            cond, uncond = logits[: self.B], logits[self.B:]
+            # the input at position pos + t predicts grid index pos + t + 1 - first
+            index = (self.pos - self.first)[:1] + 1 + T - logits.shape[1] + torch.arange(logits.shape[1], device=self.device)
+            frac = index.float() / self.grid_tokens
+            inside = ((frac >= self.cfg_interval[0]) & (frac < self.cfg_interval[1]))[None, :, None]
+            logits = torch.where(inside, uncond + self.cfg_scale * (cond - uncond), cond)
+        self.pos = self.pos + T
+        return logits[:, :, None, :]  # [B, T', 1, V]
+
+    def rollback(self, pos: Tensor) -> None:
+        remove = int((self.pos - pos).max())
+        if not bool(((self.pos - pos) == remove).all()):
+            raise ValueError("JanusTarget rolls all rows back by the same number of frames")
+        if remove > 0:
+            self.cache.crop(-remove)
+            self.mask = self.mask[:, : self.cache.get_seq_length()]
+        self.pos = pos.clone()
+
+    def finished(self, frames: Tensor) -> Tensor:
+        return torch.zeros(frames.shape[:2], dtype=torch.bool, device=frames.device)
+
+    @torch.inference_mode()
+    def decode(self, frames: Tensor, lengths: Tensor) -> list:
+        """Committed codes -> ``PIL.Image`` per row (an unfinished grid is padded with code 0)."""
+        from PIL import Image
+
+        codes = torch.zeros(frames.shape[0], self.grid_tokens, dtype=torch.long, device=self.device)
+        for b in range(frames.shape[0]):
+            n = min(int(lengths[b]), self.grid_tokens)
+            codes[b, :n] = frames[b, :n, 0].clamp(min=0)
+        pixels = self.model.decode_image_tokens(codes).float()  # [B, H, W, 3] in [-1, 1]
+        arrays = ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+        return [Image.fromarray(a) for a in arrays]
+
+    def check_draft(self, draft) -> None:
+        if not isinstance(draft, JanusTarget) or draft.vocab_size != self.vocab_size or draft.grid_tokens != self.grid_tokens:
+            raise ValueError("a Janus target needs a Janus draft with the same image codebook and grid")
+
+    def codebook(self) -> Tensor:
+        """L2-normalised VQ codebook ``[V, E]`` (Janus looks codes up normalised), for LANTERN."""
+        return F.normalize(self.model.model.vqmodel.quantize.embedding.weight.detach().float(), dim=-1)
+
+
+def _saved_boi(path: str) -> int | None:
+    """``generation_kwargs.boi_token_id`` from a local ``generation_config.json`` (not every transformers
+    version restores ``generation_kwargs`` on load)."""
+    import json
+    import os
+
+    file = os.path.join(str(path), "generation_config.json")
+    if not os.path.exists(file):
+        return None
+    with open(file) as f:
+        return (json.load(f).get("generation_kwargs") or {}).get("boi_token_id")
