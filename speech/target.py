@@ -1,0 +1,241 @@
+"""The speech adapter: a Target over the zoo's text-to-codec LM (``SpeechLM``, parallel heads, delay pattern).
+
+Frames are the LM's model steps in the DELAY-PATTERN layout: frame s holds, for codebook k, the code of
+codec frame s - k (MusicGen's delay; see ``speech/lm.py``). So ``frames [B, T, K]`` with K codebooks and
+``logits [B, T, K, V]`` with ``V = codebook_size + 2`` (codes, then ``pad_id``, then ``eos_id``).
+
+Why per-codebook acceptance is exact here: the K heads read the same hidden state, so the K codebooks of
+one step are conditionally independent given the past, ``p(frame | past) = prod_k p_k(x_k | past)``.
+Accepting each codebook with min(1, p_k / q_k) and resampling each rejected one from its own residual
+gives an exact sample of every codebook, hence of the product, i.e. of the step; a step with any
+rejected codebook changes the past of later steps, so the step ends there (``mmspec.accept.speculative``).
+
+Constraints (applied to the logits inside the adapter, so every rule, drafter and residual sees only
+valid ids). For the frame at step s, with e the step of the first EOS on codebook 0 among earlier frames:
+
+* codebook k at s < k: ``pad_id`` only (that codebook has not started yet);
+* no EOS yet (e >= s): codebook 0 may be a code or ``eos_id``; codebooks k >= 1 a code;
+* after the EOS (e < s): codebook k is a code while s < e + k, ``eos_id`` at s = e + k (its own end,
+  as the LM was trained) and ``pad_id`` after.
+
+End: the row is finished at step e + K - 1, the frame whose last codebook holds its EOS (K - 1 steps
+after the EOS on codebook 0, so every delayed codebook completes). ``decode`` reverts the delay and
+sends the codec only codec frames t < e whose every codebook is committed (t + K - 1 < committed
+steps): never drafts, delay padding or special ids. A row cut by ``max_new_tokens`` before its end
+decodes its complete frames only.
+
+Positions: ``pos`` counts each row's real text tokens + the BOS frame + committed steps (left padding
+excluded), ``max_frames`` is the LM's ``max_position_embeddings``. Rollback crops the LM's
+``DynamicCache`` with ``crop(-n)``.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .lm import TEXT_PAD, SpeechLM, encode_text
+
+ZOO = Path(__file__).parent / "zoo"
+META_NAME = "mmspec_speech.json"
+
+
+def resolve(name_or_path: str) -> Path:
+    """``zoo:NAME`` -> ``speech/zoo/NAME``; otherwise a local folder holding ``mmspec_speech.json``."""
+    if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
+        raise ValueError(f"speech model must be a local folder or zoo:NAME, got {name_or_path!r}")
+    name = str(name_or_path)
+    if name.startswith("zoo:"):
+        folder = ZOO / name[4:]
+        if not (folder / META_NAME).exists():
+            known = sorted(p.name for p in ZOO.iterdir() if (p / META_NAME).exists()) if ZOO.exists() else []
+            raise ValueError(f"unknown speech zoo model {name!r}; available: {', '.join('zoo:' + k for k in known) or 'none'}"
+                             " (train them with `mmspec zoo train speech`)")
+        return folder
+    folder = Path(os.path.expanduser(name))
+    if not (folder / META_NAME).exists():
+        raise ValueError(f"speech model {name!r} is not a folder with {META_NAME} (zoo:NAME or a recipe output)")
+    return folder
+
+
+def texts_of(prompt: str | Sequence[str]) -> list[str]:
+    """A prompt (one text or a list) -> non-empty ASCII-encodable texts; empty text is a ValueError."""
+    texts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
+    if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
+        raise ValueError("speech prompt must be non-empty text (a string or a list of non-empty strings)")
+    return texts
+
+
+class SpeechTarget:
+    """Target over a ``SpeechLM``; ``codec`` (any ``speech.codec.Codec``) is only needed to decode."""
+
+    def __init__(self, model: SpeechLM, codec=None, *, voices: Sequence[str] = (), voice: int | str | None = None,
+                 device: str | torch.device | None = None):
+        cfg = model.config
+        self.model = model.eval()
+        self.codec = codec
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.num_codebooks = int(cfg.num_codebooks)
+        self.codebook_size = int(cfg.codebook_size)
+        self.vocab_size = int(cfg.audio_vocab_size)
+        self.pad_id, self.eos_id = int(cfg.pad_id), int(cfg.eos_id)
+        self.max_frames = int(cfg.max_position_embeddings)
+        self.voices = list(voices) or [f"voice{i}" for i in range(cfg.num_voices)]
+        self.voice = self.voice_index(voice)
+        self.sample_rate = int(codec.sample_rate) if codec is not None else None
+        self.pos = torch.zeros(1, dtype=torch.long)
+
+    def voice_index(self, voice: int | str | None) -> int:
+        """A voice name or index -> index; unknown voices are a ValueError listing the known ones."""
+        if voice is None:
+            return 0
+        if isinstance(voice, str) and voice in self.voices:
+            return self.voices.index(voice)
+        if isinstance(voice, int) and not isinstance(voice, bool) and 0 <= voice < len(self.voices):
+            return voice
+        raise ValueError(f"unknown voice {voice!r}; allowed: {', '.join(self.voices)}")
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, *, voice: int | str | None = None, device: str | None = None,
+                        dtype: str | torch.dtype | None = None, load_codec: bool = True) -> "SpeechTarget":
+        """Load a recipe folder (``mmspec_speech.json`` + ``lm/`` + the codec it names) or ``zoo:NAME``.
+
+        ``dtype``: float32 (CPU default), float16 or bfloat16 (CUDA default: float16, as saved).
+        """
+        from .codec import ZooCodec
+
+        folder = resolve(name_or_path)
+        meta = json.loads((folder / META_NAME).read_text())
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if dtype is None:
+            dtype = torch.float32 if device == "cpu" else torch.float16
+        elif isinstance(dtype, str):
+            if dtype not in ("float32", "float16", "bfloat16"):
+                raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
+            dtype = getattr(torch, dtype)
+        model = SpeechLM.from_pretrained(folder / meta.get("lm", "lm"), dtype=dtype).to(device)
+        codec = None
+        if load_codec and meta.get("codec"):
+            codec = ZooCodec.from_pretrained((folder / meta["codec"]).resolve(), device=device)
+        return cls(model, codec, voices=meta.get("voices", ()), voice=voice, device=device)
+
+    # -- prompts ---------------------------------------------------------------------------------
+    def encode(self, prompt: str | Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Text(s) -> left-padded text ids ``[B, L]`` (voice token included) and pad counts ``[B]``."""
+        rows = [encode_text(t, self.voice) for t in texts_of(prompt)]
+        L = max(len(r) for r in rows)
+        if L + 1 >= self.max_frames:
+            raise ValueError(f"prompt is {L} tokens long; the speech LM's context holds {self.max_frames}")
+        ids = torch.tensor([[TEXT_PAD] * (L - len(r)) + r for r in rows], dtype=torch.long)
+        pads = torch.tensor([L - len(r) for r in rows], dtype=torch.long)
+        return ids.to(self.device), pads.to(self.device)
+
+    # -- Target protocol -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def start(self, prompt: str | Sequence[str], max_new_frames: int) -> Tensor:
+        from transformers import DynamicCache
+
+        # 1. Text prefix + the BOS frame (all pad ids): its logits predict step 0.
+        ids, pads = self.encode(prompt)  # [B, L], [B]
+        B, L = ids.shape
+        self.prompt = prompt
+        self.cache = DynamicCache()
+        bos = torch.full((B, 1, self.num_codebooks), self.pad_id, dtype=torch.long, device=self.device)
+        self.fed = bos  # [B, 1 + steps fed, K] every audio frame in the cache
+        self.mask = torch.cat([(torch.arange(L, device=self.device)[None, :] >= pads[:, None]).long(),
+                               ids.new_ones(B, 1)], dim=1)  # [B, L + 1]
+        out = self.model(text_ids=ids, audio_frames=bos, attention_mask=self.mask, past_key_values=self.cache,
+                         use_cache=True)
+        self.pos = (L - pads) + 1
+        # 2. Constrain the first step.
+        return self._constrain(out.logits[:, -1:].float(), first_step=0)  # [B, 1, K, V]
+
+    def prompt_frames(self) -> list[Tensor]:
+        """Per row the BOS frame ``[1, K]``: the audio prompt is empty (drafters match the output)."""
+        return [row for row in self.fed[:, :1]]
+
+    @torch.inference_mode()
+    def forward(self, frames: Tensor) -> Tensor:
+        B, T, K = frames.shape
+        first = self.fed.shape[1]  # the step the first returned logits predict
+        self.mask = torch.cat([self.mask, self.mask.new_ones(B, T)], dim=1)
+        self.fed = torch.cat([self.fed, frames], dim=1)
+        out = self.model(audio_frames=frames, attention_mask=self.mask, past_key_values=self.cache, use_cache=True)
+        self.pos = self.pos + T
+        return self._constrain(out.logits.float(), first_step=first)  # [B, T, K, V]
+
+    def rollback(self, pos: Tensor) -> None:
+        remove = int((self.pos - pos).max())
+        if not bool(((self.pos - pos) == remove).all()):
+            raise ValueError("SpeechTarget rolls all rows back by the same number of frames")
+        if remove > 0:
+            self.cache.crop(-remove)
+            self.mask, self.fed = self.mask[:, :-remove], self.fed[:, :-remove]
+        self.pos = pos.clone()
+
+    def finished(self, frames: Tensor) -> Tensor:
+        """The step whose last codebook holds its EOS ends the row (K - 1 steps after codebook 0's)."""
+        return frames[..., -1] == self.eos_id  # [B, T]
+
+    def decode(self, frames: Tensor, lengths: Tensor) -> list[Tensor]:
+        """Committed steps ``[B, T, K]`` -> one waveform ``[S]`` (float32, CPU) per row; without a codec
+        (a draft loaded with ``load_codec=False``) the codec codes ``[K, T_b]`` per row instead."""
+        codes = self.codes(frames, lengths)
+        return codes if self.codec is None else [self.decode_codes(c) for c in codes]
+
+    # -- delay pattern ---------------------------------------------------------------------------
+    def codes(self, frames: Tensor, lengths: Tensor) -> list[Tensor]:
+        """Revert the delay: per row the codec codes ``[K, T_b]`` of the complete frames before the EOS."""
+        K, out = self.num_codebooks, []
+        for b in range(frames.shape[0]):
+            steps = frames[b, : int(lengths[b])]  # [n, K] committed steps only
+            ends = (steps[:, 0] == self.eos_id).nonzero()
+            n_real = min(int(ends[0]) if len(ends) else steps.shape[0], steps.shape[0] - K + 1)
+            n_real = max(n_real, 0)
+            codes = torch.stack([steps[k : k + n_real, k] for k in range(K)]) if n_real else steps.new_zeros(K, 0)
+            if bool(((codes < 0) | (codes >= self.codebook_size)).any()):
+                raise ValueError("committed frames hold special ids inside the audio; the stream is invalid")
+            out.append(codes)  # [K, T_b]
+        return out
+
+    @torch.inference_mode()
+    def decode_codes(self, codes: Tensor) -> Tensor:
+        """Codec codes ``[K, T]`` -> waveform ``[T * hop_length]`` with a ``sample_rate`` attribute."""
+        wav = torch.zeros(0) if codes.shape[1] == 0 else self.codec.decode(codes[None].to(self.device))[0, 0].float().cpu()
+        wav.sample_rate = self.sample_rate  # [S], tagged with its rate for saving
+        return wav
+
+    def _constrain(self, logits: Tensor, first_step: int) -> Tensor:
+        """Mask ``logits [B, T, K, V]`` predicting steps first_step.. to the ids the delay pattern allows."""
+        B, T, K, V = logits.shape
+        dev = logits.device
+        C, pad, eos = self.codebook_size, self.pad_id, self.eos_id
+        # 1. e: step of the first EOS on codebook 0 among the fed frames (the BOS frame excluded).
+        is_eos = torch.cat([self.fed[:, 1:, 0] == eos, self.fed.new_ones(B, 1, dtype=torch.bool)], dim=1)
+        e = is_eos.long().argmax(1)[:, None, None]  # [B, 1, 1] (= steps fed when there is none: never < s)
+        s = torch.arange(first_step, first_step + T, device=dev)[None, :, None]  # [1, T, 1]
+        k = torch.arange(K, device=dev)[None, None, :]  # [1, 1, K]
+        # 2. Which kind of id each (row, step, codebook) may take.
+        only_pad = (s < k) | ((e < s) & (s > e + k))  # [B, T, K]
+        only_eos = (e < s) & (s == e + k)
+        code_or_eos = ~only_pad & ~only_eos & (e >= s) & (k == 0)
+        v = torch.arange(V, device=dev)
+        allowed = torch.where(only_pad[..., None], v == pad,
+                              torch.where(only_eos[..., None], v == eos,
+                                          (v < C) | (code_or_eos[..., None] & (v == eos))))  # [B, T, K, V]
+        return logits.masked_fill(~allowed, float("-inf"))
+
+    # -- pairing ---------------------------------------------------------------------------------
+    def check_draft(self, draft: "SpeechTarget") -> None:
+        """A draft LM must speak the same codec stream (codebooks, codes) and read the same voice."""
+        if not isinstance(draft, SpeechTarget):
+            raise ValueError(f"a speech target needs a speech draft model, got {type(draft).__name__}")
+        if (draft.num_codebooks, draft.codebook_size) != (self.num_codebooks, self.codebook_size):
+            raise ValueError(f"draft LM has {draft.num_codebooks} x {draft.codebook_size} codes, the target "
+                             f"{self.num_codebooks} x {self.codebook_size}: they must share the codec")
+        if draft.voice != self.voice:
+            raise ValueError(f"draft voice {draft.voice} differs from the target's {self.voice}")
