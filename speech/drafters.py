@@ -1,0 +1,97 @@
+"""Training-free drafting for codec frames: per-codebook lookup (with an optional corpus table).
+
+Whole-frame prompt lookup (``mmspec.PromptLookupDrafter``) rarely fires on codec streams: a frame of K
+codes from V-sized codebooks almost never repeats exactly. Each codebook's own stream repeats far more
+often (silence, steady vowels, the coarse codebook's slow changes), so this drafter guesses every
+codebook separately:
+
+1. the code that followed the most recent earlier occurrence of the current code in that codebook's
+   committed stream (prompt lookup with n = 1, per codebook);
+2. else the corpus table ``prior[k, code]`` (the most frequent next code in training codes, optional,
+   ``fit_prior``), built once from the codec's codes of a corpus;
+3. else the current code again (repeat-last-frame).
+
+Guesses are chained for k frames and are deterministic (q = one-hot), so the drafter pairs with every
+accept rule. Frames are the adapter's delayed steps; a codebook's own sequence is the same in the
+delayed and the plain layout, so the table fits raw codec codes ``[K, T]``.
+
+``lookup_init`` is the same guess as a Jacobi init policy (``--drafter jacobi --init codec-lookup``).
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import Tensor
+
+from mmspec.protocols import Target
+from mmspec.sampling import Sampler
+from mmspec.types import Draft, Step
+
+
+def continue_codebooks(seq: Tensor, n: int, prior: Tensor | None = None) -> Tensor:
+    """Guess the n frames after ``seq [B, S, K]`` codebook by codebook: ``[B, n, K]``."""
+    out = []
+    for _ in range(n):
+        B, S, K = seq.shape
+        cur = seq[:, -1]  # [B, K]
+        # 1. Most recent earlier occurrence of the current code, per row and codebook.
+        match = seq[:, :-1] == cur[:, None]  # [B, S - 1, K]
+        where = torch.where(match, torch.arange(S - 1, device=seq.device)[None, :, None], -1).amax(dim=1) if S > 1 \
+            else cur.new_full((B, K), -1)  # [B, K]
+        follower = seq.gather(1, (where + 1).clamp(max=S - 1)[:, None])[:, 0]  # [B, K]
+        # 2. The corpus table, 3. repeat.
+        guess = cur
+        if prior is not None:
+            table = prior.to(seq.device)[torch.arange(K, device=seq.device)[None, :], cur.clamp(max=prior.shape[1] - 1)]
+            guess = torch.where(table >= 0, table, cur)
+        guess = torch.where(where >= 0, follower, guess)  # [B, K]
+        out.append(guess)
+        seq = torch.cat([seq, guess[:, None]], dim=1)
+    return torch.stack(out, dim=1) if out else seq[:, :0]  # [B, n, K]
+
+
+def lookup_init(seq: Tensor, n: int) -> Tensor:
+    """Jacobi init policy: the per-codebook lookup guess of the n frames after ``seq [B, S, K]``."""
+    return continue_codebooks(seq, n)
+
+
+def fit_prior(codes: Iterable[Tensor], vocab_size: int) -> Tensor:
+    """Corpus codes (each ``[K, T]``) -> ``prior [K, V]``: the most frequent next code (-1 where unseen)."""
+    counts = None
+    for c in codes:
+        c = torch.as_tensor(c, dtype=torch.long)  # [K, T]
+        K = c.shape[0]
+        if counts is None:
+            counts = torch.zeros(K, vocab_size * vocab_size, dtype=torch.long)
+        pairs = c[:, :-1] * vocab_size + c[:, 1:]  # [K, T - 1]
+        counts.scatter_add_(1, pairs, torch.ones_like(pairs))
+    if counts is None:
+        raise ValueError("fit_prior needs at least one code array")
+    counts = counts.view(-1, vocab_size, vocab_size)  # [K, V, V]
+    best = counts.argmax(-1)  # [K, V]
+    return torch.where(counts.sum(-1) > 0, best, -1)
+
+
+class CodecLookupDrafter:
+    """Per-codebook lookup drafter (``start / propose / observe``); ``prior [K, V]`` from ``fit_prior``."""
+
+    def __init__(self, prior: Tensor | None = None):
+        if prior is not None and (prior.dim() != 2 or prior.dtype != torch.long):
+            raise ValueError("prior must be a LongTensor [K, V] from fit_prior")
+        self.prior = prior
+
+    def start(self, target: Target, sampler: Sampler) -> None:
+        rows = [f.clone() for f in target.prompt_frames()]  # per row [L_b, K]
+        if self.prior is not None and self.prior.shape[0] != target.num_codebooks:
+            raise ValueError(f"prior has {self.prior.shape[0]} codebooks, the target {target.num_codebooks}")
+        L = min(r.shape[0] for r in rows)
+        self.history = torch.stack([r[-L:] for r in rows])  # [B, L, K] (aligned tails of the prompts)
+
+    def propose(self, last: Tensor, k: int) -> Draft:
+        # ``observe`` has already appended ``last`` (every step, the first one too) to the history.
+        return Draft(tokens=continue_codebooks(self.history, k, self.prior))  # [B, k, K]
+
+    def observe(self, step: Step, target_logits: Tensor) -> None:
+        # Rows after their end hold PAD; they never end a step, so any id will do there.
+        self.history = torch.cat([self.history, step.frames.clamp(min=0)], dim=1)

@@ -1,0 +1,66 @@
+"""LOSSY relaxed acceptance for the fine codebooks of a codec frame (tolerance beta).
+
+Fine (residual) codebooks carry little perceptual information, so rejecting a plausible fine code
+wastes a whole step. This rule accepts drafted token x of codebook k with
+
+    u < min(1, p(x) / q(x)) + beta   for k >= exact_codebooks (default: every codebook but the coarse one),
+    u < min(1, p(x) / q(x))          for the exact codebooks,
+
+and only if x is in the target's support (finite warped, constrained logits: a forced delay pad, an EOS
+or a top-k cut is never overridden). Rejections resample from norm(max(0, p - q)) and the bonus from p,
+as in ``mmspec.accept.speculative``. At temperature 0 p is the argmax one-hot: then beta is the chance
+that a valid non-argmax fine code is kept.
+
+LOSSY, with a bound. For one relaxed codebook at one step, the output distribution r differs from p
+only by extra mass on tokens the draft over-proposes (q > p): there r(x) <= p(x) + beta * q(x), while
+tokens with p >= q get at most p(x). So TV(r, p) <= beta * q({x: q(x) > p(x)}) <= beta per relaxed
+codebook and step; the codebooks of a step are independent given the past, so a frame is within
+(K - exact_codebooks) * beta of the target in total variation, and T frames within T * (K - exact) * beta
+(a union bound). Exact codebooks stay exact given the past. beta = 0 is ``speculative`` (lossless).
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+from mmspec.accept import _commit
+from mmspec.sampling import Sampler
+from mmspec.types import Draft, Verdict
+
+
+def relaxed(draft: Draft, target_logits: Tensor, sampler: Sampler, pos: Tensor, *, beta: float = 0.1,
+            exact_codebooks: int = 1) -> Verdict:
+    """LOSSY: speculative sampling with tolerance ``beta`` on codebooks >= ``exact_codebooks`` (see module)."""
+    if not 0 <= beta <= 1:
+        raise ValueError(f"beta must be in [0, 1], got {beta!r}")
+    p = sampler.probs(target_logits)  # [B, D + 1, K, V]
+    support = torch.isfinite(sampler.warp(target_logits))  # [B, D + 1, K, V]
+    B, D, K = draft.tokens.shape
+    x = draft.tokens  # [B, D, K]
+    q = torch.nn.functional.one_hot(x, p.shape[-1]).to(p.dtype) if draft.probs is None else draft.probs.to(p.dtype)
+    # 1. Acceptance: min(1, p / q), plus beta on the relaxed codebooks, never outside the support.
+    p_x = p[:, :D].gather(-1, x[..., None]).squeeze(-1)  # [B, D, K]
+    q_x = q.gather(-1, x[..., None]).squeeze(-1)  # [B, D, K]
+    ratio = torch.where(q_x > 0, p_x / q_x.clamp(min=1e-30), torch.ones_like(p_x)).clamp(max=1.0)
+    tol = torch.where(torch.arange(K, device=x.device) >= exact_codebooks, beta, 0.0).to(p.dtype)  # [K]
+    in_support = support[:, :D].gather(-1, x[..., None]).squeeze(-1)  # [B, D, K]
+    ok = (sampler.uniform(p_x.shape) < ratio + tol) & in_support  # [B, D, K]
+    # 2. Residuals norm(max(0, p - q)) at drafted positions, p for the bonus.
+    residual = (p[:, :D] - q).clamp(min=0)
+    mass = residual.sum(-1, keepdim=True)
+    residual = torch.where(mass > 0, residual / mass.clamp(min=1e-30), p[:, :D])
+    fresh = sampler.sample(torch.cat([residual, p[:, D:]], dim=1))  # [B, D + 1, K]
+    # 3. In the first frame with a rejection, accepted codebooks keep their draft token.
+    final = torch.cat([torch.where(ok, x, fresh[:, :D]), fresh[:, D:]], dim=1)  # [B, D + 1, K]
+    return _commit(x, ok.all(dim=-1), final)
+
+
+def relaxed_rule(beta: float = 0.1, exact_codebooks: int = 1):
+    """``relaxed`` with its tolerance bound in: a rule with the standard signature for ``generate``."""
+    if not 0 <= beta <= 1:
+        raise ValueError(f"beta must be in [0, 1], got {beta!r}")
+    rule = functools.partial(relaxed, beta=beta, exact_codebooks=exact_codebooks)
+    rule.__name__ = f"relaxed(beta={beta})"
+    return rule
