@@ -508,9 +508,10 @@ def _stage_rows(log: dict, names) -> str:
 
 
 USAGE = """```python
-import torch
+import os, torch
+import mmspec.image
 from mmspec.image.models import load_zoo, sample_codes, decode_codes, to_uint8
-zoo = load_zoo("{path}")
+zoo = load_zoo(os.path.join(os.path.dirname(mmspec.image.__file__), "zoo", "{name}"))
 cls = torch.tensor([zoo.class_token_id("red ring")] * 4)
 codes = sample_codes(zoo.transformer, cls, zoo.null_token_id, zoo.num_codes, 64,
                      cfg_scale=zoo.meta["default_cfg_scale"])            # [4, 64]
@@ -562,7 +563,7 @@ Default guidance scale: **{res['default_cfg_scale']}** (smallest scale above 1 w
 
 ## Use
 
-{USAGE.format(path=t_dir)}
+{USAGE.format(name=os.path.basename(os.path.normpath(t_dir)))}
 """
     dlog = _load_json(os.path.join(d_dir, "training.json")) or log
     ds = res["draft_samples"]
@@ -586,7 +587,8 @@ codes with 0.5 * cross-entropy + 0.5 * KL(target || draft) distillation.
 
 ## Use
 
-`load_zoo("{d_dir}")` returns the drafter with the target's VQ tokenizer.
+`load_zoo(os.path.join(os.path.dirname(mmspec.image.__file__), "zoo", "{os.path.basename(os.path.normpath(d_dir))}"))`
+returns the drafter with the target's VQ tokenizer.
 """
     for d, text in ((t_dir, target), (d_dir, draft)):
         with open(os.path.join(d, "README.md"), "w") as f:
