@@ -7,7 +7,11 @@ the target mass of its nearest codebook neighbours:
 
     p~(x) = p(x) + sum of p over x's nearest neighbours, taken in order while their cumulative mass <= delta
 
-and accepts x with min(1, p~(x) / q(x)). The neighbour table (per code, its ``k_nb`` nearest other codes
+and accepts x with min(1, p~(x) / q(x)). The bound delta is the paper's: the relaxed target that x is
+tested against (p with the taken neighbours' mass moved onto x) is within total variation delta of p.
+The committed frame's own distortion is at most sum over codes y of min(delta, max(0, q(y) - p(y))),
+and never more than TV(p, q); it can exceed delta when several drafted codes each gain neighbour mass
+(tests/test_image.py measures it). The neighbour table (per code, its ``k_nb`` nearest other codes
 by Euclidean distance of the VQ codebook embeddings) is computed once and cached.
 """
 from __future__ import annotations
@@ -63,17 +67,19 @@ def lantern_rule(neighbours: Tensor, delta: float = 0.1):
     """Build the LOSSY LANTERN accept rule over ``neighbours [V, k_nb]`` with relaxation ``delta``."""
     if not isinstance(delta, (int, float)) or not 0 <= delta < 1:
         raise ValueError(f"LANTERN delta must be in [0, 1), got {delta!r}")
-    log.info("LANTERN relaxed acceptance: LOSSY, per-step total-variation distortion <= delta = %g (k_nb = %d)",
-             delta, neighbours.shape[1])
+    log.info("LANTERN relaxed acceptance: LOSSY; relaxed target within TV delta = %g of p per drafted token "
+             "(k_nb = %d); committed-frame TV <= sum_y min(delta, (q - p)+(y))", delta, neighbours.shape[1])
 
     def lantern(draft: Draft, target_logits: Tensor, sampler: Sampler, pos: Tensor) -> Verdict:
-        """LOSSY LANTERN relaxed speculative sampling (Jang et al. 2024); per-step TV distortion <= delta.
+        """LOSSY LANTERN relaxed speculative sampling (Jang et al. 2024); per-token TV bound delta.
 
         For draft x ~ q with target p (same warping): p~(x) = p(x) + the target mass of x's nearest
         codebook neighbours, taken in order while their cumulative mass <= delta; accept x with
         min(1, p~(x) / q(x)). At the first rejection sample norm(max(0, p - q)) (p itself when that is
         empty) and stop; if all are accepted sample a bonus from p. A deterministic draft is q = one-hot.
-        With delta = 0 this is exactly ``accept.speculative`` (same random draws, same tokens).
+        Per step, the relaxed target of each drafted token is within TV delta of p; the committed frame is
+        within sum_y min(delta, (q - p)+(y)) <= TV(p, q) of p. With delta = 0 this is exactly
+        ``accept.speculative`` (same random draws, same tokens).
         Greedy sampling falls back to ``accept.greedy``.
         """
         if sampler.greedy:

@@ -173,6 +173,7 @@ def toy_counts(target, make, rule, runs, n=3, k=3):
     return counts, target.distribution(p, n)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("init", ["random", "above"])
 def test_sjd_matches_the_target_distribution(init):
     target = ToyTarget(vocab_size=4, seed=5, sharpness=1.5)
@@ -181,6 +182,7 @@ def test_sjd_matches_the_target_distribution(init):
     assert chi2_pvalue(counts, probs, 1500) > 1e-3
 
 
+@pytest.mark.slow
 def test_lantern_delta_zero_is_speculative_sampling(models):
     target = ToyTarget(vocab_size=4, seed=5, sharpness=1.5)
     table = neighbour_table(torch.randn(4, 3, generator=torch.Generator().manual_seed(0)), 2)
@@ -209,6 +211,29 @@ def test_lantern_accepts_more_and_is_labelled_lossy(models):
                                sampling=Sampling(temperature=2.0), seed=s).stats["acceptance_rate"] for s in range(4)]
         rates[delta] = sum(acc) / len(acc)
     assert rates[0.3] > rates[0.0]
+
+
+def test_lantern_one_step_distortion_is_bounded():
+    """One step, many rows at once: delta = 0 is exact; delta > 0 moves the committed frame's distribution
+    by at most sum_y min(delta, (q - p)+(y)) (<= TV(p, q)), which may exceed delta itself."""
+    from mmspec import Draft, Sampler
+
+    V, N, delta = 8, 40000, 0.15
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 2, 1, V, generator=g).expand(N, 2, 1, V)  # [N, D + 1, K, V]
+    q = torch.softmax(torch.randn(V, generator=g) * 2, -1)
+    sampler = Sampler(Sampling(temperature=1.0), seed=3)
+    x = torch.multinomial(q, N, replacement=True, generator=g).view(N, 1, 1)
+    table = neighbour_table(torch.randn(V, 2, generator=g), V - 1)
+    p = torch.softmax(logits[0, 0, 0], -1)
+    for d in (0.0, delta):
+        bound = float(torch.clamp((q - p).clamp(min=0), max=d).sum())
+        verdict = lantern_rule(table, d)(Draft(x, q.expand(N, 1, 1, V)), logits, sampler, torch.zeros(N, dtype=torch.long))
+        freq = torch.bincount(verdict.tokens[:, 0, 0], minlength=V).float() / N
+        tv = 0.5 * float((freq - p).abs().sum())
+        assert tv <= bound + 0.015, (d, tv, bound)
+        if d > 0:
+            assert tv > 0.05  # it is lossy
 
 
 def test_neighbour_table_is_sorted_and_excludes_self():
