@@ -16,7 +16,6 @@ Batches are left-padded; ``pos`` counts each row's real tokens, as in the text a
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
