@@ -1,0 +1,80 @@
+"""The CLI contract: JSON fields, exit code 2 with one line on stderr for user mistakes."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from mmspec.cli import main
+
+
+def run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_generate_json_contract(capsys, tiny_models):
+    code, out, _ = run(capsys, "generate", "--modality", "text", "--target", tiny_models["llama"], "--draft",
+                       tiny_models["llama-draft"], "--prompt", "def add(a, b):", "--drafter", "model", "--k", "3",
+                       "--max-new-tokens", "8", "--batch", "2", "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert set(result) >= {"outputs", "token_ids", "stats"}
+    assert len(result["outputs"]) == 2 and all(isinstance(o, str) for o in result["outputs"])
+    assert result["token_ids"][0] == result["token_ids"][1]  # greedy: both rows alike
+    assert set(result["stats"]) >= {"wall_s", "new_tokens", "tokens_per_s", "steps", "target_forwards",
+                                    "mean_accepted", "acceptance_rate"}
+
+
+def test_drafter_none_equals_every_drafter_under_greedy(capsys, tiny_models):
+    ids = {}
+    for drafter in ("none", "prompt-lookup", "jacobi", "lookahead"):
+        code, out, _ = run(capsys, "generate", "--target", tiny_models["gpt2"], "--prompt", "for i in range(10):",
+                           "--drafter", drafter, "--max-new-tokens", "12", "--json")
+        assert code == 0
+        ids[drafter] = json.loads(out)["token_ids"]
+    assert all(v == ids["none"] for v in ids.values())
+
+
+def test_compare_json(capsys, tiny_models):
+    code, out, _ = run(capsys, "compare", "--target", tiny_models["llama"], "--draft", tiny_models["llama-draft"],
+                       "--prompt", "class Stack:", "--methods", "prompt-lookup,model", "--max-new-tokens", "8", "--json")
+    assert code == 0
+    rows = json.loads(out)["rows"]
+    assert [r["method"] for r in rows] == ["autoregressive", "prompt-lookup / greedy", "model / greedy"]
+    assert all(r["identical_to_baseline"] and r["lossless"] for r in rows)
+
+
+@pytest.mark.parametrize("args, word", [
+    (["--prompt", ""], "prompt"),
+    (["--k", "0"], "k"),
+    (["--temperature", "-1"], "temperature"),
+    (["--top-p", "0"], "top_p"),
+    (["--top-p", "1.5"], "top_p"),
+    (["--top-k", "0"], "top_k"),
+    (["--batch", "0"], "batch"),
+    (["--drafter", "magic"], "drafter"),
+    (["--rule", "magic"], "rule"),
+    (["--prompt", "x " * 300], "context"),
+    (["--modality", "video"], "modality"),
+])
+def test_bad_input_exits_2_with_one_line(capsys, tiny_models, args, word):
+    argv = ["generate", "--target", tiny_models["llama"], "--prompt", "def f():", "--max-new-tokens", "4", *args]
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert lines[-1].startswith("mmspec: error:") and word in lines[-1]
+    assert "Traceback" not in err
+
+
+def test_missing_model_path(capsys):
+    code, _, err = run(capsys, "generate", "--target", "./missing/model", "--prompt", "x")
+    assert code == 2 and "does not exist" in err
+
+
+def test_console_script_exit_code():
+    proc = subprocess.run([sys.executable, "-m", "mmspec.cli", "generate", "--k", "0"], capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("mmspec: error:")
