@@ -596,8 +596,8 @@ def model_card(role: str, model, meta: dict, log: dict, result: dict) -> str:
         f"SwiGLU {cfg.intermediate_size}, RoPE, tied embeddings, fp16 safetensors.",
         f"- Tokenizer: byte-level BPE, vocabulary {meta['vocab_size']}, `<|endoftext|>` (id "
         f"{meta['eot_id']}) is BOS/EOS/document separator, `<|pad|>` (id {meta['pad_id']}) pads. "
-        "Round-trips any text exactly. Training documents start after `<|endoftext|>`; "
-        "prepend it to prompts.",
+        "Round-trips any text exactly. Training documents start after `<|endoftext|>`, and the "
+        "tokenizer puts it in front of every prompt.",
         "", "## Training", "",
         f"- Hardware: {log.get('hardware', 'unknown')}; torch {log.get('torch', '?')}, "
         f"transformers {log.get('transformers', '?')}.",
