@@ -367,3 +367,104 @@ def test_bad_input(folders, target, tmp_path):
     other = make_folder(tmp_path / "other", K=2, codec=False)
     with pytest.raises(ValueError, match="codebooks"):
         mmspec.generate(target, mmspec.ModelDrafter(SpeechTarget.from_pretrained(str(other))), "Hello", k=2)
+
+
+# -- MusicGen (tiny random T5 + EnCodec + decoder built from configs) ------------------------------
+
+def tiny_musicgen(tokenizer, seed: int, layers: int = 2, K: int = 3, V: int = 32):
+    from transformers import (EncodecConfig, MusicgenConfig, MusicgenDecoderConfig,
+                              MusicgenForConditionalGeneration, T5Config)
+
+    torch.manual_seed(seed)
+    t5 = T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2,
+                  pad_token_id=tokenizer.pad_token_id, eos_token_id=0, decoder_start_token_id=0)
+    # 8 kHz, hop 8 -> 1000 frames/s; 30 kbps -> 30000 // (1000 * 10) = 3 codebooks of 32 codes
+    codec = EncodecConfig(target_bandwidths=[30.0], sampling_rate=8000, audio_channels=1, num_filters=4, hidden_size=16,
+                          codebook_size=V, upsampling_ratios=[4, 2], num_residual_layers=1, num_lstm_layers=1,
+                          codebook_dim=16, chunk_length_s=None)
+    dec = MusicgenDecoderConfig(vocab_size=V, max_position_embeddings=128, num_hidden_layers=layers, ffn_dim=32,
+                                num_attention_heads=2, hidden_size=16, num_codebooks=K, pad_token_id=V, bos_token_id=V,
+                                decoder_start_token_id=V)
+    model = MusicgenForConditionalGeneration(MusicgenConfig(text_encoder=t5.to_dict(), audio_encoder=codec.to_dict(),
+                                                            decoder=dec.to_dict())).eval()
+    gc = model.generation_config
+    gc.decoder_start_token_id = gc.pad_token_id = gc.bos_token_id = V
+    return model
+
+
+def hf_musicgen(model, tokenizer, texts, n, scale):
+    """generate() audio and its codes ``[B, K, n - K + 1]`` (the argmax of each step's guided scores, read
+    at the positions its delay mask keeps)."""
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    out = model.generate(**enc, do_sample=False, guidance_scale=scale, max_new_tokens=n, output_scores=True,
+                         return_dict_in_generate=True)
+    K = model.decoder.num_codebooks
+    steps = torch.stack([s.argmax(-1) for s in out.scores], dim=1).view(len(texts), K, n)  # [B, K, n]
+    codes = torch.stack([steps[:, k, k : k + n - K + 1] for k in range(K)], dim=1)
+    return out.sequences, codes  # audio [B, 1, S] (MusicGen returns audio as sequences), codes
+
+
+@pytest.fixture(scope="module")
+def musicgen(tokenizer):
+    return tiny_musicgen(tokenizer, 0), tiny_musicgen(tokenizer, 1, layers=1)
+
+
+@pytest.mark.parametrize("batch, scale", [(1, 3.0), (2, 3.0), (2, 1.0)])
+def test_musicgen_greedy_equivalence_with_generate_and_every_method(musicgen, tokenizer, batch, scale):
+    from mmspec.speech import MusicgenTarget
+
+    model, small_model = musicgen
+    texts = ["hello world", "for i in range"][:batch]
+    n = 20
+    audio, codes = hf_musicgen(model, tokenizer, texts, n, scale)
+    target = MusicgenTarget(model, tokenizer, guidance_scale=scale)
+    base = mmspec.autoregressive(target, texts, max_new_tokens=n)
+    assert base.tokens.shape == (batch, n, 3) and int(base.tokens.max()) <= 32
+    assert all(torch.equal(c, want) for c, want in zip(target.codes(base.tokens, base.lengths), codes))
+    for b in range(batch):
+        assert base.outputs[b].sample_rate == 8000
+        torch.testing.assert_close(base.outputs[b], audio[b, 0], rtol=0, atol=1e-5)
+    drafters = {
+        "model": lambda: mmspec.ModelDrafter(MusicgenTarget(small_model, tokenizer, guidance_scale=scale)),
+        "twin": lambda: mmspec.ModelDrafter(MusicgenTarget(model, tokenizer, guidance_scale=scale)),
+        "prompt-lookup": lambda: mmspec.PromptLookupDrafter(),
+        "jacobi": lambda: mmspec.JacobiDrafter("random"),
+        "lookahead": lambda: mmspec.LookaheadDrafter(),
+        "codec-lookup": lambda: CodecLookupDrafter(),
+    }
+    for name, make in drafters.items():
+        gen = mmspec.generate(target, make(), texts, max_new_tokens=n, k=4)
+        assert torch.equal(gen.tokens, base.tokens), name
+        assert gen.stats["target_forwards"] <= base.stats["target_forwards"], name
+        if name == "twin":
+            assert gen.stats["acceptance_rate"] == 1.0
+
+
+def test_musicgen_rollback_and_pad_column(musicgen, tokenizer):
+    from mmspec.speech import MusicgenTarget
+
+    model, _ = musicgen
+    target = MusicgenTarget(model, tokenizer, guidance_scale=3.0)
+    first = target.start("hello", 10)  # [1, 1, K, V + 1]
+    assert first.shape == (1, 1, 3, 33)
+    assert torch.isfinite(first[0, 0, 0, :32]).all() and first[0, 0, 1:, :32].isinf().all()  # codebooks 1, 2 delayed
+    a, b = torch.tensor([[[1, 32, 32], [2, 3, 32]]]), torch.tensor([[[4, 32, 32], [5, 6, 32]]])
+    p0 = target.pos.clone()
+    target.forward(a)
+    target.rollback(p0)
+    got = target.forward(b)
+    fresh = MusicgenTarget(model, tokenizer, guidance_scale=3.0)
+    fresh.start("hello", 10)
+    torch.testing.assert_close(got, fresh.forward(b), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="MusicGen draft"):
+        target.check_draft(object())
+
+
+def test_api_loads_a_musicgen_folder(musicgen, tokenizer, tmp_path):
+    model, _ = musicgen
+    model.save_pretrained(tmp_path / "mg")
+    tokenizer.save_pretrained(tmp_path / "mg")
+    t = api.load(str(tmp_path / "mg"), guidance_scale=2.0)
+    assert type(t).__name__ == "MusicgenTarget" and t.guidance_scale == 2.0
+    with pytest.raises(ValueError, match="no voices"):
+        api.load(str(tmp_path / "mg"), voice="alto")

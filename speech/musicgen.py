@@ -1,0 +1,190 @@
+"""MusicGen (Hugging Face ``MusicgenForConditionalGeneration``) as a Target: text -> EnCodec codes -> audio.
+
+Frames are MusicGen's decoder steps in its own DELAY-PATTERN layout: step s holds, for codebook k, the
+code of audio frame s - k. The decoder predicts ``V_dec`` codes per codebook; the delay padding id
+(``pad_token_id`` = ``decoder_start_token_id`` = ``V_dec``) is not one of them, so this adapter exposes
+``vocab_size = V_dec + 1`` and forces the pad id by constraining the logits (pad only at delayed
+positions, never elsewhere), exactly where ``generate`` overwrites predictions with its delay mask:
+
+* codebook k at step s < k: pad (not started yet);
+* codebook k at step s >= N - K + 1 + k: pad (the closing delay), N = the new steps asked for.
+
+MusicGen has no end-of-audio token in generation: like ``generate(max_new_tokens=N)``, a row runs for N
+steps and yields N - K + 1 audio frames (``finished`` is always False; the loop stops at N).
+
+Classifier-free guidance as ``generate`` does it: the text encoder's states are doubled with a zero
+("null") half and a zero attention mask; the decoder runs 2B rows in one cache, and the logits are
+``uncond + (cond - uncond) * guidance_scale`` (float32), rolled back together. Rollback crops the
+decoder's self-attention cache through its public ``crop(-n)`` (the cross-attention cache is fixed).
+The codebooks of one step come from K parallel heads over one hidden state, so per-codebook acceptance
+is exact (see ``speech/target.py``). ``decode`` reverts the delay and decodes only complete frames with
+the model's own ``audio_encoder`` (EnCodec).
+"""
+from __future__ import annotations
+
+import inspect
+import os
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .target import texts_of
+
+
+class MusicgenTarget:
+    """Target over a mono ``MusicgenForConditionalGeneration`` and its tokenizer (or processor)."""
+
+    def __init__(self, model, tokenizer, *, guidance_scale: float = 3.0, device: str | torch.device | None = None):
+        dec = model.decoder.config
+        if getattr(dec, "audio_channels", 1) != 1:
+            raise ValueError("only mono MusicGen models are supported (audio_channels == 1)")
+        if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
+            raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
+        self.model = model.eval()
+        self.tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # AutoProcessor wraps the T5 tokenizer
+        self.guidance_scale = float(guidance_scale)
+        self.cfg = self.guidance_scale > 1  # generate() guides only above 1
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.num_codebooks = int(model.decoder.num_codebooks)
+        self.pad_id = int(model.generation_config.decoder_start_token_id
+                          if model.generation_config.decoder_start_token_id is not None else dec.pad_token_id)
+        self.codes_size = int(dec.vocab_size)
+        if self.pad_id != self.codes_size:
+            raise ValueError(f"expected the delay pad id to be vocab_size ({self.codes_size}), got {self.pad_id}")
+        self.vocab_size = self.codes_size + 1
+        self.max_frames = int(dec.max_position_embeddings)
+        self.sample_rate = int(model.config.audio_encoder.sampling_rate)
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self.pos = torch.zeros(1, dtype=torch.long)
+        self.leader: "MusicgenTarget | None" = None  # the target this model drafts for (its length rules)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, *, guidance_scale: float = 3.0, dtype=None,
+                        device: str | None = None) -> "MusicgenTarget":
+        """Load model and processor/tokenizer by hub id (``facebook/musicgen-small``) or local folder."""
+        from transformers import AutoProcessor, AutoTokenizer, MusicgenForConditionalGeneration
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        path = os.path.expanduser(name_or_path)
+        try:
+            model = MusicgenForConditionalGeneration.from_pretrained(path, dtype=dtype or torch.float32).to(device)
+            try:
+                tokenizer = AutoProcessor.from_pretrained(path)
+            except (OSError, ValueError, TypeError):
+                tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, EnvironmentError) as err:
+            raise ValueError(f"could not load MusicGen {name_or_path!r}: {str(err).splitlines()[0]}") from err
+        return cls(model, tokenizer, guidance_scale=guidance_scale, device=device)
+
+    # -- Target protocol -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def start(self, prompt: str | Sequence[str], max_new_frames: int) -> Tensor:
+        texts = texts_of(prompt)
+        self.prompt = prompt
+        # 1. Text encoder once; CFG appends a zero "null" condition with a zero attention mask.
+        enc = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
+        hidden = self.model.text_encoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+        mask = enc["attention_mask"]
+        if self.cfg:
+            hidden = torch.cat([hidden, torch.zeros_like(hidden)], dim=0)
+            mask = torch.cat([mask, torch.zeros_like(mask)], dim=0)
+        self.encoded, self.enc_mask = hidden, mask  # [R, L, H], [R, L] with R = B or 2B rows
+        # 2. Length: N new steps (N - K + 1 audio frames), as generate(max_new_tokens=N).
+        B = len(texts)
+        self.new_steps = min(int(max_new_frames), self.max_frames - 1)
+        if self.leader is not None:  # a draft model follows its target's closing delay
+            self.new_steps = self.leader.new_steps
+        self.cache = None
+        self.steps_fed = 0  # decoder steps in the cache (BOS included)
+        self.pos = torch.zeros(B, dtype=torch.long, device=self.device)
+        bos = torch.full((B, 1, self.num_codebooks), self.pad_id, dtype=torch.long, device=self.device)
+        self._bos = bos[0, 0]
+        return self.forward(bos)  # [B, 1, K, V] predicts step 0
+
+    def prompt_frames(self) -> list[Tensor]:
+        return [self._bos[None].clone() for _ in range(int(self.pos.shape[0]))]  # per row the BOS frame [1, K]
+
+    @torch.inference_mode()
+    def forward(self, frames: Tensor) -> Tensor:
+        from transformers.modeling_outputs import BaseModelOutput
+
+        B, T, K = frames.shape
+        # 1. Decoder ids [R * K, T] (rows major, codebooks minor), both CFG halves fed the same frames.
+        ids = frames.permute(0, 2, 1).reshape(B * K, T)
+        if self.cfg:
+            ids = ids.repeat(2, 1)
+        out = self.model(encoder_outputs=BaseModelOutput(last_hidden_state=self.encoded), attention_mask=self.enc_mask,
+                         decoder_input_ids=ids, use_cache=True, **{self._cache_arg: self.cache})
+        self.cache = out.cache if self._cache_arg == "cache" else out.past_key_values
+        logits = out.logits.float()  # [R * K, T, V_dec]
+        # 2. Guidance, as ClassifierFreeGuidanceLogitsProcessor: uncond + (cond - uncond) * scale.
+        if self.cfg:
+            cond, uncond = logits.split(B * K)
+            logits = uncond + (cond - uncond) * self.guidance_scale
+        logits = logits.view(B, K, T, -1).permute(0, 2, 1, 3)  # [B, T, K, V_dec]
+        first = self.steps_fed  # the step the first logits predict (the BOS frame predicts step 0)
+        self.steps_fed += T
+        self.pos = self.pos + T
+        return self._constrain(logits, first)  # [B, T, K, V_dec + 1]
+
+    def rollback(self, pos: Tensor) -> None:
+        remove = int((self.pos - pos).max())
+        if not bool(((self.pos - pos) == remove).all()):
+            raise ValueError("MusicgenTarget rolls all rows back by the same number of steps")
+        if remove > 0:
+            self.cache.crop(-remove)  # the self-attention cache (both CFG halves)
+            self.steps_fed -= remove
+        self.pos = pos.clone()
+
+    def finished(self, frames: Tensor) -> Tensor:
+        return torch.zeros(frames.shape[:2], dtype=torch.bool, device=frames.device)  # fixed length N
+
+    @torch.inference_mode()
+    def decode(self, frames: Tensor, lengths: Tensor) -> list[Tensor]:
+        """Committed steps -> per row a waveform ``[S]`` (float32, CPU, ``.sample_rate`` attached)."""
+        out = []
+        for codes in self.codes(frames, lengths):
+            if codes.shape[1] == 0:
+                wav = torch.zeros(0)
+            else:
+                audio = self.model.audio_encoder.decode(codes[None, None].to(self.device), audio_scales=[None])
+                wav = audio.audio_values[0, 0].float().cpu()  # [S]
+            wav.sample_rate = self.sample_rate
+            out.append(wav)
+        return out
+
+    def codes(self, frames: Tensor, lengths: Tensor) -> list[Tensor]:
+        """Revert the delay: per row the codes ``[K, T_b]`` of frames whose every codebook is committed."""
+        K, out = self.num_codebooks, []
+        for b in range(frames.shape[0]):
+            steps = frames[b, : int(lengths[b])]  # [n, K]
+            n_real = max(min(steps.shape[0], self.new_steps) - K + 1, 0)
+            codes = torch.stack([steps[k : k + n_real, k] for k in range(K)]) if n_real else steps.new_zeros(K, 0)
+            if bool(((codes < 0) | (codes >= self.codes_size)).any()):
+                raise ValueError("committed frames hold the pad id inside the audio; the stream is invalid")
+            out.append(codes)
+        return out
+
+    def _constrain(self, logits: Tensor, first_step: int) -> Tensor:
+        """``[B, T, K, V_dec]`` -> ``[B, T, K, V_dec + 1]``: the pad column only (and alone) where delayed."""
+        B, T, K, _ = logits.shape
+        s = torch.arange(first_step, first_step + T, device=logits.device)[:, None]  # [T, 1]
+        k = torch.arange(K, device=logits.device)[None, :]  # [1, K]
+        delayed = (s < k) | (s >= self.new_steps - K + 1 + k)  # [T, K]
+        pad_col = torch.where(delayed, 0.0, float("-inf"))[None, :, :, None].expand(B, T, K, 1)
+        codes = logits.masked_fill(delayed[None, :, :, None], float("-inf"))
+        return torch.cat([codes, pad_col.to(logits.dtype)], dim=-1)
+
+    # -- pairing ---------------------------------------------------------------------------------
+    def check_draft(self, draft) -> None:
+        """A MusicGen draft (e.g. musicgen-small for musicgen-medium) must share codec and tokenizer."""
+        if not isinstance(draft, MusicgenTarget):
+            raise ValueError(f"a MusicGen target needs a MusicGen draft model, got {type(draft).__name__}")
+        if (draft.vocab_size, draft.num_codebooks, draft.sample_rate) != (self.vocab_size, self.num_codebooks,
+                                                                          self.sample_rate):
+            raise ValueError("draft MusicGen uses a different codec (codebooks, codes or sample rate)")
+        draft.leader = self  # ModelDrafter starts the draft with max_new_frames=1: take our length instead
