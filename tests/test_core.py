@@ -235,3 +235,26 @@ def test_bad_loop_arguments():
         mmspec.JacobiDrafter(init="zeros")
     with pytest.raises(ValueError, match="codebooks"):
         mmspec.generate(target, mmspec.ModelDrafter(ToyTarget(num_codebooks=2)), prompt(), max_new_tokens=3)
+
+
+def test_adaptive_and_confident_model_drafts_stay_exact():
+    target = ToyTarget(vocab_size=6, seed=3, sharpness=3.0)
+    base = mmspec.autoregressive(target, prompt(2), max_new_tokens=40)
+    for drafter in (mmspec.ModelDrafter(target.perturbed(0.5), adaptive=True),
+                    mmspec.ModelDrafter(target.perturbed(0.5), confidence=0.6),
+                    mmspec.ModelDrafter(target.perturbed(0.5), adaptive=True, confidence=0.3)):
+        gen = mmspec.generate(target, drafter, prompt(2), max_new_tokens=40, k=6)
+        assert torch.equal(gen.tokens, base.tokens)
+        assert len({s.n_drafted for s in gen.steps[1:]}) > 1  # the draft length really varies
+    with pytest.raises(ValueError, match="confidence"):
+        mmspec.ModelDrafter(target, confidence=1.5)
+
+
+@pytest.mark.slow
+def test_adaptive_speculative_sampling_matches_the_target():
+    target = ToyTarget(vocab_size=V, seed=5, sharpness=1.5)
+    draft = target.perturbed(1.0, seed=9)
+    p, n = prompt(L=4, seed=1), 3
+    make = lambda: mmspec.ModelDrafter(draft, adaptive=True, confidence=0.5)  # noqa: E731
+    counts = empirical(target, make, p, n, RUNS, accept.speculative, Sampling(temperature=1.0))
+    assert chi2_pvalue(counts, exact(target, p, n), RUNS) > 1e-3

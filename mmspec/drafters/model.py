@@ -16,8 +16,19 @@ from ..types import Draft, Step
 
 
 class ModelDrafter:
-    def __init__(self, model: Target):
-        self.model = model
+    """``ModelDrafter(draft_target)`` drafts k frames per step.
+
+    ``adaptive=True`` treats the loop's k as the longest draft: the length starts there, shrinks by 1
+    after a step with a rejection and grows by 2 after a step whose drafts were all accepted; ``confidence``
+    stops drafting early once every row's draft token has probability below it. Both decide the draft
+    length from the drafter's own past and present, never from the current step's accept randomness,
+    so every rule stays exact. ``confidence`` costs one device sync per drafted frame.
+    """
+
+    def __init__(self, model: Target, adaptive: bool = False, confidence: float | None = None):
+        if confidence is not None and not 0 < confidence < 1:
+            raise ValueError(f"confidence must be in (0, 1) or None, got {confidence!r}")
+        self.model, self.adaptive, self.confidence = model, adaptive, confidence
 
     def start(self, target: Target, sampler: Sampler) -> None:
         if self.model.num_codebooks != target.num_codebooks:
@@ -30,6 +41,7 @@ class ModelDrafter:
         self.target, self.sampler = target, sampler
         self.model.start(target.prompt, max_new_frames=1)
         self.backlog: list[Tensor] = []  # committed frames [B, n, K] the draft model has not been fed
+        self.k_now, self.k_max = None, 0  # adaptive draft length, reset per generation
         self.fed_drafts = 0
 
     def _fit(self, logits: Tensor) -> Tensor:
@@ -53,6 +65,10 @@ class ModelDrafter:
         return s.sample(q), q
 
     def propose(self, last: Tensor, k: int) -> Draft:
+        if self.adaptive:
+            self.k_max = max(k, self.k_max)
+            self.k_now = self.k_now or k
+            k = min(self.k_now, k)  # k is also capped by the frames left
         # 1. Catch up on committed frames (the backlog ends with ``last``).
         frames = torch.cat(self.backlog, dim=1).clamp(min=0) if self.backlog else last  # [B, n, K]
         self.backlog = []
@@ -63,14 +79,23 @@ class ModelDrafter:
             tok, q = self._choose(logits)
             tokens.append(tok)
             probs.append(q)
-            if i < k - 1:
-                logits = self._fit(self.model.forward(tok)).float()
-        self.fed_drafts = k - 1
+            if i == k - 1 or (self.confidence is not None and self._unsure(logits, tok)):
+                break
+            logits = self._fit(self.model.forward(tok)).float()
+        self.fed_drafts = len(tokens) - 1
         tokens_t = torch.cat(tokens, dim=1)  # [B, k, K]
         probs_t = None if probs[0] is None else torch.cat(probs, dim=1)  # [B, k, K, V]
         return Draft(tokens=tokens_t, probs=probs_t)
 
+    def _unsure(self, logits: Tensor, tok: Tensor) -> bool:
+        """True when every row's drafted token has draft probability below ``confidence``."""
+        p = torch.softmax(logits, dim=-1).gather(-1, tok[..., None])  # [B, 1, K, 1]
+        return bool((p < self.confidence).all())
+
     def observe(self, step: Step, target_logits: Tensor) -> None:
+        if self.adaptive and step.n_drafted and self.k_now is not None:
+            all_in = bool((step.n_accepted >= step.n_drafted).all())
+            self.k_now = min(self.k_max, self.k_now + 2) if all_in else max(1, self.k_now - 1)
         # Keep the drafts that were committed by every row; the rest of the step waits in the backlog.
         n = step.frames.shape[1]
         keep = min(n - 1, self.fed_drafts) if step.n_drafted else 0
