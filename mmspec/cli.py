@@ -9,8 +9,8 @@ import importlib
 import json
 import sys
 
-from . import accept
-from .methods import is_lossless, make_drafter, method_label
+
+from .methods import check_rule, is_lossless, make_drafter, make_rule, method_label
 from .types import Sampling
 
 MODALITIES = ("text", "image", "speech")
@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="generate with one method")
     _common(gen)
     gen.add_argument("--drafter", default="none", help="none, model, prompt-lookup, jacobi, lookahead")
-    gen.add_argument("--rule", default=None, help="greedy, speculative, reproducible, typical (default: greedy at temperature 0, else speculative)")
+    gen.add_argument("--rule", default=None, help="greedy, speculative, reproducible, typical, or a modality's own "
+                     "(image: lantern; speech: relaxed) (default: greedy at temperature 0, else speculative)")
     cmp_ = sub.add_parser("compare", help="baseline and several methods on the same prompt")
     _common(cmp_)
     cmp_.add_argument("--methods", default="prompt-lookup,jacobi,lookahead,model",
@@ -56,8 +57,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--suite", default="text", help="text, image, speech or all")
     bench.add_argument("--out", default="bench-out")
     bench.add_argument("--quick", action="store_true")
-    bench.add_argument("--target", default=None)
-    bench.add_argument("--draft", default=None)
+    bench.add_argument("--target", default=None, help="target model (default: the suite modality's zoo model)")
+    bench.add_argument("--draft", default=None, help="draft model for the model drafter (default: the zoo draft)")
+    bench.add_argument("--repeats", type=int, default=None, help="timed runs per prompt (default 3, --quick 1)")
+    bench.add_argument("--prompts", type=int, default=None, help="number of prompts (default: the suite's)")
+    bench.add_argument("--prompt", action="append", default=None,
+                       help="use this prompt instead of the suite's prompt set (repeat for several)")
+    bench.add_argument("--max-new-tokens", type=int, default=None, help="frames per prompt (default: the suite's)")
+    bench.add_argument("--k", type=int, default=None, help="drafted frames per step (default: the suite's)")
+    bench.add_argument("--methods", default=None, help="comma-separated method labels or drafter names to keep")
+    bench.add_argument("--seed", type=int, default=0)
+    bench.add_argument("--device", default=None, help="cpu or cuda (default: the adapter's)")
+    bench.add_argument("--dtype", default=None, help="model dtype (default: the adapter's)")
+    bench.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     zoo = sub.add_parser("zoo", help="train the offline zoo models")
     zoo.add_argument("action", choices=["train", "evaluate", "prepare"])
     zoo.add_argument("zoo_modality", metavar="modality", help="text, image or speech")
@@ -100,13 +112,21 @@ def run_method(api, target, drafter_name: str, rule_name: str, args, draft=None)
     """One generation with a named drafter and rule; returns the Generation."""
     from .loop import generate
 
-    rule = accept.get_rule(rule_name)
-    drafter = make_drafter(drafter_name, draft=draft, init=args.init, ngram=args.ngram, inits=api.INITS)
-    prompt = api.prompts(args.prompt if args.prompt is not None else api.DEFAULT_PROMPT, args.batch, **api.options(args))
+    opts = api.options(args)
+    rule = make_rule(rule_name, api, target, opts)
+    drafter = make_drafter(drafter_name, draft=draft, init=args.init, ngram=args.ngram, inits=api.INITS,
+                           extra=getattr(api, "DRAFTERS", None), target=target, options=opts)
+    prompt = api.prompts(args.prompt if args.prompt is not None else api.DEFAULT_PROMPT, args.batch, **opts)
     return generate(
         target, drafter, prompt, max_new_tokens=args.max_new_tokens or api.DEFAULT_MAX_NEW, k=args.k,
         rule=rule, sampling=_sampling(args), seed=args.seed,
     )
+
+
+def _check_drafter(name: str, args, api) -> None:
+    """Validate drafter and init names before any model loads."""
+    make_drafter(name, draft=object(), init=args.init, ngram=args.ngram, inits=api.INITS,
+                 extra=getattr(api, "DRAFTERS", None))
 
 
 def _default_rule(args) -> str:
@@ -117,8 +137,8 @@ def cmd_generate(args, api) -> int:
     _check(args)
     sampling = _sampling(args)  # validates before any model loads
     rule = args.rule or _default_rule(args)
-    accept.get_rule(rule)
-    make_drafter(args.drafter, draft=object(), init=args.init, ngram=args.ngram, inits=api.INITS)  # validate names
+    check_rule(rule, api)
+    _check_drafter(args.drafter, args, api)
     opts = api.options(args)
     target = api.load(args.target or api.DEFAULT_TARGET, **opts)
     draft = api.load(args.draft or api.DEFAULT_DRAFT, **opts) if args.drafter == "model" else None
@@ -128,7 +148,8 @@ def cmd_generate(args, api) -> int:
     if args.json:
         outputs = [o if isinstance(o, str) else None for o in gen.outputs]
         result = {"outputs": outputs if any(o is not None for o in outputs) else files, "token_ids": gen.token_ids(),
-                  "stats": stats, "files": files, "method": method_label(args.drafter, rule), "lossless": is_lossless(rule),
+                  "stats": stats, "files": files, "method": method_label(args.drafter, rule),
+                  "lossless": is_lossless(rule, api),
                   "sampling": vars(sampling)}
         extra = getattr(api, "json_extra", None)
         if extra is not None:
@@ -150,8 +171,8 @@ def cmd_compare(args, api) -> int:
     for item in [m.strip() for m in args.methods.split(",") if m.strip()]:
         drafter, _, rule = item.partition(":")
         rule = rule or _default_rule(args)
-        make_drafter(drafter, draft=object(), init=args.init, ngram=args.ngram, inits=api.INITS)
-        accept.get_rule(rule)
+        _check_drafter(drafter, args, api)
+        check_rule(rule, api)
         methods.append((drafter, rule))
     opts = api.options(args)
     target = api.load(args.target or api.DEFAULT_TARGET, **opts)
@@ -168,7 +189,7 @@ def cmd_compare(args, api) -> int:
         s = gen.stats
         table.append({
             "method": method_label(drafter, rule) if drafter != "autoregressive" else "autoregressive",
-            "lossless": is_lossless(rule), "identical_to_baseline": gen.token_ids() == base.token_ids(),
+            "lossless": is_lossless(rule, api), "identical_to_baseline": gen.token_ids() == base.token_ids(),
             "wall_s": s["wall_s"], "tokens_per_s": s["tokens_per_s"], "speedup": base.stats["wall_s"] / s["wall_s"],
             "mean_accepted": s["mean_accepted"], "acceptance_rate": s["acceptance_rate"], "steps": s["steps"],
             "new_tokens": s["new_tokens"],

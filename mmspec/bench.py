@@ -1,0 +1,452 @@
+"""``mmspec bench``: Spec-Bench-style suites over every modality.
+
+A suite is data: a prompt set and a list of methods (drafter x accept rule x temperature) for one
+modality. The harness drives the modality only through ``mmspec.<modality>.api`` and the core
+(``generate``, ``make_drafter``, ``accept``), so it knows nothing about text, images or audio. Every
+method of a suite runs on the same loaded target, device and seed; each (method, prompt) gets one
+warm-up run and ``--repeats`` timed runs (the median wall time counts). Speedup is measured against
+the same target's autoregressive decoding at the same temperature.
+
+Outputs in ``--out``: ``results.json`` (hardware, versions, every row), ``results.csv`` (per prompt and
+per method rows), ``speedup.png``, ``mean_accepted.png``, ``accepted_per_step.png``; and a summary table
+on stdout.
+"""
+from __future__ import annotations
+
+import csv
+import importlib
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from . import accept
+from .loop import generate
+from .methods import make_drafter
+
+MODALITIES = ("text", "image", "speech")
+
+
+# ------------------------------------------------------------------------------------------ suites
+@dataclass(frozen=True)
+class Method:
+    """One benchmarked method. ``drafter``: a core name (``make_drafter``) or ``module:callable``;
+    ``rule``: a core rule name, ``api:NAME`` (the adapter's ``api.make_rule``) or ``module:callable``
+    (a rule factory called with ``rule_kwargs``)."""
+
+    label: str
+    drafter: str = "none"
+    rule: str = "greedy"
+    temperature: float = 0.0
+    init: str = "random"
+    k: int | None = None
+    rule_kwargs: tuple = ()
+    lossless: bool | None = None  # None: from the rule's registry
+    quick: bool = True  # part of --quick
+
+
+@dataclass(frozen=True)
+class Suite:
+    modality: str
+    prompts: str  # "module:callable(n, target)" -> list of prompts, or "api" (the adapter's DEFAULT_PROMPT)
+    n_prompts: tuple[int, int]  # (full, quick)
+    max_new: tuple[int, int]  # (full, quick) frames per prompt
+    k: int = 4
+    methods: tuple[Method, ...] = ()
+    quality: str | None = None  # "module:callable(target, prompts, outputs, baseline_outputs) -> float | None"
+    quality_name: str = ""
+
+
+SUITES: dict[str, Suite] = {
+    "text": Suite(
+        modality="text", prompts="mmspec.bench:text_prompts", n_prompts=(20, 4), max_new=(128, 48), k=4,
+        methods=(
+            Method("prompt-lookup", "prompt-lookup"),
+            Method("model", "model"),
+            Method("jacobi", "jacobi"),
+            Method("lookahead", "lookahead"),
+            Method("model / speculative T=1", "model", "speculative", 1.0),
+            Method("model / reproducible T=1", "model", "reproducible", 1.0),
+            Method("prompt-lookup / reproducible T=1", "prompt-lookup", "reproducible", 1.0, quick=False),
+        ),
+    ),
+    "image": Suite(
+        modality="image", prompts="mmspec.bench:class_prompts", n_prompts=(8, 2), max_new=(64, 64), k=16,
+        methods=(
+            Method("jacobi", "jacobi"),
+            Method("sjd (init random)", "jacobi", "speculative", 1.0, "random"),
+            Method("sjd (init left)", "jacobi", "speculative", 1.0, "left"),
+            Method("sjd (init above)", "jacobi", "speculative", 1.0, "above", quick=False),
+            Method("model / speculative", "model", "speculative", 1.0, k=4),
+            Method("lantern", "jacobi", "api:lantern", 1.0, "random", lossless=False),
+        ),
+        quality="mmspec.bench:class_accuracy", quality_name="class_accuracy",
+    ),
+    "speech": Suite(
+        modality="speech", prompts="mmspec.bench:speech_prompts", n_prompts=(6, 2), max_new=(153, 60), k=4,
+        methods=(
+            Method("model / speculative", "model", "speculative", 1.0),
+            Method("jacobi / speculative", "jacobi", "speculative", 1.0),
+            Method("codec-lookup / speculative", "mmspec.speech.drafters:CodecLookupDrafter", "speculative", 1.0),
+            Method("model / greedy", "model", "greedy", 0.0, quick=False),
+            Method("codec-lookup / relaxed b=0.1", "mmspec.speech.drafters:CodecLookupDrafter",
+                   "mmspec.speech.relaxed:relaxed_rule", 1.0, rule_kwargs=(("beta", 0.1),), lossless=False),
+            Method("model / relaxed b=0.1", "model", "mmspec.speech.relaxed:relaxed_rule", 1.0,
+                   rule_kwargs=(("beta", 0.1),), lossless=False),
+        ),
+        quality="mmspec.bench:mel_distance", quality_name="mel_distance_to_baseline",
+    ),
+}
+
+SENTENCES = ["Hello world.", "The quick brown fox jumps over the lazy dog.", "Speculative decoding makes speech faster.",
+             "Open the file and read every line.", "Tomorrow will be a sunny day.", "Please call me back at noon."]
+
+
+def text_prompts(n: int, target) -> list[str]:
+    """Held-out code prompts the zoo never trained on (deterministic)."""
+    from mmspec.text.prompts import held_out_prompts
+
+    return held_out_prompts(n)
+
+
+def class_prompts(n: int, target) -> list[str]:
+    """``n`` class names spread over the target's classes (every k-th, so colours and shapes vary)."""
+    names = list(getattr(target, "class_names", []))
+    if not names:
+        raise ValueError("this image target has no class names; pass a prompt set for text-prompted models")
+    step = max(1, len(names) // n)
+    return [names[(i * step + i // max(1, len(names) // step)) % len(names)] for i in range(n)]
+
+
+def speech_prompts(n: int, target) -> list[str]:
+    return (SENTENCES * n)[:n]
+
+
+# --------------------------------------------------------------------------------- quality proxies
+def class_accuracy(target, prompts: list, outputs: list, baseline: list) -> float | None:
+    """Fraction of generated images the zoo classifier assigns to the prompted class (None: no classifier)."""
+    from mmspec.image.models import ShapesClassifier  # the zoo's own classifier, loaded the zoo's way
+
+    folder = os.path.join(getattr(target, "path", ""), "classifier")
+    if not os.path.isdir(folder):
+        return None
+    if not hasattr(target, "_bench_classifier"):
+        target._bench_classifier = ShapesClassifier.from_pretrained(folder)
+    import numpy as np
+
+    batch = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1) for im in outputs])
+    x = batch.float() / 127.5 - 1  # [B, 3, H, W] in [-1, 1], as the recipe feeds it
+    with torch.no_grad():
+        pred = target._bench_classifier(x).argmax(-1).tolist()
+    want = [target.class_names.index(" ".join(p.lower().split())) for p in prompts]
+    return sum(int(a == b) for a, b in zip(pred, want)) / len(want)
+
+
+def mel_distance(target, prompts: list, outputs: list, baseline: list) -> float:
+    """Mean log-mel L1 distance to the autoregressive output of the same prompt and seed (recipe's log_mel)."""
+    from mmspec.speech.recipe import log_mel
+
+    dists = []
+    for out, ref in zip(outputs, baseline):
+        rate = int(getattr(ref, "sample_rate", 16000))
+        a, b = log_mel(out.detach().float().cpu().numpy(), rate), log_mel(ref.detach().float().cpu().numpy(), rate)
+        n = max(a.shape[-1], b.shape[-1])  # the shorter one is padded with silence: length differences count
+        a, b = (torch.nn.functional.pad(x, (0, n - x.shape[-1]), value=math.log(1e-5)) for x in (a, b))
+        dists.append(float((a - b).abs().mean()))
+    return sum(dists) / len(dists)
+
+
+def _resolve(spec: str) -> Any:
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+# ------------------------------------------------------------------------------------------ running
+def make_rule(api, method: Method, target):
+    """(rule, lossless) for one method on a loaded target; rules are stateless, so one per method."""
+    kwargs = dict(method.rule_kwargs)
+    if method.rule.startswith("api:"):
+        name = method.rule[4:]
+        rule, lossless = api.make_rule(name, target, **kwargs), getattr(api, "LOSSLESS", {}).get(name, False)
+    elif ":" in method.rule:
+        rule, lossless = _resolve(method.rule)(**kwargs), False
+    else:
+        rule, lossless = accept.get_rule(method.rule), accept.LOSSLESS[method.rule]
+    return rule, lossless if method.lossless is None else method.lossless
+
+
+def run_once(api, method: Method, rule, target, draft, prompt, max_new: int, k: int, seed: int):
+    """One timed generation (a fresh drafter each run: drafters keep state)."""
+    from .types import Sampling
+
+    if ":" in method.drafter:
+        drafter = _resolve(method.drafter)()
+    else:
+        drafter = make_drafter(method.drafter, draft=draft, init=method.init, inits=getattr(api, "INITS", {}))
+    return generate(target, drafter, api.prompts(prompt, 1), max_new_tokens=max_new, k=method.k or k, rule=rule,
+                    sampling=Sampling(temperature=method.temperature), seed=seed)
+
+
+def baseline_for(temperature: float) -> Method:
+    """Autoregressive decoding at a temperature; keyed noise at T > 0 so reproducible runs match it token for token."""
+    rule = "greedy" if temperature == 0 else "reproducible"
+    return Method(f"autoregressive T={temperature:g}", "none", rule, temperature)
+
+
+def measure(api, method: Method, rule, target, draft, prompts, max_new, k, seed, repeats, bar) -> list[dict]:
+    """Per prompt: a warm-up run, then ``repeats`` timed runs; the median wall time counts."""
+    rows = []
+    for i, prompt in enumerate(prompts):
+        run_once(api, method, rule, target, draft, prompt, max_new, k, seed)  # warm-up
+        gens = [run_once(api, method, rule, target, draft, prompt, max_new, k, seed) for _ in range(repeats)]
+        bar.update(1 + repeats)
+        s = gens[-1].stats
+        wall = statistics.median(g.wall_s for g in gens)
+        rows.append({
+            "prompt_index": i, "wall_s": wall, "new_tokens": s["new_tokens"], "steps": s["steps"],
+            "target_forwards": s["target_forwards"], "tokens_per_s": s["new_tokens"] / wall if wall > 0 else 0.0,
+            "mean_accepted": s["mean_accepted"], "acceptance_rate": s["acceptance_rate"],
+            "step_compression": s["new_tokens"] / s["target_forwards"] if s["target_forwards"] else 0.0,
+            "accepted_per_step": s["accepted_per_step"], "token_ids": gens[-1].token_ids(), "output": gens[-1].outputs[0],
+        })
+    return rows
+
+
+def run_suite(name: str, *, quick: bool, repeats: int, seed: int = 0, target_name=None, draft_name=None,
+              n_prompts=None, max_new=None, k=None, methods=None, load_options=None, prompts=None,
+              progress: bool = True) -> dict:
+    """Run one suite; returns ``{"suite", "config", "methods": [...], "prompts": [...]}`` (or ``skipped``)."""
+    from tqdm.auto import tqdm
+
+    suite = SUITES[name]
+    # 1. the adapter (skip the suite cleanly when it is missing or its models do not load)
+    try:
+        api = importlib.import_module(f"mmspec.{suite.modality}.api")
+        opts = dict(load_options or {})
+        target = api.load(target_name or api.DEFAULT_TARGET, **opts)
+    except (ImportError, OSError, ValueError) as err:
+        print(f"mmspec bench: skipping suite {name!r}: {type(err).__name__}: {err}", file=sys.stderr)
+        return {"suite": name, "skipped": f"{type(err).__name__}: {err}", "methods": []}
+    chosen = [m for m in suite.methods if (not quick or m.quick) and (not methods or m.label in methods or m.drafter in methods)]
+    needs_draft = any(m.drafter == "model" for m in chosen)
+    draft = api.load(draft_name or api.DEFAULT_DRAFT, **opts) if needs_draft else None
+    for key, init in list(getattr(api, "INITS", {}).items()):  # an adapter may bind inits to the last load
+        if hasattr(init, "bind"):
+            api.INITS[key] = init.bind(target)
+    # 2. prompts and sizes
+    n = n_prompts or suite.n_prompts[1 if quick else 0]
+    prompts = list(prompts)[:n_prompts] if prompts else _resolve(suite.prompts)(n, target)
+    max_new = max_new or suite.max_new[1 if quick else 0]
+    k = k or suite.k
+    temps = sorted({m.temperature for m in chosen})
+    plan = [baseline_for(t) for t in temps] + chosen
+    bar = tqdm(total=len(plan) * len(prompts) * (1 + repeats), desc=f"bench {name}", disable=not progress)
+    # 3. baselines, then every method on the same target, prompts and seed
+    results, base = [], {}
+    for method in plan:
+        rule, lossless = make_rule(api, method, target)
+        rows = measure(api, method, rule, target, draft, prompts, max_new, k, seed, repeats, bar)
+        if method.drafter == "none":
+            base[method.temperature] = rows
+        results.append(summarise(suite, method, lossless, target, prompts, rows, base[method.temperature]))
+    bar.close()
+    config = {"quick": quick, "repeats": repeats, "seed": seed, "k": k, "max_new": max_new, "n_prompts": len(prompts),
+              "target": target_name or api.DEFAULT_TARGET, "draft": (draft_name or api.DEFAULT_DRAFT) if draft else None,
+              "device": str(getattr(target, "device", "cpu")), "quality": suite.quality_name or None}
+    return {"suite": name, "modality": suite.modality, "config": config, "prompts": [_short(p) for p in prompts],
+            "methods": results}
+
+
+def summarise(suite: Suite, method: Method, lossless: bool, target, prompts, rows, base_rows) -> dict:
+    """Per-prompt speedups and the aggregate row of one method."""
+    exact = method.drafter == "none" or method.rule in ("greedy", "reproducible")
+    for row, b in zip(rows, base_rows):
+        row["speedup"] = b["wall_s"] / row["wall_s"] if row["wall_s"] > 0 else 0.0
+        row["identical_to_baseline"] = row["token_ids"] == b["token_ids"] if exact else None
+    quality = None
+    if suite.quality:
+        quality = _resolve(suite.quality)(target, prompts, [r["output"] for r in rows], [b["output"] for b in base_rows])
+    wall, base_wall = sum(r["wall_s"] for r in rows), sum(b["wall_s"] for b in base_rows)
+    tokens, forwards = sum(r["new_tokens"] for r in rows), sum(r["target_forwards"] for r in rows)
+    per_step = [n for r in rows for n in r["accepted_per_step"]]
+    same = [r["identical_to_baseline"] for r in rows]
+    return {
+        "method": method.label, "drafter": method.drafter, "rule": method.rule, "temperature": method.temperature,
+        "init": method.init if method.drafter in ("jacobi", "lookahead") else None, "lossless": lossless,
+        "speedup": base_wall / wall if wall > 0 else 0.0,
+        "speedup_mean_per_prompt": statistics.fmean(r["speedup"] for r in rows),
+        "mean_accepted": sum(per_step) / forwards if forwards else 0.0,
+        "acceptance_rate": statistics.fmean(r["acceptance_rate"] for r in rows),
+        "step_compression": tokens / forwards if forwards else 0.0,
+        "tokens_per_s": tokens / wall if wall > 0 else 0.0, "wall_s": wall, "new_tokens": tokens,
+        "target_forwards": forwards, "identical_to_baseline": None if same[0] is None else all(same),
+        "quality": quality, "accepted_per_step_hist": _hist(per_step),
+        "per_prompt": [{k: v for k, v in r.items() if k not in ("output", "token_ids", "accepted_per_step")} for r in rows],
+    }
+
+
+def _hist(values: list[int]) -> dict:
+    out: dict[str, int] = {}
+    for v in values:
+        out[str(v)] = out.get(str(v), 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: int(kv[0])))
+
+
+def _short(prompt, n: int = 60) -> str:
+    text = str(prompt).replace("\n", "\\n")
+    return text if len(text) <= n else "..." + text[-n:]
+
+
+# ---------------------------------------------------------------------------------- environment
+def environment() -> dict:
+    """Hardware and software the numbers were measured on."""
+    import mmspec
+
+    env = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+           "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+           "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+           "python": platform.python_version(), "torch": torch.__version__, "mmspec": mmspec.__version__,
+           "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    for pkg in ("transformers", "diffusers", "encodec"):
+        try:
+            env[pkg] = importlib.import_module(pkg).__version__
+        except Exception:  # an optional package: record that it is missing
+            env[pkg] = None
+    return env
+
+
+# ---------------------------------------------------------------------------------------- outputs
+CSV_COLUMNS = ["suite", "method", "row", "prompt_index", "drafter", "rule", "temperature", "lossless", "speedup",
+               "mean_accepted", "acceptance_rate", "step_compression", "tokens_per_s", "wall_s", "new_tokens",
+               "target_forwards", "identical_to_baseline", "quality"]
+
+
+def write_csv(results: list[dict], path: str) -> None:
+    """One row per (suite, method, prompt) and one aggregate row (``row = "all"``) per method."""
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for suite in results:
+            for m in suite["methods"]:
+                common = {"suite": suite["suite"], "method": m["method"], "drafter": m["drafter"], "rule": m["rule"],
+                          "temperature": m["temperature"], "lossless": m["lossless"]}
+                for r in m["per_prompt"]:
+                    w.writerow({**common, **r, "row": "prompt", "quality": ""})
+                w.writerow({**common, **m, "row": "all", "prompt_index": ""})
+
+
+def write_plots(results: list[dict], out: str) -> list[str]:
+    """speedup.png, mean_accepted.png (bars per method, one panel per suite), accepted_per_step.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    suites = [s for s in results if s["methods"]]
+    paths = []
+    for key, title, fname in (("speedup", "speedup over autoregressive", "speedup.png"),
+                              ("mean_accepted", "mean accepted frames per target forward", "mean_accepted.png")):
+        fig, axes = plt.subplots(1, max(1, len(suites)), figsize=(6 * max(1, len(suites)), 4), squeeze=False)
+        for ax, s in zip(axes[0], suites):
+            labels = [m["method"] for m in s["methods"]]
+            colors = ["tab:gray" if m["drafter"] == "none" else ("tab:blue" if m["lossless"] else "tab:orange")
+                      for m in s["methods"]]
+            ax.barh(labels, [m[key] for m in s["methods"]], color=colors)
+            ax.axvline(1.0, color="k", lw=0.8, ls="--")
+            ax.invert_yaxis()
+            ax.set_title(f"{s['suite']}: {title}", fontsize=10)
+        fig.tight_layout()
+        paths.append(os.path.join(out, fname))
+        fig.savefig(paths[-1], dpi=100)
+        plt.close(fig)
+    fig, axes = plt.subplots(1, max(1, len(suites)), figsize=(6 * max(1, len(suites)), 4), squeeze=False)
+    for ax, s in zip(axes[0], suites):
+        for m in s["methods"]:
+            if m["drafter"] == "none":
+                continue
+            hist = m["accepted_per_step_hist"]
+            total = sum(hist.values()) or 1
+            ax.plot([int(x) for x in hist], [v / total for v in hist.values()], marker="o", label=m["method"])
+        ax.set_xlabel("frames committed per step")
+        ax.set_ylabel("fraction of steps")
+        ax.set_title(f"{s['suite']}: accepted per step", fontsize=10)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(os.path.join(out, "accepted_per_step.png"))
+    fig.savefig(paths[-1], dpi=100)
+    plt.close(fig)
+    return paths
+
+
+def table(results: list[dict]) -> str:
+    """The summary table printed at the end (one block per suite)."""
+    lines = []
+    for s in results:
+        if not s["methods"]:
+            lines.append(f"[{s['suite']}] skipped: {s.get('skipped')}")
+            continue
+        c = s["config"]
+        lines.append(f"[{s['suite']}] {c['n_prompts']} prompts x {c['max_new']} frames, k={c['k']}, "
+                     f"repeats={c['repeats']}, device={c['device']}")
+        q = c.get("quality") or "quality"
+        lines.append(f"{'method':34} {'speedup':>7} {'accept':>7} {'acc.rate':>8} {'tok/fwd':>7} {'tok/s':>7} "
+                     f"{'wall_s':>7} {'same':>5} {'lossless':>8} {q:>8}")
+        for m in s["methods"]:
+            same = "-" if m["identical_to_baseline"] is None else str(m["identical_to_baseline"])
+            qv = "-" if m["quality"] is None else f"{m['quality']:.3f}"
+            lines.append(f"{m['method'][:34]:34} {m['speedup']:7.2f} {m['mean_accepted']:7.2f} {m['acceptance_rate']:8.2f} "
+                         f"{m['step_compression']:7.2f} {m['tokens_per_s']:7.1f} {m['wall_s']:7.2f} {same:>5} "
+                         f"{str(m['lossless']):>8} {qv:>8}")
+    return "\n".join(lines)
+
+
+def _finite(obj):
+    """JSON-safe copy: NaN/inf become None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+# ---------------------------------------------------------------------------------------- command
+def main(args, rest=None) -> int:
+    """Entry point of ``mmspec bench`` (arguments from ``mmspec.cli.build_parser``)."""
+    # 1. which suites, how big
+    names = list(SUITES) if args.suite == "all" else [args.suite]
+    for name in names:
+        if name not in SUITES:
+            raise ValueError(f"unknown suite {name!r}; allowed: {', '.join(SUITES)}, all")
+    repeats = getattr(args, "repeats", None) or (1 if args.quick else 3)
+    if repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {repeats}")
+    methods = [m.strip() for m in (getattr(args, "methods", None) or "").split(",") if m.strip()] or None
+    opts = {key: val for key in ("device", "dtype") if (val := getattr(args, key, None)) is not None}
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
+    # 2. run every suite
+    results = [run_suite(name, quick=args.quick, repeats=repeats, seed=getattr(args, "seed", 0),
+                         target_name=args.target, draft_name=args.draft, n_prompts=getattr(args, "prompts", None),
+                         max_new=getattr(args, "max_new_tokens", None), k=getattr(args, "k", None), methods=methods,
+                         load_options=opts, prompts=getattr(args, "prompt", None))
+               for name in names]
+    # 3. write results.json, results.csv, plots; print the table
+    os.makedirs(args.out, exist_ok=True)
+    command = "mmspec bench " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["bench"] else None
+    report = {"command": command, "environment": environment(), "suites": results}
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(_finite(report), f, indent=1)
+    write_csv(results, os.path.join(args.out, "results.csv"))
+    plots = write_plots(results, args.out) if any(s["methods"] for s in results) else []
+    print(table(results))
+    print(f"\nwrote {args.out}/results.json, results.csv" + (f", {', '.join(os.path.basename(p) for p in plots)}" if plots else ""))
+    return 0 if any(s["methods"] for s in results) else 1

@@ -1,0 +1,79 @@
+"""``mmspec bench`` on tiny random models: well-formed JSON/CSV, finite numbers, plots, exact methods exact."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+
+from mmspec import bench
+from mmspec.cli import main
+
+
+@pytest.fixture(scope="module")
+def bench_out(tiny_models, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    code = main(["bench", "--suite", "text", "--quick", "--out", str(out), "--target", tiny_models["llama"],
+                 "--draft", tiny_models["llama-draft"], "--prompt", "def add(a, b):\n", "--prompt", "for i in range(",
+                 "--max-new-tokens", "8", "--repeats", "1", "--device", "cpu"])
+    assert code == 0
+    return out
+
+
+def test_json_is_well_formed(bench_out):
+    report = json.loads((bench_out / "results.json").read_text())
+    env = report["environment"]
+    for key in ("processor", "cpu_count", "torch_threads", "python", "torch", "transformers", "mmspec"):
+        assert env[key] is not None
+    (suite,) = report["suites"]
+    assert suite["suite"] == "text" and suite["config"]["n_prompts"] == 2 and suite["config"]["max_new"] == 8
+    labels = [m["method"] for m in suite["methods"]]
+    quick = [m.label for m in bench.SUITES["text"].methods if m.quick]
+    assert labels == ["autoregressive T=0", "autoregressive T=1", *quick]
+    for m in suite["methods"]:
+        for key in ("speedup", "mean_accepted", "acceptance_rate", "step_compression", "tokens_per_s", "wall_s"):
+            assert isinstance(m[key], float) and math.isfinite(m[key]) and m[key] >= 0, (m["method"], key)
+        assert len(m["per_prompt"]) == 2
+        assert m["new_tokens"] == sum(r["new_tokens"] for r in m["per_prompt"]) <= 16
+        assert m["mean_accepted"] >= 1.0 and 0 <= m["acceptance_rate"] <= 1
+        assert sum(m["accepted_per_step_hist"].values()) == m["target_forwards"]  # one step per target forward
+        if m["drafter"] == "none":
+            assert m["speedup"] == pytest.approx(1.0) and m["mean_accepted"] == pytest.approx(1.0)
+
+
+def test_exact_methods_reproduce_the_baseline(bench_out):
+    """Greedy and reproducible (keyed noise) methods must commit exactly the autoregressive tokens."""
+    (suite,) = json.loads((bench_out / "results.json").read_text())["suites"]
+    exact = [m for m in suite["methods"] if m["rule"] in ("greedy", "reproducible")]
+    assert len(exact) >= 5
+    assert all(m["identical_to_baseline"] is True for m in exact), [(m["method"], m["identical_to_baseline"]) for m in exact]
+    assert all(m["identical_to_baseline"] is None for m in suite["methods"] if m["rule"] == "speculative")
+
+
+def test_csv_has_prompt_and_aggregate_rows(bench_out):
+    with open(bench_out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == bench.CSV_COLUMNS
+    methods = {r["method"] for r in rows}
+    for name in methods:
+        mine = [r for r in rows if r["method"] == name]
+        assert [r["row"] for r in mine] == ["prompt", "prompt", "all"]
+        for r in mine:
+            for key in ("speedup", "mean_accepted", "acceptance_rate", "tokens_per_s", "wall_s"):
+                assert math.isfinite(float(r[key]))
+
+
+def test_plots_are_png(bench_out):
+    for name in ("speedup.png", "mean_accepted.png", "accepted_per_step.png"):
+        data = (bench_out / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
+
+
+def test_bad_suite_and_missing_model(tmp_path, capsys):
+    assert main(["bench", "--suite", "video", "--out", str(tmp_path)]) == 2
+    assert "unknown suite" in capsys.readouterr().err
+    # A model that does not load skips its suite with a message; no suite ran -> exit 1, files still written.
+    assert main(["bench", "--suite", "text", "--quick", "--target", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 1
+    assert "skipping suite 'text'" in capsys.readouterr().err
+    assert json.loads((tmp_path / "results.json").read_text())["suites"][0]["skipped"]
