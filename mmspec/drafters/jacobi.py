@@ -8,11 +8,12 @@ Speculative Jacobi Decoding: each guess keeps the distribution q it was sampled 
 warped distribution of the previous iteration, the init policy's for fresh guesses), so acceptance with
 min(1, p/q) stays exact.
 
-Init policies: ``"pad"`` (a fixed token), ``"random"`` (uniform over the vocabulary; q = uniform),
-``"repeat"`` (copy the newest frame), or a callable ``init(seq [B, S, K], n) -> [B, n, K]`` that guesses
-the n frames after ``seq`` (committed output followed by the current guesses); adapters use it for
-spatial policies such as copying the token above in an image grid. Callable and fixed inits are
-deterministic (q = one-hot).
+Init policies: ``"pad"`` (a fixed token), ``"random"`` (uniform over the vocabulary), ``"repeat"``
+(copy the newest frame), or a callable ``init(seq [B, S, K], n) -> [B, n, K]`` that guesses the n frames
+after ``seq`` (committed output followed by the current guesses); adapters use it for spatial policies
+such as copying the token above in an image grid. Fresh init guesses are verified as q = one-hot (as in
+SJD): accepted with probability p(x), which is exact for any guess drawn independently of the accept
+randomness, and keeps relaxed (lossy) rules from accepting noise whose q would be tiny.
 """
 from __future__ import annotations
 
@@ -41,33 +42,29 @@ class JacobiDrafter:
         self.guess: Tensor | None = None  # [B, W, K]
         self.q: Tensor | None = None  # [B, W, K, V] or None when every guess is deterministic
 
-    def _fresh(self, seq: Tensor, n: int) -> tuple[Tensor, Tensor | None]:
-        """n init guesses after ``seq [B, S, K]``: tokens ``[B, n, K]`` and their q (None = one-hot)."""
+    def _fresh(self, seq: Tensor, n: int) -> Tensor:
+        """n init guesses after ``seq [B, S, K]``: tokens ``[B, n, K]`` (verified as q = one-hot)."""
         B, _, K = seq.shape
         if callable(self.init):
-            return self.init(seq, n).to(seq.device), None
+            return self.init(seq, n).to(seq.device)
         if self.init == "pad":
-            return seq.new_full((B, n, K), self.pad_id), None
+            return seq.new_full((B, n, K), self.pad_id)
         if self.init == "repeat":
-            return seq[:, -1:].expand(B, n, K).clone(), None
-        tokens = torch.randint(0, self.V, (B, n, K), generator=self.sampler.generator, device=seq.device)
-        return tokens, torch.full((B, n, K, self.V), 1.0 / self.V, device=seq.device)
+            return seq[:, -1:].expand(B, n, K).clone()
+        return torch.randint(0, self.V, (B, n, K), generator=self.sampler.generator, device=seq.device)
 
     def propose(self, last: Tensor, k: int) -> Draft:
         guess = self.guess if self.guess is not None else last[:, :0]
         q = self.q
         if guess.shape[1] < k:  # 1. pad the window with init guesses
             seq = torch.cat([self.out, guess], dim=1) if self.out is not None else torch.cat([last, guess], dim=1)
-            fresh, fresh_q = self._fresh(seq, k - guess.shape[1])
-            if q is not None or fresh_q is not None:
-                q = torch.cat([self._dense(q, guess), self._dense(fresh_q, fresh)], dim=1)
+            fresh = self._fresh(seq, k - guess.shape[1])
+            if q is not None:
+                q = torch.cat([q, torch.nn.functional.one_hot(fresh, self.V).to(q.dtype)], dim=1)
             guess = torch.cat([guess, fresh], dim=1)
         tokens = guess[:, :k]  # [B, k, K]
         probs = None if q is None or self.sampler.greedy or self.sampler.keyed else q[:, :k]
         return Draft(tokens=tokens, probs=probs)
-
-    def _dense(self, q: Tensor | None, tokens: Tensor) -> Tensor:
-        return q if q is not None else torch.nn.functional.one_hot(tokens, self.V).float()
 
     def observe(self, step: Step, target_logits: Tensor) -> None:
         frames = step.frames.clamp(min=0)
