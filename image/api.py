@@ -20,7 +20,7 @@ DEFAULT_TARGET = "zoo:shapes"
 DEFAULT_DRAFT = "zoo:shapes-draft"
 DEFAULT_PROMPT = "red ring"
 DEFAULT_MAX_NEW = 64  # the zoo's 8 x 8 grid; a target stops at its own full grid anyway
-INITS: dict = {"left": SpatialInit("left"), "above": SpatialInit("above")}  # bound to the grid width by load()
+INITS: dict = {"left": SpatialInit("left"), "above": SpatialInit("above")}  # JacobiDrafter binds them to the grid
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,10 +69,7 @@ def load(name: str, **opts):
 
         opts.pop("image_size", None)
         target = JanusTarget.from_pretrained(path, **opts)
-    # The CLI loads one target per run: bind the spatial inits to its grid width.
-    for key, init in INITS.items():
-        INITS[key] = init.bind(target)
-    return target
+    return target  # spatial inits learn the grid width through JacobiDrafter's bind hook
 
 
 def prompts(prompt, batch: int, **opts) -> list:

@@ -11,7 +11,8 @@ min(1, p/q) stays exact.
 Init policies: ``"pad"`` (a fixed token), ``"random"`` (uniform over the vocabulary), ``"repeat"``
 (copy the newest frame), or a callable ``init(seq [B, S, K], n) -> [B, n, K]`` that guesses the n frames
 after ``seq`` (committed output followed by the current guesses); adapters use it for spatial policies
-such as copying the token above in an image grid. Fresh init guesses are verified as q = one-hot (as in
+such as copying the token above in an image grid; a callable with a ``bind(target)`` method is bound to
+the target at ``start`` (e.g. to learn the grid width). Fresh init guesses are verified as q = one-hot (as in
 SJD): accepted with probability p(x), which is exact for any guess drawn independently of the accept
 randomness, and keeps relaxed (lossy) rules from accepting noise whose q would be tiny.
 """
@@ -38,6 +39,8 @@ class JacobiDrafter:
     def start(self, target: Target, sampler: Sampler) -> None:
         self.target, self.sampler = target, sampler
         self.V = target.vocab_size
+        bind = getattr(self.init, "bind", None)
+        self._init = bind(target) if callable(bind) else self.init
         self.out: Tensor | None = None  # committed new frames [B, C, K]
         self.guess: Tensor | None = None  # [B, W, K]
         self.q: Tensor | None = None  # [B, W, K, V] or None when every guess is deterministic
@@ -45,8 +48,8 @@ class JacobiDrafter:
     def _fresh(self, seq: Tensor, n: int) -> Tensor:
         """n init guesses after ``seq [B, S, K]``: tokens ``[B, n, K]`` (verified as q = one-hot)."""
         B, _, K = seq.shape
-        if callable(self.init):
-            return self.init(seq, n).to(seq.device)
+        if callable(self._init):
+            return self._init(seq, n).to(seq.device)
         if self.init == "pad":
             return seq.new_full((B, n, K), self.pad_id)
         if self.init == "repeat":
