@@ -29,7 +29,7 @@ import torch
 
 from . import accept
 from .loop import generate
-from .methods import make_drafter
+from . import methods
 
 MODALITIES = ("text", "image", "speech")
 
@@ -37,9 +37,9 @@ MODALITIES = ("text", "image", "speech")
 # ------------------------------------------------------------------------------------------ suites
 @dataclass(frozen=True)
 class Method:
-    """One benchmarked method. ``drafter``: a core name (``make_drafter``) or ``module:callable``;
-    ``rule``: a core rule name, ``api:NAME`` (the adapter's ``api.make_rule``) or ``module:callable``
-    (a rule factory called with ``rule_kwargs``)."""
+    """One benchmarked method. ``drafter``: a core or ``api.DRAFTERS`` name, or ``module:callable``;
+    ``rule``: a core rule name, an adapter's ``api.RULES`` name or ``module:callable`` (a rule factory
+    called with ``rule_kwargs``)."""
 
     label: str
     drafter: str = "none"
@@ -85,7 +85,7 @@ SUITES: dict[str, Suite] = {
             Method("sjd (init left)", "jacobi", "speculative", 1.0, "left"),
             Method("sjd (init above)", "jacobi", "speculative", 1.0, "above", quick=False),
             Method("model / speculative", "model", "speculative", 1.0, k=4),
-            Method("lantern", "jacobi", "api:lantern", 1.0, "random", lossless=False),
+            Method("lantern", "jacobi", "lantern", 1.0, "random"),
         ),
         quality="mmspec.bench:class_accuracy", quality_name="class_accuracy",
     ),
@@ -94,11 +94,10 @@ SUITES: dict[str, Suite] = {
         methods=(
             Method("model / speculative", "model", "speculative", 1.0),
             Method("jacobi / speculative", "jacobi", "speculative", 1.0),
-            Method("codec-lookup / speculative", "mmspec.speech.drafters:CodecLookupDrafter", "speculative", 1.0),
+            Method("codec-lookup / speculative", "codec-lookup", "speculative", 1.0),
             Method("model / greedy", "model", "greedy", 0.0, quick=False),
-            Method("codec-lookup / relaxed b=0.1", "mmspec.speech.drafters:CodecLookupDrafter",
-                   "mmspec.speech.relaxed:relaxed_rule", 1.0, rule_kwargs=(("beta", 0.1),), lossless=False),
-            Method("model / relaxed b=0.1", "model", "mmspec.speech.relaxed:relaxed_rule", 1.0,
+            Method("codec-lookup / relaxed b=0.1", "codec-lookup", "relaxed", 1.0, rule_kwargs=(("beta", 0.1),), lossless=False),
+            Method("model / relaxed b=0.1", "model", "relaxed", 1.0,
                    rule_kwargs=(("beta", 0.1),), lossless=False),
         ),
         quality="mmspec.bench:mel_distance", quality_name="mel_distance_to_baseline",
@@ -141,7 +140,7 @@ def class_accuracy(target, prompts: list, outputs: list, baseline: list) -> floa
         target._bench_classifier = ShapesClassifier.from_pretrained(folder)
     import numpy as np
 
-    batch = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1) for im in outputs])
+    batch = torch.stack([torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1) for im in outputs])
     x = batch.float() / 127.5 - 1  # [B, 3, H, W] in [-1, 1], as the recipe feeds it
     with torch.no_grad():
         pred = target._bench_classifier(x).argmax(-1).tolist()
@@ -163,6 +162,16 @@ def mel_distance(target, prompts: list, outputs: list, baseline: list) -> float:
     return sum(dists) / len(dists)
 
 
+FALLBACKS = {  # adapter classes for names an adapter's api does not (yet) register in DRAFTERS / RULES
+    "codec-lookup": "mmspec.speech.drafters:CodecLookupDrafter",
+    "relaxed": "mmspec.speech.relaxed:relaxed_rule",
+}
+
+
+def _fallback(name: str) -> str:
+    return FALLBACKS.get(name, name)
+
+
 def _resolve(spec: str) -> Any:
     module, _, name = spec.partition(":")
     return getattr(importlib.import_module(module), name)
@@ -170,15 +179,16 @@ def _resolve(spec: str) -> Any:
 
 # ------------------------------------------------------------------------------------------ running
 def make_rule(api, method: Method, target):
-    """(rule, lossless) for one method on a loaded target; rules are stateless, so one per method."""
+    """(rule, lossless) for one method on a loaded target; rules are stateless, so one per method.
+
+    A name the core or the adapter knows (``methods.make_rule``: core rules, ``api.RULES``), else a
+    ``module:factory`` path called with ``rule_kwargs``."""
     kwargs = dict(method.rule_kwargs)
-    if method.rule.startswith("api:"):
-        name = method.rule[4:]
-        rule, lossless = api.make_rule(name, target, **kwargs), getattr(api, "LOSSLESS", {}).get(name, False)
-    elif ":" in method.rule:
-        rule, lossless = _resolve(method.rule)(**kwargs), False
+    if method.rule in methods.rule_names(api):
+        rule = methods.make_rule(method.rule, api, target, kwargs)
+        lossless = methods.is_lossless(method.rule, api)
     else:
-        rule, lossless = accept.get_rule(method.rule), accept.LOSSLESS[method.rule]
+        rule, lossless = _resolve(_fallback(method.rule))(**kwargs), False
     return rule, lossless if method.lossless is None else method.lossless
 
 
@@ -186,10 +196,12 @@ def run_once(api, method: Method, rule, target, draft, prompt, max_new: int, k: 
     """One timed generation (a fresh drafter each run: drafters keep state)."""
     from .types import Sampling
 
-    if ":" in method.drafter:
-        drafter = _resolve(method.drafter)()
+    extra = getattr(api, "DRAFTERS", {})
+    if method.drafter in extra or ":" not in _fallback(method.drafter):
+        drafter = methods.make_drafter(method.drafter, draft=draft, init=method.init, inits=getattr(api, "INITS", {}),
+                                       extra=extra, target=target)
     else:
-        drafter = make_drafter(method.drafter, draft=draft, init=method.init, inits=getattr(api, "INITS", {}))
+        drafter = _resolve(_fallback(method.drafter))()
     return generate(target, drafter, api.prompts(prompt, 1), max_new_tokens=max_new, k=method.k or k, rule=rule,
                     sampling=Sampling(temperature=method.temperature), seed=seed)
 
