@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mmspec import accept
 from mmspec.drafters import NAMES as DRAFTERS
 from mmspec.loop import decode
-from mmspec.methods import is_lossless, make_drafter, method_label
+from mmspec.methods import is_lossless, make_drafter, make_rule, method_label, rule_names
 from mmspec.types import PAD, Generation, Sampling, stats_of
 
 MAX_PROMPT_CHARS = 500  # server-side limits: prompt length and new tokens (frames) per column
@@ -113,7 +112,7 @@ def prompt_choices(modality: str) -> list[str]:
 
 
 def rule_choices(api) -> list[str]:
-    return [AUTO, *accept.RULES, *getattr(api, "RULES", {})]
+    return [AUTO, *rule_names(api)]
 
 
 def init_choices(api) -> list[str]:
@@ -143,16 +142,14 @@ def _resolve_rule(rule: str, temperature: float) -> str:
     return ("greedy" if temperature == 0 else "speculative") if rule == AUTO else rule
 
 
-def _make_rule(api, name: str, target, opts: dict):
-    if name in accept.RULES:
-        return accept.RULES[name]
-    if name in getattr(api, "RULES", {}):
-        return api.make_rule(name, target, **opts)
-    raise ValueError(f"unknown rule {name!r}; allowed: {', '.join(rule_choices(api)[1:])}")
+def drafter_choices(api) -> list[str]:
+    """The core's drafters and the modality's own (``api.DRAFTERS``), without ``none`` (the baseline)."""
+    return [d for d in DRAFTERS if d != "none"] + list(getattr(api, "DRAFTERS", {}))
 
 
-def _lossless(api, rule: str) -> bool:
-    return accept.LOSSLESS[rule] if rule in accept.LOSSLESS else bool(getattr(api, "LOSSLESS", {}).get(rule, False))
+def build_drafter(api, name: str, *, target, draft, init: str, opts: dict):
+    return make_drafter(name, draft=draft, init=init, ngram=3, inits=api.INITS, extra=getattr(api, "DRAFTERS", None),
+                        target=target, options=opts)
 
 
 def run_column(col: Column, target, drafter, prompt, *, rule, sampling, k, max_new, seed):
@@ -199,14 +196,24 @@ def render_output(modality: str, target, col: Column):
     if not col.done:
         if modality == "image" and col.steps:  # the partial grid (unfinished codes padded by the adapter)
             gen = col.generation(target)
-            return target.decode(gen.tokens, gen.lengths)[0]
+            return _enlarged(target.decode(gen.tokens, gen.lengths)[0])
         return None
     out = col.gen.outputs[0]
+    if modality == "image":
+        return _enlarged(out)
     if modality == "speech":
         wav = out.detach().float().cpu().clamp(-1, 1)
         rate = int(getattr(out, "sample_rate", 0) or getattr(target, "sample_rate", 16000))
         return (rate, (wav * 32767).round().to(torch.int16).numpy())
     return out
+
+
+def _enlarged(image, size: int = 192):
+    """Small images (the zoo's are 32 x 32) scaled up with nearest neighbours, for display only."""
+    if not hasattr(image, "resize") or min(image.size) >= size:
+        return image
+    factor = -(-size // min(image.size))
+    return image.resize((image.size[0] * factor, image.size[1] * factor), resample=0)  # 0 = nearest
 
 
 def stats_row(col: Column, base: Column | None, unit: str) -> dict:
@@ -232,7 +239,7 @@ def banner(api, col: Column, base: Column | None, greedy: bool) -> str:
     """Lossless or lossy, and whether the tokens equal the baseline's where they must (greedy exact)."""
     if base is None or col is base:
         return f"### {col.label}\nbaseline · one target forward per frame"
-    kind = "lossless" if _lossless(api, col.rule) else "LOSSY"
+    kind = "lossless" if is_lossless(col.rule, api) else "LOSSY"
     if not col.done or not base.done:
         return f"### {col.label}\n{kind}"
     same = col.gen.token_ids() == base.gen.token_ids()
@@ -288,8 +295,8 @@ def _methods(api, picks: list[tuple[str, str]], temperature: float) -> list[tupl
     for drafter, rule in picks:
         if not drafter or drafter == OFF:
             continue
-        if drafter not in DRAFTERS or drafter == "none":
-            raise ValueError(f"unknown drafter {drafter!r}; allowed: {', '.join(d for d in DRAFTERS if d != 'none')}")
+        if drafter not in drafter_choices(api):
+            raise ValueError(f"unknown drafter {drafter!r}; allowed: {', '.join(drafter_choices(api))}")
         rule = _resolve_rule(rule or AUTO, temperature)
         if rule == "greedy" and temperature > 0:
             raise ValueError(f"rule 'greedy' needs temperature 0 (got {temperature}); pick auto, speculative, "
@@ -355,8 +362,8 @@ def run_tab(modality: str, prompt, target_name, draft_name, d1, r1, d2, r2, d3, 
         base_rule = _baseline_rule(methods, temperature)
         plan = [("none", base_rule)] + methods
         for drafter, rule in plan:  # names and rules before the long part
-            make_drafter(drafter, draft=draft, init=init, ngram=3, inits=api.INITS)
-            _make_rule(api, rule, target, opts)
+            build_drafter(api, drafter, target=target, draft=draft, init=init, opts=opts)
+            make_rule(rule, api, target, opts)
         yield from _run_plan(modality, api, target, draft, plan, prompt_in, opts, sampling, int(k), init,
                              int(max_new), int(seed), unit, progress)
     except (ValueError, OSError, KeyError) as err:
@@ -372,8 +379,8 @@ def _run_plan(modality, api, target, draft, plan, prompt_in, opts, sampling, k, 
     for i, (drafter_name, rule_name) in enumerate(plan):
         col = Column(label=method_label(drafter_name, rule_name), rule=rule_name)
         cols.append(col)
-        drafter = make_drafter(drafter_name, draft=draft, init=init, ngram=3, inits=api.INITS)
-        rule = _make_rule(api, rule_name, target, opts)
+        drafter = build_drafter(api, drafter_name, target=target, draft=draft, init=init, opts=opts)
+        rule = make_rule(rule_name, api, target, opts)
         last = 0.0
         for _ in run_column(col, target, drafter, prompt_in, rule=rule, sampling=sampling, k=k, max_new=max_new,
                             seed=seed):
@@ -430,7 +437,7 @@ def _tab(spec: TabSpec):
                 target = gr.Textbox(value=api.DEFAULT_TARGET, label="Target model (zoo:NAME, HF name or path)")
                 draft = gr.Textbox(value=api.DEFAULT_DRAFT, label="Draft model (for the 'model' drafter)")
             picks = []
-            drafters = [OFF] + [d for d in DRAFTERS if d != "none"]
+            drafters = [OFF] + drafter_choices(api)
             for j in range(3):
                 d, r = spec.methods[j] if j < len(spec.methods) else (OFF, AUTO)
                 with gr.Row():
@@ -449,6 +456,7 @@ def _tab(spec: TabSpec):
                                      visible=spec.guidance is not None)
                 seed = gr.Number(value=0, precision=0, label="seed")
                 max_new = gr.Slider(1, MAX_NEW[spec.name], value=min(api.DEFAULT_MAX_NEW, MAX_NEW[spec.name]), step=1,
+                                    elem_id=f"maxnew-{spec.name}",
                                     label="max new " + ("frames" if spec.name == "speech" else "tokens"))
             with gr.Row():
                 run = gr.Button("Run", variant="primary", elem_id=f"run-{spec.name}")
@@ -460,7 +468,7 @@ def _tab(spec: TabSpec):
             with gr.Column(elem_classes=["mm-col"], min_width=220):
                 head = gr.Markdown(elem_classes=["mm-head"], elem_id=f"head-{spec.name}-{c}")
                 if spec.name == "text":
-                    view = gr.HighlightedText(label="output", show_legend=c == 0, combine_adjacent=True,
+                    view = gr.HighlightedText(label="output", show_legend=False, show_inline_category=False, combine_adjacent=True,
                                               color_map={"accepted draft": DRAFT_COLOR}, elem_id=f"out-{spec.name}-{c}")
                 elif spec.name == "image":
                     view = gr.Image(label="output", type="pil", height=200, elem_id=f"out-{spec.name}-{c}")
