@@ -249,9 +249,6 @@ def run_suite(name: str, *, quick: bool, repeats: int, seed: int = 0, target_nam
     chosen = [m for m in suite.methods if (not quick or m.quick) and (not methods or m.label in methods or m.drafter in methods)]
     needs_draft = any(m.drafter == "model" for m in chosen)
     draft = api.load(draft_name or api.DEFAULT_DRAFT, **opts) if needs_draft else None
-    for key, init in list(getattr(api, "INITS", {}).items()):  # an adapter may bind inits to the last load
-        if hasattr(init, "bind"):
-            api.INITS[key] = init.bind(target)
     # 2. prompts and sizes
     n = n_prompts or suite.n_prompts[1 if quick else 0]
     prompts = list(prompts)[:n_prompts] if prompts else _resolve(suite.prompts)(n, target)
