@@ -357,6 +357,7 @@ def write_plots(results: list[dict], out: str) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     suites = [s for s in results if s["methods"]]
     paths = []
@@ -371,6 +372,9 @@ def write_plots(results: list[dict], out: str) -> list[str]:
             ax.axvline(1.0, color="k", lw=0.8, ls="--")
             ax.invert_yaxis()
             ax.set_title(f"{s['suite']}: {title}", fontsize=10)
+        handles = [Patch(color=c, label=n) for c, n in (("tab:gray", "autoregressive"), ("tab:blue", "lossless"),
+                                                       ("tab:orange", "lossy"))]
+        axes[0][-1].legend(handles=handles, fontsize=7, loc="lower right")
         fig.tight_layout()
         paths.append(os.path.join(out, fname))
         fig.savefig(paths[-1], dpi=100)

@@ -77,3 +77,18 @@ def test_bad_suite_and_missing_model(tmp_path, capsys):
     assert main(["bench", "--suite", "text", "--quick", "--target", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 1
     assert "skipping suite 'text'" in capsys.readouterr().err
     assert json.loads((tmp_path / "results.json").read_text())["suites"][0]["skipped"]
+
+
+def test_image_suite_on_the_zoo(tmp_path):
+    """The image suite end to end on the zoo (a partial grid: 8 codes), with its class-accuracy proxy."""
+    pytest.importorskip("diffusers")
+    code = main(["bench", "--suite", "image", "--out", str(tmp_path), "--prompt", "red ring", "--max-new-tokens", "8",
+                 "--repeats", "1", "--methods", "jacobi,lantern", "--device", "cpu"])
+    assert code == 0
+    (suite,) = json.loads((tmp_path / "results.json").read_text())["suites"]
+    by_label = {m["method"]: m for m in suite["methods"]}
+    assert {"autoregressive T=0", "autoregressive T=1", "jacobi", "lantern"} <= set(by_label)
+    assert by_label["jacobi"]["identical_to_baseline"] is True
+    assert by_label["lantern"]["lossless"] is False
+    assert all(m["quality"] is not None and 0 <= m["quality"] <= 1 for m in suite["methods"])
+    assert all(m["new_tokens"] == 8 for m in suite["methods"])
