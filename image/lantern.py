@@ -84,23 +84,13 @@ def lantern_rule(neighbours: Tensor, delta: float = 0.1):
         """
         if sampler.greedy:
             return accept.greedy(draft, target_logits, sampler, pos)
-        p = sampler.probs(target_logits)  # [B, D + 1, K, V]
-        D, x = draft.size, draft.tokens  # x: [B, D, K]
-        q = torch.nn.functional.one_hot(x, p.shape[-1]).to(p.dtype) if draft.probs is None else draft.probs.to(p.dtype)
-        # 1. Relaxed target mass of each drafted code.
-        p_x = p[:, :D].gather(-1, x[..., None]).squeeze(-1)  # [B, D, K]
-        nb = neighbours.to(x.device)[x]  # [B, D, K, k_nb]
-        p_nb = p[:, :D].gather(-1, nb)  # [B, D, K, k_nb]
-        extra = (p_nb * (p_nb.cumsum(-1) <= delta)).sum(-1)  # [B, D, K]
-        q_x = q.gather(-1, x[..., None]).squeeze(-1)  # [B, D, K]
-        ok = sampler.uniform(p_x.shape) * q_x < p_x + extra  # [B, D, K]
-        # 2. Residual norm(max(0, p - q)) at drafted positions, p for the bonus.
-        residual = (p[:, :D] - q).clamp_(min=0)  # [B, D, K, V]
-        mass = residual.sum(-1, keepdim=True)
-        residual = torch.where(mass > 0, residual / mass.clamp(min=1e-30), p[:, :D])
-        fresh = sampler.sample(torch.cat([residual, p[:, D:]], dim=1))  # [B, D + 1, K]
-        final = torch.cat([torch.where(ok, x, fresh[:, :D]), fresh[:, D:]], dim=1)  # [B, D + 1, K]
-        return accept._commit(x, ok.all(dim=-1), final)
+        def relaxed_ratio(p, q, x, p_x, q_x):  # [B, D, K]: p~(x) / q(x)
+            nb = neighbours.to(x.device)[x]  # [B, D, K, k_nb]
+            p_nb = p.gather(-1, nb)  # [B, D, K, k_nb]
+            extra = (p_nb * (p_nb.cumsum(-1) <= delta)).sum(-1)  # nearest neighbours' mass while <= delta
+            return (p_x + extra) / q_x
+
+        return accept.rejection(draft, target_logits, sampler, relaxed_ratio)
 
     lantern.lossless = False
     lantern.tv_bound = float(delta)

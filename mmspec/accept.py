@@ -12,6 +12,8 @@ Inside rules, ``p`` is the target's distribution and ``q`` the draft's, both aft
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
@@ -19,7 +21,7 @@ from .sampling import Sampler
 from .types import PAD, Draft, Verdict
 
 
-def _commit(draft_tokens: Tensor, frame_ok: Tensor, final: Tensor) -> Verdict:
+def commit(draft_tokens: Tensor, frame_ok: Tensor, final: Tensor) -> Verdict:
     """Accepted prefix of ``draft_tokens [B, D, K]`` (``frame_ok [B, D]``), then ``final[b, n_b]``, then PAD."""
     B, D, K = draft_tokens.shape
     n_accepted = frame_ok.long().cumprod(dim=1).sum(dim=1) if D else final.new_zeros(B)  # [B]
@@ -34,7 +36,7 @@ def _prefix_match(draft: Draft, choice: Tensor) -> Verdict:
     """Accept while the draft equals ``choice [B, D + 1, K]``; then commit ``choice`` (recovered/bonus)."""
     D = draft.size
     frame_ok = (draft.tokens == choice[:, :D]).all(dim=-1)  # [B, D]
-    return _commit(draft.tokens, frame_ok, choice)
+    return commit(draft.tokens, frame_ok, choice)
 
 
 def greedy(draft: Draft, target_logits: Tensor, sampler: Sampler, pos: Tensor) -> Verdict:
@@ -55,6 +57,38 @@ def reproducible(draft: Draft, target_logits: Tensor, sampler: Sampler, pos: Ten
 reproducible.keyed_noise = True  # the loop gives such rules a keyed sampler
 
 
+def rejection(draft: Draft, target_logits: Tensor, sampler: Sampler, accept_prob: Callable[..., Tensor]) -> Verdict:
+    """Speculative sampling with a pluggable acceptance probability: the shared body of ``speculative``
+    and of relaxed (lossy) variants such as LANTERN or codebook tolerance.
+
+    ``accept_prob(p, q, x, p_x, q_x) -> [B, D, K]`` gets the drafted positions' ``p, q [B, D, K, V]``,
+    the draft ``x [B, D, K]`` and its masses ``p_x, q_x [B, D, K]``; a token is accepted when a uniform
+    draw falls below it. At the first rejection the token is drawn from norm(max(0, p - q)) (p itself
+    when that is empty); after D acceptances a bonus frame is drawn from p_{D+1}. A deterministic draft
+    (``probs is None``) is q = one-hot. In the first frame with a rejection, codebooks that were
+    accepted keep their draft token.
+    """
+    p = sampler.probs(target_logits)  # [B, D + 1, K, V]
+    D = draft.size
+    x = draft.tokens  # [B, D, K]
+    if draft.probs is None:
+        q = torch.nn.functional.one_hot(x, p.shape[-1]).to(p.dtype)  # [B, D, K, V]
+    else:
+        q = draft.probs.to(p.dtype)
+    # 1. Accept each drafted token with its acceptance probability.
+    p_x = p[:, :D].gather(-1, x[..., None]).squeeze(-1)  # [B, D, K]
+    q_x = q.gather(-1, x[..., None]).squeeze(-1)  # [B, D, K]
+    ok = sampler.uniform(p_x.shape) < accept_prob(p[:, :D], q, x, p_x, q_x)  # [B, D, K]
+    # 2. Residual distributions norm(max(0, p - q)) for every drafted position, p itself for the bonus.
+    residual = (p[:, :D] - q).clamp_(min=0)  # [B, D, K, V]
+    mass = residual.sum(-1, keepdim=True)
+    residual = torch.where(mass > 0, residual / mass.clamp(min=1e-30), p[:, :D])
+    fresh = sampler.sample(torch.cat([residual, p[:, D:]], dim=1))  # [B, D + 1, K]
+    # 3. In the first frame with a rejection, accepted codebooks keep their draft token.
+    final = torch.cat([torch.where(ok, x, fresh[:, :D]), fresh[:, D:]], dim=1)  # [B, D + 1, K]
+    return commit(x, ok.all(dim=-1), final)
+
+
 def speculative(draft: Draft, target_logits: Tensor, sampler: Sampler, pos: Tensor) -> Verdict:
     """Lossless speculative sampling (Leviathan et al. 2023; Chen et al. 2023).
 
@@ -67,25 +101,7 @@ def speculative(draft: Draft, target_logits: Tensor, sampler: Sampler, pos: Tens
     """
     if sampler.greedy:
         return greedy(draft, target_logits, sampler, pos)
-    p = sampler.probs(target_logits)  # [B, D + 1, K, V]
-    D = draft.size
-    x = draft.tokens  # [B, D, K]
-    if draft.probs is None:
-        q = torch.nn.functional.one_hot(x, p.shape[-1]).to(p.dtype)  # [B, D, K, V]
-    else:
-        q = draft.probs.to(p.dtype)
-    # 1. Accept each drafted token with probability min(1, p(x) / q(x)).
-    p_x = p[:, :D].gather(-1, x[..., None]).squeeze(-1)  # [B, D, K]
-    q_x = q.gather(-1, x[..., None]).squeeze(-1)  # [B, D, K]
-    ok = sampler.uniform(p_x.shape) * q_x < p_x  # [B, D, K]
-    # 2. Residual distributions norm(max(0, p - q)) for every drafted position, p itself for the bonus.
-    residual = (p[:, :D] - q).clamp_(min=0)  # [B, D, K, V]
-    mass = residual.sum(-1, keepdim=True)
-    residual = torch.where(mass > 0, residual / mass.clamp(min=1e-30), p[:, :D])
-    fresh = sampler.sample(torch.cat([residual, p[:, D:]], dim=1))  # [B, D + 1, K]
-    # 3. In the first frame with a rejection, accepted codebooks keep their draft token.
-    final = torch.cat([torch.where(ok, x, fresh[:, :D]), fresh[:, D:]], dim=1)  # [B, D + 1, K]
-    return _commit(x, ok.all(dim=-1), final)
+    return rejection(draft, target_logits, sampler, lambda p, q, x, p_x, q_x: p_x / q_x)
 
 
 def typical(
@@ -104,7 +120,7 @@ def typical(
     p_x = p[:, :D].gather(-1, draft.tokens[..., None]).squeeze(-1)  # [B, D, K]
     frame_ok = (p_x > threshold[:, :D]).all(dim=-1)  # [B, D]
     final = target_logits.argmax(-1) if sampler.greedy else sampler.sample(p)  # [B, D + 1, K]
-    return _commit(draft.tokens, frame_ok, final)
+    return commit(draft.tokens, frame_ok, final)
 
 
 RULES = {"greedy": greedy, "speculative": speculative, "reproducible": reproducible, "typical": typical}

@@ -156,8 +156,9 @@ def cmd_generate(args, api) -> int:
             result.update(extra(gen))
         print(json.dumps(result))
     else:
+        describe = getattr(api, "describe", lambda o: f"<{type(o).__name__}; use --out FILE to save it>")
         for i, out in enumerate(gen.outputs):
-            print(out if isinstance(out, str) else (files[i] if i < len(files) else repr(out)))
+            print(out if isinstance(out, str) else (files[i] if i < len(files) else describe(out)))
         print(f"\n[{method_label(args.drafter, rule)}] {stats['new_tokens']} tokens in {stats['wall_s']:.2f}s "
               f"({stats['tokens_per_s']:.1f}/s), mean accepted {stats['mean_accepted']:.2f}, "
               f"acceptance {stats['acceptance_rate']:.2f}", file=sys.stderr)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .drafters import lookup_init
+from .drafters import CodecLookupDrafter, lookup_init
+from .relaxed import relaxed_rule
 from .target import META_NAME, SpeechTarget, texts_of
 
 DEFAULT_TARGET = "zoo:speech"
@@ -22,6 +23,9 @@ DEFAULT_DRAFT = "zoo:speech-draft"
 DEFAULT_PROMPT = "Hello world"
 DEFAULT_MAX_NEW = 153  # 3 s at the zoo codec's 50 frames/s, plus the K - 1 = 3 closing delay steps
 INITS = {"codec-lookup": lookup_init}
+DRAFTERS = {"codec-lookup": lambda target, **opts: CodecLookupDrafter()}  # training-free, per codebook
+RULES = {"relaxed": lambda name, target, **opts: relaxed_rule(opts.get("beta", 0.1))}  # LOSSY on fine codebooks
+LOSSLESS = {"relaxed": False}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", default=None, help="float32 (CPU default), float16 or bfloat16")
     group.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     group.add_argument("--guidance-scale", type=float, default=3.0, help="MusicGen classifier-free guidance")
+    group.add_argument("--beta", type=float, default=0.1, help="rule 'relaxed' (LOSSY): tolerance on codebooks >= 1")
 
 
 def options(args: argparse.Namespace) -> dict:
@@ -37,7 +42,7 @@ def options(args: argparse.Namespace) -> dict:
     if isinstance(voice, str) and voice.isdigit():
         voice = int(voice)
     return {"voice": voice, "dtype": getattr(args, "dtype", None), "device": getattr(args, "device", None),
-            "guidance_scale": getattr(args, "guidance_scale", 3.0)}
+            "guidance_scale": getattr(args, "guidance_scale", 3.0), "beta": getattr(args, "beta", 0.1)}
 
 
 def _is_musicgen(name: str) -> bool:
@@ -47,7 +52,7 @@ def _is_musicgen(name: str) -> bool:
     return "musicgen" in name.lower() and not name.startswith("zoo:")
 
 
-def load(name: str, *, voice=None, dtype=None, device=None, guidance_scale: float = 3.0):
+def load(name: str, *, voice=None, dtype=None, device=None, guidance_scale: float = 3.0, beta: float = 0.1):
     """``zoo:NAME`` / recipe folder -> ``SpeechTarget``; MusicGen folder or hub id -> ``MusicgenTarget``."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"speech model must be zoo:NAME, a folder or a MusicGen hub id, got {name!r}")
@@ -77,6 +82,11 @@ def save(generation, out: str | None) -> list[str]:
         paths.append(path)
     generation.files = paths
     return paths
+
+
+def describe(output) -> str:
+    """One line for a waveform printed by the CLI without --out."""
+    return f"<waveform: {len(output) / sample_rate_of(output):.2f} s at {sample_rate_of(output)} Hz; use --out FILE.wav>"
 
 
 def json_extra(generation) -> dict:

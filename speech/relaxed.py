@@ -25,7 +25,7 @@ import functools
 import torch
 from torch import Tensor
 
-from mmspec.accept import _commit
+from mmspec.accept import rejection
 from mmspec.sampling import Sampler
 from mmspec.types import Draft, Verdict
 
@@ -35,26 +35,15 @@ def relaxed(draft: Draft, target_logits: Tensor, sampler: Sampler, pos: Tensor, 
     """LOSSY: speculative sampling with tolerance ``beta`` on codebooks >= ``exact_codebooks`` (see module)."""
     if not 0 <= beta <= 1:
         raise ValueError(f"beta must be in [0, 1], got {beta!r}")
-    p = sampler.probs(target_logits)  # [B, D + 1, K, V]
-    support = torch.isfinite(sampler.warp(target_logits))  # [B, D + 1, K, V]
-    B, D, K = draft.tokens.shape
-    x = draft.tokens  # [B, D, K]
-    q = torch.nn.functional.one_hot(x, p.shape[-1]).to(p.dtype) if draft.probs is None else draft.probs.to(p.dtype)
-    # 1. Acceptance: min(1, p / q), plus beta on the relaxed codebooks, never outside the support.
-    p_x = p[:, :D].gather(-1, x[..., None]).squeeze(-1)  # [B, D, K]
-    q_x = q.gather(-1, x[..., None]).squeeze(-1)  # [B, D, K]
-    ratio = torch.where(q_x > 0, p_x / q_x.clamp(min=1e-30), torch.ones_like(p_x)).clamp(max=1.0)
-    tol = torch.where(torch.arange(K, device=x.device) >= exact_codebooks, beta, 0.0).to(p.dtype)  # [K]
-    in_support = support[:, :D].gather(-1, x[..., None]).squeeze(-1)  # [B, D, K]
-    ok = (sampler.uniform(p_x.shape) < ratio + tol) & in_support  # [B, D, K]
-    # 2. Residuals norm(max(0, p - q)) at drafted positions, p for the bonus.
-    residual = (p[:, :D] - q).clamp(min=0)
-    mass = residual.sum(-1, keepdim=True)
-    residual = torch.where(mass > 0, residual / mass.clamp(min=1e-30), p[:, :D])
-    fresh = sampler.sample(torch.cat([residual, p[:, D:]], dim=1))  # [B, D + 1, K]
-    # 3. In the first frame with a rejection, accepted codebooks keep their draft token.
-    final = torch.cat([torch.where(ok, x, fresh[:, :D]), fresh[:, D:]], dim=1)  # [B, D + 1, K]
-    return _commit(x, ok.all(dim=-1), final)
+    support = torch.isfinite(sampler.warp(target_logits[:, : draft.size]))  # [B, D, K, V]
+    K = draft.tokens.shape[-1]
+
+    def tolerant(p, q, x, p_x, q_x):  # [B, D, K]: min(1, p/q) + beta on relaxed codebooks, 0 off support
+        ratio = (p_x / q_x).clamp(max=1.0)
+        tol = torch.where(torch.arange(K, device=x.device) >= exact_codebooks, beta, 0.0).to(p.dtype)  # [K]
+        return torch.where(support.gather(-1, x[..., None]).squeeze(-1), ratio + tol, torch.zeros_like(ratio))
+
+    return rejection(draft, target_logits, sampler, tolerant)
 
 
 def relaxed_rule(beta: float = 0.1, exact_codebooks: int = 1):
