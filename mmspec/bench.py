@@ -445,7 +445,10 @@ def main(args, rest=None) -> int:
     for name in names:
         if name not in SUITES:
             raise ValueError(f"unknown suite {name!r}; allowed: {', '.join(SUITES)}, all")
-    repeats = getattr(args, "repeats", None) or (1 if args.quick else 3)
+    if len(names) > 1 and (args.target or args.draft):
+        raise ValueError("--target/--draft name models of one modality: pick a --suite, not 'all'")
+    repeats = getattr(args, "repeats", None)
+    repeats = (1 if args.quick else 3) if repeats is None else repeats
     if repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {repeats}")
     methods = [m.strip() for m in (getattr(args, "methods", None) or "").split(",") if m.strip()] or None

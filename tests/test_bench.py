@@ -73,6 +73,9 @@ def test_plots_are_png(bench_out):
 def test_bad_suite_and_missing_model(tmp_path, capsys):
     assert main(["bench", "--suite", "video", "--out", str(tmp_path)]) == 2
     assert "unknown suite" in capsys.readouterr().err
+    assert main(["bench", "--suite", "all", "--target", "x", "--out", str(tmp_path)]) == 2
+    assert main(["bench", "--suite", "text", "--repeats", "0", "--out", str(tmp_path)]) == 2
+    assert "--repeats must be >= 1" in capsys.readouterr().err
     # A model that does not load skips its suite with a message; no suite ran -> exit 1, files still written.
     assert main(["bench", "--suite", "text", "--quick", "--target", str(tmp_path / "nope"), "--out", str(tmp_path)]) == 1
     assert "skipping suite 'text'" in capsys.readouterr().err
