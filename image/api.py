@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from mmspec.files import numbered
+
 from .inits import SpatialInit
 from .target import META_FILE, ImageTarget, resolve
 
@@ -96,13 +98,11 @@ def save(generation, out: str | None) -> list[str]:
     if not out:
         generation.files = []
         return []
-    paths = []
-    for i, image in enumerate(generation.outputs):
-        path = out if len(generation.outputs) == 1 else _numbered(out, i)
+    paths = numbered(out, len(generation.outputs))
+    for path, image in zip(paths, generation.outputs):
         if os.path.dirname(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
         image.save(path)
-        paths.append(path)
     generation.files = paths
     return paths
 
@@ -110,8 +110,3 @@ def save(generation, out: str | None) -> list[str]:
 def json_extra(generation) -> dict:
     sizes = [list(im.size) for im in (generation.outputs or [])]
     return {"files": getattr(generation, "files", []), "image_sizes": sizes}
-
-
-def _numbered(path: str, i: int) -> str:
-    stem, dot, ext = path.rpartition(".")
-    return f"{stem}_{i}.{ext}" if dot else f"{path}_{i}.png"

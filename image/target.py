@@ -24,28 +24,15 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from mmspec import files
+
 ZOO = Path(__file__).parent / "zoo"
 META_FILE = "mmspec_image.json"
 
 
 def resolve(name_or_path: str) -> str:
     """``zoo:NAME`` -> ``image/zoo/NAME``; a local path must exist; anything else is returned as is (hub id)."""
-    if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
-        raise ValueError(f"model must be a local path, a hub name or zoo:NAME, got {name_or_path!r}")
-    name = str(name_or_path)
-    if name.startswith("zoo:"):
-        folder = ZOO / name[4:]
-        if not (folder / META_FILE).exists():
-            known = sorted(p.name for p in ZOO.iterdir() if (p / META_FILE).exists()) if ZOO.exists() else []
-            raise ValueError(f"unknown image zoo model {name!r}; available: {', '.join('zoo:' + k for k in known) or 'none'}"
-                             " (train it with `mmspec zoo train image`)")
-        return str(folder)
-    expanded = os.path.expanduser(name)
-    if os.path.exists(expanded):
-        return expanded
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise ValueError(f"model path {name!r} does not exist")
-    return name
+    return files.resolve(name_or_path, ZOO, META_FILE, "image")
 
 
 def cache_arg(model) -> str:

@@ -101,3 +101,18 @@ class ToyTarget:
                     nxt[seq + (frame,)] = pr * pf
             probs = nxt
         return probs
+
+
+def chi2_pvalue(counts, probs: dict, runs: int) -> float:
+    """Pearson chi-square goodness of fit of ``counts`` (outcome -> n) to exact ``probs`` over ``runs``
+    samples; outcomes expected fewer than 5 times are pooled into one bin. Returns the p-value."""
+    stat, dof, pooled_obs, pooled_exp = 0.0, -1, 0.0, 0.0
+    for outcome, pr in probs.items():
+        e, o = pr * runs, counts.get(outcome, 0)
+        if e < 5:
+            pooled_obs, pooled_exp = pooled_obs + o, pooled_exp + e
+            continue
+        stat, dof = stat + (o - e) ** 2 / e, dof + 1
+    if pooled_exp > 0:
+        stat, dof = stat + (pooled_obs - pooled_exp) ** 2 / pooled_exp, dof + 1
+    return float(torch.special.gammaincc(torch.tensor(dof / 2.0, dtype=torch.float64), torch.tensor(stat / 2.0, dtype=torch.float64)))

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from mmspec.files import numbered
+
 from .drafters import CodecLookupDrafter, lookup_init
 from .relaxed import relaxed_rule
 from .target import META_NAME, SpeechTarget, texts_of
@@ -75,11 +77,9 @@ def save(generation, out: str | None) -> list[str]:
     if not out:
         generation.files = []
         return []
-    paths = []
-    for i, wav in enumerate(generation.outputs):
-        path = out if len(generation.outputs) == 1 else _numbered(out, i)
+    paths = numbered(out, len(generation.outputs))
+    for path, wav in zip(paths, generation.outputs):
         write_wav(path, wav, sample_rate_of(wav))
-        paths.append(path)
     generation.files = paths
     return paths
 
@@ -110,8 +110,3 @@ def write_wav(path: str, wav: torch.Tensor, sample_rate: int) -> None:
         w.setsampwidth(2)
         w.setframerate(int(sample_rate))
         w.writeframes(pcm.numpy().tobytes())
-
-
-def _numbered(path: str, i: int) -> str:
-    stem, dot, ext = path.rpartition(".")
-    return f"{stem}_{i}.{ext}" if dot else f"{path}_{i}"

@@ -31,12 +31,13 @@ excluded), ``max_frames`` is the LM's ``max_position_embeddings``. Rollback crop
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import Tensor
+
+from mmspec import files
 
 from .lm import TEXT_PAD, SpeechLM, encode_text
 
@@ -46,19 +47,9 @@ META_NAME = "mmspec_speech.json"
 
 def resolve(name_or_path: str) -> Path:
     """``zoo:NAME`` -> ``speech/zoo/NAME``; otherwise a local folder holding ``mmspec_speech.json``."""
-    if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
-        raise ValueError(f"speech model must be a local folder or zoo:NAME, got {name_or_path!r}")
-    name = str(name_or_path)
-    if name.startswith("zoo:"):
-        folder = ZOO / name[4:]
-        if not (folder / META_NAME).exists():
-            known = sorted(p.name for p in ZOO.iterdir() if (p / META_NAME).exists()) if ZOO.exists() else []
-            raise ValueError(f"unknown speech zoo model {name!r}; available: {', '.join('zoo:' + k for k in known) or 'none'}"
-                             " (train them with `mmspec zoo train speech`)")
-        return folder
-    folder = Path(os.path.expanduser(name))
+    folder = Path(files.resolve(name_or_path, ZOO, META_NAME, "speech", hub=False))
     if not (folder / META_NAME).exists():
-        raise ValueError(f"speech model {name!r} is not a folder with {META_NAME} (zoo:NAME or a recipe output)")
+        raise ValueError(f"speech model {str(name_or_path)!r} is not a folder with {META_NAME} (zoo:NAME or a recipe output)")
     return folder
 
 

@@ -10,7 +10,7 @@ import torch
 import mmspec
 from mmspec import Draft, Sampler, Sampling, accept
 from mmspec.sampling import warp
-from mmspec.testing import ToyTarget
+from mmspec.testing import ToyTarget, chi2_pvalue
 
 V = 4
 
@@ -75,18 +75,6 @@ def empirical(target, drafter_fn, p, n, runs, rule, sampling, k=3):
     return counts
 
 
-def chi2_pvalue(counts: Counter, probs: dict, runs: int) -> float:
-    """Pearson chi-square goodness of fit (outcomes with tiny expectation pooled into one bin)."""
-    stat, dof, pooled_obs, pooled_exp = 0.0, -1, 0.0, 0.0
-    for outcome, pr in probs.items():
-        e, o = pr * runs, counts.get(outcome, 0)
-        if e < 5:
-            pooled_obs, pooled_exp = pooled_obs + o, pooled_exp + e
-            continue
-        stat, dof = stat + (o - e) ** 2 / e, dof + 1
-    if pooled_exp > 0:
-        stat, dof = stat + (pooled_obs - pooled_exp) ** 2 / pooled_exp, dof + 1
-    return float(torch.special.gammaincc(torch.tensor(dof / 2.0, dtype=torch.float64), torch.tensor(stat / 2.0, dtype=torch.float64)))
 
 
 class LyingDrafter(mmspec.ModelDrafter):

@@ -13,7 +13,7 @@ import mmspec
 from mmspec import Sampling, accept
 from mmspec.image import ImageTarget, SpatialInit, lantern_rule, neighbour_table
 from mmspec.image.models import build_transformer, build_vqvae, guided_logits, sample_codes
-from mmspec.testing import ToyTarget
+from mmspec.testing import ToyTarget, chi2_pvalue
 
 CLASSES = ["red ring", "blue cross", "green disk"]
 N_CODES, GRID = 16, 4  # 16 codes, 4 x 4 grid (32 px / 2^3)
@@ -150,18 +150,6 @@ def test_spatial_inits():
 
 # -- distributions -------------------------------------------------------------------------------
 
-def chi2_pvalue(counts: Counter, probs: dict, runs: int) -> float:
-    """Pearson chi-square goodness of fit (outcomes with expectation < 5 pooled)."""
-    stat, dof, po, pe = 0.0, -1, 0.0, 0.0
-    for outcome, pr in probs.items():
-        e, o = pr * runs, counts.get(outcome, 0)
-        if e < 5:
-            po, pe = po + o, pe + e
-            continue
-        stat, dof = stat + (o - e) ** 2 / e, dof + 1
-    if pe > 0:
-        stat, dof = stat + (po - pe) ** 2 / pe, dof + 1
-    return float(torch.special.gammaincc(torch.tensor(dof / 2.0, dtype=torch.float64), torch.tensor(stat / 2.0, dtype=torch.float64)))
 
 
 def toy_counts(target, make, rule, runs, n=3, k=3):

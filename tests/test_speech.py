@@ -16,6 +16,7 @@ import pytest
 import torch
 
 import mmspec
+from mmspec.testing import chi2_pvalue
 from mmspec import Draft, Sampler, Sampling, accept
 from mmspec.speech import CodecLookupDrafter, SpeechTarget, fit_prior, relaxed, relaxed_rule
 from mmspec.speech import api
@@ -207,18 +208,6 @@ def exact_distribution(t: SpeechTarget, text: str, n: int) -> dict:
     return out
 
 
-def chi2_pvalue(counts: Counter, probs: dict, runs: int) -> float:
-    stat, dof, pooled_obs, pooled_exp = 0.0, -1, 0.0, 0.0
-    for outcome, pr in probs.items():
-        e, o = pr * runs, counts.get(outcome, 0)
-        if e < 5:
-            pooled_obs, pooled_exp = pooled_obs + o, pooled_exp + e
-            continue
-        stat, dof = stat + (o - e) ** 2 / e, dof + 1
-    if pooled_exp > 0:
-        stat, dof = stat + (pooled_obs - pooled_exp) ** 2 / pooled_exp, dof + 1
-    return float(torch.special.gammaincc(torch.tensor(dof / 2.0, dtype=torch.float64),
-                                         torch.tensor(stat / 2.0, dtype=torch.float64)))
 
 
 @pytest.fixture(scope="module")
@@ -360,7 +349,7 @@ def test_bad_input(folders, target, tmp_path):
         target.start([], 4)
     with pytest.raises(ValueError, match="unknown voice"):
         SpeechTarget.from_pretrained(folders["target"], voice=7)
-    with pytest.raises(ValueError, match="not a folder"):
+    with pytest.raises(ValueError, match="does not exist"):
         SpeechTarget.from_pretrained(str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="k"):
         mmspec.generate(target, CodecLookupDrafter(), "Hello", k=0)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from mmspec.files import numbered
+
 from .target import TextTarget
 
 DEFAULT_TARGET = "zoo:code-target"
@@ -51,15 +53,8 @@ def save(generation, out: str | None) -> list[str]:
     """Text outputs are printed, not written; with ``out`` they go to one UTF-8 file per row."""
     if not out:
         return []
-    paths = []
-    for i, text in enumerate(generation.outputs):
-        path = out if len(generation.outputs) == 1 else _numbered(out, i)
+    paths = numbered(out, len(generation.outputs))
+    for path, text in zip(paths, generation.outputs):
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
-        paths.append(path)
     return paths
-
-
-def _numbered(path: str, i: int) -> str:
-    stem, dot, ext = path.rpartition(".")
-    return f"{stem}_{i}.{ext}" if dot else f"{path}_{i}"

@@ -7,33 +7,20 @@ positions (and reproducible noise) do not depend on the padding. Rollback crops 
 from __future__ import annotations
 
 import inspect
-import os
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
+from mmspec import files
+
 ZOO = Path(__file__).parent / "zoo"
 
 
 def resolve(name_or_path: str) -> str:
     """``zoo:NAME`` -> the shipped folder; a local path must exist; anything else is a hub id."""
-    if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
-        raise ValueError(f"model must be a hub name, a local path or zoo:NAME, got {name_or_path!r}")
-    name = str(name_or_path)
-    if name.startswith("zoo:"):
-        folder = ZOO / name[4:]
-        known = sorted(p.name for p in ZOO.iterdir() if (p / "config.json").exists()) if ZOO.exists() else []
-        if not (folder / "config.json").exists():
-            raise ValueError(f"unknown text zoo model {name!r}; available: {', '.join('zoo:' + k for k in known) or 'none'}")
-        return str(folder)
-    expanded = os.path.expanduser(name)
-    if os.path.exists(expanded):
-        return expanded
-    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:  # hub ids are "org/name"
-        raise ValueError(f"model path {name!r} does not exist")
-    return name
+    return files.resolve(name_or_path, ZOO, "config.json", "text")
 
 
 def _load(loader, name: str, **kwargs):

@@ -1,0 +1,38 @@
+"""Where models and outputs live: ``zoo:NAME`` names, local folders, hub ids, numbered output files.
+
+Each adapter keeps its zoo in ``<adapter>/zoo/NAME`` and marks a model folder by one file it must hold
+(``config.json``, ``mmspec_image.json``, ...); this module only knows those paths, not the modalities.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def resolve(name_or_path, zoo: Path, marker: str, modality: str, hub: bool = True) -> str:
+    """``zoo:NAME`` -> ``zoo/NAME`` (which must hold ``marker``); an existing local path as is; anything
+    that looks like a path but is missing -> ValueError; otherwise a hub id (when ``hub``)."""
+    if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
+        raise ValueError(f"{modality} model must be a hub name, a local path or zoo:NAME, got {name_or_path!r}")
+    name = str(name_or_path)
+    if name.startswith("zoo:"):
+        folder = Path(zoo) / name[4:]
+        if not (folder / marker).exists():
+            known = sorted(p.name for p in Path(zoo).iterdir() if (p / marker).exists()) if Path(zoo).exists() else []
+            raise ValueError(f"unknown {modality} zoo model {name!r}; available: "
+                             f"{', '.join('zoo:' + k for k in known) or 'none'} (train with `mmspec zoo train {modality}`)")
+        return str(folder)
+    expanded = os.path.expanduser(name)
+    if os.path.exists(expanded):
+        return expanded
+    if not hub or name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:  # hub ids: "org/name"
+        raise ValueError(f"model path {name!r} does not exist")
+    return name
+
+
+def numbered(path: str, count: int) -> list[str]:
+    """``out.png`` for one output, ``out_0.png, out_1.png, ...`` for several."""
+    if count == 1:
+        return [path]
+    stem, dot, ext = path.rpartition(".")
+    return [f"{stem}_{i}.{ext}" if dot else f"{path}_{i}" for i in range(count)]
