@@ -162,17 +162,8 @@ def mel_distance(target, prompts: list, outputs: list, baseline: list) -> float:
     return sum(dists) / len(dists)
 
 
-FALLBACKS = {  # adapter classes for names an adapter's api does not (yet) register in DRAFTERS / RULES
-    "codec-lookup": "mmspec.speech.drafters:CodecLookupDrafter",
-    "relaxed": "mmspec.speech.relaxed:relaxed_rule",
-}
-
-
-def _fallback(name: str) -> str:
-    return FALLBACKS.get(name, name)
-
-
 def _resolve(spec: str) -> Any:
+    """``"module:name"`` -> the object (suites name their prompt sets and quality proxies this way)."""
     module, _, name = spec.partition(":")
     return getattr(importlib.import_module(module), name)
 
@@ -181,14 +172,10 @@ def _resolve(spec: str) -> Any:
 def make_rule(api, method: Method, target):
     """(rule, lossless) for one method on a loaded target; rules are stateless, so one per method.
 
-    A name the core or the adapter knows (``methods.make_rule``: core rules, ``api.RULES``), else a
-    ``module:factory`` path called with ``rule_kwargs``."""
-    kwargs = dict(method.rule_kwargs)
-    if method.rule in methods.rule_names(api):
-        rule = methods.make_rule(method.rule, api, target, kwargs)
-        lossless = methods.is_lossless(method.rule, api)
-    else:
-        rule, lossless = _resolve(_fallback(method.rule))(**kwargs), False
+    A name the core or the adapter knows (``methods.make_rule``: core rules, ``api.RULES``) built with
+    ``rule_kwargs``."""
+    rule = methods.make_rule(method.rule, api, target, dict(method.rule_kwargs))
+    lossless = methods.is_lossless(method.rule, api)
     return rule, lossless if method.lossless is None else method.lossless
 
 
@@ -196,12 +183,8 @@ def run_once(api, method: Method, rule, target, draft, prompt, max_new: int, k: 
     """One timed generation (a fresh drafter each run: drafters keep state)."""
     from .types import Sampling
 
-    extra = getattr(api, "DRAFTERS", {})
-    if method.drafter in extra or ":" not in _fallback(method.drafter):
-        drafter = methods.make_drafter(method.drafter, draft=draft, init=method.init, inits=getattr(api, "INITS", {}),
-                                       extra=extra, target=target)
-    else:
-        drafter = _resolve(_fallback(method.drafter))()
+    drafter = methods.make_drafter(method.drafter, draft=draft, init=method.init, inits=getattr(api, "INITS", {}),
+                                   extra=getattr(api, "DRAFTERS", {}), target=target)
     return generate(target, drafter, api.prompts(prompt, 1), max_new_tokens=max_new, k=method.k or k, rule=rule,
                     sampling=Sampling(temperature=method.temperature), seed=seed)
 
