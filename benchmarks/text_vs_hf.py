@@ -3,7 +3,8 @@
     python benchmarks/text_vs_hf.py --target zoo:code-target --draft zoo:code-draft --prompts 20 --new 128
 
 Rows: HF greedy vs mmspec autoregressive; HF prompt lookup (prompt_lookup_num_tokens=k) vs mmspec
-prompt lookup at the same k; HF assisted generation (assistant_model) vs mmspec draft-model speculation.
+prompt lookup at the same k; HF assisted generation (assistant_model, its default dynamic draft length)
+vs mmspec draft-model speculation (adaptive draft length up to --k, or exactly k with --fixed-k).
 Every pair is checked for identical tokens. Each measurement is warmed up once and repeated; the
 median wall time over prompts x repeats is reported with the hardware.
 """
@@ -16,10 +17,21 @@ import statistics
 import time
 
 import torch
+import transformers
 
 import mmspec
 from mmspec.text import TextTarget
 from mmspec.text.prompts import held_out_prompts
+
+
+def _cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def hf_run(target: TextTarget, prompt: str, new: int, **kwargs):
@@ -48,7 +60,8 @@ def main(argv=None):
     ap.add_argument("--draft", default="zoo:code-draft")
     ap.add_argument("--prompts", type=int, default=20)
     ap.add_argument("--new", type=int, default=128)
-    ap.add_argument("--k", type=int, default=4, help="draft length for mmspec draft-model speculation")
+    ap.add_argument("--k", type=int, default=10, help="longest draft for mmspec draft-model speculation")
+    ap.add_argument("--fixed-k", action="store_true", help="draft exactly k tokens (default: adaptive length <= k)")
     ap.add_argument("--lookup-k", type=int, default=10, help="prompt_lookup_num_tokens for both libraries")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
@@ -65,7 +78,7 @@ def main(argv=None):
         "prompt lookup": (lambda p: hf_run(target, p, args.new, prompt_lookup_num_tokens=args.lookup_k),
                           lambda p: mm_run(target, mmspec.PromptLookupDrafter(max_ngram=2), p, args.new, args.lookup_k)),
         "draft model": (lambda p: hf_run(target, p, args.new, assistant_model=draft.model),
-                        lambda p: mm_run(target, mmspec.ModelDrafter(draft), p, args.new, args.k)),
+                        lambda p: mm_run(target, mmspec.ModelDrafter(draft, adaptive=not args.fixed_k), p, args.new, args.k)),
     }
     results = {}
     for name, (hf, mm) in pairs.items():
@@ -87,9 +100,9 @@ def main(argv=None):
         r = results[name]
         print(f"{name:16} HF {r['hf_tokens_per_s']:7.1f} tok/s   mmspec {r['mmspec_tokens_per_s']:7.1f} tok/s   "
               f"ratio {r['ratio']:.2f}x   identical {same}   mean accepted {r['mean_accepted']:.2f}", flush=True)
-    meta = {"hardware": platform.processor() or platform.machine(), "cpu_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "prompts": len(prompts), "new_tokens": args.new, "k": args.k,
-            "lookup_k": args.lookup_k}
+    meta = {"hardware": _cpu_name(), "cpu_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "transformers": transformers.__version__, "prompts": len(prompts),
+            "new_tokens": args.new, "k": args.k, "adaptive": not args.fixed_k, "lookup_k": args.lookup_k}
     print(json.dumps(meta))
     if args.json:
         with open(args.json, "w") as f:
