@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -27,6 +28,9 @@ COLUMNS = 4  # the baseline + three methods
 OFF = "off"
 AUTO = "auto"
 DRAFT_COLOR = "#86efac"
+STOPPED = "**Stopped.** Press Run to start again."
+_STOPS: dict = {}  # (session, tab) -> threading.Event of the run in progress
+_MODEL_LOCK = threading.Lock()  # cached models are shared: one decode step at a time
 
 
 @dataclass
@@ -159,7 +163,8 @@ def run_column(col: Column, target, drafter, prompt, *, rule, sampling, k, max_n
     while True:
         sync()
         t0 = time.perf_counter()
-        step = next(steps, None)
+        with _MODEL_LOCK:  # a cancelled run's step still in flight must finish before the next run's
+            step = next(steps, None)
         sync()
         col.wall_s += time.perf_counter() - t0
         if step is None:
@@ -221,7 +226,9 @@ def stats_row(col: Column, base: Column | None, unit: str) -> dict:
         tokens=torch.zeros(1, 0, 1, dtype=torch.long), lengths=torch.tensor([sum(s.frames.shape[1] for s in col.steps)]),
         steps=col.steps, wall_s=col.wall_s)
     s = stats_of(gen)
-    speedup = base.wall_s / col.wall_s if base is not None and base.done and col.wall_s > 0 else None
+    speedup = None  # throughput ratio: equals the wall-time ratio when both made the same number of frames
+    if base is not None and base.done and s["tokens_per_s"] > 0:
+        speedup = s["tokens_per_s"] / stats_of(base.gen)["tokens_per_s"]
     return {"method": col.label, unit: s["new_tokens"], "wall_s": s["wall_s"], f"{unit}/s": s["tokens_per_s"],
             "mean_accepted": s["mean_accepted"], "acceptance_rate": s["acceptance_rate"], "speedup": speedup,
             "per_step": s["accepted_per_step"]}
@@ -330,12 +337,13 @@ def _outputs(modality, target, api, status, cols, base_rule_greedy, unit, final=
 
 
 def run_tab(modality: str, prompt, target_name, draft_name, d1, r1, d2, r2, d3, r3, k, init, temperature, top_k,
-            top_p, guidance, seed, max_new, progress=None):
+            top_p, guidance, seed, max_new, progress=None, stop: threading.Event | None = None):
     """Generator behind one tab's Run: yields the UI tuple (see ``_outputs``) as the columns stream.
 
-    Bad input never raises: it yields a status line starting with "Error:" and stops.
+    Bad input never raises: it yields a status line starting with "Error:" and stops. ``stop`` (set by the
+    Stop button) ends the run after the current step, besides Gradio's own cancel.
     """
-    unit = "frames" if modality == "speech" else "tokens"
+    unit = _unit(modality)
     empty = _outputs(modality, None, None, "", [], True, unit)
     try:
         api = modality_api(modality)
@@ -365,14 +373,19 @@ def run_tab(modality: str, prompt, target_name, draft_name, d1, r1, d2, r2, d3, 
             build_drafter(api, drafter, target=target, draft=draft, init=init, opts=opts)
             make_rule(rule, api, target, opts)
         yield from _run_plan(modality, api, target, draft, plan, prompt_in, opts, sampling, int(k), init,
-                             int(max_new), int(seed), unit, progress)
-    except (ValueError, OSError, KeyError) as err:
+                             int(max_new), int(seed), unit, progress, stop)
+    except (ValueError, OSError, KeyError) as err:  # bad input: names, paths, values
         msg = str(err).strip().strip('"') or type(err).__name__
+        _warn(msg)
+        yield (f"**Error:** {msg}",) + empty[1:]
+    except Exception as err:  # noqa: BLE001 - e.g. a model that does not fit the adapter: say so, keep serving
+        msg = f"{type(err).__name__}: {err}"
         _warn(msg)
         yield (f"**Error:** {msg}",) + empty[1:]
 
 
-def _run_plan(modality, api, target, draft, plan, prompt_in, opts, sampling, k, init, max_new, seed, unit, progress):
+def _run_plan(modality, api, target, draft, plan, prompt_in, opts, sampling, k, init, max_new, seed, unit, progress,
+              stop=None):
     """3. Baseline, then each method, same seed; stream each column; 4. final table, plot and banners."""
     cols: list[Column] = []
     greedy = sampling.greedy
@@ -385,13 +398,17 @@ def _run_plan(modality, api, target, draft, plan, prompt_in, opts, sampling, k, 
         for _ in run_column(col, target, drafter, prompt_in, rule=rule, sampling=sampling, k=k, max_new=max_new,
                             seed=seed):
             made = sum(s.frames.shape[1] for s in col.steps)
+            if stop is not None and stop.is_set():
+                yield _outputs(modality, target, api, STOPPED, cols, greedy, unit)
+                return
             if progress is not None:
                 progress((i + min(made / max_new, 1.0)) / len(plan), desc=f"{col.label}: {made}/{max_new} {unit}")
             if col.done or time.perf_counter() - last > UI_EVERY_S:
                 last = time.perf_counter()
                 status = f"Running {i + 1}/{len(plan)}: **{col.label}** — {made}/{max_new} {unit}"
                 yield _outputs(modality, target, api, status, cols, greedy, unit)
-    summary = ", ".join(f"{c.label} {cols[0].wall_s / c.wall_s:.2f}x" for c in cols[1:] if c.wall_s > 0)
+    rows = [stats_row(c, cols[0], unit) for c in cols[1:]]
+    summary = ", ".join(f"{r['method']} **{r['speedup']:.2f}x**" for r in rows if r["speedup"])
     device = f"{torch.device(target.device).type}, {torch.get_num_threads()} threads"
     status = f"Done on {device} (seed {seed}). Speedup over baseline: {summary or '—'}"
     yield _outputs(modality, target, api, status, cols, greedy, unit, final=True)
@@ -416,16 +433,10 @@ footer { display: none !important; }
 """
 
 
-def _tab(spec: TabSpec):
-    """Build one modality tab; returns nothing (events are wired inside)."""
+def _controls(spec: TabSpec, api):
+    """Prompt, models, three method slots and the knobs; returns (inputs in run_tab's order, run, stop)."""
     import gradio as gr
 
-    reason = unavailable_reason(spec.name)
-    if reason is not None:
-        gr.Markdown(f"**{spec.title} is not available:** `{reason}`")
-        return
-    api = modality_api(spec.name)
-    gr.Markdown(spec.notes)
     with gr.Row():
         with gr.Column(scale=3):
             choices = prompt_choices(spec.name)
@@ -437,12 +448,11 @@ def _tab(spec: TabSpec):
                 target = gr.Textbox(value=api.DEFAULT_TARGET, label="Target model (zoo:NAME, HF name or path)")
                 draft = gr.Textbox(value=api.DEFAULT_DRAFT, label="Draft model (for the 'model' drafter)")
             picks = []
-            drafters = [OFF] + drafter_choices(api)
             for j in range(3):
                 d, r = spec.methods[j] if j < len(spec.methods) else (OFF, AUTO)
                 with gr.Row():
-                    picks.append(gr.Dropdown(drafters, value=d, label=f"Method {j + 1}: drafter", scale=2))
-                    picks.append(gr.Dropdown(rule_choices(api), value=r, label="accept rule", scale=2))
+                    picks.append(gr.Dropdown([OFF, *drafter_choices(api)], value=d, label=f"Method {j + 1}: drafter"))
+                    picks.append(gr.Dropdown(rule_choices(api), value=r, label="accept rule (auto: greedy at T=0)"))
         with gr.Column(scale=2):
             with gr.Row():
                 k = gr.Slider(1, 16, value=spec.k, step=1, label="k / window")
@@ -456,37 +466,82 @@ def _tab(spec: TabSpec):
                                      visible=spec.guidance is not None)
                 seed = gr.Number(value=0, precision=0, label="seed")
                 max_new = gr.Slider(1, MAX_NEW[spec.name], value=min(api.DEFAULT_MAX_NEW, MAX_NEW[spec.name]), step=1,
-                                    elem_id=f"maxnew-{spec.name}",
-                                    label="max new " + ("frames" if spec.name == "speech" else "tokens"))
+                                    label=f"max new {_unit(spec.name)}", elem_id=f"maxnew-{spec.name}")
             with gr.Row():
                 run = gr.Button("Run", variant="primary", elem_id=f"run-{spec.name}")
                 stop = gr.Button("Stop", variant="stop", elem_id=f"stop-{spec.name}")
+    inputs = [prompt, target, draft, *picks, k, init, temperature, top_k, top_p, guidance, seed, max_new]
+    return inputs, run, stop
+
+
+def _results(spec: TabSpec) -> list:
+    """Status line, then per column a header, the output and its stats, then the table and the plot."""
+    import gradio as gr
+
     status = gr.Markdown(elem_id=f"status-{spec.name}")
-    outs = []
+    cols = []
     with gr.Row(equal_height=False):
         for c in range(COLUMNS):
             with gr.Column(elem_classes=["mm-col"], min_width=220):
                 head = gr.Markdown(elem_classes=["mm-head"], elem_id=f"head-{spec.name}-{c}")
+                out_id = f"out-{spec.name}-{c}"
                 if spec.name == "text":
-                    view = gr.HighlightedText(label="output", show_legend=False, show_inline_category=False, combine_adjacent=True,
-                                              color_map={"accepted draft": DRAFT_COLOR}, elem_id=f"out-{spec.name}-{c}")
+                    view = gr.HighlightedText(label="output", show_legend=False, show_inline_category=False,
+                                              combine_adjacent=True, color_map={"accepted draft": DRAFT_COLOR},
+                                              elem_id=out_id)
                 elif spec.name == "image":
-                    view = gr.Image(label="output", type="pil", height=200, elem_id=f"out-{spec.name}-{c}")
+                    view = gr.Image(label="output", type="pil", height=200, elem_id=out_id)
                 else:
-                    view = gr.Audio(label="output", type="numpy", elem_id=f"out-{spec.name}-{c}")
+                    view = gr.Audio(label="output", type="numpy", elem_id=out_id)
                 stats = gr.Markdown(elem_classes=["mm-stats"], elem_id=f"stats-{spec.name}-{c}")
-                outs += [head, view, stats]
-    unit = "frames" if spec.name == "speech" else "tokens"
+                cols += [head, view, stats]
+    unit = _unit(spec.name)
     table = gr.Dataframe(headers=["method", unit, "wall s", f"{unit}/s", "mean accepted", "acceptance", "speedup"],
                          label="comparison", interactive=False, elem_id=f"table-{spec.name}")
     plot = gr.Plot(label="speedup and frames committed per step", elem_id=f"plot-{spec.name}")
+    return [status, table, plot, *cols]
 
-    def go(*values, progress=gr.Progress()):
-        yield from run_tab(spec.name, *values, progress=progress)
 
-    inputs = [prompt, target, draft, *picks, k, init, temperature, top_k, top_p, guidance, seed, max_new]
-    event = run.click(go, inputs, [status, table, plot, *outs], show_progress="minimal", show_progress_on=[status])
-    stop.click(None, None, None, cancels=[event])
+def _tab(spec: TabSpec) -> None:
+    """One modality tab: controls, results, and the Run (streaming) / Stop (cancel) events."""
+    import gradio as gr
+
+    reason = unavailable_reason(spec.name)
+    if reason is not None:
+        gr.Markdown(f"**{spec.title} is not available:** `{reason}`")
+        return
+    api = modality_api(spec.name)
+    gr.Markdown(spec.notes)
+    inputs, run, stop = _controls(spec, api)
+    outputs = _results(spec)
+
+    def go(prompt, target, draft, d1, r1, d2, r2, d3, r3, k, init, temperature, top_k, top_p, guidance, seed, max_new,
+           request: gr.Request, progress=gr.Progress()):
+        stop = _STOPS[_stop_key(request, spec.name)] = threading.Event()
+        yield from run_tab(spec.name, prompt, target, draft, d1, r1, d2, r2, d3, r3, k, init, temperature, top_k, top_p,
+                           guidance, seed, max_new, progress=progress, stop=stop)
+
+    def stopped(request: gr.Request) -> str:
+        """Stop: flag the run, which ends after its current step with a "Stopped" status. Cooperative on
+        purpose: with Gradio 6.31, ``cancels=`` abandons the generator mid-step and the next run's final
+        update was lost in the browser test; the flag ends the run cleanly and leaves the models consistent."""
+        key = _stop_key(request, spec.name)
+        stop = _STOPS.pop(key, None)
+        if stop is not None:
+            stop.set()
+        time.sleep(1.0)
+        return gr.skip() if key in _STOPS else STOPPED  # a new run started meanwhile: leave its status alone
+
+    run.click(go, inputs, outputs, show_progress="minimal", show_progress_on=[outputs[0]])
+    stop.click(stopped, None, [outputs[0]], queue=False)  # cooperative: see stopped()
+
+
+def _stop_key(request, modality: str):
+    return (getattr(request, "session_hash", None), modality)
+
+
+def _unit(modality: str) -> str:
+    return "frames" if modality == "speech" else "tokens"
 
 
 def build_app():
@@ -497,7 +552,8 @@ def build_app():
         gr.Markdown("# mmspec: speculative decoding for text, images and speech\n"
                     "Press **Run**: the baseline (plain decoding, one target forward per frame) runs first, then "
                     "each method with the same seed. Exact (lossless) methods must reproduce the baseline under "
-                    "greedy decoding; the speedup is wall time of the baseline over the method's.")
+                    "greedy decoding. Speedup = the method's frames per second over the baseline's (the wall-time ratio when "
+                    "both made the same number of frames). Green text tokens came from accepted drafts.")
         with gr.Tabs():
             for spec in TABS.values():
                 with gr.Tab(spec.title, id=spec.name):

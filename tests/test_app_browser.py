@@ -86,3 +86,27 @@ def test_tab_runs_and_shows_outputs_and_stats(page, modality):
     page.screenshot(path=str(shot), full_page=True)
     print(f"screenshot: {shot}")
     assert shot.stat().st_size > 10_000
+
+
+def test_stop_cancels_and_the_app_keeps_serving(page):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.get_by_role("tab", name="Text").click()
+    box = page.locator("#maxnew-text input[type=number]")
+    box.fill("200")
+    box.press("Tab")
+    page.locator("#run-text").click()
+    status = page.locator("#status-text")
+    status.get_by_text("Running").wait_for(timeout=60_000)
+    page.locator("#stop-text").click()
+    try:
+        status.get_by_text("Stopped").wait_for(timeout=30_000)
+    finally:
+        page.screenshot(path=str(ARTIFACTS / "text-stopped.png"), full_page=True)
+    # the next run still completes
+    box.fill("4")
+    box.press("Tab")
+    page.locator("#run-text").click()
+    try:
+        status.get_by_text("Done on").wait_for(timeout=120_000)
+    finally:
+        page.screenshot(path=str(ARTIFACTS / "text-after-stop.png"), full_page=True)
