@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=7860)
     demo.add_argument("--share", action="store_true")
+    demo.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     return parser
 
 

