@@ -24,8 +24,9 @@ class SpatialInit:
         self.kind, self.width = kind, width
 
     def bind(self, target) -> "SpatialInit":
-        """The same policy for ``target``'s grid width."""
-        return SpatialInit(self.kind, int(target.grid_w))
+        """The same policy for ``target``'s grid width (a target without a grid keeps the given width)."""
+        width = getattr(target, "grid_w", None)
+        return SpatialInit(self.kind, int(width) if width is not None else self.width)
 
     def __call__(self, seq: Tensor, n: int) -> Tensor:
         # 1. Left: every fresh guess copies its left neighbour, i.e. the newest known frame.
