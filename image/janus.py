@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmspec import caches
+
 from .target import cache_arg, check_guidance
 
 
@@ -145,11 +147,7 @@ class JanusTarget:
         return logits[:, :, None, :]  # [B, T', 1, V]
 
     def rollback(self, pos: Tensor) -> None:
-        remove = int((self.pos - pos).max())
-        if not bool(((self.pos - pos) == remove).all()):
-            raise ValueError("JanusTarget rolls all rows back by the same number of frames")
-        if remove > 0:
-            self.cache.crop(-remove)
+        if caches.crop(self.cache, self.pos, pos, "JanusTarget"):
             self.mask = self.mask[:, : self.cache.get_seq_length()]
         self.pos = pos.clone()
 

@@ -24,7 +24,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from mmspec import files
+from mmspec import caches, files
 
 ZOO = Path(__file__).parent / "zoo"
 META_FILE = "mmspec_image.json"
@@ -180,11 +180,7 @@ class ImageTarget:
 
     def rollback(self, pos: Tensor) -> None:
         """Crop both guidance halves of the cache to ``pos`` (all rows move by the same amount)."""
-        remove = int((self.pos - pos).max())
-        if not bool(((self.pos - pos) == remove).all()):
-            raise ValueError("ImageTarget rolls all rows back by the same number of frames")
-        if remove > 0:
-            self.cache.crop(-remove)
+        caches.crop(self.cache, self.pos, pos, "ImageTarget")
         self.pos = pos.clone()
 
     def finished(self, frames: Tensor) -> Tensor:

@@ -29,6 +29,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from mmspec import caches
+
 from .target import texts_of
 
 
@@ -132,12 +134,8 @@ class MusicgenTarget:
         return self._constrain(logits, first)  # [B, T, K, V_dec + 1]
 
     def rollback(self, pos: Tensor) -> None:
-        remove = int((self.pos - pos).max())
-        if not bool(((self.pos - pos) == remove).all()):
-            raise ValueError("MusicgenTarget rolls all rows back by the same number of steps")
-        if remove > 0:
-            self.cache.crop(-remove)  # the self-attention cache (both CFG halves)
-            self.steps_fed -= remove
+        remove = caches.crop(self.cache, self.pos, pos, "MusicgenTarget")  # self-attention, both CFG halves
+        self.steps_fed -= remove
         self.pos = pos.clone()
 
     def finished(self, frames: Tensor) -> Tensor:

@@ -37,7 +37,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from mmspec import files
+from mmspec import caches, files
 
 from .lm import TEXT_PAD, SpeechLM, encode_text
 
@@ -160,11 +160,8 @@ class SpeechTarget:
         return self._constrain(out.logits.float(), first_step=first)  # [B, T, K, V]
 
     def rollback(self, pos: Tensor) -> None:
-        remove = int((self.pos - pos).max())
-        if not bool(((self.pos - pos) == remove).all()):
-            raise ValueError("SpeechTarget rolls all rows back by the same number of frames")
-        if remove > 0:
-            self.cache.crop(-remove)
+        remove = caches.crop(self.cache, self.pos, pos, "SpeechTarget")
+        if remove:
             self.mask, self.fed = self.mask[:, :-remove], self.fed[:, :-remove]
         self.pos = pos.clone()
 

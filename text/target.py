@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from mmspec import files
+from mmspec import caches, files
 
 ZOO = Path(__file__).parent / "zoo"
 
@@ -143,11 +143,7 @@ class TextTarget:
         return out.logits[:, :, None, :]  # [B, T, 1, V]
 
     def rollback(self, pos: Tensor) -> None:
-        remove = int((self.pos - pos).max())
-        if not bool(((self.pos - pos) == remove).all()):
-            raise ValueError("TextTarget rolls all rows back by the same number of tokens")
-        if remove > 0:
-            self.cache.crop(-remove)
+        if caches.crop(self.cache, self.pos, pos, "TextTarget"):
             self.mask = self.mask[:, : self.cache.get_seq_length()]
         self.pos = pos.clone()
 
