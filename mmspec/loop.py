@@ -67,7 +67,7 @@ def decode(
         live = verdict.n_accepted.masked_fill(done, verdict.tokens.shape[1])  # ended rows do not hold the batch back
         n = min(int(live.min()) + 1, budget - made)  # the one sync per step
         frames = verdict.tokens[:, :n]  # [B, n, K]
-        ended = target.finished(frames).cumsum(dim=1) > 0  # [B, n] at or after a row's end
+        ended = target.finished(frames.clamp(min=0)).cumsum(dim=1) > 0  # [B, n]; PAD only in ended rows
         after_end = torch.cat([done[:, None].expand(B, 1), ended[:, :-1]], dim=1) | done[:, None]
         frames = frames.masked_fill(after_end[..., None], PAD)
         from_draft = torch.arange(n, device=device)[None, :] < verdict.n_accepted[:, None]
