@@ -45,12 +45,11 @@ def generate(prompt="red ring", method: str = "sjd", *, target: str = "zoo:shape
     # 1. models (cached), 2. drafter, 3. rule, 4. the shared loop
     tgt = _load(target, cfg_scale=cfg, **opts)
     temp = 0.0 if method == "jacobi" else temperature
-    inits = {name: i.bind(tgt) for name, i in api.INITS.items()}
     drafter = None
     if method == "draft":
         drafter = mmspec.ModelDrafter(_load(draft, cfg_scale=cfg, **opts))
     elif method != "autoregressive":
-        drafter = mmspec.JacobiDrafter(init=inits.get(init, init))
+        drafter = mmspec.JacobiDrafter(init=api.INITS.get(init, init))  # the drafter binds it to the grid
     rule = accept.greedy if temp == 0 else accept.speculative
     if method == "lantern":
         rule = lantern_rule(neighbours_for(tgt), delta=delta)

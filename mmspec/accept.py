@@ -24,7 +24,7 @@ from .types import PAD, Draft, Verdict
 def commit(draft_tokens: Tensor, frame_ok: Tensor, final: Tensor) -> Verdict:
     """Accepted prefix of ``draft_tokens [B, D, K]`` (``frame_ok [B, D]``), then ``final[b, n_b]``, then PAD."""
     B, D, K = draft_tokens.shape
-    n_accepted = frame_ok.long().cumprod(dim=1).sum(dim=1) if D else final.new_zeros(B)  # [B]
+    n_accepted = frame_ok.long().cumprod(dim=1).sum(dim=1)  # [B] (zeros when D = 0)
     index = torch.arange(D + 1, device=final.device)[None, :]  # [1, D + 1]
     padded = torch.cat([draft_tokens, final[:, D:]], dim=1)  # [B, D + 1, K]
     tokens = torch.where((index < n_accepted[:, None])[..., None], padded, final)
