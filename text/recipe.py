@@ -466,13 +466,22 @@ def train_log(args, device, meta, target, draft, stages, batch, context, wall) -
 # evaluate
 # ----------------------------------------------------------------------------------------------------
 
+# Completion prompts end where an editor's cursor would sit, BEFORE the newline: the tokenizer merges a
+# newline with the next line's indentation ("\n    " is one token), so a prompt ending in a bare "\n"
+# asks for an unindented next line, which after `def f(n):` the model has rarely seen (it answers with
+# file headers). Measured on this zoo: `def fibonacci(n):\n` -> "# Copyright ...", `def fibonacci(n):` ->
+# an indented docstring and body.
 PROMPTS = [
-    "def fibonacci(n):\n",
-    "class Stack:\n",
-    "import os\n\ndef ",
-    "def is_prime(n):\n",
-    "with open(path) as f:\n",
+    "def fibonacci(n):",
+    "class Stack:",
+    "import os\n\ndef",
+    "def is_prime(n):",
+    "with open(path) as f:",
     "class Config:\n    def __init__(self",
+    "def read_lines(path):",
+    "for i in range(10):",
+    "if __name__ == \"__main__\":",
+    "def add(a, b):",
 ]
 QUALITY_BAR = {"min_loss_gap": 0.3, "min_agreement": 0.6}
 
