@@ -92,13 +92,18 @@ SUITES: dict[str, Suite] = {
     "speech": Suite(
         modality="speech", prompts="mmspec.bench:speech_prompts", n_prompts=(6, 2), max_new=(153, 60), k=4,
         methods=(
+            # Greedy (the speed bar: identical output to greedy autoregressive decoding)
+            Method("model / greedy", "model", "greedy", 0.0),
+            Method("model / greedy k=2", "model", "greedy", 0.0, k=2, quick=False),
+            Method("jacobi / greedy", "jacobi", "greedy", 0.0),
+            Method("codec-lookup / greedy", "codec-lookup", "greedy", 0.0, quick=False),
+            # Sampling at T = 1
             Method("model / speculative", "model", "speculative", 1.0),
-            Method("jacobi / speculative", "jacobi", "speculative", 1.0),
-            Method("codec-lookup / speculative", "codec-lookup", "speculative", 1.0),
-            Method("model / greedy", "model", "greedy", 0.0, quick=False),
-            Method("codec-lookup / relaxed b=0.1", "codec-lookup", "relaxed", 1.0, rule_kwargs=(("beta", 0.1),), lossless=False),
-            Method("model / relaxed b=0.1", "model", "relaxed", 1.0,
-                   rule_kwargs=(("beta", 0.1),), lossless=False),
+            Method("jacobi / speculative", "jacobi", "speculative", 1.0, quick=False),
+            Method("codec-lookup / speculative", "codec-lookup", "speculative", 1.0, quick=False),
+            Method("model / relaxed b=0.1", "model", "relaxed", 1.0, rule_kwargs=(("beta", 0.1),), lossless=False),
+            Method("codec-lookup / relaxed b=0.1", "codec-lookup", "relaxed", 1.0, rule_kwargs=(("beta", 0.1),),
+                   lossless=False, quick=False),
         ),
         quality="mmspec.bench:mel_distance", quality_name="mel_distance_to_baseline",
     ),
@@ -247,7 +252,8 @@ def run_suite(name: str, *, quick: bool, repeats: int, seed: int = 0, target_nam
         rows = measure(api, method, rule, target, draft, prompts, max_new, k, seed, repeats, bar)
         if method.drafter == "none":
             base[method.temperature] = rows
-        results.append(summarise(suite, method, lossless, target, prompts, rows, base[method.temperature]))
+        results.append(summarise(suite, method, lossless, target, prompts, rows, base[method.temperature],
+                                  getattr(api, "seconds_of", None)))
     bar.close()
     config = {"quick": quick, "repeats": repeats, "seed": seed, "k": k, "max_new": max_new, "n_prompts": len(prompts),
               "target": target_name or api.DEFAULT_TARGET, "draft": (draft_name or api.DEFAULT_DRAFT) if draft else None,
@@ -256,8 +262,9 @@ def run_suite(name: str, *, quick: bool, repeats: int, seed: int = 0, target_nam
             "methods": results}
 
 
-def summarise(suite: Suite, method: Method, lossless: bool, target, prompts, rows, base_rows) -> dict:
-    """Per-prompt speedups and the aggregate row of one method."""
+def summarise(suite: Suite, method: Method, lossless: bool, target, prompts, rows, base_rows, seconds_of=None) -> dict:
+    """Per-prompt speedups and the aggregate row of one method; ``seconds_of(output)`` (an adapter's
+    ``api.seconds_of``, audio) adds the real-time factor: seconds of output per second of compute."""
     exact = method.drafter == "none" or method.rule in ("greedy", "reproducible")
     for row, b in zip(rows, base_rows):
         row["speedup"] = b["wall_s"] / row["wall_s"] if row["wall_s"] > 0 else 0.0
@@ -270,6 +277,7 @@ def summarise(suite: Suite, method: Method, lossless: bool, target, prompts, row
     tokens, forwards = sum(r["new_tokens"] for r in rows), sum(r["target_forwards"] for r in rows)
     base_tokens = sum(b["new_tokens"] for b in base_rows)
     per_step = [n for r in rows for n in r["accepted_per_step"]]
+    seconds = sum(seconds_of(r["output"]) for r in rows) if seconds_of is not None else None
     same = [r["identical_to_baseline"] for r in rows]
     return {
         "method": method.label, "drafter": method.drafter, "rule": method.rule, "temperature": method.temperature,
@@ -282,6 +290,7 @@ def summarise(suite: Suite, method: Method, lossless: bool, target, prompts, row
         "acceptance_rate": statistics.fmean(r["acceptance_rate"] for r in rows),
         "step_compression": tokens / forwards if forwards else 0.0,
         "tokens_per_s": tokens / wall if wall > 0 else 0.0, "wall_s": wall, "new_tokens": tokens,
+        "output_seconds": seconds, "real_time_factor": seconds / wall if seconds is not None and wall > 0 else None,
         "target_forwards": forwards, "identical_to_baseline": None if same[0] is None else all(same),
         "quality": quality, "accepted_per_step_hist": _hist(per_step),
         "per_prompt": [{k: v for k, v in r.items() if k not in ("output", "token_ids", "accepted_per_step")} for r in rows],
@@ -322,7 +331,7 @@ def environment() -> dict:
 CSV_COLUMNS = ["suite", "method", "row", "prompt_index", "drafter", "rule", "temperature", "lossless", "speedup",
                "throughput_speedup",
                "mean_accepted", "acceptance_rate", "step_compression", "tokens_per_s", "wall_s", "new_tokens",
-               "target_forwards", "identical_to_baseline", "quality"]
+               "target_forwards", "identical_to_baseline", "quality", "real_time_factor"]
 
 
 def write_csv(results: list[dict], path: str) -> None:
@@ -398,13 +407,14 @@ def table(results: list[dict]) -> str:
                      f"repeats={c['repeats']}, device={c['device']}")
         q = c.get("quality") or "quality"
         lines.append(f"{'method':34} {'speedup':>7} {'tps_x':>6} {'accept':>7} {'acc.rate':>8} {'tok/fwd':>7} {'tok/s':>7} "
-                     f"{'wall_s':>7} {'same':>5} {'lossless':>8} {q:>8}")
+                     f"{'wall_s':>7} {'x_rt':>5} {'same':>5} {'lossless':>8} {q:>8}")
         for m in s["methods"]:
             same = "-" if m["identical_to_baseline"] is None else str(m["identical_to_baseline"])
             qv = "-" if m["quality"] is None else f"{m['quality']:.3f}"
+            rt = "-" if m.get("real_time_factor") is None else f"{m['real_time_factor']:.2f}"
             lines.append(f"{m['method'][:34]:34} {m['speedup']:7.2f} {m['throughput_speedup']:6.2f} "
                          f"{m['mean_accepted']:7.2f} {m['acceptance_rate']:8.2f} "
-                         f"{m['step_compression']:7.2f} {m['tokens_per_s']:7.1f} {m['wall_s']:7.2f} {same:>5} "
+                         f"{m['step_compression']:7.2f} {m['tokens_per_s']:7.1f} {m['wall_s']:7.2f} {rt:>5} {same:>5} "
                          f"{str(m['lossless']):>8} {qv:>8}")
     return "\n".join(lines)
 

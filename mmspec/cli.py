@@ -71,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dtype", default=None, help="model dtype (default: the adapter's)")
     bench.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     zoo = sub.add_parser("zoo", help="train the offline zoo models")
-    zoo.add_argument("action", choices=["train", "evaluate", "prepare"])
+    zoo.add_argument("action", choices=["train", "evaluate", "prepare", "distill"],
+                     help="distill (speech): retrain the draft on the target's own greedy output")
     zoo.add_argument("zoo_modality", metavar="modality", help="text, image or speech")
     demo = sub.add_parser("demo", help="start the Gradio app")
     demo.add_argument("--host", default="127.0.0.1")
@@ -210,6 +211,8 @@ def cmd_compare(args, api) -> int:
 def cmd_zoo(args, rest) -> int:
     if args.zoo_modality not in MODALITIES:
         raise ValueError(f"unknown modality {args.zoo_modality!r}; allowed: {', '.join(MODALITIES)}")
+    if args.action == "distill" and args.zoo_modality != "speech":
+        raise ValueError(f"zoo distill is a speech recipe step; the {args.zoo_modality} recipe trains its draft inside `train`")
     recipe = importlib.import_module(f"mmspec.{args.zoo_modality}.recipe")
     return recipe.main([args.action, *rest]) or 0
 

@@ -95,6 +95,11 @@ def json_extra(generation) -> dict:
             "audio_seconds": [round(len(w) / sample_rate_of(w), 4) for w in generation.outputs]}
 
 
+def seconds_of(wav) -> float:
+    """Seconds of audio in a decoded waveform (the bench's real-time factor)."""
+    return len(wav) / sample_rate_of(wav)
+
+
 def sample_rate_of(wav) -> int:
     rate = getattr(wav, "sample_rate", None)
     if not rate:

@@ -95,3 +95,19 @@ def test_image_suite_on_the_zoo(tmp_path):
     assert by_label["lantern"]["lossless"] is False
     assert all(m["quality"] is not None and 0 <= m["quality"] <= 1 for m in suite["methods"])
     assert all(m["new_tokens"] == 8 for m in suite["methods"])
+
+
+def test_speech_suite_reports_the_real_time_factor(tmp_path):
+    """The speech suite on the zoo: seconds of audio per second of compute, from the decoded waveforms."""
+    code = main(["bench", "--suite", "speech", "--out", str(tmp_path), "--prompt", "Hello world.", "--max-new-tokens", "20",
+                 "--repeats", "1", "--methods", "model", "--device", "cpu"])
+    assert code == 0
+    (suite,) = json.loads((tmp_path / "results.json").read_text())["suites"]
+    for m in suite["methods"]:
+        # 20 delayed steps hold 20 - (K - 1) = 17 complete codec frames at 50 frames/s (unless speech ended first)
+        assert 0 < m["output_seconds"] <= 17 / 50 + 1e-9
+        assert m["real_time_factor"] == pytest.approx(m["output_seconds"] / m["wall_s"])
+    greedy = [m for m in suite["methods"] if m["temperature"] == 0 and m["drafter"] != "none"]
+    assert greedy and all(m["identical_to_baseline"] for m in greedy)
+    with open(tmp_path / "results.csv") as f:
+        assert "real_time_factor" in next(csv.reader(f))

@@ -78,3 +78,8 @@ def test_missing_model_path(capsys):
 def test_console_script_exit_code():
     proc = subprocess.run([sys.executable, "-m", "mmspec.cli", "generate", "--k", "0"], capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("mmspec: error:")
+
+
+def test_zoo_distill_is_speech_only(capsys):
+    code, _, err = run(capsys, "zoo", "distill", "text")
+    assert code == 2 and "speech" in err.strip().splitlines()[-1] and "Traceback" not in err
