@@ -316,20 +316,31 @@ def lm_tensors(items: list[dict], codes: list[np.ndarray], K: int, pad_id: int, 
     Per utterance: codes ``[K, T]`` + an EOS column -> delay -> ``[K, T + K]`` targets; inputs are the
     BOS (pad) frame followed by the targets shifted right by one step. Targets past the end are -100.
     """
-    from .lm import apply_delay, encode_text, TEXT_PAD
+    from .lm import apply_delay
+
+    steps = []
+    for c in codes:
+        c = torch.from_numpy(c.astype(np.int64))  # [K, T]
+        ext = torch.cat([c, torch.full((K, 1), eos_id)], dim=1)  # [K, T + 1]
+        steps.append(apply_delay(ext[None], pad_id)[0].T)  # [T + K, K]
+    return steps_tensors(items, steps, K, pad_id)
+
+
+def steps_tensors(items: list[dict], steps: list, K: int, pad_id: int) -> dict:
+    """``lm_tensors`` from LM steps in the delayed layout (each ``[n, K]``, as the LM emits them: a row may
+    stop before its EOS); the targets are the steps, the inputs the BOS frame + the steps shifted by one."""
+    from .lm import TEXT_PAD, encode_text
 
     texts = [encode_text(it["text"], it["voice"]) for it in items]
     tlen = np.array([len(t) for t in texts])
-    alen = np.array([c.shape[1] + K for c in codes])
+    alen = np.array([len(d) for d in steps])
     N, L, S = len(items), int(tlen.max()), int(alen.max())
     text = torch.full((N, L), TEXT_PAD, dtype=torch.long)
     tmask = torch.zeros(N, L, dtype=torch.long)
     inp = torch.full((N, S, K), pad_id, dtype=torch.long)
     tgt = torch.full((N, S, K), -100, dtype=torch.long)
-    for i, (t, c) in enumerate(zip(texts, codes)):
-        c = torch.from_numpy(c.astype(np.int64))  # [K, T]
-        ext = torch.cat([c, torch.full((K, 1), eos_id)], dim=1)  # [K, T + 1]
-        d = apply_delay(ext[None], pad_id)[0].T  # [T + K, K]
+    for i, (t, d) in enumerate(zip(texts, steps)):
+        d = torch.as_tensor(np.asarray(d), dtype=torch.long)  # [n, K]
         inp[i, 1: len(d)] = d[:-1]
         tgt[i, : len(d)] = d
         text[i, L - len(t):] = torch.tensor(t)
@@ -535,6 +546,151 @@ def train(args) -> None:
     if not args.keep_checkpoints:
         shutil.rmtree(ckpt, ignore_errors=True)
     print(json.dumps(summary, indent=2))
+
+
+# ----------------------------------------------------------------------------------------- distill
+def self_generated(target, items: list[dict], batch: int, max_steps: int) -> list[np.ndarray]:
+    """The target's own greedy LM steps ``[n, K]`` (int16, delayed layout, up to its end or ``max_steps``)
+    for every (text, voice) item, generated with mmspec's autoregressive loop, one voice per batch."""
+    from tqdm import tqdm
+
+    from mmspec.loop import autoregressive
+
+    out: list = [None] * len(items)
+    bar = tqdm(total=len(items), desc="target greedy")
+    for v in sorted({it["voice"] for it in items}):
+        target.voice = v
+        idx = [i for i, it in enumerate(items) if it["voice"] == v]
+        idx.sort(key=lambda i: len(items[i]["text"]))  # similar lengths share a batch
+        for b in range(0, len(idx), batch):
+            rows = idx[b: b + batch]
+            gen = autoregressive(target, [items[i]["text"] for i in rows], max_new_tokens=max_steps)
+            for r, i in enumerate(rows):
+                out[i] = gen.tokens[r, : int(gen.lengths[r])].cpu().numpy().astype(np.int16)  # [n, K]
+            bar.update(len(rows))
+    bar.close()
+    return out
+
+
+def distill(args) -> None:
+    """Sequence-level distillation of the draft on the target's own greedy output (CPU-friendly).
+
+    What speculative decoding needs from a draft is the target's next frame on the target's OWN outputs,
+    so the training set here is not audio: every transcript of the corpus (all of the stdlib sentences,
+    with voice i % voices; no espeak-ng or codec needed) is spoken by the target with greedy decoding,
+    and the draft is trained with cross-entropy on those frames (optionally plus KL to the target's
+    logits, ``--kl``). The 5% validation split of the transcripts is held out. The draft starts from
+    ``--init`` (the shipped draft by default) or from scratch with ``--hidden/--layers``.
+    """
+    from .lm import SpeechLM, SpeechLMConfig
+    from .target import SpeechTarget
+
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    zoo, out = Path(args.zoo), Path(args.out)
+    ckpt = out / "checkpoints"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(args.device)
+    # 1. Transcripts: every stdlib sentence, voices in turn.
+    meta = json.loads((zoo / "speech" / "mmspec_speech.json").read_text())
+    n_voices = len(meta["voices"])
+    texts = stdlib_sentences()[: args.max_texts]
+    items = [{"text": t, "voice": i % n_voices, "split": split_of(t)} for i, t in enumerate(texts)]
+    # 2. The target's greedy codes (cached: the slow part on a CPU).
+    target = SpeechTarget.from_pretrained(str(zoo / "speech"), load_codec=False, device=str(device))
+    cache = ckpt / f"greedy_steps_{len(items)}.npz"
+    t0 = time.time()
+    if cache.exists():  # (generation_s: the time of the run that generated it)
+        saved = np.load(cache)
+        gen = [saved[f"s{i}"] for i in range(len(items))]
+        gen_s = float(saved["generation_s"]) if "generation_s" in saved else time.time() - t0
+    else:
+        gen = self_generated(target, items, args.gen_batch, meta["max_frames"] + meta["num_codebooks"])
+        gen_s = time.time() - t0
+        np.savez(cache, generation_s=np.array(gen_s), **{f"s{i}": s for i, s in enumerate(gen)})
+    K, C = meta["num_codebooks"], meta["codebook_size"]
+    ended = sum(bool((s[:, -1] == C + 1).any()) for s in gen)
+    data = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in steps_tensors(items, gen, K, C).items()}
+    train_idx = np.array([i for i, it in enumerate(items) if it["split"] == "train"])
+    valid_idx = np.array([i for i, it in enumerate(items) if it["split"] == "valid"])
+    frames = int(sum(len(s) for s in gen))
+    print(f"{len(items)} target utterances ({len(train_idx)} train / {len(valid_idx)} valid, {ended} ended "
+          f"within {meta['max_frames']} frames), {frames} steps, generated in {gen_s:.0f} s")
+    # 3. The draft: the shipped one or a fresh one of the asked size.
+    if args.init:
+        draft = SpeechLM.from_pretrained(args.init, dtype=torch.float32)
+        draft = grow_layers(draft, args.grow_layers).to(device) if args.grow_layers else draft.to(device)
+    else:
+        sizes = dict(hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=args.heads,
+                     num_key_value_heads=max(1, args.heads // 2), intermediate_size=args.hidden * 3)
+        draft = SpeechLM(SpeechLMConfig(num_codebooks=K, codebook_size=C, num_voices=n_voices, **sizes)).to(device)
+    teacher = target.model.float() if args.kl else None
+    before = lm_eval_loss(draft, data, valid_idx, device)
+    draft, steps, best = train_lm("distill", draft, data, train_idx, valid_idx, device, time.time() + args.minutes * 60,
+                                  ckpt, args.batch, args.lr, args.seed, teacher=teacher, distill_after=0.0,
+                                  eval_every=args.eval_every)
+    agree = draft_agreement(target.model.float(), draft, data, valid_idx)
+    # 4. Save the draft next to the target (fp16, same metadata) with a record of this stage.
+    folder = out / "speech-draft"
+    save_lm(draft, folder / "lm")
+    dmeta = json.loads((zoo / "speech-draft" / "mmspec_speech.json").read_text())
+    (folder / "mmspec_speech.json").write_text(json.dumps(dmeta, indent=2))
+    record = {"stage": "sequence-level distillation on the target's greedy output", "device": hardware_name(device),
+              "texts": len(items), "train_utterances": len(train_idx), "valid_utterances": len(valid_idx),
+              "ended": ended, "steps_generated": frames, "generation_s": round(gen_s, 1), "steps": steps,
+              "minutes": args.minutes, "kl": bool(args.kl), "params": sum(p.numel() for p in draft.parameters()),
+              "valid_ce_on_target_greedy_before": round(before, 4), "valid_ce_on_target_greedy": round(best, 4),
+              "greedy_top1_agreement_valid": agree, "layers": draft.config.num_hidden_layers, "init": _short_path(args.init, zoo) if args.init else "scratch"}
+    earlier = Path(args.init).parent / "distill_summary.json" if args.init else None
+    if earlier is not None and earlier.exists():  # the init was itself distilled: keep its record
+        record["previous"] = json.loads(earlier.read_text())
+    (folder / "distill_summary.json").write_text(json.dumps(record, indent=2) + "\n")
+    card = folder / "README.md"
+    text = card.read_text() if card.exists() else (zoo / "speech-draft" / "README.md").read_text() \
+        if (zoo / "speech-draft" / "README.md").exists() else "# mmspec speech zoo: draft codec LM\n\n"
+    text = text.split(DISTILL_HEADING)[0].rstrip("\n") + "\n\n"
+    card.write_text(text + "\n".join(distill_lines(record)))
+    if not args.keep_checkpoints:
+        (ckpt / "distill.ckpt").unlink(missing_ok=True)
+    print(json.dumps(record, indent=2))
+
+
+def grow_layers(model, layers: int):
+    """A copy of a ``SpeechLM`` with ``layers`` decoder layers: the old ones first, then new ones whose
+    attention and MLP output projections are zero, so each new layer starts as the identity (the grown
+    model computes exactly what the old one did) and training can only add to it."""
+    from .lm import SpeechLM, SpeechLMConfig
+
+    old = model.config.num_hidden_layers
+    if layers < old:
+        raise ValueError(f"--grow-layers {layers} is fewer than the init's {old} layers")
+    cfg = SpeechLMConfig(**{**model.config.to_dict(), "num_hidden_layers": layers})
+    grown = SpeechLM(cfg)
+    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+    assert not unexpected and all(".layers." in k for k in missing), (missing, unexpected)
+    with torch.no_grad():
+        for layer in grown.backbone.layers[old:]:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+    return grown
+
+
+def _short_path(path: str, zoo: Path) -> str:
+    """``path`` relative to the zoo folder when it lies inside it (model cards travel with the zoo)."""
+    try:
+        return str(Path(path).resolve().relative_to(zoo.resolve()))
+    except ValueError:
+        return str(path)
+
+
+def hardware_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), None) \
+        if os.path.exists("/proc/cpuinfo") else None
+    return f"CPU {model or platform.processor()} x {os.cpu_count()}"
 
 
 # ----------------------------------------------------------------------------------------- evaluate
@@ -768,8 +924,40 @@ def write_cards(zoo: Path, report: dict, meta: dict) -> None:
            f"distillation on the target's logits). Held-out cross-entropy {report['draft_valid_ce']} nats/token; "
            f"teacher-forced top-1 agreement with the target {report['draft_target_top1_agreement']}.", "",
            "The codec lives in `../speech/codec`.", ""]
+    distilled = zoo / "speech-draft" / "distill_summary.json"
+    if distilled.exists():
+        dft += distill_lines(json.loads(distilled.read_text()))
     (zoo / "speech" / "README.md").write_text("\n".join(tgt))
     (zoo / "speech-draft" / "README.md").write_text("\n".join(dft))
+
+
+DISTILL_HEADING = "## Distillation on the target's own greedy output"
+
+
+def distill_lines(rec: dict) -> list[str]:
+    """The draft card's section written by ``distill`` (and kept by ``evaluate``): one paragraph per stage."""
+    stages = []
+    while rec:
+        stages.insert(0, rec)
+        rec = rec.get("previous")
+    data = stages[-1]
+    lines = [DISTILL_HEADING, "",
+             f"The target spoke {data['texts']} transcripts (every stdlib sentence, voices in turn; "
+             f"{data['ended']} ended within the frame limit) with greedy decoding in "
+             f"{data['generation_s']:.0f} s on {data['device']}: {data['steps_generated']:,} LM steps, "
+             f"{data['valid_utterances']} transcripts held out. Speculative decoding only needs the draft to "
+             "predict the target, so no audio is involved in this stage. Held-out scores are against the target's "
+             "greedy steps; agreement is teacher-forced top-1 per codebook token (delay padding included).", ""]
+    for n, st in enumerate(stages, 1):
+        grow = f", grown to {st['layers']} layers (new layers start as the identity)" if n > 1 and \
+            st.get("layers", 0) > stages[n - 2].get("layers", st.get("layers", 0)) else ""
+        lines += [f"{n}. `python -m mmspec.speech.recipe distill --minutes {st['minutes']:g}"
+                  f"{' --grow-layers ' + str(st['layers']) if grow else ''}`: from {st['init']}{grow}, "
+                  f"{st['params'] / 1e6:.2f}M parameters, {st['steps']} steps of cross-entropy"
+                  f"{' + KL to the target logits' if st['kl'] else ''} on {st['device']}; held-out cross-entropy "
+                  f"{st['valid_ce_on_target_greedy_before']} -> {st['valid_ce_on_target_greedy']} nats/token, "
+                  f"agreement {st['greedy_top1_agreement_valid']}."]
+    return lines + [""]
 
 
 # ----------------------------------------------------------------------------------------- CLI
@@ -798,10 +986,31 @@ def main(argv=None) -> None:
     e.add_argument("--samples", type=int, default=3)
     e.add_argument("--top-k", type=int, default=50)
     e.add_argument("--seed", type=int, default=0)
+    d = sub.add_parser("distill", help="distil the draft on the target's own greedy output (CPU or GPU)")
+    d.add_argument("--zoo", default=str(DEFAULT_OUT), help="folder holding speech/ and speech-draft/")
+    d.add_argument("--out", default=str(DEFAULT_OUT), help="writes <out>/speech-draft")
+    d.add_argument("--init", default=str(DEFAULT_OUT / "speech-draft" / "lm"),
+                   help="draft LM to start from; '' trains a fresh one of --hidden/--layers/--heads")
+    d.add_argument("--grow-layers", type=int, default=None,
+                   help="grow the --init draft to this many layers (new layers start as the identity)")
+    d.add_argument("--hidden", type=int, default=128)
+    d.add_argument("--layers", type=int, default=1)
+    d.add_argument("--heads", type=int, default=4)
+    d.add_argument("--max-texts", type=int, default=None)
+    d.add_argument("--gen-batch", type=int, default=64)
+    d.add_argument("--minutes", type=float, default=30.0, help="training time (resumable)")
+    d.add_argument("--batch", type=int, default=32)
+    d.add_argument("--lr", type=float, default=1e-3)
+    d.add_argument("--kl", action="store_true", help="also KL to the target's logits (slower on a CPU)")
+    d.add_argument("--eval-every", type=int, default=200)
+    d.add_argument("--threads", type=int, default=None)
+    d.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    d.add_argument("--keep-checkpoints", action="store_true")
+    d.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.cmd == "train" and args.time_budget is None:
         args.time_budget = 60.0 if args.quick else 400.0
-    {"prepare": prepare, "train": train, "evaluate": evaluate}[args.cmd](args)
+    {"prepare": prepare, "train": train, "evaluate": evaluate, "distill": distill}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -113,6 +113,16 @@ def test_lm_tensors_targets_follow_delay():
     assert (d["text"][0, : d["text"].shape[1] - d["tlen"][0]] == TEXT_PAD).all()  # left padding
 
 
+def test_steps_tensors_of_a_truncated_row_keep_only_what_was_emitted():
+    items = [{"text": "Ab.", "voice": 0}, {"text": "Cd.", "voice": 1}]
+    full = apply_delay(torch.cat([torch.arange(6).view(3, 2), torch.full((3, 1), 17)], 1)[None], 16)[0].T  # [5, 3]
+    d = recipe.steps_tensors(items, [full.numpy(), full[:3].numpy()], K=3, pad_id=16)
+    ref = recipe.lm_tensors(items[:1], [np.arange(6).reshape(3, 2).astype(np.int16)], K=3, pad_id=16, eos_id=17)
+    assert torch.equal(d["tgt"][0], ref["tgt"][0]) and torch.equal(d["inp"][0], ref["inp"][0])  # same as from codes
+    assert torch.equal(d["tgt"][1, :3], full[:3]) and (d["tgt"][1, 3:] == -100).all()  # no invented EOS
+    assert list(d["alen"]) == [5, 3]
+
+
 def test_mulaw_round_trip():
     x = np.linspace(-1, 1, 1001).astype(np.float32)
     y = recipe.mulaw_decode(recipe.mulaw_encode(x))
@@ -151,6 +161,17 @@ def test_train_quick_and_evaluate_smoke(tmp_path):
     recipe.main(["evaluate", "--data", str(data), "--zoo", str(zoo), "--max-valid", "2", "--samples", "1"])
     assert (zoo / "speech" / "samples" / "sample0.wav").exists()
     assert "draft" in (zoo / "speech-draft" / "README.md").read_text()
+    # 3. Distil a fresh draft on the target's own greedy output (no audio needed) and pair it.
+    out = tmp_path / "distilled"
+    recipe.main(["distill", "--zoo", str(zoo), "--out", str(out), "--init", "", "--hidden", "16", "--heads", "2",
+                 "--max-texts", "44", "--gen-batch", "8", "--minutes", "0.05", "--eval-every", "5", "--device", "cpu"])
+    summary = json.loads((out / "speech-draft" / "distill_summary.json").read_text())
+    assert summary["texts"] == 44 and summary["valid_utterances"] == 2 and summary["steps"] > 0
+    from mmspec.speech.target import SpeechTarget
+
+    target = SpeechTarget.from_pretrained(str(zoo / "speech"), load_codec=False)
+    target.check_draft(SpeechTarget.from_pretrained(str(out / "speech-draft"), load_codec=False))
+    assert not (out / "checkpoints" / "distill.ckpt").exists()
 
 
 def test_train_lm_resumes_from_checkpoint(tmp_path):
@@ -166,3 +187,18 @@ def test_train_lm_resumes_from_checkpoint(tmp_path):
     assert steps1 > 0 and (tmp_path / "t.ckpt").exists()
     _, steps2, _ = run()  # continues the step count of the first run
     assert steps2 > steps1
+
+
+def test_grown_layers_start_as_the_identity():
+    cfg = SpeechLMConfig(num_codebooks=2, codebook_size=16, num_voices=2, hidden_size=32, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2, intermediate_size=64)
+    torch.manual_seed(0)
+    small = SpeechLM(cfg).eval()
+    grown = recipe.grow_layers(small, 3).eval()
+    assert grown.config.num_hidden_layers == 3 and len(grown.backbone.layers) == 3
+    text, frames = torch.tensor([[129, 131, 65, 130]]), torch.randint(0, 16, (1, 5, 2))
+    with torch.no_grad():
+        assert torch.allclose(small(text_ids=text, audio_frames=frames).logits,
+                              grown(text_ids=text, audio_frames=frames).logits, atol=1e-5)
+    with pytest.raises(ValueError, match="fewer"):
+        recipe.grow_layers(grown, 2)
