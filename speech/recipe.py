@@ -596,6 +596,9 @@ def distill(args) -> None:
     n_voices = len(meta["voices"])
     texts = stdlib_sentences()[: args.max_texts]
     items = [{"text": t, "voice": i % n_voices, "split": split_of(t)} for i, t in enumerate(texts)]
+    if not any(it["split"] == "valid" for it in items) or all(it["split"] == "valid" for it in items):
+        raise ValueError(f"--max-texts {args.max_texts} leaves no held-out or no training transcript "
+                         f"(about 1 in 20 is held out); use at least 40")
     # 2. The target's greedy codes (cached: the slow part on a CPU).
     target = SpeechTarget.from_pretrained(str(zoo / "speech"), load_codec=False, device=str(device))
     cache = ckpt / f"greedy_steps_{len(items)}.npz"

@@ -202,3 +202,8 @@ def test_grown_layers_start_as_the_identity():
                               grown(text_ids=text, audio_frames=frames).logits, atol=1e-5)
     with pytest.raises(ValueError, match="fewer"):
         recipe.grow_layers(grown, 2)
+
+
+def test_distill_refuses_a_text_count_without_held_out_transcripts(tmp_path):
+    with pytest.raises(ValueError, match="max-texts 5"):
+        recipe.main(["distill", "--out", str(tmp_path), "--max-texts", "5", "--device", "cpu"])
