@@ -589,7 +589,6 @@ def distill(args) -> None:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     zoo, out = Path(args.zoo), Path(args.out)
     ckpt = out / "checkpoints"
-    ckpt.mkdir(parents=True, exist_ok=True)
     device = resolve_device(args.device)
     # 1. Transcripts: every stdlib sentence, voices in turn.
     meta = json.loads((zoo / "speech" / "mmspec_speech.json").read_text())
@@ -601,6 +600,7 @@ def distill(args) -> None:
                          f"(about 1 in 20 is held out); use at least 40")
     # 2. The target's greedy codes (cached: the slow part on a CPU).
     target = SpeechTarget.from_pretrained(str(zoo / "speech"), load_codec=False, device=str(device))
+    ckpt.mkdir(parents=True, exist_ok=True)
     cache = ckpt / f"greedy_steps_{len(items)}.npz"
     t0 = time.time()
     if cache.exists():  # (generation_s: the time of the run that generated it)
@@ -653,8 +653,11 @@ def distill(args) -> None:
         if (zoo / "speech-draft" / "README.md").exists() else "# mmspec speech zoo: draft codec LM\n\n"
     text = text.split(DISTILL_HEADING)[0].rstrip("\n") + "\n\n"
     card.write_text(text + "\n".join(distill_lines(record)))
-    if not args.keep_checkpoints:
+    if not args.keep_checkpoints:  # the resumable state and the generated steps: nothing left in the zoo
         (ckpt / "distill.ckpt").unlink(missing_ok=True)
+        cache.unlink(missing_ok=True)
+        if not any(ckpt.iterdir()):
+            ckpt.rmdir()
     print(json.dumps(record, indent=2))
 
 
