@@ -582,6 +582,8 @@ def distill(args) -> None:
     logits, ``--kl``). The 5% validation split of the transcripts is held out. The draft starts from
     ``--init`` (the shipped draft by default) or from scratch with ``--hidden/--layers``.
     """
+    from mmspec.bench import hardware
+
     from .lm import SpeechLM, SpeechLMConfig
     from .target import SpeechTarget
 
@@ -638,7 +640,7 @@ def distill(args) -> None:
     save_lm(draft, folder / "lm")
     dmeta = json.loads((zoo / "speech-draft" / "mmspec_speech.json").read_text())
     (folder / "mmspec_speech.json").write_text(json.dumps(dmeta, indent=2))
-    record = {"stage": "sequence-level distillation on the target's greedy output", "device": hardware_name(device),
+    record = {"stage": "sequence-level distillation on the target's greedy output", "device": hardware(device),
               "texts": len(items), "train_utterances": len(train_idx), "valid_utterances": len(valid_idx),
               "ended": ended, "steps_generated": frames, "generation_s": round(gen_s, 1), "steps": steps,
               "minutes": args.minutes, "kl": bool(args.kl), "params": sum(p.numel() for p in draft.parameters()),
@@ -687,16 +689,6 @@ def _short_path(path: str, zoo: Path) -> str:
         return str(Path(path).resolve().relative_to(zoo.resolve()))
     except ValueError:
         return str(path)
-
-
-def hardware_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    import platform
-
-    model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), None) \
-        if os.path.exists("/proc/cpuinfo") else None
-    return f"CPU {model or platform.processor()} x {os.cpu_count()}"
 
 
 # ----------------------------------------------------------------------------------------- evaluate

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mmspec.bench import hardware
+
 from . import recipe_data as rd
 
 DEFAULT_DATA = ".gpu/text"
@@ -353,23 +355,6 @@ def pick_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
-
-
-def hardware(device: str) -> str:
-    """A human string naming the hardware, for logs and model cards."""
-    import os
-
-    import torch
-
-    if torch.device(device).type == "cuda":
-        return torch.cuda.get_device_name(0)
-    name = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
-                 if ln.startswith("model name")]
-        name = names[0] if names else name
-    return f"{name} CPU, {os.cpu_count()} cores"
 
 
 def train(args) -> dict:
