@@ -92,7 +92,7 @@ def describe(output) -> str:
 def json_extra(generation) -> dict:
     """Files written by ``save`` and the seconds of audio per row."""
     return {"files": list(getattr(generation, "files", [])),
-            "audio_seconds": [round(len(w) / sample_rate_of(w), 4) for w in generation.outputs]}
+            "audio_seconds": [round(seconds_of(w), 4) for w in generation.outputs]}
 
 
 def seconds_of(wav) -> float:
