@@ -600,7 +600,7 @@ def distill(args) -> None:
     if not any(it["split"] == "valid" for it in items) or all(it["split"] == "valid" for it in items):
         raise ValueError(f"--max-texts {args.max_texts} leaves no held-out or no training transcript "
                          f"(about 1 in 20 is held out); use at least 40")
-    # 2. The target's greedy codes (cached: the slow part on a CPU).
+    # 2. The target's greedy steps (cached: the slow part on a CPU).
     target = SpeechTarget.from_pretrained(str(zoo / "speech"), load_codec=False, device=str(device))
     ckpt.mkdir(parents=True, exist_ok=True)
     cache = ckpt / f"greedy_steps_{len(items)}.npz"
@@ -618,9 +618,9 @@ def distill(args) -> None:
     data = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in steps_tensors(items, gen, K, C).items()}
     train_idx = np.array([i for i, it in enumerate(items) if it["split"] == "train"])
     valid_idx = np.array([i for i, it in enumerate(items) if it["split"] == "valid"])
-    frames = int(sum(len(s) for s in gen))
+    n_steps = int(sum(len(s) for s in gen))
     print(f"{len(items)} target utterances ({len(train_idx)} train / {len(valid_idx)} valid, {ended} ended "
-          f"within {meta['max_frames']} frames), {frames} steps, generated in {gen_s:.0f} s")
+          f"within {meta['max_frames']} frames), {n_steps} steps, generated in {gen_s:.0f} s")
     # 3. The draft: the shipped one or a fresh one of the asked size.
     if args.init:
         draft = SpeechLM.from_pretrained(args.init, dtype=torch.float32)
@@ -629,12 +629,12 @@ def distill(args) -> None:
         sizes = dict(hidden_size=args.hidden, num_hidden_layers=args.layers, num_attention_heads=args.heads,
                      num_key_value_heads=max(1, args.heads // 2), intermediate_size=args.hidden * 3)
         draft = SpeechLM(SpeechLMConfig(num_codebooks=K, codebook_size=C, num_voices=n_voices, **sizes)).to(device)
-    teacher = target.model.float() if args.kl else None
+    teacher = target.model.float()  # fp32 for the scores (and the KL, with --kl)
     before = lm_eval_loss(draft, data, valid_idx, device)
     draft, steps, best = train_lm("distill", draft, data, train_idx, valid_idx, device, time.time() + args.minutes * 60,
-                                  ckpt, args.batch, args.lr, args.seed, teacher=teacher, distill_after=0.0,
+                                  ckpt, args.batch, args.lr, args.seed, teacher=teacher if args.kl else None, distill_after=0.0,
                                   eval_every=args.eval_every)
-    agree = draft_agreement(target.model.float(), draft, data, valid_idx)
+    agree = draft_agreement(teacher, draft, data, valid_idx)
     # 4. Save the draft next to the target (fp16, same metadata) with a record of this stage.
     folder = out / "speech-draft"
     save_lm(draft, folder / "lm")
@@ -642,7 +642,7 @@ def distill(args) -> None:
     (folder / "mmspec_speech.json").write_text(json.dumps(dmeta, indent=2))
     record = {"stage": "sequence-level distillation on the target's greedy output", "device": hardware(device),
               "texts": len(items), "train_utterances": len(train_idx), "valid_utterances": len(valid_idx),
-              "ended": ended, "steps_generated": frames, "generation_s": round(gen_s, 1), "steps": steps,
+              "ended": ended, "steps_generated": n_steps, "generation_s": round(gen_s, 1), "steps": steps,
               "minutes": args.minutes, "kl": bool(args.kl), "params": sum(p.numel() for p in draft.parameters()),
               "valid_ce_on_target_greedy_before": round(before, 4), "valid_ce_on_target_greedy": round(best, 4),
               "greedy_top1_agreement_valid": agree, "layers": draft.config.num_hidden_layers, "init": _short_path(args.init, zoo) if args.init else "scratch"}
@@ -651,10 +651,9 @@ def distill(args) -> None:
         record["previous"] = json.loads(earlier.read_text())
     (folder / "distill_summary.json").write_text(json.dumps(record, indent=2) + "\n")
     card = folder / "README.md"
-    text = card.read_text() if card.exists() else (zoo / "speech-draft" / "README.md").read_text() \
-        if (zoo / "speech-draft" / "README.md").exists() else "# mmspec speech zoo: draft codec LM\n\n"
-    text = text.split(DISTILL_HEADING)[0].rstrip("\n") + "\n\n"
-    card.write_text(text + "\n".join(distill_lines(record)))
+    source = card if card.exists() else zoo / "speech-draft" / "README.md"
+    base = source.read_text() if source.exists() else "# mmspec speech zoo: draft codec LM\n"
+    card.write_text(base.split(DISTILL_HEADING)[0].rstrip("\n") + "\n\n" + "\n".join(distill_lines(record)))
     if not args.keep_checkpoints:  # the resumable state and the generated steps: nothing left in the zoo
         (ckpt / "distill.ckpt").unlink(missing_ok=True)
         cache.unlink(missing_ok=True)
@@ -916,17 +915,15 @@ def write_cards(zoo: Path, report: dict, meta: dict) -> None:
            "Limitations: a toy model trained for minutes on ~40 minutes of synthetic speech; intelligibility "
            "is not measured and should not be assumed. Its purpose is to exercise speculative decoding of "
            "codec LMs offline.", ""]
+    distilled = zoo / "speech-draft" / "distill_summary.json"
+    then = ", then the `distill` stage below. On real espeak codes: held-out" if distilled.exists() else ". Held-out"
     dft = ["# mmspec speech zoo: draft codec LM", "", hw, "", *common, "",
            f"Draft LM: {report['draft_params'] / 1e6:.2f}M parameters, same vocabulary, codebooks and text "
            f"format as the target (`../speech`), {tr.get('draft_steps', '?')} steps (cross-entropy, then "
-           f"distillation on the target's logits). Held-out cross-entropy {report['draft_valid_ce']} nats/token; "
+           f"distillation on the target's logits){then} cross-entropy {report['draft_valid_ce']} nats/token; "
            f"teacher-forced top-1 agreement with the target {report['draft_target_top1_agreement']}.", "",
            "The codec lives in `../speech/codec`.", ""]
-    distilled = zoo / "speech-draft" / "distill_summary.json"
     if distilled.exists():
-        dft[-4] = dft[-4].replace(" steps (cross-entropy, then distillation on the target's logits). Held-out",
-                                  " steps (cross-entropy, then distillation on the target's logits), then the "
-                                  "`distill` stage below. On real espeak codes: held-out")
         dft += distill_lines(json.loads(distilled.read_text()))
     (zoo / "speech" / "README.md").write_text("\n".join(tgt))
     (zoo / "speech-draft" / "README.md").write_text("\n".join(dft))
@@ -954,8 +951,9 @@ def distill_lines(rec: dict) -> list[str]:
              "real held-out codes (the `evaluate` numbers above) is higher than before this stage; what it buys "
              "is acceptance under greedy decoding (BENCHMARKS.md).", ""]
     for n, st in enumerate(stages, 1):
-        grow = f", grown to {st['layers']} layers (new layers start as the identity)" if n > 1 and \
-            st.get("layers", 0) > stages[n - 2].get("layers", st.get("layers", 0)) else ""
+        before = stages[n - 2].get("layers") if n > 1 else None
+        grow = f", grown to {st['layers']} layers (new layers start as the identity)" \
+            if before is not None and st.get("layers", before) > before else ""
         lines += [f"{n}. `python -m mmspec.speech.recipe distill --minutes {st['minutes']:g}"
                   f"{' --grow-layers ' + str(st['layers']) if grow else ''}`: from {st['init']}{grow}, "
                   f"{st['params'] / 1e6:.2f}M parameters, {st['steps']} steps of cross-entropy"
