@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     zoo = sub.add_parser("zoo", help="train the offline zoo models")
     zoo.add_argument("action", choices=["train", "evaluate", "prepare", "distill"],
-                     help="distill (speech): retrain the draft on the target's own greedy output")
+                     help="distill (text, speech): retrain the draft against the finished target")
     zoo.add_argument("zoo_modality", metavar="modality", help="text, image or speech")
     demo = sub.add_parser("demo", help="start the Gradio app")
     demo.add_argument("--host", default="127.0.0.1")
@@ -211,8 +211,8 @@ def cmd_compare(args, api) -> int:
 def cmd_zoo(args, rest) -> int:
     if args.zoo_modality not in MODALITIES:
         raise ValueError(f"unknown modality {args.zoo_modality!r}; allowed: {', '.join(MODALITIES)}")
-    if args.action == "distill" and args.zoo_modality != "speech":
-        raise ValueError(f"zoo distill is a speech recipe step; the {args.zoo_modality} recipe trains its draft inside `train`")
+    if args.action == "distill" and args.zoo_modality == "image":
+        raise ValueError("zoo distill is a text and speech recipe step; the image recipe trains its draft inside `train`")
     recipe = importlib.import_module(f"mmspec.{args.zoo_modality}.recipe")
     return recipe.main([args.action, *rest]) or 0
 

@@ -80,6 +80,6 @@ def test_console_script_exit_code():
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("mmspec: error:")
 
 
-def test_zoo_distill_is_speech_only(capsys):
-    code, _, err = run(capsys, "zoo", "distill", "text")
-    assert code == 2 and "speech" in err.strip().splitlines()[-1] and "Traceback" not in err
+def test_zoo_distill_is_text_and_speech_only(capsys):
+    code, _, err = run(capsys, "zoo", "distill", "image")
+    assert code == 2 and "text and speech" in err.strip().splitlines()[-1] and "Traceback" not in err

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import shutil
 import sysconfig
 from pathlib import Path
 
@@ -92,7 +93,7 @@ def test_prepare_writes_arrays_and_meta(tiny_data):
 
 
 @pytest.mark.slow
-def test_train_quick_then_evaluate(tiny_data, tmp_path):
+def test_train_quick_then_evaluate(tiny_data, tmp_path, monkeypatch):
     import torch
     from safetensors import safe_open
     from transformers import AutoTokenizer, LlamaForCausalLM
@@ -122,3 +123,50 @@ def test_train_quick_then_evaluate(tiny_data, tmp_path):
     assert set(result["scores"]) >= {"target_loss", "draft_loss", "unigram_loss", "agreement"}
     assert 0.0 <= result["scores"]["agreement"] <= 1.0
     assert "code-target" in (out / "code-draft" / "README.md").read_text()
+    # 4. `distill` retrains only the drafter: every variant is scored, the best agreement is kept, the
+    #    target is untouched, and evaluate's card names the variants. (Without an old drafter here; the
+    #    next block checks that an old drafter that agrees more stays.)
+    target_bytes = (out / "code-target" / "model.safetensors").read_bytes()
+    shutil.rmtree(out / "code-draft")
+    with pytest.raises(ValueError, match="0.5-2.0M"):   # a full-size run checks the parameter range
+        recipe.main(["distill", "--data", str(data), "--out", str(out), "--device", "cpu",
+                     "--variants", "3x448x1216"])
+    assert recipe.main(["distill", "--data", str(data), "--out", str(out), "--quick", "--device", "cpu",
+                        "--time-budget", "60", "--variants", "1x32x64,2x32x48"]) == 0
+    log = json.loads((out / "train_log.json").read_text())
+    rows = {r["variant"]: r for r in log["draft_run"]["variants"]}
+    assert set(rows) == {"1x32x64", "2x32x48"} and all(0.0 <= r["agreement"] <= 1.0 for r in rows.values())
+    chosen = log["draft_run"]["chosen"]
+    assert rows[chosen]["agreement"] == max(r["agreement"] for r in rows.values())
+    draft = LlamaForCausalLM.from_pretrained(str(out / "code-draft"))
+    assert draft.config.num_hidden_layers == int(chosen[0]) and log["params"]["draft"] == rows[chosen]["params"]
+    assert (out / "code-target" / "model.safetensors").read_bytes() == target_bytes
+    assert not (out / "ckpt-distill").exists()
+    recipe.main(["evaluate", "--data", str(data), "--out", str(out), "--max-tokens", "256",
+                 "--new-tokens", "4"])
+    assert f"Kept: {chosen}" in (out / "code-draft" / "README.md").read_text()
+    # 5. A new variant that agrees less than the drafter in place does not replace it.
+    draft_bytes = (out / "code-draft" / "model.safetensors").read_bytes()
+    real = recipe.agreement
+    monkeypatch.setattr(recipe, "agreement", lambda t, d, w: 0.0 if d.config.intermediate_size == 40 else real(t, d, w))
+    assert recipe.main(["distill", "--data", str(data), "--out", str(out), "--quick", "--device", "cpu",
+                        "--time-budget", "30", "--variants", "1x32x40"]) == 0
+    log = json.loads((out / "train_log.json").read_text())
+    assert log["draft_run"]["chosen"] == chosen and log["draft_run_not_kept"]["chosen"] == "previous"
+    assert log["draft_run_not_kept"]["variants"][0]["agreement"] == 0.0
+    assert (out / "code-draft" / "model.safetensors").read_bytes() == draft_bytes
+
+
+@pytest.mark.parametrize("spec, error", [("2x160", "LAYERSxHIDDENxFFN"), ("0x160x416", "positive"),
+                                         ("2x150x416", "heads"), ("", "no drafter variants"),
+                                         ("1x192x448,1x192x448", "repeat")])
+def test_distill_variants_are_checked(spec, error):
+    with pytest.raises(ValueError, match=error):
+        recipe.parse_variants(spec)
+
+
+def test_distill_variant_dims():
+    (one, two) = recipe.parse_variants("1x192x448, 2X160x416")
+    assert one["name"] == "1x192x448" and one["dims"]["num_hidden_layers"] == 1
+    assert two["dims"] == dict(hidden_size=160, intermediate_size=416, num_hidden_layers=2,
+                               num_attention_heads=4, num_key_value_heads=4, head_dim=40)

@@ -3,12 +3,15 @@
     python -m mmspec.text.recipe prepare  [--data .gpu/text]                     # CPU, minutes
     python -m mmspec.text.recipe train    --data .gpu/text --out text/zoo --device cuda --time-budget 400
     python -m mmspec.text.recipe evaluate --data .gpu/text --out text/zoo       # CPU, < 5 min
+    python -m mmspec.text.recipe distill  --data .gpu/text --out text/zoo --device cuda --time-budget 420
 
 `prepare` builds the corpus (standard library + a few permissive packages), a byte-level BPE tokenizer
 and uint16 token arrays. `train` trains the target, then the drafter (pretraining on the corpus, then
 distillation on the target's distribution, which is what raises agreement for speculation), inside one
 wall-clock budget, and saves fp16 `save_pretrained` folders `code-target/` and `code-draft/`.
 `evaluate` measures losses, greedy agreement and sample completions and writes the model cards.
+`distill` retrains only the drafter against the saved target, trying a few drafter shapes, and keeps the
+one that agrees with the target most.
 """
 
 from __future__ import annotations
@@ -126,6 +129,33 @@ QUICK_TARGET_DIMS = dict(hidden_size=64, intermediate_size=128, num_hidden_layer
                          num_attention_heads=4, num_key_value_heads=4)
 QUICK_DRAFT_DIMS = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                         num_attention_heads=2, num_key_value_heads=2)
+# `train-draft` variants: LAYERSxHIDDENxFFN, 4 heads each. Two or three narrower layers keep the drafter
+# inside the issue's 0.5-2M parameters (the 8192 x hidden embedding is most of it) and can copy from
+# context (an induction head needs two layers), which code repeats a lot.
+DRAFT_VARIANTS = "1x192x448,2x160x416,3x128x448"
+DRAFT_PARAM_RANGE = (0.5e6, 2.0e6)
+
+
+def parse_variants(spec: str, heads: int = 4) -> list[dict]:
+    """``"1x192x448,2x160x416"`` -> Llama dims per drafter variant (``heads`` heads of hidden / heads)."""
+    variants = []
+    for item in [v.strip() for v in spec.split(",") if v.strip()]:
+        parts = item.lower().split("x")
+        if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise ValueError(f"drafter variant {item!r}: expected LAYERSxHIDDENxFFN with positive integers, "
+                             "for example 2x160x416")
+        layers, hidden, ffn = map(int, parts)
+        if hidden % heads or (hidden // heads) % 2:
+            raise ValueError(f"drafter variant {item!r}: hidden {hidden} must split into {heads} heads of an "
+                             "even size (RoPE)")
+        variants.append({"name": item.lower(), "dims": dict(
+            hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=layers, num_attention_heads=heads,
+            num_key_value_heads=heads, head_dim=hidden // heads)})
+    if not variants:
+        raise ValueError("no drafter variants given: pass --variants like 1x192x448,2x160x416")
+    if len({v["name"] for v in variants}) != len(variants):
+        raise ValueError(f"drafter variants repeat: {spec!r}")
+    return variants
 
 
 def llama_config(dims: dict, meta: dict):
@@ -404,6 +434,135 @@ def train(args) -> dict:
     return log
 
 
+def agreement(target, draft, windows, batch: int = 8) -> float:
+    """Greedy agreement: the share of positions where the draft's argmax is the target's (teacher-forced).
+
+    ``windows [n, T + 1]`` token ids (the last column is only a label and is not scored).
+    """
+    import torch
+
+    agree = total = 0
+    with torch.no_grad():
+        for i in range(0, len(windows), batch):
+            x = windows[i:i + batch, :-1]                                               # [b, T]
+            t = target(input_ids=x, use_cache=False).logits.argmax(-1)                  # [b, T]
+            d = draft(input_ids=x, use_cache=False).logits.argmax(-1)                   # [b, T]
+            agree += int((t == d).sum())
+            total += t.numel()
+    return agree / max(total, 1)
+
+
+def distill(args) -> dict:
+    """Retrain only the drafter against the saved target and keep the variant that agrees with it most.
+
+    Each variant in ``--variants`` gets an equal share of the budget: corpus pretraining
+    (``--pretrain-frac`` of its share), then distillation on the target's full next-token distribution.
+    The variant with the highest greedy agreement on the run's held-out windows replaces
+    ``OUT/code-draft`` if it agrees more than the drafter already there; every variant's numbers go to
+    ``train_log.json`` (``draft_run``, or ``draft_run_not_kept`` when the old drafter stays). The target
+    is not touched.
+    """
+    import torch
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    t_start = time.time()
+    deadline = t_start + args.time_budget - min(15.0, 0.05 * args.time_budget)  # keep time to save
+    # 1. Variants, device, data, the saved target.
+    variants = parse_variants(args.variants)
+    if not 0.0 <= args.pretrain_frac < 1.0:
+        raise ValueError(f"--pretrain-frac must be in [0, 1), got {args.pretrain_frac}")
+    device = pick_device(args.device)
+    torch.manual_seed(args.seed)
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    data, out = Path(args.data), Path(args.out)
+    meta = json.loads((data / "meta.json").read_text())
+    target_dir = out / "code-target"
+    if not (target_dir / "config.json").exists():
+        raise ValueError(f"no trained target in {target_dir}: `distill` trains a drafter for an existing "
+                         "code-target (run `train` first, or pass --out with the zoo folder)")
+    tokenizer = AutoTokenizer.from_pretrained(str(target_dir))
+    if len(tokenizer) != meta["vocab_size"]:
+        raise ValueError(f"{target_dir} has a {len(tokenizer)}-token vocabulary but {data} was prepared with "
+                         f"{meta['vocab_size']}: use the data folder the target was trained on")
+    for v in variants:
+        with torch.device("meta"):
+            v["params"] = sum(p.numel() for p in LlamaForCausalLM(llama_config(v["dims"], meta)).parameters())
+        lo, hi = DRAFT_PARAM_RANGE
+        if not args.quick and not lo <= v["params"] <= hi:
+            raise ValueError(f"drafter variant {v['name']} has {v['params'] / 1e6:.2f}M parameters; the zoo "
+                             f"drafter must have {lo / 1e6:.1f}-{hi / 1e6:.1f}M (issue 7)")
+    context = args.context if not args.quick else min(args.context, 64)
+    batch = args.batch_size or (4 if args.quick else 64 if device == "cuda" else 8)
+    batches = Batches(data, batch, context, device, val_windows=64 if device == "cuda" else 8)
+    run = Run(args, device, batches, out / "ckpt-distill")
+    target = LlamaForCausalLM.from_pretrained(str(target_dir), dtype=torch.float32).to(device)
+    target.eval().requires_grad_(False)
+    max_steps = 10 if args.quick else math.inf
+    # 2. The drafter already there (if any) is the one to beat.
+    old_agreement = None
+    if (out / "code-draft" / "config.json").exists():
+        old = LlamaForCausalLM.from_pretrained(str(out / "code-draft"), dtype=torch.float32).to(device).eval()
+        old_agreement = round(agreement(target, old, batches.val), 4)
+        print(f"[distill] drafter in {out / 'code-draft'}: agreement {old_agreement:.4f}", flush=True)
+        del old
+    # 3. Each variant: pretrain, distill, score; keep the best.
+    rows, best = [], None
+    for i, v in enumerate(variants):
+        variant_deadline = time.time() + (deadline - time.time()) / (len(variants) - i)
+        torch.manual_seed(args.seed)
+        draft = LlamaForCausalLM(llama_config(v["dims"], meta)).to(device)
+        stages = {}
+        if args.pretrain_frac > 0:
+            stages["draft"] = run_stage(run, f"draft-{v['name']}", draft, ce_loss, max_steps=max_steps, lr=3e-3,
+                                        seconds=args.pretrain_frac * (variant_deadline - time.time()))
+        stages["distill"] = run_stage(run, f"distill-{v['name']}", draft, kl_loss(target), max_steps=max_steps,
+                                      lr=1.5e-3 if args.pretrain_frac > 0 else 3e-3,
+                                      seconds=variant_deadline - time.time())
+        draft.eval()
+        stages["distill"]["val_ce"] = run.val_loss(draft, ce_loss)
+        agree = agreement(target, draft, batches.val)
+        row = {"variant": v["name"], "params": v["params"], "agreement": round(agree, 4),
+               "val_ce": round(stages["distill"]["val_ce"], 4), "val_kl": round(stages["distill"]["best_val"], 4),
+               "tokens": sum(s["tokens"] for s in stages.values()),
+               "seconds": round(sum(s["elapsed"] for s in stages.values()), 1)}
+        rows.append(row)
+        print(f"[distill] {v['name']}: {v['params'] / 1e6:.2f}M, agreement {row['agreement']:.4f}, "
+              f"held-out CE {row['val_ce']:.3f}, {row['tokens']:,} tokens", flush=True)
+        if best is None or row["agreement"] > best[0]["agreement"]:
+            best = (row, draft, stages)
+    # 4. Save the winner if it beats the old drafter; log every variant; drop the checkpoints.
+    row, draft, stages = best
+    kept = old_agreement is None or row["agreement"] > old_agreement
+    log_path = out / "train_log.json"
+    log = json.loads(log_path.read_text()) if log_path.exists() else {}
+    sub = train_log(args, device, meta, target, draft, stages, batch, context, time.time() - t_start)
+    summary = {**{k: sub[k] for k in ("hardware", "device", "torch", "transformers", "time_budget",
+                                      "wall_seconds", "quick", "batch", "context")},
+               "pretrain_frac": args.pretrain_frac, "variants": rows, "previous_agreement": old_agreement,
+               "chosen": row["variant"] if kept else "previous",
+               "chosen_by": f"greedy agreement on {len(batches.val)} held-out windows of {context}"}
+    if kept:
+        save_model(draft, tokenizer, out / "code-draft")
+        log.setdefault("stages", {}).pop("draft", None)
+        log["stages"].update(sub["stages"])
+        log.setdefault("params", {})["draft"] = sub["params"]["draft"]
+        log.setdefault("columns", sub["columns"])
+        log["draft_run"] = summary
+    else:
+        log["draft_run_not_kept"] = summary
+    log_path.write_text(json.dumps(log, indent=1) + "\n")
+    if all(s["done"] for s in stages.values()) and not args.keep_ckpt:
+        for p in run.ckpt_dir.glob("*.pt"):
+            p.unlink()
+        run.ckpt_dir.rmdir()
+    verdict = (f"kept {row['variant']} (agreement {row['agreement']:.4f})" if kept else
+               f"kept the previous drafter ({old_agreement:.4f} >= {row['variant']}'s {row['agreement']:.4f})")
+    print(f"[distill] {verdict} in {time.time() - t_start:.0f}s -> {out / 'code-draft'}", flush=True)
+    return log
+
+
 def save_model(model, tokenizer, folder: Path) -> None:
     """fp16 safetensors `save_pretrained` folder with generation config and tokenizer files."""
     import copy
@@ -572,6 +731,7 @@ def model_card(role: str, model, meta: dict, log: dict, result: dict) -> str:
     """README.md for one zoo folder: what it is, how it was trained and scored, corpus and licenses."""
     cfg, s = model.config, result["scores"]
     stages = log.get("stages", {})
+    run = log.get("draft_run") if role == "draft" and log.get("draft_run") else log  # who trained this model
     own = ["target"] if role == "target" else ["draft", "distill"]
     tokens = sum(stages.get(k, {}).get("tokens", 0) for k in own)
     seconds = sum(stages.get(k, {}).get("seconds", 0) for k in own)
@@ -593,17 +753,24 @@ def model_card(role: str, model, meta: dict, log: dict, result: dict) -> str:
         "Round-trips any text exactly. Training documents start after `<|endoftext|>`, and the "
         "tokenizer puts it in front of every prompt.",
         "", "## Training", "",
-        f"- Hardware: {log.get('hardware', 'unknown')}; torch {log.get('torch', '?')}, "
-        f"transformers {log.get('transformers', '?')}.",
-        f"- Tokens seen: {tokens:,} in {seconds:.0f} s (context {log.get('context', '?')}, batch "
-        f"{log.get('batch', '?')}, AdamW, cosine LR with warmup, "
-        f"{'bf16 autocast' if log.get('device') == 'cuda' else 'fp32'}; whole run "
-        f"{log.get('wall_seconds', '?')} s within a {log.get('time_budget', '?')} s budget).",
+        f"- Hardware: {run.get('hardware', 'unknown')}; torch {run.get('torch', '?')}, "
+        f"transformers {run.get('transformers', '?')}.",
+        f"- Tokens seen: {tokens:,} in {seconds:.0f} s (context {run.get('context', '?')}, batch "
+        f"{run.get('batch', '?')}, AdamW, cosine LR with warmup, "
+        f"{'bf16 autocast' if run.get('device') == 'cuda' else 'fp32'}; whole run "
+        f"{run.get('wall_seconds', '?')} s within a {run.get('time_budget', '?')} s budget).",
     ]
     if role == "draft":
-        lines.append(f"- Stages: corpus pretraining ({stages.get('draft', {}).get('tokens', 0):,} tokens), "
-                     f"then distillation on the target's full next-token distribution (KL(target||draft), "
+        pre = stages.get("draft", {}).get("tokens", 0)
+        lines.append(f"- Stages: {f'corpus pretraining ({pre:,} tokens), then ' if pre else ''}distillation on "
+                     f"the target's full next-token distribution (KL(target||draft), "
                      f"{stages.get('distill', {}).get('tokens', 0):,} tokens), which raises agreement.")
+        if run is not log:
+            tried = ", ".join(f"{v['variant']} ({v['params'] / 1e6:.2f}M): {v['agreement']:.3f}"
+                              for v in run["variants"])
+            lines.append(f"- Trained by `distill` against the finished target; drafter variants "
+                         f"(layers x hidden x FFN) and their {run['chosen_by']}: {tried}. Kept: "
+                         f"{run['chosen']}.")
     lines += ["", "## Evaluation (held-out files, teacher-forced)", "",
               "| metric | value |", "|---|---|",
               f"| target loss (nats/token) | {s['target_loss']:.3f} |",
@@ -625,7 +792,10 @@ def model_card(role: str, model, meta: dict, log: dict, result: dict) -> str:
         "## Retrain", "", "```bash", "mmspec zoo train text        # = the three steps below",
         "python -m mmspec.text.recipe prepare --data .gpu/text",
         "python -m mmspec.text.recipe train --data .gpu/text --out text/zoo --device cuda --time-budget 400",
-        "python -m mmspec.text.recipe evaluate --data .gpu/text --out text/zoo", "```", ""]
+        "python -m mmspec.text.recipe evaluate --data .gpu/text --out text/zoo",
+        "# the drafter alone, against the saved target (mmspec zoo distill text):",
+        "python -m mmspec.text.recipe distill --data .gpu/text --out text/zoo --device cuda --time-budget 420",
+        "```", ""]
     return "\n".join(lines)
 
 
@@ -674,6 +844,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-resume", action="store_true", help="ignore checkpoints in OUT/ckpt")
     t.add_argument("--keep-ckpt", action="store_true", help="keep OUT/ckpt after a completed run")
     t.add_argument("--seed", type=int, default=0)
+    d = sub.add_parser("distill", help="retrain only the drafter against the saved target (GPU; CPU fallback)")
+    d.add_argument("--data", default=DEFAULT_DATA)
+    d.add_argument("--out", default=DEFAULT_OUT, help="zoo folder holding code-target/ (code-draft/ is replaced)")
+    d.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    d.add_argument("--time-budget", type=float, default=420.0, help="wall-clock seconds, all variants")
+    d.add_argument("--variants", default=DRAFT_VARIANTS,
+                   help="comma-separated LAYERSxHIDDENxFFN drafters to train; the best agreement is kept")
+    d.add_argument("--pretrain-frac", type=float, default=0.3,
+                   help="share of each variant's time for corpus pretraining before distillation")
+    d.add_argument("--quick", action="store_true", help="~10 steps per stage (smoke test)")
+    d.add_argument("--batch-size", type=int, default=None)
+    d.add_argument("--context", type=int, default=512)
+    d.add_argument("--compile", action="store_true", help="torch.compile the drafter (off by default)")
+    d.add_argument("--no-resume", action="store_true", help="ignore checkpoints in OUT/ckpt-distill")
+    d.add_argument("--keep-ckpt", action="store_true", help="keep OUT/ckpt-distill after a completed run")
+    d.add_argument("--seed", type=int, default=0)
     e = sub.add_parser("evaluate", help="losses, agreement, samples, model cards (CPU)")
     e.add_argument("--data", default=DEFAULT_DATA)
     e.add_argument("--out", default=DEFAULT_OUT)
@@ -690,6 +876,8 @@ def main(argv=None) -> int:
         prepare(args)
     elif args.cmd == "train":
         train(args)
+    elif args.cmd == "distill":
+        distill(args)
     else:
         evaluate(args)
     return 0
