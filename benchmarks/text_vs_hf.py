@@ -4,7 +4,9 @@
 
 Rows: HF greedy vs mmspec autoregressive; HF prompt lookup (prompt_lookup_num_tokens=k) vs mmspec
 prompt lookup at the same k; HF assisted generation (assistant_model, its default dynamic draft length)
-vs mmspec draft-model speculation (adaptive draft length up to --k, or exactly k with --fixed-k).
+vs mmspec draft-model speculation (adaptive draft length up to --k, or exactly k with --fixed-k; with
+--confidence c, mmspec also stops drafting once the draft token's probability falls below c, as HF's
+assistant does with its default assistant_confidence_threshold = 0.4).
 Every pair is checked for identical tokens. Each measurement is warmed up once and repeated; the
 median wall time over prompts x repeats is reported with the hardware.
 """
@@ -62,6 +64,9 @@ def main(argv=None):
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--k", type=int, default=10, help="longest draft for mmspec draft-model speculation")
     ap.add_argument("--fixed-k", action="store_true", help="draft exactly k tokens (default: adaptive length <= k)")
+    ap.add_argument("--confidence", type=float, default=None,
+                    help="mmspec draft model: stop drafting below this draft-token probability (default: off)")
+    ap.add_argument("--pairs", default=None, help="comma-separated pairs to run (default: all)")
     ap.add_argument("--lookup-k", type=int, default=10, help="prompt_lookup_num_tokens for both libraries")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None)
@@ -78,8 +83,15 @@ def main(argv=None):
         "prompt lookup": (lambda p: hf_run(target, p, args.new, prompt_lookup_num_tokens=args.lookup_k),
                           lambda p: mm_run(target, mmspec.PromptLookupDrafter(max_ngram=2), p, args.new, args.lookup_k)),
         "draft model": (lambda p: hf_run(target, p, args.new, assistant_model=draft.model),
-                        lambda p: mm_run(target, mmspec.ModelDrafter(draft, adaptive=not args.fixed_k), p, args.new, args.k)),
+                        lambda p: mm_run(target, mmspec.ModelDrafter(draft, adaptive=not args.fixed_k,
+                                                                     confidence=args.confidence), p, args.new, args.k)),
     }
+    if args.pairs:
+        keep = [n.strip() for n in args.pairs.split(",") if n.strip()]
+        unknown = [n for n in keep if n not in pairs]
+        if unknown or not keep:
+            raise SystemExit(f"--pairs: unknown {unknown or args.pairs!r}; allowed: {', '.join(pairs)}")
+        pairs = {n: pairs[n] for n in keep}
     results = {}
     for name, (hf, mm) in pairs.items():
         hf(prompts[0]), mm(prompts[0])  # warm-up
@@ -102,7 +114,8 @@ def main(argv=None):
               f"ratio {r['ratio']:.2f}x   identical {same}   mean accepted {r['mean_accepted']:.2f}", flush=True)
     meta = {"hardware": _cpu_name(), "cpu_threads": torch.get_num_threads(),
             "torch": torch.__version__, "transformers": transformers.__version__, "prompts": len(prompts),
-            "new_tokens": args.new, "k": args.k, "adaptive": not args.fixed_k, "lookup_k": args.lookup_k}
+            "new_tokens": args.new, "k": args.k, "adaptive": not args.fixed_k, "confidence": args.confidence,
+            "lookup_k": args.lookup_k}
     print(json.dumps(meta))
     if args.json:
         with open(args.json, "w") as f:

@@ -170,3 +170,17 @@ def test_distill_variant_dims():
     assert one["name"] == "1x192x448" and one["dims"]["num_hidden_layers"] == 1
     assert two["dims"] == dict(hidden_size=160, intermediate_size=416, num_hidden_layers=2,
                                num_attention_heads=4, num_key_value_heads=4, head_dim=40)
+
+
+def test_benchmark_prompts_are_held_out_and_end_at_the_def_colon():
+    from mmspec.text.prompts import held_out_prompts
+
+    prompts = held_out_prompts(5)
+    assert prompts == held_out_prompts(5) and len(set(prompts)) == 5
+    for p in prompts:
+        last = p.splitlines()[-1]
+        assert last.lstrip().startswith("def ") and p.endswith(":")   # the cursor sits after the colon
+    held_out = [f for f in rd.stdlib_files() if rd.is_val(f.rel)]
+    assert any(prompts[0] in f.path.read_text(encoding="utf-8") for f in held_out)
+    with pytest.raises(ValueError, match="n must be"):
+        held_out_prompts(0)

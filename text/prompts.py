@@ -1,13 +1,15 @@
 """Held-out code prompts for benchmarks: deterministic, from standard-library files the zoo never trained on.
 
 Each prompt is up to ``context`` lines of a held-out file ending with a ``def`` line, the way an editor
-asks for a completion: the model continues the function body.
+asks for a completion: the model continues the function body. The prompt stops at the colon, before the
+newline, where an editor's cursor sits: the tokenizer merges a newline with the next line's indentation
+("\n        " is one token), so a prompt ending in a bare newline would ask for an unindented line.
 """
 from __future__ import annotations
 
 from .recipe_data import is_val, stable_hash, stdlib_files
 
-FALLBACK = ["def fibonacci(n):\n", "class Stack:\n    def __init__(self):\n", "import os\n\ndef list_files(path):\n"]
+FALLBACK = ["def fibonacci(n):", "class Stack:\n    def __init__(self):", "import os\n\ndef list_files(path):"]
 
 
 def held_out_prompts(n: int = 20, context: int = 30, max_chars: int = 2400) -> list[str]:
@@ -22,7 +24,7 @@ def held_out_prompts(n: int = 20, context: int = 30, max_chars: int = 2400) -> l
             continue
         for i, line in enumerate(lines):
             if i >= 10 and line.lstrip().startswith("def ") and line.rstrip().endswith(":"):
-                text = "".join(lines[max(0, i - context) : i + 1])
+                text = "".join(lines[max(0, i - context) : i + 1]).rstrip("\r\n")
                 if len(text) <= max_chars:
                     prompts.append(text)
                     break
