@@ -3,7 +3,7 @@
     python -m mmspec.text.recipe prepare  [--data .gpu/text]                     # CPU, minutes
     python -m mmspec.text.recipe train    --data .gpu/text --out text/zoo --device cuda --time-budget 400
     python -m mmspec.text.recipe evaluate --data .gpu/text --out text/zoo       # CPU, < 5 min
-    python -m mmspec.text.recipe distill  --data .gpu/text --out text/zoo --device cuda --time-budget 420
+    python -m mmspec.text.recipe distill  --data .gpu/text --out text/zoo --device cuda --time-budget 330
 
 `prepare` builds the corpus (standard library + a few permissive packages), a byte-level BPE tokenizer
 and uint16 token arrays. `train` trains the target, then the drafter (pretraining on the corpus, then
@@ -129,7 +129,7 @@ QUICK_TARGET_DIMS = dict(hidden_size=64, intermediate_size=128, num_hidden_layer
                          num_attention_heads=4, num_key_value_heads=4)
 QUICK_DRAFT_DIMS = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                         num_attention_heads=2, num_key_value_heads=2)
-# `train-draft` variants: LAYERSxHIDDENxFFN, 4 heads each. Two or three narrower layers keep the drafter
+# `distill` variants: LAYERSxHIDDENxFFN, 4 heads each. Two or three narrower layers keep the drafter
 # inside the 0.5-2M parameters (the 8192 x hidden embedding is most of it) and can copy from
 # context (an induction head needs two layers), which code repeats a lot.
 DRAFT_VARIANTS = "1x192x448,2x160x416,3x128x448"
@@ -794,7 +794,7 @@ def model_card(role: str, model, meta: dict, log: dict, result: dict) -> str:
         "python -m mmspec.text.recipe train --data .gpu/text --out text/zoo --device cuda --time-budget 400",
         "python -m mmspec.text.recipe evaluate --data .gpu/text --out text/zoo",
         "# the drafter alone, against the saved target (mmspec zoo distill text):",
-        "python -m mmspec.text.recipe distill --data .gpu/text --out text/zoo --device cuda --time-budget 420",
+        "python -m mmspec.text.recipe distill --data .gpu/text --out text/zoo --device cuda --time-budget 330",
         "```", ""]
     return "\n".join(lines)
 
@@ -848,7 +848,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data", default=DEFAULT_DATA)
     d.add_argument("--out", default=DEFAULT_OUT, help="zoo folder holding code-target/ (code-draft/ is replaced)")
     d.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    d.add_argument("--time-budget", type=float, default=420.0, help="wall-clock seconds, all variants")
+    d.add_argument("--time-budget", type=float, default=330.0, help="wall-clock seconds, all variants")
     d.add_argument("--variants", default=DRAFT_VARIANTS,
                    help="comma-separated LAYERSxHIDDENxFFN drafters to train; the best agreement is kept")
     d.add_argument("--pretrain-frac", type=float, default=0.3,
