@@ -24,16 +24,17 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 
 # 1. mmspec importable without installing it (the device image has torch, transformers, torchaudio; carried
 #    wheels add encodec and friends). The package maps text/, image/, speech/ and demos/ into mmspec.*.
-if ! python3 -c "import mmspec.speech" 2>/dev/null; then
-    if compgen -G ".whl/*.whl" >/dev/null; then
-        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    fi
+if ! python3 -c "import encodec" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+if ! python3 -c "import mmspec" 2>/dev/null; then
     mkdir -p /tmp/mm/mmspec
     for f in mmspec/*; do ln -sfn "$ROOT/$f" /tmp/mm/mmspec/; done
     for m in text image speech demos; do ln -sfn "$ROOT/$m" "/tmp/mm/mmspec/$m"; done
-    export PYTHONPATH=/tmp/mm:/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    export PYTHONPATH=/tmp/mm${PYTHONPATH:+:$PYTHONPATH}
 fi
-python3 -c "import torch, mmspec.bench as b; print('device:', b.hardware('$DEVICE'), '| torch', torch.__version__)"
+python3 -c "import torch, encodec, mmspec.bench as b; print('device:', b.hardware('$DEVICE'), '| torch', torch.__version__)"
 
 case "$part" in
 text)
