@@ -387,26 +387,38 @@ def pick_device(name: str) -> str:
     return name
 
 
-def train(args) -> dict:
-    """Target stage, then drafter pretraining and distillation, all inside --time-budget seconds."""
+def _device(args) -> str:
+    """The run's device (``--device``), with the seed set and TF32 matrix products on CUDA."""
     import torch
-    from transformers import AutoTokenizer, LlamaForCausalLM
 
-    t_start = time.time()
-    deadline = t_start + args.time_budget - min(15.0, 0.05 * args.time_budget)  # keep time to save
-    # 1. Device, data, tokenizer, sizes.
     device = pick_device(args.device)
     torch.manual_seed(args.seed)
     if device == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    data, out = Path(args.data), Path(args.out)
-    meta = json.loads((data / "meta.json").read_text())
-    tokenizer = AutoTokenizer.from_pretrained(str(data / "tokenizer"))
+    return device
+
+
+def _run(args, device, data: Path, ckpt_dir: Path) -> tuple[Run, int, int]:
+    """Batches and the shared run state for ``--quick`` or full sizes; returns ``(run, batch, context)``."""
     context = args.context if not args.quick else min(args.context, 64)
     batch = args.batch_size or (4 if args.quick else 64 if device == "cuda" else 8)
     batches = Batches(data, batch, context, device, val_windows=64 if device == "cuda" else 8)
-    run = Run(args, device, batches, out / "ckpt")
+    return Run(args, device, batches, ckpt_dir), batch, context
+
+
+def train(args) -> dict:
+    """Target stage, then drafter pretraining and distillation, all inside --time-budget seconds."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    t_start = time.time()
+    deadline = t_start + args.time_budget - min(15.0, 0.05 * args.time_budget)  # keep time to save
+    # 1. Device, data, tokenizer, sizes.
+    device = _device(args)
+    data, out = Path(args.data), Path(args.out)
+    meta = json.loads((data / "meta.json").read_text())
+    tokenizer = AutoTokenizer.from_pretrained(str(data / "tokenizer"))
+    run, batch, context = _run(args, device, data, out / "ckpt")
     max_steps = 20 if args.quick else math.inf
     # 2. Target: pretrain on the corpus.
     t_dims, d_dims = (QUICK_TARGET_DIMS, QUICK_DRAFT_DIMS) if args.quick else (TARGET_DIMS, DRAFT_DIMS)
@@ -471,11 +483,7 @@ def distill(args) -> dict:
     variants = parse_variants(args.variants)
     if not 0.0 <= args.pretrain_frac < 1.0:
         raise ValueError(f"--pretrain-frac must be in [0, 1), got {args.pretrain_frac}")
-    device = pick_device(args.device)
-    torch.manual_seed(args.seed)
-    if device == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    device = _device(args)
     data, out = Path(args.data), Path(args.out)
     meta = json.loads((data / "meta.json").read_text())
     target_dir = out / "code-target"
@@ -493,10 +501,8 @@ def distill(args) -> dict:
         if not args.quick and not lo <= v["params"] <= hi:
             raise ValueError(f"drafter variant {v['name']} has {v['params'] / 1e6:.2f}M parameters; the zoo "
                              f"drafter must have {lo / 1e6:.1f}-{hi / 1e6:.1f}M (issue 7)")
-    context = args.context if not args.quick else min(args.context, 64)
-    batch = args.batch_size or (4 if args.quick else 64 if device == "cuda" else 8)
-    batches = Batches(data, batch, context, device, val_windows=64 if device == "cuda" else 8)
-    run = Run(args, device, batches, out / "ckpt-distill")
+    run, batch, context = _run(args, device, data, out / "ckpt-distill")
+    val = run.batches.val                                                     # [n, context + 1] held-out windows
     target = LlamaForCausalLM.from_pretrained(str(target_dir), dtype=torch.float32).to(device)
     target.eval().requires_grad_(False)
     max_steps = 10 if args.quick else math.inf
@@ -504,7 +510,7 @@ def distill(args) -> dict:
     old_agreement = None
     if (out / "code-draft" / "config.json").exists():
         old = LlamaForCausalLM.from_pretrained(str(out / "code-draft"), dtype=torch.float32).to(device).eval()
-        old_agreement = round(agreement(target, old, batches.val), 4)
+        old_agreement = round(agreement(target, old, val), 4)
         print(f"[distill] drafter in {out / 'code-draft'}: agreement {old_agreement:.4f}", flush=True)
         del old
     # 3. Each variant: pretrain, distill, score; keep the best.
@@ -522,7 +528,7 @@ def distill(args) -> dict:
                                       seconds=variant_deadline - time.time())
         draft.eval()
         stages["distill"]["val_ce"] = run.val_loss(draft, ce_loss)
-        agree = agreement(target, draft, batches.val)
+        agree = agreement(target, draft, val)
         row = {"variant": v["name"], "params": v["params"], "agreement": round(agree, 4),
                "val_ce": round(stages["distill"]["val_ce"], 4), "val_kl": round(stages["distill"]["best_val"], 4),
                "tokens": sum(s["tokens"] for s in stages.values()),
@@ -542,7 +548,7 @@ def distill(args) -> dict:
                                       "wall_seconds", "quick", "batch", "context")},
                "pretrain_frac": args.pretrain_frac, "variants": rows, "previous_agreement": old_agreement,
                "chosen": row["variant"] if kept else "previous",
-               "chosen_by": f"greedy agreement on {len(batches.val)} held-out windows of {context}"}
+               "chosen_by": f"greedy agreement on {len(val)} held-out windows of {context}"}
     if kept:
         save_model(draft, tokenizer, out / "code-draft")
         log.setdefault("stages", {}).pop("draft", None)
