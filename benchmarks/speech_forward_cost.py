@@ -17,27 +17,23 @@ import time
 import torch
 
 from mmspec.bench import environment
+from mmspec.loop import synchronizer
 from mmspec.speech import api
-
-
-def synchronize(device) -> None:
-    """Wait for queued GPU work, so a timer measures it (no-op on the CPU)."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
 
 
 def forward_ms(target, frames: int, repeats: int) -> float:
     """Median milliseconds of one forward over ``frames`` frames."""
+    sync = synchronizer(target.device)
     device = target.device
     target.start(["Hello world."], 400)
     target.forward(torch.zeros(1, 40, target.num_codebooks, dtype=torch.long, device=device))  # a realistic cache
     x = torch.zeros(1, frames, target.num_codebooks, dtype=torch.long, device=device)
     times = []
     for i in range(repeats + 5):
-        synchronize(device)
+        sync()
         t0 = time.perf_counter()
         target.forward(x)
-        synchronize(device)
+        sync()
         if i >= 5:  # warm-up first
             times.append(time.perf_counter() - t0)
         target.rollback(target.pos - frames)
@@ -50,12 +46,12 @@ def linear_us(rows: int, d_in: int, d_out: int, repeats: int, device="cpu", dtyp
     x = torch.randn(rows, d_in, device=device, dtype=dtype)
     for _ in range(50):
         torch.nn.functional.linear(x, w)
-    times = []
+    times, sync = [], synchronizer(device)
     for _ in range(repeats):
-        synchronize(device)
+        sync()
         t0 = time.perf_counter()
         torch.nn.functional.linear(x, w)
-        synchronize(device)
+        sync()
         times.append(time.perf_counter() - t0)
     return 1e6 * statistics.median(times)
 

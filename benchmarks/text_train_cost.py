@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from transformers import LlamaForCausalLM
 
 from mmspec.bench import environment
+from mmspec.loop import synchronizer
 from mmspec.text import recipe
 from mmspec.text.target import resolve
 
@@ -26,14 +27,12 @@ from mmspec.text.target import resolve
 def timed(fn, device, repeats: int) -> float:
     """Median seconds of ``fn()`` after one warm-up call."""
     fn()
-    times = []
+    times, sync = [], synchronizer(device)
     for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync()
         t0 = time.perf_counter()
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        sync()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 

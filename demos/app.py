@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mmspec.drafters import NAMES as DRAFTERS
-from mmspec.loop import decode
+from mmspec.loop import decode, synchronizer
 from mmspec.methods import is_lossless, make_drafter, make_rule, method_label, rule_names
 from mmspec.types import PAD, Generation, Sampling, stats_of
 
@@ -158,7 +158,7 @@ def build_drafter(api, name: str, *, target, draft, init: str, opts: dict):
 
 def run_column(col: Column, target, drafter, prompt, *, rule, sampling, k, max_new, seed):
     """Decode step by step, timing only the library; yields after each step (the caller throttles UI)."""
-    sync = torch.cuda.synchronize if torch.device(target.device).type == "cuda" else (lambda: None)
+    sync = synchronizer(target.device)
     steps = decode(target, drafter, prompt, max_new_tokens=max_new, k=k, rule=rule, sampling=sampling, seed=seed)
     while True:
         sync()

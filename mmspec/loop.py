@@ -96,7 +96,7 @@ def decode(
 
 def generate(target: Target, drafter: Drafter | None, prompt: Any, **kwargs) -> Generation:
     """Run ``decode`` to the end and collect the committed frames, the steps and the wall time."""
-    sync = _synchronizer(target)
+    sync = synchronizer(getattr(target, "device", "cpu"))
     sync()
     t0 = time.perf_counter()
     steps = list(decode(target, drafter, prompt, **kwargs))
@@ -116,8 +116,8 @@ def autoregressive(target: Target, prompt: Any, **kwargs) -> Generation:
     return generate(target, None, prompt, **kwargs)
 
 
-def _synchronizer(target: Target) -> Callable[[], None]:
-    device = getattr(target, "device", torch.device("cpu"))
+def synchronizer(device) -> Callable[[], None]:
+    """A call that waits for queued GPU work on ``device``, so a timer measures it (a no-op off CUDA)."""
     if torch.device(device).type == "cuda":
         return torch.cuda.synchronize
     return lambda: None
