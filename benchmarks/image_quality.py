@@ -39,7 +39,7 @@ def main(argv=None):
                                   k=args.k, rule=rule, sampling=Sampling(temperature=1.0), seed=len(prompts))
             images += gen.outputs
             prompts += [c] * args.per_class
-            forwards += gen.stats["target_forwards"]
+            forwards += gen.stats["steps"]
             frames += gen.tokens.shape[1]
             wall += gen.wall_s
         acc = class_accuracy(target, prompts, images, images)

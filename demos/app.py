@@ -2,7 +2,7 @@
 
 ``mmspec demo`` (or ``python demos/app.py``) starts a Gradio app on 127.0.0.1. Each tab drives one
 modality only through its modality interface (``mmspec.<modality>.api``) and the core
-(``mmspec.decode``, ``mmspec.methods.make_drafter``, ``mmspec.accept``): no algorithm lives here. One
+(``mmspec.stream``, ``mmspec.methods.make_drafter``, ``mmspec.accept``): no algorithm lives here. One
 Run decodes the baseline, then each method, with the same seed, streaming every column as its steps
 arrive; the wall time counts only the library's decode steps (not the UI's partial rendering).
 """
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mmspec.drafters import NAMES as DRAFTERS
-from mmspec.loop import decode, synchronizer
+from mmspec.loop import stream, synchronizer
 from mmspec.methods import is_lossless, make_drafter, make_rule, method_label, rule_names
 from mmspec.types import PAD, Generation, Sampling, stats_of
 

@@ -96,7 +96,7 @@ class JanusTarget:
 
     # -- Target protocol -------------------------------------------------------------------------
     @torch.inference_mode()
-    def start(self, prompt, max_new_frames: int) -> Tensor:
+    def start(self, prompt, max_new_tokens: int) -> Tensor:
         from transformers import DynamicCache
 
         ids, self.pads = self.encode(prompt)  # [B, L], [B]

@@ -92,6 +92,7 @@ def lantern_rule(neighbours: Tensor, delta: float = 0.1):
 
         return accept.rejection(draft, target_logits, sampler, relaxed_ratio)
 
-    lantern.lossless = False
-    lantern.tv_bound = float(delta)
-    return lantern
+    bound = (f"relaxed target within total variation delta = {delta:g} of p per drafted token; committed frame "
+             f"within sum_y min(delta, (q - p)+(y)) <= TV(p, q)")
+    return accept.make(lantern, "lantern", lossless=False, bound=bound,
+                       build=lambda target, **o: lantern_rule(neighbours, **o), options=("delta",))

@@ -140,7 +140,7 @@ class ImageTarget:
 
     # -- Target protocol -------------------------------------------------------------------------
     @torch.inference_mode()
-    def start(self, prompt: str | Sequence[str], max_new_frames: int) -> Tensor:
+    def start(self, prompt: str | Sequence[str], max_new_tokens: int) -> Tensor:
         from transformers import DynamicCache
 
         ids = self.encode(prompt)  # [B]

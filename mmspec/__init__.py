@@ -4,13 +4,14 @@ The core (this package) knows frames ``[B, T, K]`` only; ``mmspec.text``, ``mmsp
 ``mmspec.speech`` hold the adapters.
 """
 from . import accept
+from .accept import Rule, RuleSpec
 from .drafters import JacobiDrafter, LookaheadDrafter, ModelDrafter, PromptLookupDrafter
-from .loop import autoregressive, decode, generate
+from .loop import autoregressive, generate, stream
 from .sampling import Sampler
 from .types import PAD, Draft, Generation, Sampling, Step, Verdict
 
 __all__ = [
-    "accept", "decode", "generate", "autoregressive", "Sampler", "Sampling", "Draft", "Verdict", "Step",
-    "Generation", "PAD", "JacobiDrafter", "LookaheadDrafter", "ModelDrafter", "PromptLookupDrafter",
+    "accept", "stream", "generate", "autoregressive", "Sampler", "Sampling", "Draft", "Verdict", "Step",
+    "Generation", "PAD", "Rule", "RuleSpec", "JacobiDrafter", "LookaheadDrafter", "ModelDrafter", "PromptLookupDrafter",
 ]
 __version__ = "0.1.0"

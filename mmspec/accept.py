@@ -9,16 +9,88 @@ or bonus (all accepted) frame, then PAD. With D = 0 every rule is plain decoding
 how the autoregressive baseline runs through the same code.
 
 Inside rules, ``p`` is the target's distribution and ``q`` the draft's, both after the same warping.
+
+Every rule is a ``Rule``: the function plus its ``RuleSpec`` (name, lossless or not, whether it needs
+keyed noise, the stated bound of a lossy rule). ``RULES`` maps the core's names to specs; a modality
+adds its own (``Modality.rules``), and the CLI, the app and the bench read "lossless" and the bound from
+the spec, never from a table of their own.
 """
 from __future__ import annotations
 
-from typing import Callable
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
 from .sampling import Sampler
 from .types import PAD, Draft, Verdict
+
+RuleFn = Callable[[Draft, Tensor, Sampler, Tensor], Verdict]
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """What a named accept rule is. ``build(target, **options) -> Rule`` makes it for a loaded target (rules
+    that need the model, such as LANTERN's codebook neighbours, or options such as a tolerance); ``options``
+    names the options it reads. A lossy rule states its ``bound``."""
+
+    name: str
+    lossless: bool
+    build: Callable[..., "Rule"]
+    keyed_noise: bool = False
+    bound: str | None = None
+    options: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if not self.lossless and not self.bound:
+            raise ValueError(f"lossy rule {self.name!r} must state its bound")
+
+
+class Rule:
+    """An accept rule: ``rule(draft, target_logits, sampler, pos) -> Verdict``, carrying its ``spec``."""
+
+    def __init__(self, fn: RuleFn, spec: RuleSpec | None = None):
+        self.fn, self.spec = fn, spec
+        self.__doc__ = (fn.func if isinstance(fn, functools.partial) else fn).__doc__
+
+    def __call__(self, draft: Draft, target_logits: Tensor, sampler: Sampler, pos: Tensor) -> Verdict:
+        return self.fn(draft, target_logits, sampler, pos)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def lossless(self) -> bool:
+        return self.spec.lossless
+
+    @property
+    def keyed_noise(self) -> bool:
+        return self.spec.keyed_noise
+
+    def __repr__(self) -> str:
+        return f"Rule({self.spec.name!r}, lossless={self.spec.lossless})"
+
+
+def make(fn: RuleFn, name: str, *, lossless: bool, keyed_noise: bool = False, bound: str | None = None,
+         build: Callable[..., Rule] | None = None, options: tuple[str, ...] = ()) -> Rule:
+    """Wrap ``fn`` as a ``Rule``; ``build`` defaults to "this same rule for every target"."""
+    rule = Rule(fn)
+    rule.spec = RuleSpec(name, lossless, build or (lambda target=None, **_: rule), keyed_noise, bound, options)
+    return rule
+
+
+def as_rule(rule: Any) -> Rule:
+    """A ``Rule`` as is; a plain function with the rule signature becomes an unnamed rule of unknown exactness."""
+    if isinstance(rule, Rule):
+        return rule
+    if not callable(rule):
+        allowed = ", ".join(RULES)
+        raise ValueError(f"rule must be an accept rule such as mmspec.accept.greedy (named: {allowed}), got {rule!r}")
+    name = getattr(rule, "__name__", type(rule).__name__)
+    return make(rule, name, lossless=False, bound="unknown: a user rule states none")
 
 
 def commit(draft_tokens: Tensor, frame_ok: Tensor, final: Tensor) -> Verdict:
@@ -39,13 +111,13 @@ def _prefix_match(draft: Draft, choice: Tensor) -> Verdict:
     return commit(draft.tokens, frame_ok, choice)
 
 
-def greedy(draft: Draft, target_logits: Tensor, sampler: Sampler, pos: Tensor) -> Verdict:
+def _greedy(draft: Draft, target_logits: Tensor, sampler: Sampler, pos: Tensor) -> Verdict:
     """Lossless for greedy decoding: accept while each draft frame equals the target's argmax, then append
     the target's argmax. The output is identical to greedy autoregressive decoding."""
     return _prefix_match(draft, target_logits.argmax(dim=-1))
 
 
-def reproducible(draft: Draft, target_logits: Tensor, sampler: Sampler, pos: Tensor) -> Verdict:
+def _reproducible(draft: Draft, target_logits: Tensor, sampler: Sampler, pos: Tensor) -> Verdict:
     """Lossless, and seed-reproducible: every frame is the Gumbel-max of the target's warped logits with
     noise keyed by (seed, row, position). That is an exact sample of the target, and since the noise of a
     position never depends on the draft, the output with the same seed is identical token for token with
@@ -53,8 +125,6 @@ def reproducible(draft: Draft, target_logits: Tensor, sampler: Sampler, pos: Ten
     accepted far more often than independent ones (Gumbel coupling)."""
     return _prefix_match(draft, sampler.keyed_choice(target_logits, pos))
 
-
-reproducible.keyed_noise = True  # the loop gives such rules a keyed sampler
 
 
 def rejection(draft: Draft, target_logits: Tensor, sampler: Sampler, accept_prob: Callable[..., Tensor]) -> Verdict:
@@ -89,7 +159,7 @@ def rejection(draft: Draft, target_logits: Tensor, sampler: Sampler, accept_prob
     return commit(x, ok.all(dim=-1), final)
 
 
-def speculative(draft: Draft, target_logits: Tensor, sampler: Sampler, pos: Tensor) -> Verdict:
+def _speculative(draft: Draft, target_logits: Tensor, sampler: Sampler, pos: Tensor) -> Verdict:
     """Lossless speculative sampling (Leviathan et al. 2023; Chen et al. 2023).
 
     Each draft token x ~ q is accepted with probability min(1, p(x) / q(x)); at the first rejection the
@@ -100,18 +170,18 @@ def speculative(draft: Draft, target_logits: Tensor, sampler: Sampler, pos: Tens
     any rejected codebook ends the step. Greedy sampling (temperature 0) falls back to ``greedy``.
     """
     if sampler.greedy:
-        return greedy(draft, target_logits, sampler, pos)
+        return _greedy(draft, target_logits, sampler, pos)
     return rejection(draft, target_logits, sampler, lambda p, q, x, p_x, q_x: p_x / q_x)
 
 
-def typical(
+def _typical(
     draft: Draft, target_logits: Tensor, sampler: Sampler, pos: Tensor, *, epsilon: float = 0.09, delta: float = 0.3
 ) -> Verdict:
     """LOSSY typical acceptance (Medusa, Cai et al. 2024): accept x if p(x) > min(epsilon, delta * exp(-H(p))).
 
     The output is not distributed as the target's: a token with enough target mass is kept even when
     sampling would often have chosen another. The recovered/bonus frame is sampled from p (argmax when
-    greedy). Use ``functools.partial(typical, epsilon=..., delta=...)`` for other thresholds.
+    greedy). ``typical_rule(epsilon=..., delta=...)`` builds it with other thresholds.
     """
     p = sampler.probs(target_logits)  # [B, D + 1, K, V]
     D = draft.size
@@ -123,11 +193,30 @@ def typical(
     return commit(draft.tokens, frame_ok, final)
 
 
-RULES = {"greedy": greedy, "speculative": speculative, "reproducible": reproducible, "typical": typical}
-LOSSLESS = {"greedy": True, "speculative": True, "reproducible": True, "typical": False}
+def typical_rule(epsilon: float = 0.09, delta: float = 0.3) -> Rule:
+    """``typical`` with other thresholds (LOSSY; see ``typical``)."""
+    for name, value in (("epsilon", epsilon), ("delta", delta)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ValueError(f"typical {name} must be a number in [0, 1], got {value!r}")
+    return make(functools.partial(_typical, epsilon=epsilon, delta=delta), "typical", lossless=False,
+                bound=TYPICAL_BOUND, build=lambda target=None, **o: typical_rule(**o), options=("epsilon", "delta"))
 
 
-def get_rule(name: str):
-    if name not in RULES:
-        raise ValueError(f"unknown rule {name!r}; allowed: {', '.join(RULES)}")
-    return RULES[name]
+TYPICAL_BOUND = ("none in distribution: keeps any drafted token with p(x) > min(epsilon, delta * exp(-H(p))); "
+                 "greedy output is identical to greedy decoding")
+
+greedy = make(_greedy, "greedy", lossless=True)
+speculative = make(_speculative, "speculative", lossless=True)
+reproducible = make(_reproducible, "reproducible", lossless=True, keyed_noise=True)  # the loop keys the noise
+typical = typical_rule()
+
+RULES: dict[str, RuleSpec] = {r.name: r.spec for r in (greedy, speculative, reproducible, typical)}
+"""The core's named rules; a modality adds its own through ``Modality.rules``."""
+
+
+def spec_of(name: str, extra: dict[str, RuleSpec] | None = None) -> RuleSpec:
+    """The spec of a named rule: the core's, or one of ``extra`` (a modality's rules)."""
+    specs = {**RULES, **(extra or {})}
+    if name not in specs:
+        raise ValueError(f"unknown rule {name!r}; allowed: {', '.join(specs)}")
+    return specs[name]

@@ -36,3 +36,22 @@ def numbered(path: str, count: int) -> list[str]:
         return [path]
     stem, dot, ext = path.rpartition(".")
     return [f"{stem}_{i}.{ext}" if dot else f"{path}_{i}" for i in range(count)]
+
+
+def writable(path) -> str:
+    """Check, before any work, that a file can be written at ``path`` (creating its missing folders).
+
+    Returns the path as a string; a folder, an unwritable place or an empty name is a ValueError."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise ValueError(f"output path must be a file name such as out.png, got {path!r}")
+    path = os.path.expanduser(str(path))
+    if os.path.isdir(path):
+        raise ValueError(f"output path {path!r} is a folder; give a file name inside it")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot create the folder for {path!r}: {err.strerror}") from None
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"cannot write to {folder!r} (permission denied)")
+    return path

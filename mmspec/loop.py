@@ -1,31 +1,38 @@
 """The one draft -> verify -> accept loop for every modality.
 
-``decode`` yields one ``Step`` per target forward (for streaming), ``generate`` collects them into a
-``Generation``, and ``autoregressive`` is the same loop with no drafter, so every comparison runs the
-same adapter, the same rule and the same bookkeeping.
+``stream`` yields one ``Step`` per target forward, ``generate`` collects them into a ``Generation``,
+and ``autoregressive`` is the same loop with no drafter, so every comparison runs the same adapter, the
+same rule and the same bookkeeping. The call order the loop guarantees is in ``mmspec.protocols``.
 """
 from __future__ import annotations
 
 import time
+import weakref
 from typing import Any, Callable, Iterator
 
 import torch
 
 from . import accept
+from .accept import Rule, as_rule
 from .protocols import Drafter, Target
 from .sampling import Sampler
-from .types import PAD, Draft, Generation, Sampling, Step
+from .types import PAD, Draft, Generation, Sampling, Step, count
 
-Rule = Callable[..., Any]
+_BUSY: "weakref.WeakSet" = weakref.WeakSet()  # targets inside a running generation (one at a time each)
 
 
-def _check(target: Target, k: int, max_new_tokens: int, rule: Rule, sampling: Sampling, drafter) -> None:
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k (drafted frames per step) must be an integer >= 1, got {k!r}")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be an integer >= 1, got {max_new_tokens!r}")
-    if not callable(rule):
-        raise ValueError(f"rule must be an accept rule function such as accept.greedy, got {rule!r}")
+def _check(target, drafter, k, max_new_tokens, rule, sampling, seed) -> tuple[int, int, Rule, int]:
+    """Validate the arguments of ``stream`` before any model runs; returns ``(k, max_new_tokens, rule, seed)``."""
+    if not isinstance(target, Target):
+        raise ValueError(f"target must be an mmspec Target (e.g. mmspec.text.TextTarget), got {type(target).__name__}")
+    if drafter is not None and not isinstance(drafter, Drafter):
+        raise ValueError(f"drafter must implement start/propose/observe (or be None), got {type(drafter).__name__}")
+    k = count(k, "k (drafted frames per step)")
+    max_new_tokens = count(max_new_tokens, "max_new_tokens")
+    seed = count(seed, "seed", minimum=0)
+    if seed >= 2**63:
+        raise ValueError(f"seed must be an integer in [0, 2**63), got {seed}")
+    rule = as_rule(rule)
     if not isinstance(sampling, Sampling):
         raise ValueError(f"sampling must be an mmspec.Sampling, got {type(sampling).__name__}")
     if rule is accept.greedy and not sampling.greedy:
@@ -33,11 +40,13 @@ def _check(target: Target, k: int, max_new_tokens: int, rule: Rule, sampling: Sa
             "rule 'greedy' decodes deterministically; use temperature 0, or a sampling rule "
             f"({', '.join(r for r in accept.RULES if r != 'greedy')}) with temperature {sampling.temperature}"
         )
-    if drafter is not None and not isinstance(drafter, Drafter):
-        raise ValueError(f"drafter must implement start/propose/observe, got {type(drafter).__name__}")
+    if target in _BUSY:
+        raise ValueError("this target is already generating (one generation at a time per target: finish or close "
+                         "the other stream first, or load a second copy)")
+    return k, max_new_tokens, rule, seed
 
 
-def decode(
+def stream(
     target: Target,
     drafter: Drafter | None,
     prompt: Any,
@@ -48,19 +57,30 @@ def decode(
     sampling: Sampling = Sampling(),
     seed: int = 0,
 ) -> Iterator[Step]:
-    """Generate up to ``max_new_tokens`` frames per row, yielding each committed step."""
-    _check(target, k, max_new_tokens, rule, sampling, drafter)
+    """Generate up to ``max_new_tokens`` frames per row, yielding each committed step.
+
+    A frame is one token for text and image models and one code per codebook (K codes) for codec LMs.
+    """
+    k, max_new_tokens, rule, seed = _check(target, drafter, k, max_new_tokens, rule, sampling, seed)
+    _BUSY.add(target)
+    try:
+        yield from _steps(target, drafter, prompt, max_new_tokens, k, rule, sampling, seed)
+    finally:
+        _BUSY.discard(target)
+
+
+def _steps(target, drafter, prompt, max_new_tokens, k, rule, sampling, seed) -> Iterator[Step]:
     # 1. Prefill the target; the first frame comes from the target alone (a rule over an empty draft).
     logits = target.start(prompt, max_new_tokens)  # [B, 1, K, V]
     B, K = logits.shape[0], logits.shape[2]
     device = logits.device
-    sampler = Sampler(sampling, seed, device, keyed=getattr(rule, "keyed_noise", False))
+    sampler = Sampler(sampling, seed, device, keyed=rule.keyed_noise)
     budget = min(max_new_tokens, target.max_frames - int(target.pos.max()))
     empty = Draft(tokens=torch.zeros(B, 0, K, dtype=torch.long, device=device))
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    made, forwards = 0, 1
+    made = 0
     if drafter is not None:
-        drafter.start(target, sampler)
+        drafter.start(target, sampler, prompt, budget)
     verdict, draft = rule(empty, logits, sampler, target.pos.clone()), empty
     while True:
         # 5. Commit n = (batch minimum of accepted) + 1 frames; stop rows at their end; roll back caches.
@@ -71,9 +91,9 @@ def decode(
         after_end = torch.cat([done[:, None].expand(B, 1), ended[:, :-1]], dim=1) | done[:, None]
         frames = frames.masked_fill(after_end[..., None], PAD)
         from_draft = torch.arange(n, device=device)[None, :] < verdict.n_accepted[:, None]
-        step = Step(frames, from_draft & ~after_end, draft.size, verdict.n_accepted, forwards)
         if draft.size:  # cache held [last, draft]; keep last and the accepted prefix of the batch
             target.rollback(target.pos - (draft.size + 1) + n)
+        step = Step(frames, from_draft & ~after_end, draft.size, verdict.n_accepted, target.pos.clone())
         if drafter is not None:
             drafter.observe(step, logits)
         made += n
@@ -89,17 +109,18 @@ def decode(
         # 3. Verify: one target forward over [last, draft].
         pos = target.pos.clone() + 1  # position predicted by logits[:, 0]
         logits = target.forward(torch.cat([last, draft.tokens], dim=1))  # [B, D + 1, K, V]
-        forwards = 1
         # 4. Accept a prefix plus one recovered/bonus frame.
         verdict = rule(draft, logits, sampler, pos)
 
 
 def generate(target: Target, drafter: Drafter | None, prompt: Any, **kwargs) -> Generation:
-    """Run ``decode`` to the end and collect the committed frames, the steps and the wall time."""
-    sync = synchronizer(getattr(target, "device", "cpu"))
+    """Run ``stream`` to the end and collect the committed frames, the steps and the wall time."""
+    if not isinstance(target, Target):
+        raise ValueError(f"target must be an mmspec Target (e.g. mmspec.text.TextTarget), got {type(target).__name__}")
+    sync = synchronizer(target.device)
     sync()
     t0 = time.perf_counter()
-    steps = list(decode(target, drafter, prompt, **kwargs))
+    steps = list(stream(target, drafter, prompt, **kwargs))
     sync()
     wall = time.perf_counter() - t0
     tokens = torch.cat([s.frames for s in steps], dim=1)  # [B, T, K]

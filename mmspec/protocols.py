@@ -1,13 +1,25 @@
-"""The two interfaces the loop talks to: a Target and a Drafter.
+"""The three contracts of the core: a Target, a Drafter and an accept rule (``mmspec.accept.Rule``).
 
 A Target wraps one model of one modality (an adapter): it turns a prompt into a prefilled cache,
 scores frames ``[B, T, K]`` at its committed position, forgets what a step rejected, and decodes
-committed frames to the modality's output. A Drafter guesses the next frames cheaply.
+committed frames to the modality's output. A Drafter guesses the next frames cheaply. Everything the
+core and the drafters read from a target is declared here; nothing else may be assumed.
+
+Order of calls in one generation (``mmspec.stream``), which every implementation may rely on:
+
+1. ``target.start(prompt, max_new_tokens)``; then ``drafter.start(target, sampler, prompt, budget)``.
+2. Per step: ``drafter.propose(last, k)``, ``target.forward([last, draft])``, the rule's verdict,
+   ``target.rollback(pos)`` to the committed length, and only then ``drafter.observe(step, logits)``
+   (so ``target.pos == step.pos`` while a drafter observes). The first step has no draft and no forward:
+   its logits are the prefill's.
+3. One generation at a time per target: a target (or a draft model) used by a running generation is
+   busy, and ``stream`` refuses to start another on it.
 """
 from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
+import torch
 from torch import Tensor
 
 from .sampling import Sampler
@@ -20,12 +32,15 @@ class Target(Protocol):
     vocab_size: int  # V of the logits the target returns
     pos: Tensor  # [B] committed frames per row (prompt included), as seen by the model's cache
     max_frames: int  # context length in frames: prompt + new frames must fit
+    device: torch.device  # where the logits live
 
-    def start(self, prompt: Any, max_new_frames: int) -> Tensor:
-        """Encode and prefill ``prompt``; return the logits of the first new frame ``[B, 1, K, V]``."""
+    def start(self, prompt: Any, max_new_tokens: int) -> Tensor:
+        """Encode and prefill ``prompt`` for a run of up to ``max_new_tokens`` new frames per row; return
+        the logits of the first new frame ``[B, 1, K, V]``."""
 
-    def prompt_frames(self) -> Tensor:
-        """The prompt as frames ``[B, L, K]`` (for drafters that look back at it)."""
+    def prompt_frames(self) -> list[Tensor]:
+        """The prompt as frames, one ``[L_b, K]`` tensor per row (rows may differ in length; an empty
+        ``[0, K]`` where the prompt is not in frame space), for drafters that look back at it."""
 
     def forward(self, frames: Tensor) -> Tensor:
         """Score ``frames [B, T, K]`` at ``pos``; return logits ``[B, T, K, V]`` (guided, constrained);
@@ -38,17 +53,23 @@ class Target(Protocol):
         """Which committed frames ``[B, T, K]`` end their row: BoolTensor ``[B, T]``."""
 
     def decode(self, frames: Tensor, lengths: Tensor) -> list:
-        """Committed frames ``[B, T, K]`` with ``lengths [B]`` -> one output per row."""
+        """Committed frames ``[B, T, K]`` with ``lengths [B]`` -> one output per row (str, or an object with
+        ``save(path)``), including a row cut short before its end."""
+
+    def check_draft(self, draft: "Target") -> None:
+        """Raise ValueError if ``draft`` cannot draft for this target (other tokenizer, codec, grid...)."""
 
 
 @runtime_checkable
 class Drafter(Protocol):
-    def start(self, target: Target, sampler: Sampler) -> None:
-        """Called after the target's prefill; the drafter reads ``target.prompt_frames()`` if it needs to."""
+    def start(self, target: Target, sampler: Sampler, prompt: Any, max_new_tokens: int) -> None:
+        """Called after the target's prefill with the same ``prompt`` and the run's real budget of new
+        frames (already capped by the target's context)."""
 
     def propose(self, last: Tensor, k: int) -> Draft:
         """Guess up to ``k`` frames that follow ``last [B, 1, K]`` (the newest committed frame)."""
 
     def observe(self, step: Step, target_logits: Tensor) -> None:
-        """Learn what a step committed (called for every step, the first one and draft-less ones too);
-        ``target_logits [B, D + 1, K, V]`` are that step's target forward (the prefill's for the first)."""
+        """Learn what a step committed (called for every step, the first one and draft-less ones too),
+        after the target rolled back (``target.pos == step.pos``); ``target_logits [B, D + 1, K, V]`` are
+        that step's target forward (the prefill's for the first)."""

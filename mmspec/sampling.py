@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .types import Sampling
+from .types import Sampling, count
 
 _MASK64 = (1 << 64) - 1
 
@@ -19,7 +19,8 @@ def warp(logits: Tensor, sampling: Sampling) -> Tensor:
     logits = logits.float()
     if sampling.greedy:
         return logits
-    logits = logits / sampling.temperature
+    # Shift before dividing: the largest logit becomes 0, so a tiny temperature tends to greedy, never NaN.
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / sampling.temperature
     if sampling.top_k is not None and sampling.top_k < logits.shape[-1]:
         kth = torch.topk(logits, sampling.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -56,8 +57,9 @@ class Sampler:
     """
 
     def __init__(self, sampling: Sampling, seed: int = 0, device: torch.device | str = "cpu", keyed: bool = False):
-        if not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+        seed = count(seed, "seed", minimum=0)
+        if seed >= 2**63:
+            raise ValueError(f"seed must be below 2**63, got {seed}")
         self.sampling = sampling
         self.seed = seed
         self.device = torch.device(device)

@@ -31,6 +31,7 @@ class ToyTarget:
             tables = (torch.randn(K, K, V, V, generator=g) * sharpness, torch.randn(K, K, V, V, generator=g) * sharpness / 2)
         self.w1, self.w2 = tables  # [K_prev, K, V_prev, V]: logits of codebook k from the previous frames
         self.device = torch.device("cpu")
+        self.pos = torch.zeros(1, dtype=torch.long)
         self.forwards = 0
 
     def perturbed(self, noise: float = 1.0, seed: int = 1) -> "ToyTarget":
@@ -40,7 +41,7 @@ class ToyTarget:
         return ToyTarget(self.vocab_size, self.num_codebooks, eos_id=self.eos_id, max_frames=self.max_frames, tables=(w1, w2))
 
     # -- Target protocol -------------------------------------------------------------------------
-    def start(self, prompt: Tensor, max_new_frames: int) -> Tensor:
+    def start(self, prompt: Tensor, max_new_tokens: int) -> Tensor:
         prompt = check_frames(prompt, "prompt")
         if prompt.shape[1] < 2:
             raise ValueError("ToyTarget prompts need at least 2 frames")
@@ -52,8 +53,8 @@ class ToyTarget:
         self.forwards += 1
         return self._logits(self.history)[:, -1:]
 
-    def prompt_frames(self) -> Tensor:
-        return self.prompt
+    def prompt_frames(self) -> list[Tensor]:
+        return list(self.prompt)
 
     def forward(self, frames: Tensor) -> Tensor:
         T = frames.shape[1]
@@ -75,6 +76,10 @@ class ToyTarget:
 
     def decode(self, frames: Tensor, lengths: Tensor) -> list:
         return [frames[b, : int(lengths[b])].tolist() for b in range(frames.shape[0])]
+
+    def check_draft(self, draft) -> None:
+        if not isinstance(draft, ToyTarget) or draft.vocab_size != self.vocab_size:
+            raise ValueError("a ToyTarget drafts for a ToyTarget of the same vocabulary")
 
     # -- the model -------------------------------------------------------------------------------
     def _logits(self, history: Tensor) -> Tensor:

@@ -6,10 +6,25 @@ codec LM with parallel heads has K = number of codebooks.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+
+def count(value, name: str, minimum: int = 1) -> int:
+    """An integer parameter (Python or NumPy integer, not a bool) >= ``minimum``, else a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def number(value, name: str) -> float:
+    """A finite real parameter (not a bool), else a ValueError."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
 
 PAD = -1
 """Token id that fills ``Verdict.tokens`` after the committed frames and ``Generation.tokens`` after EOS."""
@@ -28,12 +43,17 @@ class Sampling:
     top_p: float | None = None
 
     def __post_init__(self):
-        if not isinstance(self.temperature, (int, float)) or math.isnan(self.temperature) or self.temperature < 0:
-            raise ValueError(f"temperature must be a number >= 0 (0 means greedy), got {self.temperature!r}")
-        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
-            raise ValueError(f"top_k must be an integer >= 1 or None, got {self.top_k!r}")
-        if self.top_p is not None and (not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1):
-            raise ValueError(f"top_p must be in (0, 1] or None, got {self.top_p!r}")
+        bad = isinstance(self.temperature, bool) or not isinstance(self.temperature, numbers.Real)
+        if bad or not math.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0 (0 means greedy), got {self.temperature!r}")
+        object.__setattr__(self, "temperature", float(self.temperature))
+        if self.top_k is not None:
+            object.__setattr__(self, "top_k", count(self.top_k, "top_k (or None)"))
+        if self.top_p is not None:
+            bad = isinstance(self.top_p, bool) or not isinstance(self.top_p, numbers.Real)
+            if bad or not 0 < self.top_p <= 1:
+                raise ValueError(f"top_p must be in (0, 1] or None, got {self.top_p!r}")
+            object.__setattr__(self, "top_p", float(self.top_p))
 
     @property
     def greedy(self) -> bool:
@@ -73,7 +93,7 @@ class Step:
     from_draft: Tensor  # [B, n] True where the frame is an accepted draft frame
     n_drafted: int  # D
     n_accepted: Tensor  # [B] accepted draft frames per row (before the batch minimum)
-    target_forwards: int  # target forwards this step (1, or 1 + prefill)
+    pos: Tensor  # [B] committed frames per row after this step (prompt included): the target's ``pos``
 
 
 @dataclass
@@ -84,11 +104,30 @@ class Generation:
     lengths: Tensor  # [B] new frames per row (EOS included)
     steps: list[Step] = field(default_factory=list)
     wall_s: float = 0.0
-    outputs: list | None = None  # decoded outputs (str, PIL.Image, waveform), one per row
+    outputs: list | None = None  # decoded outputs, one per row: str, or an object with ``save(path)``
 
     @property
     def stats(self) -> dict:
         return stats_of(self)
+
+    def save(self, path: str) -> list[str]:
+        """Write every row's output: ``path`` for one row, ``stem_0.ext, stem_1.ext ...`` for a batch.
+
+        Text is written as UTF-8; any other output saves itself (``output.save(path)``: images, audio).
+        Missing folders are created; an unwritable place is a ValueError before anything is written.
+        """
+        from .files import numbered, writable
+
+        if not self.outputs:
+            raise ValueError("this generation has no decoded outputs to save")
+        paths = numbered(writable(path), len(self.outputs))
+        for out, file in zip(self.outputs, paths):
+            if isinstance(out, str):
+                with open(file, "w", encoding="utf-8") as f:
+                    f.write(out)
+            else:
+                out.save(file)
+        return paths
 
     def token_ids(self) -> list[list[list[int]]] | list[list[int]]:
         """Per row, the committed ids; K = 1 frames are flattened to a plain list."""
@@ -102,11 +141,12 @@ class Generation:
 def stats_of(gen: Generation) -> dict:
     """Wall time, throughput and acceptance figures of one generation.
 
-    ``mean_accepted`` is frames committed per target forward (1.0 for plain decoding); the
-    ``acceptance_rate`` is accepted draft frames over drafted frames, per row, averaged.
+    Every step is one target forward (the first is the prefill). ``mean_accepted`` is frames committed
+    per target forward (1.0 for plain decoding); the ``acceptance_rate`` is accepted draft frames over
+    drafted frames, per row, averaged.
     """
     new_tokens = int(gen.lengths.sum())
-    forwards = sum(s.target_forwards for s in gen.steps)
+    forwards = len(gen.steps)
     frames_per_row = sum(s.frames.shape[1] for s in gen.steps)
     drafted = sum(s.n_drafted for s in gen.steps) * gen.tokens.shape[0]
     accepted = sum(int(s.n_accepted.sum()) for s in gen.steps)
@@ -114,8 +154,7 @@ def stats_of(gen: Generation) -> dict:
         "wall_s": gen.wall_s,
         "new_tokens": new_tokens,
         "tokens_per_s": new_tokens / gen.wall_s if gen.wall_s > 0 else 0.0,
-        "steps": len(gen.steps),
-        "target_forwards": forwards,
+        "steps": forwards,
         "mean_accepted": frames_per_row / forwards if forwards else 0.0,
         "acceptance_rate": accepted / drafted if drafted else 0.0,
         "accepted_per_step": [s.frames.shape[1] for s in gen.steps],

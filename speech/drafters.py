@@ -19,7 +19,7 @@ delayed and the plain layout, so the table fits raw codec codes ``[K, T]``.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 import torch
 from torch import Tensor
@@ -81,7 +81,7 @@ class CodecLookupDrafter:
             raise ValueError("prior must be a LongTensor [K, V] from fit_prior")
         self.prior = prior
 
-    def start(self, target: Target, sampler: Sampler) -> None:
+    def start(self, target: Target, sampler: Sampler, prompt: Any, max_new_tokens: int) -> None:
         rows = [f.clone() for f in target.prompt_frames()]  # per row [L_b, K]
         if self.prior is not None and self.prior.shape[0] != target.num_codebooks:
             raise ValueError(f"prior has {self.prior.shape[0]} codebooks, the target {target.num_codebooks}")

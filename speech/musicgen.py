@@ -60,7 +60,6 @@ class MusicgenTarget:
         params = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
         self.pos = torch.zeros(1, dtype=torch.long)
-        self.leader: "MusicgenTarget | None" = None  # the target this model drafts for (its length rules)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, guidance_scale: float = 3.0, dtype=None,
@@ -84,7 +83,7 @@ class MusicgenTarget:
 
     # -- Target protocol -------------------------------------------------------------------------
     @torch.inference_mode()
-    def start(self, prompt: str | Sequence[str], max_new_frames: int) -> Tensor:
+    def start(self, prompt: str | Sequence[str], max_new_tokens: int) -> Tensor:
         texts = texts_of(prompt)
         self.prompt = prompt
         # 1. Text encoder once; CFG appends a zero "null" condition with a zero attention mask.
@@ -97,9 +96,7 @@ class MusicgenTarget:
         self.encoded, self.enc_mask = hidden, mask  # [R, L, H], [R, L] with R = B or 2B rows
         # 2. Length: N new steps (N - K + 1 audio frames), as generate(max_new_tokens=N).
         B = len(texts)
-        self.new_steps = min(int(max_new_frames), self.max_frames - 1)
-        if self.leader is not None:  # a draft model follows its target's closing delay
-            self.new_steps = self.leader.new_steps
+        self.new_steps = min(int(max_new_tokens), self.max_frames - 1)
         self.cache = None
         self.steps_fed = 0  # decoder steps in the cache (BOS included)
         self.pos = torch.zeros(B, dtype=torch.long, device=self.device)
@@ -185,4 +182,3 @@ class MusicgenTarget:
         if (draft.vocab_size, draft.num_codebooks, draft.sample_rate) != (self.vocab_size, self.num_codebooks,
                                                                           self.sample_rate):
             raise ValueError("draft MusicGen uses a different codec (codebooks, codes or sample rate)")
-        draft.leader = self  # ModelDrafter starts the draft with max_new_frames=1: take our length instead

@@ -25,7 +25,7 @@ import functools
 import torch
 from torch import Tensor
 
-from mmspec.accept import rejection
+from mmspec.accept import Rule, make, rejection
 from mmspec.sampling import Sampler
 from mmspec.types import Draft, Verdict
 
@@ -46,10 +46,11 @@ def relaxed(draft: Draft, target_logits: Tensor, sampler: Sampler, pos: Tensor, 
     return rejection(draft, target_logits, sampler, tolerant)
 
 
-def relaxed_rule(beta: float = 0.1, exact_codebooks: int = 1):
+def relaxed_rule(beta: float = 0.1, exact_codebooks: int = 1) -> Rule:
     """``relaxed`` with its tolerance bound in: a rule with the standard signature for ``generate``."""
-    if not 0 <= beta <= 1:
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta <= 1:
         raise ValueError(f"beta must be in [0, 1], got {beta!r}")
-    rule = functools.partial(relaxed, beta=beta, exact_codebooks=exact_codebooks)
-    rule.__name__ = f"relaxed(beta={beta})"
-    return rule
+    bound = (f"total variation <= (K - {exact_codebooks}) * beta = (K - {exact_codebooks}) * {beta:g} per frame "
+             f"from the target; codebooks < {exact_codebooks} exact")
+    return make(functools.partial(relaxed, beta=beta, exact_codebooks=exact_codebooks), "relaxed", lossless=False,
+                bound=bound, build=lambda target=None, **o: relaxed_rule(**o), options=("beta",))

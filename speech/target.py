@@ -127,7 +127,7 @@ class SpeechTarget:
 
     # -- Target protocol -------------------------------------------------------------------------
     @torch.inference_mode()
-    def start(self, prompt: str | Sequence[str], max_new_frames: int) -> Tensor:
+    def start(self, prompt: str | Sequence[str], max_new_tokens: int) -> Tensor:
         from transformers import DynamicCache
 
         # 1. Text prefix + the BOS frame (all pad ids): its logits predict step 0.

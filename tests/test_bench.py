@@ -37,7 +37,7 @@ def test_json_is_well_formed(bench_out):
         assert len(m["per_prompt"]) == 2
         assert m["new_tokens"] == sum(r["new_tokens"] for r in m["per_prompt"]) <= 16
         assert m["mean_accepted"] >= 1.0 and 0 <= m["acceptance_rate"] <= 1
-        assert sum(m["accepted_per_step_hist"].values()) == m["target_forwards"]  # one step per target forward
+        assert sum(m["accepted_per_step_hist"].values()) == m["steps"]  # one step per target forward
         if m["drafter"] == "none":
             assert m["speedup"] == pytest.approx(1.0) and m["mean_accepted"] == pytest.approx(1.0)
 

@@ -25,7 +25,7 @@ def test_generate_json_contract(capsys, tiny_models):
     assert set(result) >= {"outputs", "token_ids", "stats"}
     assert len(result["outputs"]) == 2 and all(isinstance(o, str) for o in result["outputs"])
     assert result["token_ids"][0] == result["token_ids"][1]  # greedy: both rows alike
-    assert set(result["stats"]) >= {"wall_s", "new_tokens", "tokens_per_s", "steps", "target_forwards",
+    assert set(result["stats"]) >= {"wall_s", "new_tokens", "tokens_per_s", "steps",
                                     "mean_accepted", "acceptance_rate"}
 
 

@@ -1,7 +1,6 @@
 """The core on ToyTarget: equivalence, exact distributions, reproducibility, rules and bad input."""
 from __future__ import annotations
 
-import functools
 from collections import Counter
 
 import pytest
@@ -40,7 +39,7 @@ def test_greedy_equivalence_every_drafter(K, B):
         for k in (1, 3, 6):
             gen = mmspec.generate(target, drafter, p, max_new_tokens=40, k=k)
             assert torch.equal(gen.tokens, base.tokens), (name, k)
-            assert gen.stats["target_forwards"] <= base.stats["target_forwards"], (name, k)
+            assert gen.stats["steps"] <= base.stats["steps"], (name, k)
 
 
 def test_jacobi_never_takes_more_steps_and_a_perfect_draft_takes_few():
@@ -48,7 +47,7 @@ def test_jacobi_never_takes_more_steps_and_a_perfect_draft_takes_few():
     base = mmspec.autoregressive(target, prompt(), max_new_tokens=30)
     twin = mmspec.generate(target, mmspec.ModelDrafter(target.perturbed(0.0)), prompt(), max_new_tokens=30, k=5)
     assert torch.equal(twin.tokens, base.tokens)
-    assert twin.stats["acceptance_rate"] == 1.0 and twin.stats["target_forwards"] == 1 + 29 // 6 + (29 % 6 > 0)
+    assert twin.stats["acceptance_rate"] == 1.0 and twin.stats["steps"] == 1 + 29 // 6 + (29 % 6 > 0)
 
 
 def test_stats_are_consistent():
@@ -56,8 +55,8 @@ def test_stats_are_consistent():
     gen = mmspec.generate(target, mmspec.PromptLookupDrafter(), prompt(), max_new_tokens=25, k=4)
     s = gen.stats
     assert s["new_tokens"] == 25 == sum(s["accepted_per_step"])
-    assert s["steps"] == s["target_forwards"] == len(gen.steps)
-    assert s["mean_accepted"] == pytest.approx(25 / s["target_forwards"])
+    assert s["steps"] == len(gen.steps) == target.forwards  # one target forward per step, the prefill included
+    assert s["mean_accepted"] == pytest.approx(25 / s["steps"])
     assert 0 <= s["acceptance_rate"] <= 1 and s["tokens_per_s"] > 0
 
 
@@ -161,7 +160,9 @@ def test_coupled_model_draft_is_accepted_more_often_under_reproducible():
 def test_rules_on_an_empty_draft_give_one_frame():
     logits = torch.randn(3, 1, 2, 5)
     sampler = Sampler(Sampling(temperature=1.0), seed=0)
-    for name, rule in accept.RULES.items():
+    for name, spec in accept.RULES.items():
+        rule = spec.build(None)
+        assert rule.name == name and rule.lossless == spec.lossless
         s = sampler if name != "greedy" else Sampler(Sampling(), 0)
         v = rule(Draft(tokens=torch.zeros(3, 0, 2, dtype=torch.long)), logits, s, torch.zeros(3, dtype=torch.long))
         assert v.tokens.shape == (3, 1, 2) and v.n_accepted.tolist() == [0, 0, 0]
@@ -179,15 +180,16 @@ def test_greedy_rule_accepts_the_matching_prefix():
 
 
 def test_typical_is_lossy_and_labelled():
-    assert "LOSSY" in accept.typical.__doc__ and not accept.LOSSLESS["typical"]
+    assert "LOSSY" in accept.typical.__doc__ and not accept.RULES["typical"].lossless
+    assert "epsilon" in accept.RULES["typical"].bound  # a lossy rule states its bound
     for name in ("greedy", "speculative", "reproducible"):
-        assert "ossless" in getattr(accept, name).__doc__ and accept.LOSSLESS[name]
+        assert "ossless" in getattr(accept, name).__doc__ and accept.RULES[name].lossless
     # a token with mass above the threshold is accepted although it is not the argmax
     logits = torch.log(torch.tensor([0.5, 0.3, 0.2]))[None, None, None, :].expand(1, 2, 1, 3)
     draft = Draft(tokens=torch.tensor([[[1]]]))
     v = accept.typical(draft, logits, Sampler(Sampling(temperature=1.0)), torch.zeros(1, dtype=torch.long))
     assert v.n_accepted.tolist() == [1]
-    strict = functools.partial(accept.typical, epsilon=0.9, delta=0.9)
+    strict = accept.RULES["typical"].build(None, epsilon=0.9, delta=0.9)
     assert strict(draft, logits, Sampler(Sampling(temperature=1.0)), torch.zeros(1, dtype=torch.long)).n_accepted.tolist() == [0]
 
 
@@ -218,7 +220,7 @@ def test_bad_loop_arguments():
     with pytest.raises(ValueError, match="greedy"):
         mmspec.generate(target, None, prompt(), sampling=Sampling(temperature=1.0), rule=accept.greedy)
     with pytest.raises(ValueError, match="unknown rule"):
-        accept.get_rule("magic")
+        accept.spec_of("magic")
     with pytest.raises(ValueError, match="init"):
         mmspec.JacobiDrafter(init="zeros")
     with pytest.raises(ValueError, match="codebooks"):

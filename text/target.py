@@ -111,7 +111,7 @@ class TextTarget:
 
     # -- Target protocol -------------------------------------------------------------------------
     @torch.inference_mode()
-    def start(self, prompt: str | Sequence[str], max_new_frames: int) -> Tensor:
+    def start(self, prompt: str | Sequence[str], max_new_tokens: int) -> Tensor:
         from transformers import DynamicCache
 
         ids, self.pads = self.encode(prompt)  # [B, L], [B]

@@ -18,14 +18,14 @@ randomness, and keeps relaxed (lossy) rules from accepting noise whose q would b
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
 from ..protocols import Target
 from ..sampling import Sampler
-from ..types import Draft, Step
+from ..types import Draft, Step, count
 
 Init = Callable[[Tensor, int], Tensor]
 
@@ -34,11 +34,13 @@ class JacobiDrafter:
     def __init__(self, init: str | Init = "random", pad_id: int = 0):
         if not callable(init) and init not in ("pad", "random", "repeat"):
             raise ValueError(f"init must be 'pad', 'random', 'repeat' or a callable, got {init!r}")
-        self.init, self.pad_id = init, pad_id
+        self.init, self.pad_id = init, count(pad_id, "pad_id", minimum=0)
 
-    def start(self, target: Target, sampler: Sampler) -> None:
-        self.target, self.sampler = target, sampler
+    def start(self, target: Target, sampler: Sampler, prompt: Any, max_new_tokens: int) -> None:
+        self.sampler = sampler
         self.V = target.vocab_size
+        if self.init == "pad" and self.pad_id >= self.V:
+            raise ValueError(f"pad_id {self.pad_id} is outside the target's vocabulary (0..{self.V - 1})")
         bind = getattr(self.init, "bind", None)
         self._init = bind(target) if callable(bind) else self.init
         self.out: Tensor | None = None  # committed new frames [B, C, K]
@@ -49,7 +51,13 @@ class JacobiDrafter:
         """n init guesses after ``seq [B, S, K]``: tokens ``[B, n, K]`` (verified as q = one-hot)."""
         B, _, K = seq.shape
         if callable(self._init):
-            return self._init(seq, n).to(seq.device)
+            guess = self._init(seq, n)
+            if not isinstance(guess, Tensor) or guess.shape != (B, n, K) or guess.dtype != torch.long:
+                raise ValueError(f"a Jacobi init must return a LongTensor [B, n, K] = [{B}, {n}, {K}], got "
+                                 f"{getattr(guess, 'shape', type(guess).__name__)}")
+            if bool(((guess < 0) | (guess >= self.V)).any()):
+                raise ValueError(f"a Jacobi init guessed ids outside the target's vocabulary (0..{self.V - 1})")
+            return guess.to(seq.device)
         if self.init == "pad":
             return seq.new_full((B, n, K), self.pad_id)
         if self.init == "repeat":
@@ -82,7 +90,7 @@ class JacobiDrafter:
         if s.greedy:
             self.guess, self.q = rest.argmax(-1), None
         elif s.keyed:
-            self.guess, self.q = s.keyed_choice(rest, self.target.pos.clone() + 1), None
+            self.guess, self.q = s.keyed_choice(rest, step.pos + 1), None  # rest[:, 0] follows the committed frames
         else:
             self.q = s.probs(rest)
             self.guess = s.sample(self.q)

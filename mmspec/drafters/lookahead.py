@@ -14,6 +14,7 @@ is a later speed path.
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -34,8 +35,8 @@ class LookaheadDrafter:
         self.ngram, self.pool_size = ngram, pool_size
         self.jacobi = JacobiDrafter(init=init)
 
-    def start(self, target: Target, sampler: Sampler) -> None:
-        self.jacobi.start(target, sampler)
+    def start(self, target: Target, sampler: Sampler, prompt: Any, max_new_tokens: int) -> None:
+        self.jacobi.start(target, sampler, prompt, max_new_tokens)
         self.V = target.vocab_size
         self.pools: list[OrderedDict] = [OrderedDict() for _ in target.prompt_frames()]
         self.tail = [f[-(self.ngram - 1) :].clone() for f in target.prompt_frames()]  # per row [<= N-1, K]

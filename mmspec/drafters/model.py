@@ -2,10 +2,15 @@
 frames, keeping the distribution q each frame was sampled from (Leviathan et al. 2023; Chen et al. 2023).
 
 The draft model is itself a Target adapter (same ``start / forward / rollback``), so any model the
-toolkit can verify with, it can also draft with. Its cache is rolled back to the committed prefix after
-every step; committed frames it has not seen yet wait in a backlog and are fed with the next ``last``.
+toolkit can verify with, it can also draft with. It starts on the same prompt with the run's real budget
+(so a draft whose rules depend on the length, such as a fixed-length delay pattern, follows the target's).
+Its cache is rolled back to the committed prefix after every step; committed frames it has not seen yet
+wait in a backlog and are fed with the next ``last``. The draft object must be a second model, never
+the target itself: they would share one cache.
 """
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -26,20 +31,26 @@ class ModelDrafter:
     """
 
     def __init__(self, model: Target, adaptive: bool = False, confidence: float | None = None):
-        if confidence is not None and not 0 < confidence < 1:
+        if not isinstance(model, Target):
+            raise ValueError(f"the draft model must be an mmspec Target (e.g. TextTarget), got {type(model).__name__}")
+        if not isinstance(adaptive, bool):
+            raise ValueError(f"adaptive must be True or False, got {adaptive!r}")
+        if confidence is not None and (isinstance(confidence, bool) or not isinstance(confidence, (int, float))
+                                       or not 0 < confidence < 1):
             raise ValueError(f"confidence must be in (0, 1) or None, got {confidence!r}")
         self.model, self.adaptive, self.confidence = model, adaptive, confidence
 
-    def start(self, target: Target, sampler: Sampler) -> None:
+    def start(self, target: Target, sampler: Sampler, prompt: Any, max_new_tokens: int) -> None:
+        if self.model is target:
+            raise ValueError("the draft model is the target object itself; load the model a second time to draft "
+                             "with it (the two would share one cache)")
         if self.model.num_codebooks != target.num_codebooks:
             raise ValueError(
                 f"draft model has {self.model.num_codebooks} codebooks, the target {target.num_codebooks}: they must match"
             )
-        check = getattr(target, "check_draft", None)
-        if check is not None:
-            check(self.model)  # the adapter refuses pairs it cannot verify (e.g. different tokenizers)
+        target.check_draft(self.model)  # the adapter refuses pairs it cannot verify (e.g. different tokenizers)
         self.target, self.sampler = target, sampler
-        self.model.start(target.prompt, max_new_frames=1)
+        self.model.start(prompt, max_new_tokens)
         self.backlog: list[Tensor] = []  # committed frames [B, n, K] the draft model has not been fed
         self.k_now, self.k_max = None, 0  # adaptive draft length, reset per generation
         self.fed_drafts = 0

@@ -6,6 +6,8 @@ are matched as whole frames.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -41,7 +43,7 @@ class PromptLookupDrafter:
             raise ValueError(f"need integers 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}")
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
 
-    def start(self, target: Target, sampler: Sampler) -> None:
+    def start(self, target: Target, sampler: Sampler, prompt: Any, max_new_tokens: int) -> None:
         self.vocab_size = target.vocab_size
         self.frames = [f.clone() for f in target.prompt_frames()]  # per row [L_b, K]
         self.ids = [frame_ids(f, self.vocab_size) for f in self.frames]  # per row [L_b]
