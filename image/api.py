@@ -1,112 +1,125 @@
-"""What the CLI, the app and the benchmarks need to drive the image modality (the modality interface).
-
-Same names as ``mmspec.text.api``: ``DEFAULT_TARGET``, ``DEFAULT_DRAFT``, ``DEFAULT_PROMPT``,
-``DEFAULT_MAX_NEW``, ``INITS``, ``add_arguments``, ``options``, ``load``, ``prompts``, ``save``,
-``json_extra``; plus ``RULES`` (accept rules that need the loaded target: ``lantern``) and
-``make_rule(name, target, **options)``.
+"""The image modality's interface (``mmspec.modalities``): mmspec's class-conditional zoo model or Janus.
 
 ``load`` accepts ``zoo:NAME`` / a folder with ``mmspec_image.json`` (mmspec's own class-conditional
-model) or a Janus folder / hub id (``JanusForConditionalGeneration``, text prompts).
+model) or a Janus folder / hub id (``JanusForConditionalGeneration``, text prompts). Outputs are
+``PIL.Image``s; the LOSSY ``lantern`` rule and the spatial Jacobi inits ``left`` / ``above`` are added.
 """
 from __future__ import annotations
 
 import argparse
 import os
 
-from mmspec.files import numbered
+from mmspec import accept
+from mmspec.bench import Method, Suite
+from mmspec.modalities import Modality
 
 from .inits import SpatialInit
-from .target import META_FILE, ImageTarget, resolve
+from .target import META_FILE, resolve
 
-DEFAULT_TARGET = "zoo:shapes"
-DEFAULT_DRAFT = "zoo:shapes-draft"
-DEFAULT_PROMPT = "red ring"
-DEFAULT_MAX_NEW = 64  # the zoo's 8 x 8 grid; a target stops at its own full grid anyway
-INITS: dict = {"left": SpatialInit("left"), "above": SpatialInit("above")}  # JacobiDrafter binds them to the grid
+LOAD_OPTIONS = ("guidance_scale", "guidance_interval", "image_size", "device", "dtype")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("image")
-    group.add_argument("--cfg", type=float, default=None,
-                       help="classifier-free guidance scale, >= 0; 1 = unguided (default: the model's, mmspec_image.json)")
-    group.add_argument("--cfg-interval", default=None,
-                       help="apply guidance only for grid fractions LO,HI (e.g. 0,0.5); default: everywhere")
+    group.add_argument("--guidance-scale", type=float, default=None,
+                       help="classifier-free guidance scale, >= 0; 1 = unguided (default: the model's own)")
+    group.add_argument("--guidance-interval", default=None,
+                       help="guide only for grid fractions LO,HI (e.g. 0,0.5); default: everywhere")
     group.add_argument("--image-size", type=int, default=None, help="expected image size in pixels (checked)")
     group.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    group.add_argument("--dtype", default=None, help="float32 (CPU default), float16 (CUDA default), bfloat16")
-    group.add_argument("--lantern-delta", type=float, default=0.1, help="LANTERN: per-step TV bound delta")
-    group.add_argument("--lantern-k", type=int, default=1000, help="LANTERN: neighbours per code")
+    group.add_argument("--dtype", default=None, help="float32 (CPU default), float16, bfloat16")
+    group.add_argument("--delta", type=float, default=0.1, help="rule lantern (LOSSY): per-token TV bound delta")
+    group.add_argument("--neighbours", type=int, default=1000, help="rule lantern: codebook neighbours per code")
 
 
-def _interval(text):
+def interval(text):
+    """``"LO,HI"`` -> ``(lo, hi)``; a pair or None as is."""
     if text is None or isinstance(text, (tuple, list)):
         return text
     try:
         lo, hi = (float(x) for x in str(text).split(","))
     except ValueError:
-        raise ValueError(f"--cfg-interval must be LO,HI grid fractions such as 0,0.5; got {text!r}") from None
+        raise ValueError(f"--guidance-interval must be LO,HI grid fractions such as 0,0.5; got {text!r}") from None
     return (lo, hi)
 
 
 def options(args: argparse.Namespace) -> dict:
-    return {
-        "cfg_scale": getattr(args, "cfg", None),
-        "cfg_interval": _interval(getattr(args, "cfg_interval", None)),
-        "image_size": getattr(args, "image_size", None),
-        "device": getattr(args, "device", None),
-        "dtype": getattr(args, "dtype", None),
-        "lantern_delta": getattr(args, "lantern_delta", 0.1),
-        "lantern_k": getattr(args, "lantern_k", 1000),
-    }
+    opts = {key: getattr(args, key, None) for key in (*LOAD_OPTIONS, "delta", "neighbours")}
+    opts["guidance_interval"] = interval(opts["guidance_interval"])
+    return {key: value for key, value in opts.items() if value is not None}
 
 
 def load(name: str, **opts):
     """An ``ImageTarget`` (mmspec image folder / ``zoo:NAME``) or a ``JanusTarget`` (anything else)."""
-    opts = {k: v for k, v in opts.items() if not k.startswith("lantern_")}
+    opts = {k: v for k, v in opts.items() if k in LOAD_OPTIONS}
     path = resolve(name)
     if os.path.exists(os.path.join(path, META_FILE)):
-        target = ImageTarget.from_pretrained(path, **opts)
-    else:
-        from .janus import JanusTarget
+        from .target import ImageTarget
 
-        opts.pop("image_size", None)
-        target = JanusTarget.from_pretrained(path, **opts)
-    return target  # spatial inits learn the grid width through JacobiDrafter's bind hook
+        return ImageTarget.from_pretrained(path, **opts)
+    from .janus import JanusTarget
+
+    opts.pop("image_size", None)
+    return JanusTarget.from_pretrained(path, **opts)
 
 
-def prompts(prompt, batch: int, **opts) -> list:
+def prompts(prompt, batch: int) -> list:
     if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError("prompt must be a class name such as 'red ring' (or, for Janus, a text prompt)")
+        raise ValueError(f"prompt must be a class name such as 'red ring' (or, for Janus, a text prompt), got {prompt!r}")
     return [prompt] * batch
 
 
-def make_rule(name: str, target, **opts):
-    """Accept rules that need the loaded target (the VQ codebook): ``lantern``."""
-    if name != "lantern":
-        raise ValueError(f"unknown image rule {name!r}; allowed: {', '.join(RULES)}")
+def lantern(target, delta: float = 0.1, neighbours: int = 1000):
+    """The LOSSY LANTERN rule for ``target``'s VQ codebook (see ``mmspec.image.lantern``)."""
     from .lantern import lantern_rule, neighbours_for
 
-    return lantern_rule(neighbours_for(target, opts.get("lantern_k", 1000)), delta=opts.get("lantern_delta", 0.1))
+    return lantern_rule(neighbours_for(target, neighbours), delta=delta)
 
 
-RULES = {"lantern": make_rule}
-LOSSLESS = {"lantern": False}
+def class_prompts(n: int, target) -> list[str]:
+    """``n`` class names spread over the target's classes (every k-th, so colours and shapes vary)."""
+    names = list(getattr(target, "class_names", []))
+    if not names:
+        raise ValueError("this image target has no class names; pass a prompt set for text-prompted models")
+    step = max(1, len(names) // n)
+    return [names[(i * step + i // max(1, len(names) // step)) % len(names)] for i in range(n)]
 
 
-def save(generation, out: str | None) -> list[str]:
-    """Write one PNG per row: ``out`` for one image, ``stem_0.png, stem_1.png ...`` for a batch."""
-    if not out:
-        generation.files = []
-        return []
-    paths = numbered(out, len(generation.outputs))
-    for path, image in zip(paths, generation.outputs):
-        if os.path.dirname(path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-        image.save(path)
-    generation.files = paths
-    return paths
+def class_accuracy(target, prompts: list, outputs: list, baseline: list) -> float | None:
+    """Fraction of generated images the zoo classifier assigns to the prompted class (None: no classifier)."""
+    from .models import classify_images
+
+    pred = classify_images(target, outputs)
+    if pred is None:
+        return None
+    want = [target.class_names.index(" ".join(p.lower().split())) for p in prompts]
+    return sum(int(a == b) for a, b in zip(pred, want)) / len(want)
 
 
-def json_extra(generation) -> dict:
-    sizes = [list(im.size) for im in (generation.outputs or [])]
-    return {"files": getattr(generation, "files", []), "image_sizes": sizes}
+LANTERN = accept.RuleSpec(
+    "lantern", lossless=False, build=lantern, options=("delta", "neighbours"),
+    bound="relaxed target within total variation delta of p per drafted token (--delta, default 0.1)")
+
+SUITE = Suite(
+    prompts=class_prompts, n_prompts=(8, 2), max_new=(64, 64), k=16,
+    methods=(
+        Method("jacobi", "jacobi"),
+        Method("sjd (init random)", "jacobi", "speculative", 1.0, "random"),
+        Method("sjd (init left)", "jacobi", "speculative", 1.0, "left"),
+        Method("sjd (init above)", "jacobi", "speculative", 1.0, "above", quick=False),
+        Method("model / speculative", "model", "speculative", 1.0, k=4),
+        Method("lantern", "jacobi", "lantern", 1.0, "random"),
+    ),
+    quality=class_accuracy, quality_name="class_accuracy",
+)
+
+MODALITY = Modality(
+    name="image", title="Image", unit="codes",
+    default_target="zoo:shapes", default_draft="zoo:shapes-draft",
+    examples=("red ring", "blue square", "green triangle"),
+    load=load, prompts=prompts, max_new_tokens=None, max_new_limit=1024,
+    add_arguments=add_arguments, options=options,
+    inits={"left": SpatialInit("left"), "above": SpatialInit("above")},  # JacobiDrafter binds them to the grid
+    rules={"lantern": LANTERN}, suite=SUITE, extension=".png",
+    notes="Class-conditional image-token model (8x8 VQ codes -> 32x32 pixels), or Janus by folder or hub id.",
+)

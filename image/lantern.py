@@ -12,10 +12,12 @@ tested against (p with the taken neighbours' mass moved onto x) is within total 
 The committed frame's own distortion is at most sum over codes y of min(delta, max(0, q(y) - p(y))),
 and never more than TV(p, q); it can exceed delta when several drafted codes each gain neighbour mass
 (tests/test_image.py measures it). The neighbour table (per code, its ``k_nb`` nearest other codes
-by Euclidean distance of the VQ codebook embeddings) is computed once and cached.
+by Euclidean distance of the VQ codebook embeddings) is computed once per codebook and cached in the
+user's cache folder.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 
@@ -27,7 +29,6 @@ from mmspec.sampling import Sampler
 from mmspec.types import Draft, Verdict
 
 log = logging.getLogger("mmspec.image.lantern")
-_TABLES: dict[tuple, Tensor] = {}  # in-memory cache: (path or id, k_nb) -> [V, k_nb]
 
 
 def neighbour_table(codebook: Tensor, k_nb: int) -> Tensor:
@@ -40,26 +41,32 @@ def neighbour_table(codebook: Tensor, k_nb: int) -> Tensor:
     return dist.topk(k_nb, dim=-1, largest=False).indices  # [V, k_nb], nearest first
 
 
+def cache_dir() -> str:
+    """Where computed tables are kept: ``$MMSPEC_CACHE``, else the user's cache folder (never the package)."""
+    root = os.environ.get("MMSPEC_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "mmspec")
+    return os.path.join(root, "lantern")
+
+
 def neighbours_for(target, k_nb: int = 1000) -> Tensor:
-    """The neighbour table of ``target.codebook()``, cached in memory and in ``lantern_k{k_nb}.pt`` next to
-    the model when its folder is writable. ``k_nb`` is capped at V - 1."""
+    """The neighbour table of ``target.codebook()``, cached on disk in the user cache (``cache_dir()``) under a
+    hash of the codebook, so a table is computed once per codebook. ``k_nb`` is capped at V - 1."""
     book = target.codebook()  # [V, E]
     k_nb = min(k_nb, book.shape[0] - 1)
-    path = getattr(target, "path", "") or ""
-    key = (path or id(target), k_nb)
-    if key in _TABLES:
-        return _TABLES[key]
-    file = os.path.join(path, f"lantern_k{k_nb}.pt") if path and os.path.isdir(path) else None
-    table = None
-    if file and os.path.exists(file):
-        table = torch.load(file, map_location="cpu")
-        if table.shape != (book.shape[0], k_nb):
-            table = None
-    if table is None:
-        table = neighbour_table(book.cpu(), k_nb)
-        if file and os.access(path, os.W_OK):
-            torch.save(table, file)
-    _TABLES[key] = table
+    digest = hashlib.sha256(book.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
+    file = os.path.join(cache_dir(), f"{digest}_k{k_nb}.pt")
+    if os.path.exists(file):
+        table = torch.load(file, map_location="cpu", weights_only=True)
+        if table.shape == (book.shape[0], k_nb):
+            return table
+    table = neighbour_table(book.cpu(), k_nb)
+    try:
+        os.makedirs(os.path.dirname(file), exist_ok=True)
+        tmp = f"{file}.{os.getpid()}.tmp"
+        torch.save(table, tmp)
+        os.replace(tmp, file)
+    except OSError as err:  # a read-only cache only costs the recomputation
+        log.info("LANTERN table not cached (%s)", err)
     return table
 
 

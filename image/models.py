@@ -238,3 +238,18 @@ def sample_codes(model, class_ids: torch.Tensor, null_id: int, num_codes: int, l
             nxt = torch.cat([tok, tok]) if guided else tok
             out = _with_cache(model, out, nxt[:, None])
     return torch.stack(codes, dim=1)  # [B, length]
+
+
+def classify_images(target, images: list) -> list[int] | None:
+    """The zoo classifier's class index for each ``PIL.Image`` (the classifier in ``target.path``), or None
+    when the target ships no classifier."""
+    import numpy as np
+
+    folder = os.path.join(getattr(target, "path", "") or "", "classifier")
+    if not os.path.isdir(folder):
+        return None
+    classifier = ShapesClassifier.from_pretrained(folder)
+    batch = torch.stack([torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1) for im in images])
+    x = batch.float() / 127.5 - 1  # [B, 3, H, W] in [-1, 1], as the recipe feeds it
+    with torch.no_grad():
+        return classifier(x).argmax(-1).tolist()

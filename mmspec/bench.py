@@ -1,11 +1,11 @@
-"""``mmspec bench``: Spec-Bench-style suites over every modality.
+"""``mmspec bench``: Spec-Bench-style suites over every registered modality.
 
-A suite is data: a prompt set and a list of methods (drafter x accept rule x temperature) for one
-modality. The harness drives the modality only through ``mmspec.<modality>.api`` and the core
-(``generate``, ``make_drafter``, ``accept``), so it knows nothing about text, images or audio. Every
-method of a suite runs on the same loaded target, device and seed; each (method, prompt) gets one
-warm-up run and ``--repeats`` timed runs (the median wall time counts). Speedup is measured against
-the same target's autoregressive decoding at the same temperature.
+A suite is data: a prompt set and a list of methods (drafter x accept rule x temperature), held by its
+modality (``Modality.suite``). The harness drives a modality only through ``mmspec.modalities`` and the
+core (``methods.run``, ``accept``), so it knows nothing about text, images or audio. Every method of a
+suite runs on the same loaded target, device and seed; each (method, prompt) gets one warm-up run and
+``--repeats`` timed runs (the median wall time counts). Speedup is measured against the same target's
+autoregressive decoding at the same temperature.
 
 Outputs in ``--out``: ``results.json`` (hardware, versions, every row), ``results.csv`` (per prompt and
 per method rows), ``speedup.png``, ``mean_accepted.png``, ``accepted_per_step.png``; and a summary table
@@ -22,24 +22,21 @@ import platform
 import statistics
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
-from . import accept
-from .loop import generate
-from . import methods
-
-MODALITIES = ("text", "image", "speech")
+from . import methods as named
+from . import modalities
+from .types import Sampling
 
 
 # ------------------------------------------------------------------------------------------ suites
 @dataclass(frozen=True)
 class Method:
-    """One benchmarked method. ``drafter``: a core or ``api.DRAFTERS`` name, or ``module:callable``;
-    ``rule``: a core rule name, an adapter's ``api.RULES`` name or ``module:callable`` (a rule factory
-    called with ``rule_kwargs``)."""
+    """One benchmarked method: drafter and rule by the names ``mmspec.methods`` knows (the core's and the
+    modality's), with ``options`` (pairs) for the rule, e.g. ``(("beta", 0.1),)``."""
 
     label: str
     drafter: str = "none"
@@ -47,151 +44,35 @@ class Method:
     temperature: float = 0.0
     init: str = "random"
     k: int | None = None
-    rule_kwargs: tuple = ()
-    lossless: bool | None = None  # None: from the rule's registry
+    options: tuple = ()
     quick: bool = True  # part of --quick
 
 
 @dataclass(frozen=True)
 class Suite:
-    modality: str
-    prompts: str  # "module:callable(n, target)" -> list of prompts, or "api" (the adapter's DEFAULT_PROMPT)
-    n_prompts: tuple[int, int]  # (full, quick)
-    max_new: tuple[int, int]  # (full, quick) frames per prompt
+    """A modality's bench suite: ``prompts(n, target) -> list``, sizes as (full, quick) pairs, the methods,
+    and an optional ``quality(target, prompts, outputs, baseline_outputs) -> float | None``."""
+
+    prompts: Callable[[int, Any], list]
+    n_prompts: tuple[int, int]
+    max_new: tuple[int, int]
     k: int = 4
     methods: tuple[Method, ...] = ()
-    quality: str | None = None  # "module:callable(target, prompts, outputs, baseline_outputs) -> float | None"
+    quality: Callable[..., float | None] | None = None
     quality_name: str = ""
 
 
-SUITES: dict[str, Suite] = {
-    "text": Suite(
-        modality="text", prompts="mmspec.bench:text_prompts", n_prompts=(20, 4), max_new=(128, 48), k=4,
-        methods=(
-            Method("prompt-lookup", "prompt-lookup"),
-            Method("model", "model"),
-            Method("jacobi", "jacobi"),
-            Method("lookahead", "lookahead"),
-            Method("model / speculative T=1", "model", "speculative", 1.0),
-            Method("model / reproducible T=1", "model", "reproducible", 1.0),
-            Method("prompt-lookup / reproducible T=1", "prompt-lookup", "reproducible", 1.0, quick=False),
-        ),
-    ),
-    "image": Suite(
-        modality="image", prompts="mmspec.bench:class_prompts", n_prompts=(8, 2), max_new=(64, 64), k=16,
-        methods=(
-            Method("jacobi", "jacobi"),
-            Method("sjd (init random)", "jacobi", "speculative", 1.0, "random"),
-            Method("sjd (init left)", "jacobi", "speculative", 1.0, "left"),
-            Method("sjd (init above)", "jacobi", "speculative", 1.0, "above", quick=False),
-            Method("model / speculative", "model", "speculative", 1.0, k=4),
-            Method("lantern", "jacobi", "lantern", 1.0, "random"),
-        ),
-        quality="mmspec.bench:class_accuracy", quality_name="class_accuracy",
-    ),
-    "speech": Suite(
-        modality="speech", prompts="mmspec.bench:speech_prompts", n_prompts=(6, 2), max_new=(153, 60), k=4,
-        methods=(
-            # Greedy (the speed bar: identical output to greedy autoregressive decoding)
-            Method("model / greedy", "model", "greedy", 0.0),
-            Method("model / greedy k=2", "model", "greedy", 0.0, k=2, quick=False),
-            Method("jacobi / greedy", "jacobi", "greedy", 0.0),
-            Method("codec-lookup / greedy", "codec-lookup", "greedy", 0.0, quick=False),
-            # Sampling at T = 1
-            Method("model / speculative", "model", "speculative", 1.0),
-            Method("jacobi / speculative", "jacobi", "speculative", 1.0, quick=False),
-            Method("codec-lookup / speculative", "codec-lookup", "speculative", 1.0, quick=False),
-            Method("model / relaxed b=0.1", "model", "relaxed", 1.0, rule_kwargs=(("beta", 0.1),), lossless=False),
-            Method("codec-lookup / relaxed b=0.1", "codec-lookup", "relaxed", 1.0, rule_kwargs=(("beta", 0.1),),
-                   lossless=False, quick=False),
-        ),
-        quality="mmspec.bench:mel_distance", quality_name="mel_distance_to_baseline",
-    ),
-}
-
-SENTENCES = ["Hello world.", "The quick brown fox jumps over the lazy dog.", "Speculative decoding makes speech faster.",
-             "Open the file and read every line.", "Tomorrow will be a sunny day.", "Please call me back at noon."]
-
-
-def text_prompts(n: int, target) -> list[str]:
-    """Held-out code prompts the zoo never trained on (deterministic)."""
-    from mmspec.text.prompts import held_out_prompts
-
-    return held_out_prompts(n)
-
-
-def class_prompts(n: int, target) -> list[str]:
-    """``n`` class names spread over the target's classes (every k-th, so colours and shapes vary)."""
-    names = list(getattr(target, "class_names", []))
-    if not names:
-        raise ValueError("this image target has no class names; pass a prompt set for text-prompted models")
-    step = max(1, len(names) // n)
-    return [names[(i * step + i // max(1, len(names) // step)) % len(names)] for i in range(n)]
-
-
-def speech_prompts(n: int, target) -> list[str]:
-    return (SENTENCES * n)[:n]
-
-
-# --------------------------------------------------------------------------------- quality proxies
-def class_accuracy(target, prompts: list, outputs: list, baseline: list) -> float | None:
-    """Fraction of generated images the zoo classifier assigns to the prompted class (None: no classifier)."""
-    from mmspec.image.models import ShapesClassifier  # the zoo's own classifier, loaded the zoo's way
-
-    folder = os.path.join(getattr(target, "path", ""), "classifier")
-    if not os.path.isdir(folder):
-        return None
-    if not hasattr(target, "_bench_classifier"):
-        target._bench_classifier = ShapesClassifier.from_pretrained(folder)
-    import numpy as np
-
-    batch = torch.stack([torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1) for im in outputs])
-    x = batch.float() / 127.5 - 1  # [B, 3, H, W] in [-1, 1], as the recipe feeds it
-    with torch.no_grad():
-        pred = target._bench_classifier(x).argmax(-1).tolist()
-    want = [target.class_names.index(" ".join(p.lower().split())) for p in prompts]
-    return sum(int(a == b) for a, b in zip(pred, want)) / len(want)
-
-
-def mel_distance(target, prompts: list, outputs: list, baseline: list) -> float:
-    """Mean log-mel L1 distance to the autoregressive output of the same prompt and seed (recipe's log_mel)."""
-    from mmspec.speech.recipe import log_mel
-
-    dists = []
-    for out, ref in zip(outputs, baseline):
-        rate = int(getattr(ref, "sample_rate", 16000))
-        a, b = log_mel(out.detach().float().cpu().numpy(), rate), log_mel(ref.detach().float().cpu().numpy(), rate)
-        n = max(a.shape[-1], b.shape[-1])  # the shorter one is padded with silence: length differences count
-        a, b = (torch.nn.functional.pad(x, (0, n - x.shape[-1]), value=math.log(1e-5)) for x in (a, b))
-        dists.append(float((a - b).abs().mean()))
-    return sum(dists) / len(dists)
-
-
-def _resolve(spec: str) -> Any:
-    """``"module:name"`` -> the object (suites name their prompt sets and quality proxies this way)."""
-    module, _, name = spec.partition(":")
-    return getattr(importlib.import_module(module), name)
+def suite_names() -> list[str]:
+    """The registered modalities with a bench suite (and those that cannot load here: ``run_suite`` says why)."""
+    return [n for n in modalities.names() if modalities.unavailable(n) or modalities.get(n).suite is not None]
 
 
 # ------------------------------------------------------------------------------------------ running
-def make_rule(api, method: Method, target):
-    """(rule, lossless) for one method on a loaded target; rules are stateless, so one per method.
-
-    A name the core or the adapter knows (``methods.make_rule``: core rules, ``api.RULES``) built with
-    ``rule_kwargs``."""
-    rule = methods.make_rule(method.rule, api, target, dict(method.rule_kwargs))
-    lossless = methods.is_lossless(method.rule, api)
-    return rule, lossless if method.lossless is None else method.lossless
-
-
-def run_once(api, method: Method, rule, target, draft, prompt, max_new: int, k: int, seed: int):
+def run_once(modality, method: Method, target, draft, prompt, max_new: int, k: int, seed: int):
     """One timed generation (a fresh drafter each run: drafters keep state)."""
-    from .types import Sampling
-
-    drafter = methods.make_drafter(method.drafter, draft=draft, init=method.init, inits=getattr(api, "INITS", {}),
-                                   extra=getattr(api, "DRAFTERS", {}), target=target)
-    return generate(target, drafter, api.prompts(prompt, 1), max_new_tokens=max_new, k=method.k or k, rule=rule,
-                    sampling=Sampling(temperature=method.temperature), seed=seed)
+    return named.run(modality, target, prompt, drafter=method.drafter, rule=method.rule, draft=draft,
+                     k=method.k or k, init=method.init, max_new_tokens=max_new, seed=seed,
+                     sampling=Sampling(temperature=method.temperature), options=dict(method.options))
 
 
 def baseline_for(temperature: float) -> Method:
@@ -200,20 +81,20 @@ def baseline_for(temperature: float) -> Method:
     return Method(f"autoregressive T={temperature:g}", "none", rule, temperature)
 
 
-def measure(api, method: Method, rule, target, draft, prompts, max_new, k, seed, repeats, bar) -> list[dict]:
+def measure(modality, method: Method, target, draft, prompts, max_new, k, seed, repeats, bar) -> list[dict]:
     """Per prompt: a warm-up run, then ``repeats`` timed runs; the median wall time counts."""
     rows = []
     for i, prompt in enumerate(prompts):
-        run_once(api, method, rule, target, draft, prompt, max_new, k, seed)  # warm-up
-        gens = [run_once(api, method, rule, target, draft, prompt, max_new, k, seed) for _ in range(repeats)]
+        run_once(modality, method, target, draft, prompt, max_new, k, seed)  # warm-up
+        gens = [run_once(modality, method, target, draft, prompt, max_new, k, seed) for _ in range(repeats)]
         bar.update(1 + repeats)
         s = gens[-1].stats
         wall = statistics.median(g.wall_s for g in gens)
         rows.append({
             "prompt_index": i, "wall_s": wall, "new_tokens": s["new_tokens"], "steps": s["steps"],
-            "target_forwards": s["target_forwards"], "tokens_per_s": s["new_tokens"] / wall if wall > 0 else 0.0,
+            "tokens_per_s": s["new_tokens"] / wall if wall > 0 else 0.0,
             "mean_accepted": s["mean_accepted"], "acceptance_rate": s["acceptance_rate"],
-            "step_compression": s["new_tokens"] / s["target_forwards"] if s["target_forwards"] else 0.0,
+            "step_compression": s["new_tokens"] / s["steps"] if s["steps"] else 0.0,
             "accepted_per_step": s["accepted_per_step"], "token_ids": gens[-1].token_ids(), "output": gens[-1].outputs[0],
         })
     return rows
@@ -222,67 +103,66 @@ def measure(api, method: Method, rule, target, draft, prompts, max_new, k, seed,
 def run_suite(name: str, *, quick: bool, repeats: int, seed: int = 0, target_name=None, draft_name=None,
               n_prompts=None, max_new=None, k=None, methods=None, load_options=None, prompts=None,
               progress: bool = True) -> dict:
-    """Run one suite; returns ``{"suite", "config", "methods": [...], "prompts": [...]}`` (or ``skipped``)."""
+    """Run one modality's suite; returns ``{"suite", "config", "methods": [...], "prompts": [...]}`` (or ``skipped``)."""
     from tqdm.auto import tqdm
 
-    suite = SUITES[name]
-    # 1. the adapter (skip the suite cleanly when it is missing or its models do not load)
+    # 1. the modality and its target (skip the suite cleanly when a package is missing or a model does not load)
     try:
-        api = importlib.import_module(f"mmspec.{suite.modality}.api")
-        opts = dict(load_options or {})
-        target = api.load(target_name or api.DEFAULT_TARGET, **opts)
+        modality = modalities.get(name)
+        suite, opts = modality.suite, dict(load_options or {})
+        target = modality.load(target_name or modality.default_target, **opts)
     except (ImportError, OSError, ValueError) as err:
         print(f"mmspec bench: skipping suite {name!r}: {type(err).__name__}: {err}", file=sys.stderr)
         return {"suite": name, "skipped": f"{type(err).__name__}: {err}", "methods": []}
     chosen = [m for m in suite.methods if (not quick or m.quick) and (not methods or m.label in methods or m.drafter in methods)]
     needs_draft = any(m.drafter == "model" for m in chosen)
-    draft = api.load(draft_name or api.DEFAULT_DRAFT, **opts) if needs_draft else None
+    draft = modality.load(draft_name or modality.default_draft, **opts) if needs_draft else None
     # 2. prompts and sizes
     n = n_prompts or suite.n_prompts[1 if quick else 0]
-    prompts = list(prompts)[:n_prompts] if prompts else _resolve(suite.prompts)(n, target)
+    prompts = list(prompts)[:n_prompts] if prompts else suite.prompts(n, target)
     max_new = max_new or suite.max_new[1 if quick else 0]
     k = k or suite.k
-    temps = sorted({m.temperature for m in chosen})
-    plan = [baseline_for(t) for t in temps] + chosen
+    plan = [baseline_for(t) for t in sorted({m.temperature for m in chosen})] + chosen
     bar = tqdm(total=len(plan) * len(prompts) * (1 + repeats), desc=f"bench {name}", disable=not progress)
     # 3. baselines, then every method on the same target, prompts and seed
     results, base = [], {}
     for method in plan:
-        rule, lossless = make_rule(api, method, target)
-        rows = measure(api, method, rule, target, draft, prompts, max_new, k, seed, repeats, bar)
+        rows = measure(modality, method, target, draft, prompts, max_new, k, seed, repeats, bar)
         if method.drafter == "none":
             base[method.temperature] = rows
-        results.append(summarise(suite, method, lossless, target, prompts, rows, base[method.temperature],
-                                  getattr(api, "seconds_of", None)))
+        results.append(summarise(modality, method, target, prompts, rows, base[method.temperature]))
     bar.close()
     config = {"quick": quick, "repeats": repeats, "seed": seed, "k": k, "max_new": max_new, "n_prompts": len(prompts),
-              "target": target_name or api.DEFAULT_TARGET, "draft": (draft_name or api.DEFAULT_DRAFT) if draft else None,
-              "device": str(getattr(target, "device", "cpu")), "quality": suite.quality_name or None}
-    return {"suite": name, "modality": suite.modality, "config": config, "prompts": [_short(p) for p in prompts],
+              "target": target_name or modality.default_target,
+              "draft": (draft_name or modality.default_draft) if draft else None,
+              "device": str(target.device), "quality": suite.quality_name or None}
+    return {"suite": name, "modality": name, "config": config, "prompts": [_short(p) for p in prompts],
             "methods": results}
 
 
-def summarise(suite: Suite, method: Method, lossless: bool, target, prompts, rows, base_rows, seconds_of=None) -> dict:
-    """Per-prompt speedups and the aggregate row of one method; ``seconds_of(output)`` (an adapter's
-    ``api.seconds_of``, audio) adds the real-time factor: seconds of output per second of compute."""
-    exact = method.drafter == "none" or method.rule in ("greedy", "reproducible")
+def summarise(modality, method: Method, target, prompts, rows, base_rows) -> dict:
+    """Per-prompt speedups and the aggregate row of one method. Outputs with a ``seconds`` length (audio)
+    add the real-time factor: seconds of output per second of compute."""
+    spec = named.make_rule(method.rule, modality, target, dict(method.options)).spec
+    exact = method.drafter == "none" or (spec.lossless and (method.temperature == 0 or spec.keyed_noise))
     for row, b in zip(rows, base_rows):
         row["speedup"] = b["wall_s"] / row["wall_s"] if row["wall_s"] > 0 else 0.0
         row["throughput_speedup"] = row["tokens_per_s"] / b["tokens_per_s"] if b["tokens_per_s"] > 0 else 0.0
         row["identical_to_baseline"] = row["token_ids"] == b["token_ids"] if exact else None
     quality = None
-    if suite.quality:
-        quality = _resolve(suite.quality)(target, prompts, [r["output"] for r in rows], [b["output"] for b in base_rows])
+    if modality.suite.quality:
+        quality = modality.suite.quality(target, prompts, [r["output"] for r in rows], [b["output"] for b in base_rows])
     wall, base_wall = sum(r["wall_s"] for r in rows), sum(b["wall_s"] for b in base_rows)
-    tokens, forwards = sum(r["new_tokens"] for r in rows), sum(r["target_forwards"] for r in rows)
+    tokens, forwards = sum(r["new_tokens"] for r in rows), sum(r["steps"] for r in rows)
     base_tokens = sum(b["new_tokens"] for b in base_rows)
     per_step = [n for r in rows for n in r["accepted_per_step"]]
-    seconds = sum(seconds_of(r["output"]) for r in rows) if seconds_of is not None else None
+    timed = all(hasattr(r["output"], "seconds") for r in rows)
+    seconds = sum(r["output"].seconds for r in rows) if timed else None
     same = [r["identical_to_baseline"] for r in rows]
     return {
         "method": method.label, "drafter": method.drafter, "rule": method.rule, "temperature": method.temperature,
-        "init": method.init if method.drafter in ("jacobi", "lookahead") else None, "lossless": lossless,
-        "speedup": base_wall / wall if wall > 0 else 0.0,
+        "init": method.init if method.drafter in ("jacobi", "lookahead") else None, "lossless": spec.lossless,
+        "bound": spec.bound, "speedup": base_wall / wall if wall > 0 else 0.0,
         "speedup_mean_per_prompt": statistics.fmean(r["speedup"] for r in rows),
         # tokens/s over the baseline's: differs from ``speedup`` when sampling changes the output length
         "throughput_speedup": (tokens / wall) / (base_tokens / base_wall) if wall > 0 and base_tokens else 0.0,
@@ -291,7 +171,7 @@ def summarise(suite: Suite, method: Method, lossless: bool, target, prompts, row
         "step_compression": tokens / forwards if forwards else 0.0,
         "tokens_per_s": tokens / wall if wall > 0 else 0.0, "wall_s": wall, "new_tokens": tokens,
         "output_seconds": seconds, "real_time_factor": seconds / wall if seconds is not None and wall > 0 else None,
-        "target_forwards": forwards, "identical_to_baseline": None if same[0] is None else all(same),
+        "steps": forwards, "identical_to_baseline": None if same[0] is None else all(same),
         "quality": quality, "accepted_per_step_hist": _hist(per_step),
         "per_prompt": [{k: v for k, v in r.items() if k not in ("output", "token_ids", "accepted_per_step")} for r in rows],
     }
@@ -343,7 +223,7 @@ def hardware(device) -> str:
 CSV_COLUMNS = ["suite", "method", "row", "prompt_index", "drafter", "rule", "temperature", "lossless", "speedup",
                "throughput_speedup",
                "mean_accepted", "acceptance_rate", "step_compression", "tokens_per_s", "wall_s", "new_tokens",
-               "target_forwards", "identical_to_baseline", "quality", "real_time_factor"]
+               "steps", "identical_to_baseline", "quality", "real_time_factor"]
 
 
 def write_csv(results: list[dict], path: str) -> None:
@@ -446,10 +326,11 @@ def _finite(obj):
 def main(args, rest=None) -> int:
     """Entry point of ``mmspec bench`` (arguments from ``mmspec.cli.build_parser``)."""
     # 1. which suites, how big
-    names = list(SUITES) if args.suite == "all" else [args.suite]
+    known = suite_names()
+    names = known if args.suite == "all" else [args.suite]
     for name in names:
-        if name not in SUITES:
-            raise ValueError(f"unknown suite {name!r}; allowed: {', '.join(SUITES)}, all")
+        if name not in known:
+            raise ValueError(f"unknown suite {name!r}; allowed: {', '.join(known)}, all")
     if len(names) > 1 and (args.target or args.draft):
         raise ValueError("--target/--draft name models of one modality: pick a --suite, not 'all'")
     repeats = getattr(args, "repeats", None)

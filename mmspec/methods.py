@@ -1,42 +1,56 @@
-"""Named methods: build a drafter and a rule from the names the CLI, the app and the benchmarks use.
-
-A modality's interface module (``mmspec.<modality>.api``) may contribute, besides the core's names:
-``INITS`` (extra Jacobi init policies, e.g. spatial ones for image grids), ``RULES`` (name ->
-``factory(name, target, **options) -> rule`` for rules that need the loaded target, with ``LOSSLESS``
-saying which are exact) and ``DRAFTERS`` (name -> ``factory(target, **options) -> Drafter``).
-Everything here is modality-free.
+"""Named methods: a drafter and an accept rule built from the names the CLI, the app and the bench use,
+and ``run``, the one way all three generate with them. Everything here is modality-free: a modality adds
+names through its ``Modality`` (``inits``, ``drafters``, ``rules``).
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from . import accept
-from .drafters import NAMES, JacobiDrafter, LookaheadDrafter, ModelDrafter, PromptLookupDrafter
+from .accept import Rule, RuleSpec
+from .drafters import JacobiDrafter, LookaheadDrafter, ModelDrafter, PromptLookupDrafter
+from .loop import generate
+from .modalities import Modality, Models
 from .protocols import Drafter, Target
+from .types import Generation, Sampling, count
+
+DRAFTERS = ("none", "model", "prompt-lookup", "jacobi", "lookahead")
+INITS = ("pad", "random", "repeat")
+NGRAM = {"prompt-lookup": 3, "lookahead": 4}  # default n-gram length per drafter
+"""``ngram`` is the n-gram length N everywhere: prompt lookup matches the last N..1 frames, lookahead keeps
+N-grams (a key frame and the N - 1 frames that followed it)."""
 
 
-def make_drafter(
-    name: str,
-    *,
-    draft: Target | None = None,
-    init: str | Callable = "random",
-    ngram: int = 3,
-    inits: dict[str, Callable] | None = None,
-    extra: dict[str, Callable] | None = None,
-    target: Target | None = None,
-    options: dict | None = None,
-) -> Drafter | None:
+def drafter_names(modality: Modality) -> list[str]:
+    return [*DRAFTERS, *modality.drafters]
+
+
+def init_names(modality: Modality) -> list[str]:
+    return [*INITS, *modality.inits]
+
+
+def rule_specs(modality: Modality) -> dict[str, RuleSpec]:
+    return {**accept.RULES, **modality.rules}
+
+
+def check_drafter(name: str, modality: Modality, *, init: str | Callable = "random", ngram: int | None = None) -> None:
+    """Validate a drafter name, init policy and n-gram length before any model loads."""
+    if name not in drafter_names(modality):
+        raise ValueError(f"unknown drafter {name!r} for {modality.name}; allowed: {', '.join(drafter_names(modality))}")
+    if isinstance(init, str) and init not in init_names(modality):
+        raise ValueError(f"unknown init {init!r}; allowed: {', '.join(init_names(modality))}")
+    if ngram is not None:
+        count(ngram, "ngram (n-gram length)", minimum=2 if name == "lookahead" else 1)
+
+
+def make_drafter(name: str, modality: Modality, *, target: Target | None = None, draft: Target | None = None,
+                 init: str | Callable = "random", ngram: int | None = None, options: dict | None = None) -> Drafter | None:
     """``none`` -> None (plain decoding); ``model`` needs ``draft``; ``jacobi``/``lookahead`` take ``init``;
-    names in ``extra`` (a modality's ``DRAFTERS``) are built by their factory from ``target``."""
-    if name not in NAMES and name not in (extra or {}):
-        raise ValueError(f"unknown drafter {name!r}; allowed: {', '.join([*NAMES, *(extra or {})])}")
-    if name in (extra or {}):
-        return extra[name](target, **(options or {})) if target is not None else None
-    if isinstance(init, str) and inits and init in inits:
-        init = inits[init]
-    elif isinstance(init, str) and init not in ("pad", "random", "repeat"):
-        allowed = ["pad", "random", "repeat", *(inits or {})]
-        raise ValueError(f"unknown init {init!r}; allowed: {', '.join(allowed)}")
+    a modality's own drafters are built by their factory from ``target`` and ``options``."""
+    check_drafter(name, modality, init=init, ngram=ngram)
+    if name in modality.drafters:
+        return modality.drafters[name](target, **(options or {}))
+    init = modality.inits.get(init, init) if isinstance(init, str) else init
     if name == "none":
         return None
     if name == "model":
@@ -44,33 +58,60 @@ def make_drafter(
             raise ValueError("drafter 'model' needs a draft model (--draft NAME_OR_PATH)")
         return ModelDrafter(draft)
     if name == "prompt-lookup":
-        return PromptLookupDrafter(max_ngram=ngram)
+        return PromptLookupDrafter(max_ngram=ngram or NGRAM[name])
     if name == "jacobi":
         return JacobiDrafter(init=init)
-    return LookaheadDrafter(ngram=ngram + 1, init=init)
+    return LookaheadDrafter(ngram=ngram or NGRAM[name], init=init)
 
 
-def rule_names(api=None) -> list[str]:
-    return [*accept.RULES, *getattr(api, "RULES", {})]
+def make_rule(name: str, modality: Modality, target: Target | None = None, options: dict | None = None) -> Rule:
+    """A named rule built for the loaded ``target``, with the options its spec reads."""
+    spec = accept.spec_of(name, modality.rules)
+    return spec.build(target, **{k: v for k, v in (options or {}).items() if k in spec.options})
 
 
-def check_rule(name: str, api=None) -> None:
-    if name not in rule_names(api):
-        raise ValueError(f"unknown rule {name!r}; allowed: {', '.join(rule_names(api))}")
+def default_rule(temperature: float) -> str:
+    return "greedy" if temperature == 0 else "speculative"
 
 
-def make_rule(name: str, api=None, target: Target | None = None, options: dict | None = None):
-    """A core rule by name, or a modality rule built for the loaded ``target``."""
-    check_rule(name, api)
-    if name in accept.RULES:
-        return accept.RULES[name]
-    return api.RULES[name](name, target, **(options or {}))
-
-
-def method_label(drafter: str, rule: str) -> str:
+def label(drafter: str, rule: str) -> str:
     return "autoregressive" if drafter == "none" else f"{drafter} / {rule}"
 
 
-def is_lossless(rule: str, api=None) -> bool:
-    check_rule(rule, api)
-    return accept.LOSSLESS[rule] if rule in accept.LOSSLESS else bool(getattr(api, "LOSSLESS", {}).get(rule, False))
+def run(modality: Modality, target: Target, prompt: Any = None, *, drafter: str = "none", rule: str | None = None,
+        draft: Target | None = None, batch: int = 1, k: int = 4, init: str | Callable = "random",
+        ngram: int | None = None, max_new_tokens: int | None = None, sampling: Sampling = Sampling(),
+        seed: int = 0, options: dict | None = None) -> Generation:
+    """One generation with a named drafter and rule (fresh drafter: drafters keep state)."""
+    rule_obj = make_rule(rule or default_rule(sampling.temperature), modality, target, options)
+    made = make_drafter(drafter, modality, target=target, draft=draft, init=init, ngram=ngram, options=options)
+    prompts = modality.prompts(modality.default_prompt if prompt is None else prompt, count(batch, "batch"))
+    return generate(target, made, prompts, max_new_tokens=modality.length(max_new_tokens, target), k=k,
+                    rule=rule_obj, sampling=sampling, seed=seed)
+
+
+DEFAULT_MODELS = Models(max_models=2)
+"""The models ``generate_with`` keeps between calls when no ``models`` is given (the two latest)."""
+
+
+def generate_with(modality: str | Modality, prompt: Any = None, drafter: str = "none", rule: str | None = None, *,
+                  target: str | None = None, draft: str | None = None, models: Models | None = None,
+                  temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                  options: dict | None = None, **kwargs) -> Generation:
+    """Load (or reuse) a modality's models by name and run one named method: the per-modality Python
+    one-liner, e.g. ``mmspec.image.generate("red ring", "jacobi", "speculative", temperature=1.0)``.
+
+    ``drafter`` / ``rule`` take the CLI's names; ``options`` the modality's load and rule options;
+    other keywords (``k``, ``init``, ``ngram``, ``batch``, ``max_new_tokens``, ``seed``) go to ``run``.
+    """
+    from .modalities import get
+
+    mod = get(modality) if isinstance(modality, str) else modality
+    models = DEFAULT_MODELS if models is None else models
+    sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p)
+    check_drafter(drafter, mod, init=kwargs.get("init", "random"), ngram=kwargs.get("ngram"))
+    accept.spec_of(rule or default_rule(sampling.temperature), mod.rules)
+    opts = dict(options or {})
+    tgt = models.get(mod, target or mod.default_target, **opts)
+    dft = models.get(mod, draft or mod.default_draft, **opts) if drafter == "model" else None
+    return run(mod, tgt, prompt, drafter=drafter, rule=rule, draft=dft, sampling=sampling, options=opts, **kwargs)

@@ -1,33 +1,30 @@
-"""What the CLI, the app and the benchmarks need to drive the speech modality (the modality interface).
+"""The speech modality's interface (``mmspec.modalities``): the zoo's codec LM or Hugging Face MusicGen.
 
 Targets: ``zoo:NAME`` or a recipe folder (``mmspec_speech.json``) -> ``SpeechTarget``; a MusicGen
 folder or hub id (``config.json`` with ``model_type == "musicgen"``) -> ``MusicgenTarget``. Outputs are
-waveforms; ``save`` writes 16-bit mono WAV files with the standard library ``wave`` module.
+``Audio`` values (waveform and sample rate; ``save`` writes 16-bit mono WAV). A frame is one step of K
+codec codes; the per-codebook ``codec-lookup`` drafter and init and the LOSSY ``relaxed`` rule are added.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import wave
 from pathlib import Path
 
 import torch
 
-from mmspec.files import numbered
+from mmspec import accept
+from mmspec.bench import Method, Suite
+from mmspec.modalities import Modality
 
 from .drafters import CodecLookupDrafter, lookup_init
 from .relaxed import relaxed_rule
 from .target import META_NAME, SpeechTarget, texts_of
 
-DEFAULT_TARGET = "zoo:speech"
-DEFAULT_DRAFT = "zoo:speech-draft"
-DEFAULT_PROMPT = "Hello world"
-DEFAULT_MAX_NEW = 153  # 3 s at the zoo codec's 50 frames/s, plus the K - 1 = 3 closing delay steps
-INITS = {"codec-lookup": lookup_init}
-DRAFTERS = {"codec-lookup": lambda target, **opts: CodecLookupDrafter()}  # training-free, per codebook
-RULES = {"relaxed": lambda name, target, **opts: relaxed_rule(opts.get("beta", 0.1))}  # LOSSY on fine codebooks
-LOSSLESS = {"relaxed": False}
+SENTENCES = ("Hello world.", "The quick brown fox jumps over the lazy dog.", "Speculative decoding makes speech faster.",
+             "Open the file and read every line.", "Tomorrow will be a sunny day.", "Please call me back at noon.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,16 +32,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--voice", default=None, help="zoo voice name or index (default: the first voice)")
     group.add_argument("--dtype", default=None, help="float32 (CPU default), float16 or bfloat16")
     group.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    group.add_argument("--guidance-scale", type=float, default=3.0, help="MusicGen classifier-free guidance")
-    group.add_argument("--beta", type=float, default=0.1, help="rule 'relaxed' (LOSSY): tolerance on codebooks >= 1")
+    group.add_argument("--guidance-scale", type=float, default=None,
+                       help="MusicGen classifier-free guidance (default: the model's own generation config)")
+    group.add_argument("--beta", type=float, default=0.1, help="rule relaxed (LOSSY): tolerance on codebooks >= 1")
 
 
 def options(args: argparse.Namespace) -> dict:
     voice = getattr(args, "voice", None)
     if isinstance(voice, str) and voice.isdigit():
         voice = int(voice)
-    return {"voice": voice, "dtype": getattr(args, "dtype", None), "device": getattr(args, "device", None),
-            "guidance_scale": getattr(args, "guidance_scale", 3.0), "beta": getattr(args, "beta", 0.1)}
+    opts = {"voice": voice, "dtype": getattr(args, "dtype", None), "device": getattr(args, "device", None),
+            "guidance_scale": getattr(args, "guidance_scale", None), "beta": getattr(args, "beta", None)}
+    return {key: value for key, value in opts.items() if value is not None}
 
 
 def _is_musicgen(name: str) -> bool:
@@ -54,7 +53,7 @@ def _is_musicgen(name: str) -> bool:
     return "musicgen" in name.lower() and not name.startswith("zoo:")
 
 
-def load(name: str, *, voice=None, dtype=None, device=None, guidance_scale: float = 3.0, beta: float = 0.1):
+def load(name: str, *, voice=None, dtype=None, device=None, guidance_scale: float | None = None, **_):
     """``zoo:NAME`` / recipe folder -> ``SpeechTarget``; MusicGen folder or hub id -> ``MusicgenTarget``."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"speech model must be zoo:NAME, a folder or a MusicGen hub id, got {name!r}")
@@ -64,54 +63,63 @@ def load(name: str, *, voice=None, dtype=None, device=None, guidance_scale: floa
         if voice is not None:
             raise ValueError("MusicGen has no voices; drop --voice")
         return MusicgenTarget.from_pretrained(name, guidance_scale=guidance_scale, dtype=dtype, device=device)
+    if guidance_scale is not None:
+        raise ValueError("the zoo speech model has no guidance; --guidance-scale is for MusicGen")
     return SpeechTarget.from_pretrained(name, voice=voice, dtype=dtype, device=device)
 
 
-def prompts(prompt: str, batch: int, **opts) -> list[str]:
+def prompts(prompt, batch: int) -> list[str]:
     texts_of(prompt)  # empty text -> ValueError
     return [prompt] * batch
 
 
-def save(generation, out: str | None) -> list[str]:
-    """One 16-bit mono WAV per row (``out``, or ``out`` numbered ``_0``, ``_1``... for a batch)."""
-    if not out:
-        generation.files = []
-        return []
-    paths = numbered(out, len(generation.outputs))
-    for path, wav in zip(paths, generation.outputs):
-        write_wav(path, wav, sample_rate_of(wav))
-    generation.files = paths
-    return paths
+def sentences(n: int, target) -> list[str]:
+    return list((SENTENCES * n)[:n])
 
 
-def describe(output) -> str:
-    """One line for a waveform printed by the CLI without --out."""
-    return f"<waveform: {len(output) / sample_rate_of(output):.2f} s at {sample_rate_of(output)} Hz; use --out FILE.wav>"
+def mel_distance(target, prompts: list, outputs: list, baseline: list) -> float:
+    """Mean log-mel L1 distance to the autoregressive output of the same prompt and seed."""
+    from .metrics import log_mel
+
+    dists = []
+    for out, ref in zip(outputs, baseline):
+        a, b = log_mel(out.numpy(), out.sample_rate), log_mel(ref.numpy(), ref.sample_rate)
+        n = max(a.shape[-1], b.shape[-1])  # the shorter one is padded with silence: length differences count
+        a, b = (torch.nn.functional.pad(x, (0, n - x.shape[-1]), value=math.log(1e-5)) for x in (a, b))
+        dists.append(float((a - b).abs().mean()))
+    return sum(dists) / len(dists)
 
 
-def json_extra(generation) -> dict:
-    """Files written by ``save`` and the seconds of audio per row."""
-    return {"files": list(getattr(generation, "files", [])),
-            "audio_seconds": [round(seconds_of(w), 4) for w in generation.outputs]}
+RELAXED = accept.RuleSpec(
+    "relaxed", lossless=False, build=lambda target=None, beta=0.1: relaxed_rule(beta), options=("beta",),
+    bound="total variation <= (K - 1) * beta per frame from the target; the coarse codebook exact (--beta)")
 
+SUITE = Suite(
+    prompts=sentences, n_prompts=(6, 2), max_new=(153, 60), k=4,
+    methods=(
+        # Greedy (the speed bar: identical output to greedy autoregressive decoding)
+        Method("model / greedy", "model", "greedy", 0.0),
+        Method("model / greedy k=2", "model", "greedy", 0.0, k=2, quick=False),
+        Method("jacobi / greedy", "jacobi", "greedy", 0.0),
+        Method("codec-lookup / greedy", "codec-lookup", "greedy", 0.0, quick=False),
+        # Sampling at T = 1
+        Method("model / speculative", "model", "speculative", 1.0),
+        Method("jacobi / speculative", "jacobi", "speculative", 1.0, quick=False),
+        Method("codec-lookup / speculative", "codec-lookup", "speculative", 1.0, quick=False),
+        Method("model / relaxed b=0.1", "model", "relaxed", 1.0, options=(("beta", 0.1),)),
+        Method("codec-lookup / relaxed b=0.1", "codec-lookup", "relaxed", 1.0, options=(("beta", 0.1),), quick=False),
+    ),
+    quality=mel_distance, quality_name="mel_distance_to_baseline",
+)
 
-def seconds_of(wav) -> float:
-    """Seconds of audio in a decoded waveform (the bench's real-time factor)."""
-    return len(wav) / sample_rate_of(wav)
-
-
-def sample_rate_of(wav) -> int:
-    rate = getattr(wav, "sample_rate", None)
-    if not rate:
-        raise ValueError("waveform carries no sample_rate (decode it with a speech target)")
-    return int(rate)
-
-
-def write_wav(path: str, wav: torch.Tensor, sample_rate: int) -> None:
-    """Float waveform ``[S]`` in [-1, 1] -> 16-bit PCM mono WAV."""
-    pcm = (wav.detach().float().cpu().clamp(-1, 1) * 32767).round().to(torch.int16)
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(int(sample_rate))
-        w.writeframes(pcm.numpy().tobytes())
+MODALITY = Modality(
+    name="speech", title="Speech", unit="frames",
+    default_target="zoo:speech", default_draft="zoo:speech-draft",
+    examples=("Hello world", "The quick brown fox jumps over the lazy dog.", "Please call me back at noon."),
+    load=load, prompts=prompts, max_new_tokens=153, max_new_limit=400,  # 153 = 3 s at 50 frames/s + K - 1 closing steps
+    add_arguments=add_arguments, options=options,
+    inits={"codec-lookup": lookup_init},
+    drafters={"codec-lookup": lambda target, **opts: CodecLookupDrafter()},  # training-free, per codebook
+    rules={"relaxed": RELAXED}, suite=SUITE, extension=".wav",
+    notes="Text-to-speech codec LM from the offline zoo (4 codebooks, 50 frames/s), or MusicGen by folder or hub id.",
+)

@@ -80,6 +80,11 @@ def test_console_script_exit_code():
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("mmspec: error:")
 
 
-def test_zoo_distill_is_text_and_speech_only(capsys):
+def test_zoo_distill_of_image_is_a_clean_error(capsys):
     code, _, err = run(capsys, "zoo", "distill", "image")
-    assert code == 2 and "text and speech" in err.strip().splitlines()[-1] and "Traceback" not in err
+    assert code == 2 and "invalid choice: 'distill'" in err.strip().splitlines()[-1] and "Traceback" not in err
+
+
+def test_zoo_help_is_the_recipes_own(capsys):
+    code, out, _ = run(capsys, "zoo", "train", "image", "--help")
+    assert code == 0 and "usage:" in out and "mmspec zoo" not in out  # the recipe's usage, not the parent's

@@ -1,23 +1,12 @@
-"""What the CLI, the app and the benchmarks need to drive the text modality (the modality interface).
-
-Every adapter package offers the same names: ``DEFAULT_TARGET``, ``DEFAULT_DRAFT``, ``DEFAULT_PROMPT``,
-``DEFAULT_MAX_NEW``, ``INITS`` (extra Jacobi init policies), ``add_arguments(parser)``,
-``options(args) -> dict``, ``load(name, **options) -> Target``, ``prompts(prompt, batch, **options)``
-and ``save(generation, out) -> list[str]``.
-"""
+"""The text modality's interface (``mmspec.modalities``): any Hugging Face causal LM, the code zoo by default."""
 from __future__ import annotations
 
 import argparse
 
-from mmspec.files import numbered
+from mmspec.bench import Method, Suite
+from mmspec.modalities import Modality
 
 from .target import TextTarget
-
-DEFAULT_TARGET = "zoo:code-target"
-DEFAULT_DRAFT = "zoo:code-draft"
-DEFAULT_PROMPT = "def fibonacci(n):"
-DEFAULT_MAX_NEW = 64
-INITS: dict = {}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,31 +19,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def options(args: argparse.Namespace) -> dict:
-    return {
-        "dtype": getattr(args, "dtype", None),
-        "device": getattr(args, "device", None),
-        "device_map": getattr(args, "device_map", None),
-        "chat": getattr(args, "chat", False),
-        "trust_remote_code": getattr(args, "trust_remote_code", False),
-    }
+    keys = ("dtype", "device", "device_map", "chat", "trust_remote_code")
+    return {key: getattr(args, key) for key in keys if getattr(args, key, None) not in (None, False)}
 
 
-def load(name: str, **opts) -> TextTarget:
-    return TextTarget.from_pretrained(name, **opts)
+def load(name: str, *, dtype=None, device=None, device_map=None, chat: bool = False, trust_remote_code: bool = False,
+         **_) -> TextTarget:
+    """A ``TextTarget`` by hub name, local path or ``zoo:NAME`` (other modality options are ignored)."""
+    return TextTarget.from_pretrained(name, dtype=dtype, device=device, device_map=device_map, chat=chat,
+                                      trust_remote_code=trust_remote_code)
 
 
-def prompts(prompt: str, batch: int, **opts) -> list[str]:
+def prompts(prompt, batch: int) -> list[str]:
     if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError("prompt must be non-empty text")
+        raise ValueError(f"prompt must be non-empty text, got {prompt!r}")
     return [prompt] * batch
 
 
-def save(generation, out: str | None) -> list[str]:
-    """Text outputs are printed, not written; with ``out`` they go to one UTF-8 file per row."""
-    if not out:
-        return []
-    paths = numbered(out, len(generation.outputs))
-    for path, text in zip(paths, generation.outputs):
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-    return paths
+def held_out(n: int, target) -> list[str]:
+    """Held-out code prompts the zoo never trained on (deterministic)."""
+    from .prompts import held_out_prompts
+
+    return held_out_prompts(n)
+
+
+SUITE = Suite(
+    prompts=held_out, n_prompts=(20, 4), max_new=(128, 48), k=4,
+    methods=(
+        Method("prompt-lookup", "prompt-lookup"),
+        Method("model", "model"),
+        Method("jacobi", "jacobi"),
+        Method("lookahead", "lookahead"),
+        Method("model / speculative T=1", "model", "speculative", 1.0),
+        Method("model / reproducible T=1", "model", "reproducible", 1.0),
+        Method("prompt-lookup / reproducible T=1", "prompt-lookup", "reproducible", 1.0, quick=False),
+    ),
+)
+
+MODALITY = Modality(
+    name="text", title="Text", unit="tokens",
+    default_target="zoo:code-target", default_draft="zoo:code-draft",
+    examples=("def fibonacci(n):", "class Stack:\n    def __init__(self):", "import os\n\ndef list_files(path):"),
+    load=load, prompts=prompts, max_new_tokens=64, max_new_limit=512,
+    add_arguments=add_arguments, options=options, suite=SUITE, extension=".txt",
+    notes="Python code model from the offline zoo (23M target, 2M draft), or any Hugging Face causal LM.",
+)
