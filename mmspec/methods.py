@@ -85,7 +85,11 @@ def run(modality: Modality, target: Target, prompt: Any = None, *, drafter: str 
     """One generation with a named drafter and rule (fresh drafter: drafters keep state)."""
     rule_obj = make_rule(rule or default_rule(sampling.temperature), modality, target, options)
     made = make_drafter(drafter, modality, target=target, draft=draft, init=init, ngram=ngram, options=options)
-    prompts = modality.prompts(modality.default_prompt if prompt is None else prompt, count(batch, "batch"))
+    prompt = modality.default_prompt if prompt is None else prompt
+    if isinstance(prompt, (list, tuple)):  # one row per prompt
+        prompts = [row for p in prompt for row in modality.prompts(p, 1)] if prompt else modality.prompts(None, 1)
+    else:
+        prompts = modality.prompts(prompt, count(batch, "batch"))
     return generate(target, made, prompts, max_new_tokens=modality.length(max_new_tokens, target), k=k,
                     rule=rule_obj, sampling=sampling, seed=seed)
 
