@@ -16,8 +16,9 @@ from .types import Sampling
 
 EXAMPLES = """examples:
   mmspec generate --drafter prompt-lookup --prompt "def fibonacci(n):"
-  mmspec compare --modality speech --methods model,codec-lookup --repeats 3
-  mmspec bench --suite text --quick --out bench-out"""
+  mmspec compare --methods prompt-lookup,model --max-new-tokens 48
+  mmspec bench --suite text --quick --out bench-out
+  mmspec methods --modality speech"""
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -25,38 +26,42 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default=None, help="hub name, local path or zoo:NAME (default: the modality's zoo model)")
     p.add_argument("--draft", default=None, help="draft model for --drafter model (default: the modality's zoo draft)")
     p.add_argument("--prompt", default=None, help="the prompt (default: the modality's first example)")
-    p.add_argument("--k", type=int, default=4, help="drafted frames per step (Jacobi window); a frame is one token, "
-                   "one image code or one step of all codebooks")
+    p.add_argument("--k", type=int, default=4, help="drafted frames per step (Jacobi window), in the modality's unit "
+                   "(tokens, codes or frames)")
     p.add_argument("--init", default="random", help="Jacobi/lookahead init: pad, random, repeat, or a modality's own")
     p.add_argument("--ngram", type=int, default=None,
                    help="n-gram length N: prompt lookup matches the last N..1 frames (default 3), lookahead keeps "
                         "N-grams (default 4)")
     p.add_argument("--max-new-tokens", type=int, default=None,
-                   help="new frames per row (tokens, image codes or codec steps; default: the modality's)")
+                   help="new frames per row, in the modality's unit (default: the modality's length)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--out", default=None, help="output file (text .txt, image .png, speech .wav); a batch is numbered")
+    p.add_argument("--out", default=None, help="output file, e.g. out.txt, out.png or out.wav; a batch is numbered")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    parser = argparse.ArgumentParser(prog="mmspec", description="Speculative decoding for text, image and speech models",
+    parser = argparse.ArgumentParser(prog="mmspec", description="Speculative decoding for autoregressive models: "
+                                     f"{', '.join(modalities.names())}",
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="generate with one method", formatter_class=fmt)
     _common(gen)
-    gen.add_argument("--drafter", default="none", help="none, model, prompt-lookup, jacobi, lookahead, or a modality's "
-                     "own (speech: codec-lookup)")
-    gen.add_argument("--rule", default=None, help="greedy, speculative, reproducible, typical, or a modality's own "
-                     "(image: lantern; speech: relaxed) (default: greedy at temperature 0, else speculative)")
+    gen.add_argument("--drafter", default="none", help=f"{', '.join(named.DRAFTERS)}, or one of the modality's own "
+                     "(see `mmspec methods`)")
+    gen.add_argument("--rule", default=None, help=f"{', '.join(accept.RULES)}, or one of the modality's own (see "
+                     "`mmspec methods`) (default: greedy at temperature 0, else speculative)")
     cmp_ = sub.add_parser("compare", help="baseline and several methods on the same prompt", formatter_class=fmt)
     _common(cmp_)
     cmp_.add_argument("--methods", default="prompt-lookup,jacobi,lookahead,model",
                       help="comma-separated drafter[:rule] list, e.g. model:speculative,jacobi")
+    meth = sub.add_parser("methods", help="list each modality's drafters, Jacobi inits and accept rules",
+                          formatter_class=fmt)
+    meth.add_argument("--modality", default=None, help="one modality (default: all)")
     bench = sub.add_parser("bench", help="benchmark suites (see BENCHMARKS.md)", formatter_class=fmt)
     bench.add_argument("--suite", default="text", help=f"one of: {', '.join(modalities.names())}, or all")
     bench.add_argument("--out", default="bench-out")
@@ -77,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     zoo = sub.add_parser("zoo", add_help=False,  # --help goes to the recipe: `mmspec zoo train text --help`
                          help="train the offline zoo models (`mmspec zoo ACTION MODALITY --help` for options)")
     zoo.add_argument("action", choices=["train", "evaluate", "prepare", "distill"],
-                     help="distill (text, speech): retrain the draft against the finished target")
-    zoo.add_argument("zoo_modality", metavar="modality", help="text, image or speech")
+                     help="distill: retrain the draft against the finished target (where the recipe has it)")
+    zoo.add_argument("zoo_modality", metavar="modality", help=f"one of: {', '.join(modalities.names())}")
     demo = sub.add_parser("demo", help="start the Gradio app", formatter_class=fmt)
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=7860)
@@ -203,6 +208,22 @@ def cmd_compare(args, modality) -> int:
     return 0
 
 
+def cmd_methods(args) -> int:
+    """Print, per modality, the drafters, init policies and rules (lossless, or the stated bound)."""
+    for name in [args.modality] if args.modality else modalities.names():
+        reason = modalities.unavailable(name)
+        if reason:
+            print(f"[{name}] unavailable here: {reason}")
+            continue
+        modality = modalities.get(name)
+        print(f"[{name}] unit: {modality.unit}; default length: {modality.max_new_tokens or 'the target’s full length'}")
+        print(f"  drafters: {', '.join(named.drafter_names(modality))}")
+        print(f"  inits:    {', '.join(named.init_names(modality))}")
+        for rule, spec in named.rule_specs(modality).items():
+            print(f"  rule {rule:13} {'lossless' if spec.lossless else 'LOSSY: ' + spec.bound}")
+    return 0
+
+
 def cmd_zoo(args, rest) -> int:
     """The modality package's own training recipe (``mmspec.<modality>.recipe.main``)."""
     modalities.get(args.zoo_modality)  # unknown names -> ValueError listing the registered ones
@@ -241,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             build_parser().error(f"unrecognized arguments: {' '.join(rest)}")
         if args.command == "bench":
             return cmd_bench(args, rest)
+        if args.command == "methods":
+            return cmd_methods(args)
         return cmd_demo(args, rest)
     except ValueError as err:
         print(f"mmspec: error: {err}", file=sys.stderr)

@@ -88,3 +88,12 @@ def test_zoo_distill_of_image_is_a_clean_error(capsys):
 def test_zoo_help_is_the_recipes_own(capsys):
     code, out, _ = run(capsys, "zoo", "train", "image", "--help")
     assert code == 0 and "usage:" in out and "mmspec zoo" not in out  # the recipe's usage, not the parent's
+
+
+def test_methods_lists_every_modalitys_drafters_and_rule_bounds(capsys):
+    code, out, _ = run(capsys, "methods")
+    assert code == 0
+    speech = out[out.index("[speech]"):]
+    assert "codec-lookup" in speech.splitlines()[1]  # the modality's own drafter is listed
+    assert "rule relaxed" in speech and "LOSSY: total variation" in speech  # a lossy rule shows its bound
+    assert "rule greedy        lossless" in out
