@@ -1,4 +1,4 @@
-"""Class accuracy of autoregressive sampling against SJD and LANTERN on the image zoo (issue 4's quality bar).
+"""Class accuracy of autoregressive sampling against SJD and LANTERN on the image zoo.
 
     python benchmarks/image_quality.py --per-class 4
 

@@ -1,4 +1,4 @@
-"""mmspec against Hugging Face ``generate`` on the same model pair, prompts and machine (issue 2's anchor).
+"""mmspec against Hugging Face ``generate`` on the same model pair, prompts and machine.
 
     python benchmarks/text_vs_hf.py --target zoo:code-target --draft zoo:code-draft --prompts 20 --new 128
 
