@@ -115,13 +115,6 @@ class StageClock:
         return time.time() < self.deadline
 
 
-def run_until(clock: StageClock, max_steps: float = math.inf, step: int = 0):
-    """Yield step numbers from ``step`` while the stage has time and steps left (the loop a budget stops)."""
-    while step < max_steps and clock.running():
-        yield step
-        step += 1
-
-
 # ------------------------------------------------------------------------------------------ schedule
 @dataclass(frozen=True)
 class Schedule:
