@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from mmspec.text import recipe
-from mmspec.text import recipe_data as rd
+from mmspec.text.recipe import data as rd
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 FEW = ["json/decoder.py", "json/encoder.py", "textwrap.py", "string.py", "bisect.py", "heapq.py",
@@ -147,8 +147,10 @@ def test_train_quick_then_evaluate(tiny_data, tmp_path, monkeypatch):
     assert f"Kept: {chosen}" in (out / "code-draft" / "README.md").read_text()
     # 5. A new variant that agrees less than the drafter in place does not replace it.
     draft_bytes = (out / "code-draft" / "model.safetensors").read_bytes()
-    real = recipe.agreement
-    monkeypatch.setattr(recipe, "agreement", lambda t, d, w: 0.0 if d.config.intermediate_size == 40 else real(t, d, w))
+    from mmspec.text.recipe import distill as distill_module   # where `distill` looks `agreement` up
+
+    real = distill_module.agreement
+    monkeypatch.setattr(distill_module, "agreement", lambda t, d, w: 0.0 if d.config.intermediate_size == 40 else real(t, d, w))
     assert recipe.main(["distill", "--data", str(data), "--out", str(out), "--quick", "--device", "cpu",
                         "--time-budget", "30", "--variants", "1x32x40"]) == 0
     log = json.loads((out / "train_log.json").read_text())

@@ -7,7 +7,7 @@ newline, where an editor's cursor sits: the tokenizer merges a newline with the 
 """
 from __future__ import annotations
 
-from .recipe_data import is_val, stable_hash, stdlib_files
+from .recipe.data import is_val, stable_hash, stdlib_files
 
 FALLBACK = ["def fibonacci(n):", "class Stack:\n    def __init__(self):", "import os\n\ndef list_files(path):"]
 

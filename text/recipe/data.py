@@ -1,4 +1,4 @@
-"""Data side of the offline text zoo recipe: corpus, split, tokenizer, token arrays.
+"""`prepare`: the offline text zoo's corpus, file-level split, tokenizer and token arrays.
 
 Everything here runs without network: the corpus is Python source that ships with every Python
 (the standard library) plus, optionally, a few permissively licensed installed packages. The split is
@@ -12,7 +12,9 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import platform
 import sysconfig
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,8 @@ import numpy as np
 
 EOT = "<|endoftext|>"  # BOS, EOS and document separator
 PAD = "<|pad|>"
+DEFAULT_DATA = ".gpu/text"
+MAX_DATA_BYTES = 30_000_000
 SPECIAL_TOKENS = [EOT, PAD]
 
 # Directory names whose content is test suites, vendored third-party code or GUI demos.
@@ -209,3 +213,81 @@ def join_documents(docs_ids: list[list[int]], eot_id: int) -> np.ndarray:
         chunks.append(np.asarray(ids, dtype=np.uint16))
         chunks.append(np.array([eot_id], dtype=np.uint16))
     return np.concatenate(chunks)
+
+
+def prepare(args, files: list[SourceFile] | None = None) -> dict:
+    """Collect the corpus, train the tokenizer, write train.bin / val.bin / meta.json / tokenizer/.
+
+    `files` replaces the corpus collection (tests pass a handful of files).
+    """
+    t0 = time.time()
+    data = Path(args.data)
+    data.mkdir(parents=True, exist_ok=True)
+    # 1. Corpus: stdlib, plus capped permissive packages unless disabled.
+    packages = {}
+    if files is None and args.package_bytes > 0:
+        files = stdlib_files()
+        extra, packages = package_files(args.package_bytes)
+        files += extra
+    files = stdlib_files() if files is None else files
+    docs = [(f, text) for f in files if (text := _usable(f.path)) is not None]
+    print(f"[prepare] {len(docs)} usable files of {len(files)}", flush=True)
+    # 2. File-level split by path hash.
+    train_docs = [(f, t) for f, t in docs if not is_val(f.rel, args.val_permille)]
+    val_docs = [(f, t) for f, t in docs if is_val(f.rel, args.val_permille)]
+    # 3. Tokenizer on the training files only.
+    tokenizer = train_tokenizer([t for _, t in train_docs], args.vocab_size)
+    save_tokenizer(tokenizer, data / "tokenizer")
+    eot_id = tokenizer.convert_tokens_to_ids(EOT)
+    print(f"[prepare] tokenizer trained ({time.time() - t0:.0f}s)", flush=True)
+    # 4. Encode; keep training files in hash order up to the token cap (deterministic subsample).
+    train_docs, train_ids = _encode_capped(tokenizer, train_docs, args.max_train_tokens, eot_id)
+    val_docs, val_ids = _encode_capped(tokenizer, val_docs, args.max_train_tokens // 20, eot_id)
+    train_ids.tofile(data / "train.bin")
+    val_ids.tofile(data / "val.bin")
+    # 5. Meta: counts, file lists with their license source, what produced them.
+    meta = _meta(args, tokenizer, eot_id, train_docs, val_docs, train_ids, val_ids, packages)
+    meta["prepare_seconds"] = round(time.time() - t0, 1)
+    (data / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    size = sum(p.stat().st_size for p in data.rglob("*") if p.is_file())
+    assert size < MAX_DATA_BYTES, f"{data} is {size / 1e6:.1f} MB, over {MAX_DATA_BYTES / 1e6:.0f} MB"
+    print(f"[prepare] train {len(train_ids):,} tokens ({len(train_docs)} files), val {len(val_ids):,} "
+          f"tokens ({len(val_docs)} files), {size / 1e6:.1f} MB, {meta['prepare_seconds']}s", flush=True)
+    return meta
+
+
+def _encode_capped(tokenizer, docs, max_tokens: int, eot_id: int):
+    """Encode documents; keep them in path-hash order while the total stays under max_tokens.
+
+    Returns the kept documents (sorted by path) and their `EOT doc EOT ...` uint16 array.
+    """
+    # 1. Batch-encode with the Rust tokenizer (parallel, no special tokens added).
+    encs = tokenizer.backend_tokenizer.encode_batch([t for _, t in docs], add_special_tokens=False)
+    # 2. Deterministic subsample: hash order, skip what does not fit.
+    order = sorted(range(len(docs)), key=lambda i: stable_hash(docs[i][0].rel))
+    kept, total = [], 0
+    for i in order:
+        n = len(encs[i].ids) + 1
+        if total + n > max_tokens:
+            continue
+        kept.append(i)
+        total += n
+    kept.sort(key=lambda i: docs[i][0].rel)
+    return [docs[i] for i in kept], join_documents([encs[i].ids for i in kept], eot_id)
+
+
+def _meta(args, tokenizer, eot_id, train_docs, val_docs, train_ids, val_ids, packages) -> dict:
+    """The provenance record written next to the token arrays."""
+    def listing(ds):
+        return [[f.rel, f.source, f.license] for f, _ in ds]
+
+    return {
+        "vocab_size": len(tokenizer), "eot_id": eot_id,
+        "pad_id": tokenizer.convert_tokens_to_ids(PAD), "dtype": "uint16",
+        "n_train_tokens": int(len(train_ids)), "n_val_tokens": int(len(val_ids)),
+        "n_train_files": len(train_docs), "n_val_files": len(val_docs),
+        "val_permille": args.val_permille, "split": "sha1(relative path) % 1000 < val_permille",
+        "python": platform.python_version(),
+        "sources": {"stdlib": {"license": "PSF-2.0", "version": platform.python_version()}, **packages},
+        "files": {"train": listing(train_docs), "val": listing(val_docs)},
+    }
