@@ -207,18 +207,6 @@ def environment() -> dict:
     return env
 
 
-def hardware(device) -> str:
-    """A human string naming the hardware (a device name or ``torch.device``), for logs and model cards."""
-    if torch.device(device).type == "cuda":
-        return torch.cuda.get_device_name(0)
-    name = platform.processor() or platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            names = [ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")]
-        name = names[0] if names else name
-    return f"{name} CPU, {os.cpu_count()} cores"
-
-
 # ---------------------------------------------------------------------------------------- outputs
 CSV_COLUMNS = ["suite", "method", "row", "prompt_index", "drafter", "rule", "temperature", "lossless", "speedup",
                "throughput_speedup",

@@ -5,14 +5,18 @@ User mistakes (bad values, unknown names, missing models) exit with code 2 and o
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import json
+import statistics
 import sys
+
+from tqdm.auto import tqdm
 
 from . import accept
 from . import methods as named
-from . import modalities
-from .types import Sampling
+from . import modalities, timing
+from .types import Sampling, count
 
 EXAMPLES = """examples:
   mmspec generate --drafter prompt-lookup --prompt "def fibonacci(n):"
@@ -59,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     _common(cmp_)
     cmp_.add_argument("--methods", default="prompt-lookup,jacobi,lookahead,model",
                       help="comma-separated drafter[:rule] list, e.g. model:speculative,jacobi")
+    cmp_.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up; the methods take turns "
+                      "in every round")
     meth = sub.add_parser("methods", help="list each modality's drafters, Jacobi inits and accept rules",
                           formatter_class=fmt)
     meth.add_argument("--modality", default=None, help="one modality (default: all)")
@@ -176,36 +182,68 @@ def _methods(args, modality) -> list[tuple[str, str]]:
 
 
 def cmd_compare(args, modality) -> int:
+    """The baseline and each method, timed in interleaved rounds; median speedup with its spread."""
     methods = _methods(args, modality)
     _check(args, modality, [d for d, _ in methods], [r for _, r in methods])
+    repeats = count(args.repeats, "--repeats")
     target, draft = _load(modality, args, any(d == "model" for d, _ in methods))
     keyed = any(r == "reproducible" for _, r in methods)
     base_rule = "greedy" if args.temperature == 0 else ("reproducible" if keyed else "speculative")
-    run_method(modality, target, "none", base_rule, args)  # warm-up
-    base = run_method(modality, target, "none", base_rule, args)
-    rows = [("none", base_rule, base)]
-    for drafter, rule in methods:
-        run_method(modality, target, drafter, rule, args, draft=draft)  # warm-up
-        rows.append((drafter, rule, run_method(modality, target, drafter, rule, args, draft=draft)))
-    table = []
-    for drafter, rule, gen in rows:
-        s = gen.stats
-        table.append({
-            "method": named.label(drafter, rule), "lossless": accept.spec_of(rule, modality.rules).lossless,
-            "identical_to_baseline": gen.token_ids() == base.token_ids(),
-            "wall_s": s["wall_s"], "tokens_per_s": s["tokens_per_s"], "speedup": base.stats["wall_s"] / s["wall_s"],
-            "mean_accepted": s["mean_accepted"], "acceptance_rate": s["acceptance_rate"], "steps": s["steps"],
-            "new_tokens": s["new_tokens"],
-        })
+    plan = {"autoregressive": ("none", base_rule), **{named.label(d, r): (d, r) for d, r in methods}}
+    runs = {name: functools.partial(run_method, modality, target, d, r, args, draft=draft) for name, (d, r) in plan.items()}
+    with tqdm(total=len(runs) * (repeats + 1), desc="compare", file=sys.stderr, leave=False) as bar:
+        def progress(name, round_):
+            bar.set_postfix_str(f"{name}, {'warm-up' if round_ == 0 else f'round {round_}/{repeats}'}")
+            bar.update()
+
+        results = timing.interleave(runs, repeats, progress=progress)
+    env = timing.machine(target.device)
+    table = [_compare_row(name, plan[name][1], gens, results["autoregressive"], modality, repeats, env)
+             for name, gens in results.items()]
     if args.json:
-        print(json.dumps({"rows": table}))
-    else:
-        head = f"{'method':28} {'wall_s':>8} {'tok/s':>8} {'speedup':>8} {'accepted':>9} {'acc.rate':>9} {'same':>5}"
-        print(head)
-        for r in table:
-            print(f"{r['method']:28} {r['wall_s']:8.3f} {r['tokens_per_s']:8.1f} {r['speedup']:8.2f} "
-                  f"{r['mean_accepted']:9.2f} {r['acceptance_rate']:9.2f} {str(r['identical_to_baseline']):>5}")
+        print(json.dumps({"rows": table, "machine": env, "repeats": repeats}))
+        return 0
+    print(_compare_report(args, modality, env, repeats, results["autoregressive"][-1], table))
     return 0
+
+
+def _compare_row(name, rule, gens, base, modality, repeats, env) -> dict:
+    """One method's row: medians with min-max over the rounds; the speedup is computed per round."""
+    seconds = [g.wall_s for g in gens]
+    speedup = timing.ratio_spread([g.wall_s for g in base], seconds)
+    tps = timing.Spread.of([g.stats["tokens_per_s"] for g in gens])
+    s = gens[-1].stats
+    return {
+        "method": name, "lossless": accept.spec_of(rule, modality.rules).lossless,
+        "identical_to_baseline": all(g.token_ids() == base[-1].token_ids() for g in gens),
+        "wall_s": statistics.median(seconds), "tokens_per_s": tps.median, "tokens_per_s_min": tps.low,
+        "tokens_per_s_max": tps.high, "speedup": speedup.median, "speedup_min": speedup.low,
+        "speedup_max": speedup.high, "repeats": repeats, "tokens_per_forward": s["mean_accepted"],
+        "mean_accepted": s["mean_accepted"], "acceptance_rate": s["acceptance_rate"], "steps": s["steps"],
+        "new_tokens": s["new_tokens"], "flags": [] if name == "autoregressive" else timing.flags(speedup, seconds, env),
+    }
+
+
+def _compare_report(args, modality, env, repeats, base, table) -> str:
+    """The printed comparison: context, the baseline's output, a legend, the table and any warnings."""
+    prompt = args.prompt if args.prompt is not None else modality.default_prompt
+    out = base.outputs[0]
+    load = "n/a" if env["load_1min"] is None else f"{env['load_1min']:.1f}"
+    lines = [f"prompt: {prompt!r}",
+             f"{modality.name}: target {args.target or modality.default_target}, k={args.k}, "
+             f"max_new_tokens={args.max_new_tokens or modality.max_new_tokens or 'full length'}, temperature={args.temperature}, "
+             f"seed={args.seed}, {repeats} interleaved rounds after a warm-up",
+             f"device {env['device']}, {env['threads']} torch threads, {env['cpu_count']} cores, load {load}",
+             "baseline output:", out if isinstance(out, str) else repr(out), "",
+             f"speedup = autoregressive time / method time per round: median [min-max]; tok/fwd = {modality.unit} "
+             "per target forward (machine-independent); same = identical output to the baseline", "",
+             f"{'method':28} {'speedup':>18} {'tok/s':>8} {'tok/fwd':>8} {'acc.rate':>9} {'same':>5}"]
+    for r in table:
+        spread = f"{r['speedup']:.2f} [{r['speedup_min']:.2f}-{r['speedup_max']:.2f}]"
+        lines.append(f"{r['method'][:28]:28} {spread:>18} {r['tokens_per_s']:8.1f} {r['tokens_per_forward']:8.2f} "
+                     f"{r['acceptance_rate']:9.2f} {str(r['identical_to_baseline']):>5}")
+    lines += [f"note: {r['method']}: {flag}" for r in table for flag in r["flags"]]
+    return "\n".join(lines)
 
 
 def cmd_methods(args) -> int:

@@ -46,6 +46,38 @@ def test_compare_json(capsys, tiny_models):
     rows = json.loads(out)["rows"]
     assert [r["method"] for r in rows] == ["autoregressive", "prompt-lookup / greedy", "model / greedy"]
     assert all(r["identical_to_baseline"] and r["lossless"] for r in rows)
+    for r in rows:  # the median speedup inside its own min-max, over the default 3 interleaved rounds
+        assert r["repeats"] == 3 and r["speedup_min"] <= r["speedup"] <= r["speedup_max"]
+        assert r["tokens_per_s_min"] <= r["tokens_per_s"] <= r["tokens_per_s_max"]
+        assert r["tokens_per_forward"] == r["mean_accepted"] >= 1.0
+    assert rows[0]["speedup"] == rows[0]["speedup_min"] == rows[0]["speedup_max"] == 1.0  # the same run, per round
+
+
+def test_compare_text_report_gives_context_and_flags(capsys, tiny_models):
+    code, out, err = run(capsys, "compare", "--target", tiny_models["llama"], "--prompt", "class Stack:",
+                         "--methods", "jacobi", "--max-new-tokens", "4", "--repeats", "2")
+    assert code == 0
+    assert "prompt: 'class Stack:'" in out and "torch threads" in out and "baseline output:" in out
+    assert "median [min-max]" in out and "tok/fwd" in out
+    assert "runs shorter than" in out  # 4 tokens of a tiny model: flagged as too short to time
+
+
+def test_timing_interleaves_and_flags():
+    from mmspec import timing
+
+    calls = []
+    out = timing.interleave({"a": lambda: calls.append("a") or 1, "b": lambda: calls.append("b") or 2}, repeats=2)
+    assert calls == ["a", "b", "a", "b", "a", "b"] and out == {"a": [1, 1], "b": [2, 2]}  # warm-up, then A B A B
+    s = timing.ratio_spread([1.0, 1.0, 1.0], [0.5, 1.25, 2.0])
+    assert (s.median, s.low, s.high) == (0.8, 0.5, 2.0) and s.straddles(1.0)  # baseline time / method time
+    env = {"device": "cpu", "threads": 2, "cpu_count": 2, "load_1min": 5.0}
+    flags = timing.flags(s, [0.01, 1.0, 1.0], env)
+    assert any("within noise" in f for f in flags) and any("too short" in f for f in flags)
+    assert any("shared CPU" in f for f in flags)
+    solid = timing.flags(timing.Spread.of([1.9, 2.0, 2.1]), [1.0, 1.0, 1.0], {**env, "load_1min": 1.0})
+    assert solid == []
+    with pytest.raises(ValueError, match="repeats"):
+        timing.interleave({}, repeats=0)
 
 
 @pytest.mark.parametrize("args, word", [
