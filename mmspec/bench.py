@@ -14,6 +14,7 @@ on stdout.
 from __future__ import annotations
 
 import csv
+import functools
 import importlib
 import json
 import math
@@ -28,7 +29,7 @@ from typing import Any, Callable
 import torch
 
 from . import methods as named
-from . import modalities
+from . import modalities, timing
 from .types import Sampling
 
 
@@ -81,22 +82,24 @@ def baseline_for(temperature: float) -> Method:
     return Method(f"autoregressive T={temperature:g}", "none", rule, temperature)
 
 
-def measure(modality, method: Method, target, draft, prompts, max_new, k, seed, repeats, bar) -> list[dict]:
-    """Per prompt: a warm-up run, then ``repeats`` timed runs; the median wall time counts."""
-    rows = []
+def measure(modality, plan: list[Method], target, draft, prompts, max_new, k, seed, repeats, bar) -> dict[str, list]:
+    """Per prompt: every method warmed up once, then ``repeats`` interleaved rounds (``mmspec.timing``); a row
+    per (method, prompt) with the median wall time and every round's time."""
+    rows: dict[str, list] = {m.label: [] for m in plan}
     for i, prompt in enumerate(prompts):
-        run_once(modality, method, target, draft, prompt, max_new, k, seed)  # warm-up
-        gens = [run_once(modality, method, target, draft, prompt, max_new, k, seed) for _ in range(repeats)]
-        bar.update(1 + repeats)
-        s = gens[-1].stats
-        wall = statistics.median(g.wall_s for g in gens)
-        rows.append({
-            "prompt_index": i, "wall_s": wall, "new_tokens": s["new_tokens"], "steps": s["steps"],
-            "tokens_per_s": s["new_tokens"] / wall if wall > 0 else 0.0,
-            "mean_accepted": s["mean_accepted"], "acceptance_rate": s["acceptance_rate"],
-            "step_compression": s["new_tokens"] / s["steps"] if s["steps"] else 0.0,
-            "accepted_per_step": s["accepted_per_step"], "token_ids": gens[-1].token_ids(), "output": gens[-1].outputs[0],
-        })
+        runs = {m.label: functools.partial(run_once, modality, m, target, draft, prompt, max_new, k, seed) for m in plan}
+        timed = timing.interleave(runs, repeats, progress=lambda name, r: bar.update())
+        for label, gens in timed.items():
+            s = gens[-1].stats
+            wall = statistics.median(g.wall_s for g in gens)
+            rows[label].append({
+                "prompt_index": i, "wall_s": wall, "round_wall_s": [g.wall_s for g in gens], "new_tokens": s["new_tokens"],
+                "steps": s["steps"], "tokens_per_s": s["new_tokens"] / wall if wall > 0 else 0.0,
+                "mean_accepted": s["mean_accepted"], "acceptance_rate": s["acceptance_rate"],
+                "step_compression": s["new_tokens"] / s["steps"] if s["steps"] else 0.0,
+                "accepted_per_step": s["accepted_per_step"], "token_ids": gens[-1].token_ids(),
+                "output": gens[-1].outputs[0],
+            })
     return rows
 
 
@@ -124,25 +127,25 @@ def run_suite(name: str, *, quick: bool, repeats: int, seed: int = 0, target_nam
     k = k or suite.k
     plan = [baseline_for(t) for t in sorted({m.temperature for m in chosen})] + chosen
     bar = tqdm(total=len(plan) * len(prompts) * (1 + repeats), desc=f"bench {name}", disable=not progress)
-    # 3. baselines, then every method on the same target, prompts and seed
-    results, base = [], {}
-    for method in plan:
-        rows = measure(modality, method, target, draft, prompts, max_new, k, seed, repeats, bar)
-        if method.drafter == "none":
-            base[method.temperature] = rows
-        results.append(summarise(modality, method, target, prompts, rows, base[method.temperature]))
+    # 3. baselines and every method on the same target, prompts and seed, in interleaved rounds
+    rows = measure(modality, plan, target, draft, prompts, max_new, k, seed, repeats, bar)
     bar.close()
+    env = timing.machine(target.device)
+    results = [summarise(modality, m, target, prompts, rows[m.label], rows[baseline_for(m.temperature).label], env)
+               for m in plan]
     config = {"quick": quick, "repeats": repeats, "seed": seed, "k": k, "max_new": max_new, "n_prompts": len(prompts),
               "target": target_name or modality.default_target,
               "draft": (draft_name or modality.default_draft) if draft else None,
-              "device": str(target.device), "quality": suite.quality_name or None}
+              "device": str(target.device), "threads": env["threads"], "load_1min": env["load_1min"],
+              "quality": suite.quality_name or None}
     return {"suite": name, "modality": name, "config": config, "prompts": [_short(p) for p in prompts],
             "methods": results}
 
 
-def summarise(modality, method: Method, target, prompts, rows, base_rows) -> dict:
-    """Per-prompt speedups and the aggregate row of one method. Outputs with a ``seconds`` length (audio)
-    add the real-time factor: seconds of output per second of compute."""
+def summarise(modality, method: Method, target, prompts, rows, base_rows, env: dict) -> dict:
+    """Per-prompt speedups and the aggregate row of one method. ``speedup`` is the median over rounds of the
+    baseline's time over the method's (summed over prompts), with its min-max and trust flags. Outputs
+    with a ``seconds`` length (audio) add the real-time factor: seconds of output per second of compute."""
     spec = named.make_rule(method.rule, modality, target, dict(method.options)).spec
     exact = method.drafter == "none" or (spec.lossless and (method.temperature == 0 or spec.keyed_noise))
     for row, b in zip(rows, base_rows):
@@ -159,10 +162,14 @@ def summarise(modality, method: Method, target, prompts, rows, base_rows) -> dic
     timed = all(hasattr(r["output"], "seconds") for r in rows)
     seconds = sum(r["output"].seconds for r in rows) if timed else None
     same = [r["identical_to_baseline"] for r in rows]
+    per_round = timing.ratio_spread([sum(t) for t in zip(*(b["round_wall_s"] for b in base_rows))],
+                                    [sum(t) for t in zip(*(r["round_wall_s"] for r in rows))])
     return {
         "method": method.label, "drafter": method.drafter, "rule": method.rule, "temperature": method.temperature,
         "init": method.init if method.drafter in ("jacobi", "lookahead") else None, "lossless": spec.lossless,
-        "bound": spec.bound, "speedup": base_wall / wall if wall > 0 else 0.0,
+        "bound": spec.bound, "speedup": per_round.median, "speedup_min": per_round.low,
+        "speedup_max": per_round.high, "speedup_of_medians": base_wall / wall if wall > 0 else 0.0,
+        "flags": [] if method.drafter == "none" else timing.flags(per_round, [r["wall_s"] for r in rows], env),
         "speedup_mean_per_prompt": statistics.fmean(r["speedup"] for r in rows),
         # tokens/s over the baseline's: differs from ``speedup`` when sampling changes the output length
         "throughput_speedup": (tokens / wall) / (base_tokens / base_wall) if wall > 0 and base_tokens else 0.0,
@@ -275,8 +282,8 @@ def write_plots(results: list[dict], out: str) -> list[str]:
     return paths
 
 
-def table(results: list[dict]) -> str:
-    """The summary table printed at the end (one block per suite)."""
+def table(results: list[dict], env: dict | None = None) -> str:
+    """The summary table printed at the end (one block per suite), with the machine and any trust flags."""
     lines = []
     for s in results:
         if not s["methods"]:
@@ -284,18 +291,18 @@ def table(results: list[dict]) -> str:
             continue
         c = s["config"]
         lines.append(f"[{s['suite']}] {c['n_prompts']} prompts x {c['max_new']} frames, k={c['k']}, "
-                     f"repeats={c['repeats']}, device={c['device']}")
+                     f"repeats={c['repeats']} (interleaved), device={c['device']}, threads={c.get('threads')}")
         q = c.get("quality") or "quality"
-        lines.append(f"{'method':34} {'speedup':>7} {'tps_x':>6} {'accept':>7} {'acc.rate':>8} {'tok/fwd':>7} {'tok/s':>7} "
+        lines.append(f"{'method':34} {'speedup [min-max]':>18} {'tok/fwd':>7} {'acc.rate':>8} {'tok/s':>7} "
                      f"{'wall_s':>7} {'x_rt':>5} {'same':>5} {'lossless':>8} {q:>8}")
         for m in s["methods"]:
             same = "-" if m["identical_to_baseline"] is None else str(m["identical_to_baseline"])
             qv = "-" if m["quality"] is None else f"{m['quality']:.3f}"
             rt = "-" if m.get("real_time_factor") is None else f"{m['real_time_factor']:.2f}"
-            lines.append(f"{m['method'][:34]:34} {m['speedup']:7.2f} {m['throughput_speedup']:6.2f} "
-                         f"{m['mean_accepted']:7.2f} {m['acceptance_rate']:8.2f} "
-                         f"{m['step_compression']:7.2f} {m['tokens_per_s']:7.1f} {m['wall_s']:7.2f} {rt:>5} {same:>5} "
-                         f"{str(m['lossless']):>8} {qv:>8}")
+            spread = f"{m['speedup']:.2f} [{m['speedup_min']:.2f}-{m['speedup_max']:.2f}]"
+            lines.append(f"{m['method'][:34]:34} {spread:>18} {m['step_compression']:7.2f} {m['acceptance_rate']:8.2f} "
+                         f"{m['tokens_per_s']:7.1f} {m['wall_s']:7.2f} {rt:>5} {same:>5} {str(m['lossless']):>8} {qv:>8}")
+        lines += [f"  note: {m['method']}: {flag}" for m in s["methods"] for flag in m.get("flags", [])]
     return "\n".join(lines)
 
 
