@@ -12,32 +12,15 @@ import torch
 import mmspec
 from mmspec import Sampling, accept
 from mmspec.image import ImageTarget, SpatialInit, lantern_rule, neighbour_table
-from mmspec.image.models import build_transformer, build_vqvae, guided_logits, sample_codes
+from mmspec.image.models import guided_logits, sample_codes
 from mmspec.testing import ToyTarget, chi2_pvalue
 
-CLASSES = ["red ring", "blue cross", "green disk"]
-N_CODES, GRID = 16, 4  # 16 codes, 4 x 4 grid (32 px / 2^3)
-
-
-def tiny_meta(cfg=3.0):
-    n = N_CODES
-    return {"class_names": CLASSES, "class_token_ids": [n + i for i in range(len(CLASSES))],
-            "null_token_id": n + len(CLASSES), "num_codes": n, "code_offset": 0, "grid_h": GRID, "grid_w": GRID,
-            "image_size": 32, "default_cfg_scale": cfg, "pixel_range": [-1, 1]}
-
-
-def tiny_models(seed=0, hidden=32, layers=2):
-    torch.manual_seed(seed)
-    model = build_transformer(N_CODES + len(CLASSES) + 1, hidden, layers, 2, GRID * GRID + 1)
-    with torch.no_grad():  # sharpen so that greedy grids have structure (and repeats)
-        model.get_output_embeddings().weight.mul_(6.0)
-    vq = build_vqvae(channels=(8, 8, 8, 8), num_codes=N_CODES, embed_dim=4)
-    return model.eval(), vq.eval()
+from builders import CLASSES, GRID, N_CODES, tiny_meta
 
 
 @pytest.fixture(scope="module")
-def models():
-    return {"target": tiny_models(0), "draft": tiny_models(1, hidden=16, layers=1)}
+def models(image_models):  # tests/builders.py, one copy per session
+    return image_models
 
 
 def target_of(models, which="target", **kw):
@@ -258,17 +241,9 @@ def test_bad_input(models):
 # -- the CLI and the notebook API ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def zoo_dir(models, tmp_path_factory):
+def zoo_dir(image_zoo):
     """A zoo-format folder pair saved from the tiny models (loaded back through from_pretrained)."""
-    root = tmp_path_factory.mktemp("imgzoo")
-    for which, rel in (("target", "vqvae"), ("draft", "../shapes/vqvae")):
-        folder = root / ("shapes" if which == "target" else "shapes-draft")
-        model, vq = models[which]
-        model.save_pretrained(folder / "transformer")
-        if which == "target":
-            vq.save_pretrained(folder / "vqvae")
-        (folder / "mmspec_image.json").write_text(json.dumps(dict(tiny_meta(), vqvae=rel)))
-    return root
+    return image_zoo
 
 
 def test_cli_generate_writes_pngs_and_json(zoo_dir, tmp_path, capsys):
@@ -302,29 +277,9 @@ def test_notebook_api(zoo_dir):
 
 # -- Janus (HF JanusForConditionalGeneration), tiny random config ------------------------------------
 
-def tiny_janus(seed=0):
-    from transformers import JanusConfig, JanusForConditionalGeneration
-
-    torch.manual_seed(seed)
-    text = dict(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, pad_token_id=1,
-                bos_token_id=2, eos_token_id=3)
-    vision = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8,
-                  projection_dim=32, num_image_tokens=16, intermediate_size=64)
-    vq = dict(embed_dim=8, num_embeddings=24, latent_channels=32, base_channels=32, channel_multiplier=[1, 1, 1],
-              num_res_blocks=1, num_patches=4, projection_dim=32, image_token_embed_dim=32, resolution=16)
-    model = JanusForConditionalGeneration(JanusConfig(text_config=text, vision_config=vision, vq_config=vq,
-                                                      image_token_id=60)).eval()
-    gen = model.generation_config
-    gen.pad_token_id, gen.bos_token_id, gen.eos_token_id, gen.generation_kwargs = 1, 2, 3, {"boi_token_id": 5}
-    with torch.no_grad():  # sharpen the generation head so greedy grids have structure
-        model.model.generation_head.vision_head.weight.mul_(8.0)
-    return model
-
-
 @pytest.fixture(scope="module")
-def janus():
-    return tiny_janus(0), tiny_janus(1)
+def janus(janus_models):
+    return janus_models
 
 
 @pytest.mark.parametrize("rows", [[[2, 10, 11, 12, 5]], [[2, 10, 11, 12, 5], [2, 20, 5]]])
