@@ -11,7 +11,8 @@ Janus generates image tokens with its language model fed by *generation* embeddi
 * V = the VQ codebook size (the generation head's outputs), K = 1, ``max_frames`` = prompt + image tokens;
 * committed codes decode through ``decode_image_tokens`` to a ``PIL.Image``.
 
-Batches are left-padded; ``pos`` counts each row's real tokens, as in the text adapter.
+Batches are left-padded; ``pos`` counts each row's real tokens, as in the text adapter. Cache, rollback,
+padding, guidance and the device/dtype policy are ``mmspec.hf``'s.
 """
 from __future__ import annotations
 
@@ -21,18 +22,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmspec import caches
+from mmspec import hf
 
-from .target import cache_arg, check_guidance
+from .target import grid_codes
+
+DEFAULT_GUIDANCE = 5.0  # Janus-Pro's own, when the saved generation config names none
 
 
-class JanusTarget:
+class JanusTarget(hf.HFTarget):
     num_codebooks = 1
 
-    def __init__(self, model, processor=None, *, cfg_scale: float | None = None, cfg_interval=None,
+    def __init__(self, model, processor=None, *, guidance_scale: float | None = None, guidance_interval=None,
                  device: str | torch.device | None = None, path: str = "", boi_token_id: int | None = None):
         self.model, self.processor, self.path = model.eval(), processor, path
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.device = hf.resolve_device(device) if device is not None else next(model.parameters()).device
         self.lm = model.model.language_model
         gen = model.generation_config
         self.pad_id, self.bos_id = gen.pad_token_id, gen.bos_token_id
@@ -45,18 +48,24 @@ class JanusTarget:
         self.vocab_size = int(model.model.vqmodel.config.num_embeddings)  # V: image codes only
         self.grid_tokens = int(model.model.vision_model.config.num_image_tokens)
         self.grid_h = self.grid_w = math.isqrt(self.grid_tokens)
-        default = getattr(gen, "guidance_scale", None) or 5.0
-        self.cfg_scale, self.cfg_interval = check_guidance(default if cfg_scale is None else cfg_scale, cfg_interval)
-        self._cache_arg = cache_arg(self.lm)
+        saved = getattr(gen, "guidance_scale", None)  # a saved 0 stays 0 (only None means "not saved")
+        default = DEFAULT_GUIDANCE if saved is None else saved
+        self.guidance_scale, self.guidance_interval = hf.check_guidance(
+            default if guidance_scale is None else guidance_scale, guidance_interval)
+        self._cache_arg = hf.cache_arg(self.lm)
         self.max_frames = 1_000_000
         self.pos = torch.zeros(1, dtype=torch.long)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, *, cfg_scale=None, cfg_interval=None, device=None, dtype=None) -> "JanusTarget":
+    def from_pretrained(cls, name_or_path: str, *, guidance_scale=None, guidance_interval=None, device=None,
+                        dtype=None) -> "JanusTarget":
+        """Load a Janus / Janus-Pro folder or hub id; its ``config.json`` must say ``model_type: janus``
+        (checked before anything is built). ``device`` / ``dtype``: ``mmspec.hf``'s policy."""
         from transformers import AutoProcessor, JanusForConditionalGeneration
 
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = getattr(torch, dtype) if isinstance(dtype, str) else (dtype or (torch.float32 if device == "cpu" else torch.bfloat16))
+        device = hf.resolve_device(device)
+        dtype = hf.resolve_dtype(dtype, device)
+        hf.check_model_type(name_or_path, ("janus",), "a Janus model")
         try:
             model = JanusForConditionalGeneration.from_pretrained(name_or_path, dtype=dtype).to(device)
         except (OSError, ValueError) as err:
@@ -65,12 +74,12 @@ class JanusTarget:
             processor = AutoProcessor.from_pretrained(name_or_path)
         except (OSError, ValueError):
             processor = None
-        return cls(model, processor, cfg_scale=cfg_scale, cfg_interval=cfg_interval, device=device, path=str(name_or_path),
-                   boi_token_id=_saved_boi(name_or_path))
+        return cls(model, processor, guidance_scale=guidance_scale, guidance_interval=guidance_interval, device=device,
+                   path=str(name_or_path), boi_token_id=_saved_boi(name_or_path))
 
     @property
     def guided(self) -> bool:
-        return self.cfg_scale != 1.0
+        return self.guidance_scale != 1.0
 
     # -- prompts ---------------------------------------------------------------------------------
     def encode(self, prompt) -> tuple[Tensor, Tensor]:
@@ -84,9 +93,7 @@ class JanusTarget:
             if not texts or any(not isinstance(t, (str, list, tuple)) or not len(t) for t in texts):
                 raise ValueError("Janus prompt must be non-empty text, a list of texts or token id lists")
             rows = [list(t) if not isinstance(t, str) else self._tokenize(t) for t in texts]
-        L = max(len(r) for r in rows)
-        ids = torch.tensor([[self.pad_id] * (L - len(r)) + r for r in rows], dtype=torch.long, device=self.device)
-        return ids, torch.tensor([L - len(r) for r in rows], dtype=torch.long, device=self.device)
+        return hf.left_pad(rows, self.pad_id, self.device)
 
     def _tokenize(self, text: str) -> list[int]:
         if self.processor is None:
@@ -97,18 +104,14 @@ class JanusTarget:
     # -- Target protocol -------------------------------------------------------------------------
     @torch.inference_mode()
     def start(self, prompt, max_new_tokens: int) -> Tensor:
-        from transformers import DynamicCache
-
         ids, self.pads = self.encode(prompt)  # [B, L], [B]
         self.prompt, self.prompt_ids, self.B = prompt, ids, ids.shape[0]
         # 1. unconditional rows: every token but BOS / BOI becomes the pad token
         if self.guided:
             uncond = ids.masked_fill((ids != self.bos_id) & (ids != self.boi_id), self.pad_id)
             ids = torch.cat([ids, uncond])  # [2B, L]
-        rows = ids.shape[0]
-        pads = self.pads.repeat(rows // self.B)
-        self.mask = (torch.arange(ids.shape[1], device=self.device)[None, :] >= pads[:, None]).long()  # [2B, L]
-        self.cache = DynamicCache()
+        pads = self.pads.repeat(ids.shape[0] // self.B)  # [B|2B]
+        self.cache = hf.KVCache(mask=hf.padding_mask(pads, ids.shape[1]))  # mask [B|2B, L]
         self.pos = -self.pads
         self.first = ids.shape[1] - self.pads  # [B] pos at grid index 0
         self.max_frames = int(self.first.max()) + self.grid_tokens
@@ -129,27 +132,18 @@ class JanusTarget:
         """Language model over ``embeds [B|2B, T, H]``; guided generation-head logits ``[B, T', 1, V]``."""
         rows, T = embeds.shape[:2]
         pos = self.pos.repeat(rows // self.B)  # [B|2B]
-        if self.mask.shape[1] < self.cache.get_seq_length() + T:
-            self.mask = torch.cat([self.mask, self.mask.new_ones(rows, T)], dim=1)
-        position_ids = (pos[:, None] + torch.arange(T, device=self.device)[None, :]).clamp(min=0)
-        out = self.lm(inputs_embeds=embeds, attention_mask=self.mask, position_ids=position_ids, use_cache=True,
-                      **{self._cache_arg: self.cache})
+        mask = self.cache.grow(T)  # [B|2B, S + T]
+        out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=hf.position_ids(pos, T), use_cache=True,
+                      **{self._cache_arg: self.cache.kv})
         hidden = out.last_hidden_state[:, -1:] if keep_last else out.last_hidden_state
         logits = self.model.model.generation_head(hidden).float()  # [B|2B, T', V]
         if self.guided:
-            cond, uncond = logits[: self.B], logits[self.B:]
             # the input at position pos + t predicts grid index pos + t + 1 - first
             index = (self.pos - self.first)[:1] + 1 + T - logits.shape[1] + torch.arange(logits.shape[1], device=self.device)
-            frac = index.float() / self.grid_tokens
-            inside = ((frac >= self.cfg_interval[0]) & (frac < self.cfg_interval[1]))[None, :, None]
-            logits = torch.where(inside, uncond + self.cfg_scale * (cond - uncond), cond)
+            inside = hf.inside_interval(index, self.grid_tokens, self.guidance_interval)[None, :, None]  # [1, T', 1]
+            logits = hf.guide(logits[: self.B], logits[self.B:], self.guidance_scale, inside)
         self.pos = self.pos + T
         return logits[:, :, None, :]  # [B, T', 1, V]
-
-    def rollback(self, pos: Tensor) -> None:
-        if caches.crop(self.cache, self.pos, pos, "JanusTarget"):
-            self.mask = self.mask[:, : self.cache.get_seq_length()]
-        self.pos = pos.clone()
 
     def finished(self, frames: Tensor) -> Tensor:
         return torch.zeros(frames.shape[:2], dtype=torch.bool, device=frames.device)
@@ -159,10 +153,7 @@ class JanusTarget:
         """Committed codes -> ``PIL.Image`` per row (an unfinished grid is padded with code 0)."""
         from PIL import Image
 
-        codes = torch.zeros(frames.shape[0], self.grid_tokens, dtype=torch.long, device=self.device)
-        for b in range(frames.shape[0]):
-            n = min(int(lengths[b]), self.grid_tokens)
-            codes[b, :n] = frames[b, :n, 0].clamp(min=0)
+        codes = grid_codes(frames.to(self.device), lengths, self.grid_tokens)  # [B, h * w]
         pixels = self.model.decode_image_tokens(codes).float()  # [B, H, W, 3] in [-1, 1]
         arrays = ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
         return [Image.fromarray(a) for a in arrays]

@@ -7,7 +7,7 @@ adds around the model:
 * **Classifier-free guidance inside the adapter**: the cache holds 2B rows (conditional rows prompted
   by the class token, unconditional rows by the null token); the returned logits are
   ``u + s * (c - u)``, optionally only inside a guidance interval of grid positions; both halves are
-  rolled back together. ``cfg_scale == 1`` runs the conditional rows only (the unguided model).
+  rolled back together (``mmspec.hf``). ``guidance_scale == 1`` runs the conditional rows only (the unguided model).
 * **Constraint by sub-vocabulary**: the logits have V = number of image codes (model ids
   ``code_offset .. code_offset + V - 1``), so every drafted, sampled or recovered token is an image code.
 * **Fixed length**: ``max_frames = 1 + grid_h * grid_w``, so the loop stops at the full grid.
@@ -15,7 +15,6 @@ adds around the model:
 """
 from __future__ import annotations
 
-import inspect
 import json
 import os
 from pathlib import Path
@@ -24,7 +23,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from mmspec import caches, files
+from mmspec import files, hf
+from mmspec.hf import check_guidance  # noqa: F401  (importable from here, as before)
 
 ZOO = Path(__file__).parent / "zoo"
 META_FILE = "mmspec_image.json"
@@ -35,37 +35,32 @@ def resolve(name_or_path: str) -> str:
     return files.resolve(name_or_path, ZOO, META_FILE, "image")
 
 
-def cache_arg(model) -> str:
-    """The forward kwarg that takes the KV cache: ``cache`` since transformers 5.2x, else ``past_key_values``."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+def grid_codes(frames: Tensor, lengths: Tensor, grid_tokens: int) -> Tensor:
+    """Committed codes ``[B, T, 1]`` with ``lengths [B]`` -> full grids ``[B, grid_tokens]``: an unfinished
+    grid (a run cut short) is padded with code 0, and nothing past a row's length (PAD) is read."""
+    codes = torch.zeros(frames.shape[0], grid_tokens, dtype=torch.long, device=frames.device)
+    for b in range(frames.shape[0]):
+        n = min(int(lengths[b]), grid_tokens)
+        codes[b, :n] = frames[b, :n, 0].clamp(min=0)
+    return codes
 
 
-def check_guidance(cfg_scale: float, cfg_interval) -> tuple[float, tuple[float, float]]:
-    """Validate a guidance scale (>= 0) and an interval of grid fractions ``(lo, hi)``, 0 <= lo < hi <= 1."""
-    if not isinstance(cfg_scale, (int, float)) or not cfg_scale >= 0:
-        raise ValueError(f"guidance scale (cfg) must be a number >= 0 (1 = unguided), got {cfg_scale!r}")
-    interval = (0.0, 1.0) if cfg_interval is None else tuple(float(x) for x in cfg_interval)
-    if len(interval) != 2 or not 0.0 <= interval[0] < interval[1] <= 1.0:
-        raise ValueError(f"cfg interval must be two grid fractions 0 <= lo < hi <= 1, got {cfg_interval!r}")
-    return float(cfg_scale), interval
-
-
-class ImageTarget:
+class ImageTarget(hf.HFTarget):
     """Target over a class-conditional image-token transformer with CFG. See the module docstring.
 
-    ``ImageTarget.from_pretrained("zoo:shapes", cfg_scale=3.0)``; prompts are class names
+    ``ImageTarget.from_pretrained("zoo:shapes", guidance_scale=3.0)``; prompts are class names
     (``"red ring"``) or lists of them.
     """
 
     num_codebooks = 1
 
-    def __init__(self, model, vqvae, meta: dict, *, cfg_scale: float | None = None,
-                 cfg_interval: tuple[float, float] | None = None, image_size: int | None = None,
+    def __init__(self, model, vqvae, meta: dict, *, guidance_scale: float | None = None,
+                 guidance_interval: tuple[float, float] | None = None, image_size: int | None = None,
                  path: str = "", device: str | torch.device | None = None):
         self.model = model.eval()
         self.vqvae = vqvae.eval() if vqvae is not None else None
         self.meta, self.path = meta, path
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.device = hf.resolve_device(device) if device is not None else next(model.parameters()).device
         # 1. layout: codes, class tokens, null token, grid
         self.class_names = [" ".join(str(c).lower().split()) for c in meta["class_names"]]
         self.class_ids = list(meta["class_token_ids"])
@@ -80,10 +75,11 @@ class ImageTarget:
             raise ValueError(f"this model makes {self.image_size}x{self.image_size} images "
                              f"({self.grid_h}x{self.grid_w} codes); got image size {image_size}")
         self._check_layout()
-        # 2. guidance
+        # 2. guidance (the folder's saved default: ``default_cfg_scale`` in its meta file)
         default = float(meta.get("default_cfg_scale", 1.0))
-        self.cfg_scale, self.cfg_interval = check_guidance(default if cfg_scale is None else cfg_scale, cfg_interval)
-        self._cache_arg = cache_arg(model)
+        self.guidance_scale, self.guidance_interval = hf.check_guidance(
+            default if guidance_scale is None else guidance_scale, guidance_interval)
+        self._cache_arg = hf.cache_arg(model)
         self.pos = torch.zeros(1, dtype=torch.long)
 
     def _check_layout(self) -> None:
@@ -103,27 +99,30 @@ class ImageTarget:
                                  f"layout ({self.vocab_size} codes, {self.grid_h}x{self.grid_w} grid)")
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, *, cfg_scale: float | None = None, cfg_interval=None,
-                        image_size: int | None = None, device: str | None = None, dtype: str | None = None) -> "ImageTarget":
-        """Load a zoo folder (``mmspec_image.json`` + ``transformer/`` + ``vqvae/``) by path or ``zoo:NAME``."""
+    def from_pretrained(cls, name_or_path: str, *, guidance_scale: float | None = None, guidance_interval=None,
+                        image_size: int | None = None, device: str | torch.device | None = None,
+                        dtype: str | torch.dtype | None = None) -> "ImageTarget":
+        """Load a zoo folder (``mmspec_image.json`` + ``transformer/`` + ``vqvae/``) by path or ``zoo:NAME``.
+
+        ``device`` / ``dtype``: ``mmspec.hf``'s policy ("auto" = the policy's default here: the zoo loader
+        casts). The meta file and a Llama ``transformer/config.json`` are checked before anything is built.
+        """
         from .models import load_zoo
 
         path = resolve(name_or_path)
         if not os.path.exists(os.path.join(path, META_FILE)):
             raise ValueError(f"{name_or_path!r} is not an mmspec image model folder (no {META_FILE})")
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if dtype is None:
-            dtype = "float32" if device == "cpu" else "float16"
-        if dtype not in ("float32", "float16", "bfloat16"):
-            raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
-        zoo = load_zoo(path, device=device, dtype=getattr(torch, dtype))
-        return cls(zoo.transformer, zoo.vqvae, zoo.meta, cfg_scale=cfg_scale, cfg_interval=cfg_interval,
-                   image_size=image_size, path=path, device=device)
+        hf.check_model_type(os.path.join(path, "transformer"), ("llama",), "an mmspec image transformer")
+        device = hf.resolve_device(device)
+        dtype = hf.resolve_dtype(dtype, device)
+        zoo = load_zoo(path, device=device, dtype=hf.resolve_dtype(None, device) if dtype == "auto" else dtype)
+        return cls(zoo.transformer, zoo.vqvae, zoo.meta, guidance_scale=guidance_scale,
+                   guidance_interval=guidance_interval, image_size=image_size, path=path, device=device)
 
     # -- prompts ---------------------------------------------------------------------------------
     @property
     def guided(self) -> bool:
-        return self.cfg_scale != 1.0
+        return self.guidance_scale != 1.0
 
     def encode(self, prompt: str | Sequence[str]) -> Tensor:
         """Class name(s) -> class token ids ``[B]``; ValueError listing the allowed names otherwise."""
@@ -141,14 +140,12 @@ class ImageTarget:
     # -- Target protocol -------------------------------------------------------------------------
     @torch.inference_mode()
     def start(self, prompt: str | Sequence[str], max_new_tokens: int) -> Tensor:
-        from transformers import DynamicCache
-
         ids = self.encode(prompt)  # [B]
         self.prompt, self.B = prompt, ids.shape[0]
         # 1. conditional rows, then unconditional rows prompted by the null class
         if self.guided:
             ids = torch.cat([ids, torch.full_like(ids, self.null_id)])  # [2B]
-        self.cache = DynamicCache()
+        self.cache = hf.KVCache()  # no padding: every prompt is one class token
         self.pos = torch.zeros(self.B, dtype=torch.long, device=self.device)
         return self._run(ids[:, None])  # [B, 1, 1, V]
 
@@ -166,22 +163,15 @@ class ImageTarget:
     def _run(self, ids: Tensor) -> Tensor:
         """Model forward over ``ids [B or 2B, T]`` at ``pos``; guided code logits ``[B, T, 1, V]``; pos += T."""
         T = ids.shape[1]
-        out = self.model(input_ids=ids, use_cache=True, **{self._cache_arg: self.cache})
+        out = self.model(input_ids=ids, use_cache=True, **{self._cache_arg: self.cache.kv})
         logits = out.logits[..., self.code_offset: self.code_offset + self.vocab_size].float()  # [B|2B, T, V]
         if self.guided:
-            cond, uncond = logits[: self.B], logits[self.B:]
             # 2. guide only where the predicted grid index lies inside the interval
             index = self.pos[:1] + torch.arange(T, device=self.device)  # [T] grid index predicted at each input
-            frac = index.float() / self.grid_tokens
-            inside = ((frac >= self.cfg_interval[0]) & (frac < self.cfg_interval[1]))[None, :, None]  # [1, T, 1]
-            logits = torch.where(inside, uncond + self.cfg_scale * (cond - uncond), cond)
+            inside = hf.inside_interval(index, self.grid_tokens, self.guidance_interval)[None, :, None]  # [1, T, 1]
+            logits = hf.guide(logits[: self.B], logits[self.B:], self.guidance_scale, inside)
         self.pos = self.pos + T
         return logits[:, :, None, :]  # [B, T, 1, V]
-
-    def rollback(self, pos: Tensor) -> None:
-        """Crop both guidance halves of the cache to ``pos`` (all rows move by the same amount)."""
-        caches.crop(self.cache, self.pos, pos, "ImageTarget")
-        self.pos = pos.clone()
 
     def finished(self, frames: Tensor) -> Tensor:
         """Images end at the full grid (``max_frames``), never at a token."""
@@ -196,10 +186,7 @@ class ImageTarget:
 
         if self.vqvae is None:
             raise ValueError("this image model has no VQ decoder (a draft-only folder); decode with the target")
-        codes = torch.zeros(frames.shape[0], self.grid_tokens, dtype=torch.long, device=self.device)
-        for b in range(frames.shape[0]):
-            n = min(int(lengths[b]), self.grid_tokens)
-            codes[b, :n] = frames[b, :n, 0].clamp(min=0)
+        codes = grid_codes(frames.to(self.device), lengths, self.grid_tokens)  # [B, h * w]
         images = decode_codes(self.vqvae, codes.view(-1, self.grid_h, self.grid_w))  # [B, 3, H, W]
         return [Image.fromarray(a.numpy()) for a in to_uint8(images)]
 

@@ -1,4 +1,5 @@
-"""ToyTarget: a tiny deterministic Target for tests and for drafters' unit checks.
+"""ToyTarget: a tiny deterministic Target for tests and for drafters' unit checks; and ``conformance``,
+the suite every Target runs (a new adapter gets it with one line in ``tests/test_conformance.py``).
 
 Its next-frame logits depend on the two previous frames through fixed random tables, so it has real
 context dependence, K codebooks with parallel heads, an optional EOS, and exact rollback (its "cache"
@@ -7,10 +8,13 @@ distribution.
 """
 from __future__ import annotations
 
+from typing import Any, Callable, Sequence
+
 import torch
 from torch import Tensor
+from torch.overrides import TorchFunctionMode
 
-from .types import check_frames
+from .types import PAD, check_frames
 
 
 class ToyTarget:
@@ -57,6 +61,8 @@ class ToyTarget:
         return list(self.prompt)
 
     def forward(self, frames: Tensor) -> Tensor:
+        if bool((frames < 0).any()):  # its tables would silently read row -1: refuse PAD like a real model
+            raise ValueError(f"ToyTarget was fed a negative id (PAD = {PAD})")
         T = frames.shape[1]
         self.history = torch.cat([self.history, frames], dim=1)
         self.pos = self.pos + T
@@ -121,3 +127,139 @@ def chi2_pvalue(counts, probs: dict, runs: int) -> float:
     if pooled_exp > 0:
         stat, dof = stat + (pooled_obs - pooled_exp) ** 2 / pooled_exp, dof + 1
     return float(torch.special.gammaincc(torch.tensor(dof / 2.0, dtype=torch.float64), torch.tensor(stat / 2.0, dtype=torch.float64)))
+
+
+# -- the conformance suite every Target runs ----------------------------------------------------------
+
+def conformance(make_target: Callable[[], Any], prompts: Sequence, *, draft: Callable[[], Any] | None = None,
+                join: Callable[[list], Any] = list, frames: int = 5, budget: int = 12, atol: float = 1e-4) -> None:
+    """Check a Target against the contract in ``mmspec.protocols``; raises AssertionError (or the first
+    error) on a violation.
+
+    ``make_target()`` builds a fresh target (the rollback check compares with a fresh prefill);
+    ``prompts``: at least two single prompts (ideally of different lengths), each a batch of one;
+    ``join(prompts)`` makes them one batch (a list by default); ``draft()`` builds a valid draft target.
+    ``frames`` new frames per forward and a run ``budget`` keep it fast on tiny models.
+    """
+    import mmspec
+
+    target = make_target()
+    check_shapes(target, join(list(prompts[:2])), frames, budget)
+    check_rollback(make_target, prompts[0], frames, budget, atol)
+    with NoPad():  # 1. every model and decoder call below sees no PAD id
+        both = mmspec.autoregressive(target, join(list(prompts[:2])), max_new_tokens=budget)
+        check_rows_alone(target, prompts[:2], both, budget)
+        check_unfinished_decode(target, join(list(prompts[:2])), both)
+        drafter = mmspec.JacobiDrafter("random") if draft is None else mmspec.ModelDrafter(draft())
+        spec = mmspec.generate(target, drafter, join(list(prompts[:2])), max_new_tokens=budget, k=3)
+        assert torch.equal(spec.tokens, both.tokens), "greedy speculation differs from greedy autoregressive"
+    ended = target.finished(both.tokens.clamp(min=0))
+    assert ended.dtype == torch.bool and tuple(ended.shape) == tuple(both.tokens.shape[:2]), "finished: BoolTensor [B, T]"
+    check_refuses_wrong_drafts(target, draft)
+
+
+def check_shapes(target, prompt, T: int, budget: int) -> None:
+    """``start`` -> ``[B, 1, K, V]``, ``forward`` -> ``[B, T, K, V]`` with ``pos += T``, ``rollback`` sets
+    ``pos``; ``prompt_frames()`` is one ``[L_b, K]`` LongTensor per row; ``device`` is a torch.device."""
+    K, V = target.num_codebooks, target.vocab_size
+    logits = target.start(prompt, budget)
+    B = logits.shape[0]
+    assert tuple(logits.shape) == (B, 1, K, V), f"start returned {tuple(logits.shape)}, want (B, 1, {K}, {V})"
+    assert isinstance(target.device, torch.device) and logits.device.type == target.device.type
+    assert tuple(target.pos.shape) == (B,) and target.pos.dtype == torch.long, "pos must be a LongTensor [B]"
+    rows = target.prompt_frames()
+    assert isinstance(rows, list) and len(rows) == B, "prompt_frames() must be a list with one tensor per row"
+    for row in rows:
+        assert row.dtype == torch.long and row.dim() == 2 and row.shape[1] == K, f"prompt frame {tuple(row.shape)}"
+    p0 = target.pos.clone()
+    out = target.forward(sample_frames(target, logits, T, seed=0))
+    assert tuple(out.shape) == (B, T, K, V), f"forward returned {tuple(out.shape)}, want ({B}, {T}, {K}, {V})"
+    assert torch.equal(target.pos, p0 + T), "forward must advance pos by T"
+    target.rollback(p0 + 1)
+    assert torch.equal(target.pos, p0 + 1), "rollback must set pos"
+
+
+def check_rollback(make_target, prompt, T: int, budget: int, atol: float) -> None:
+    """Forward some frames, roll back, forward others: the logits equal a fresh prefill's (a partial
+    rollback inside a block keeps its accepted prefix)."""
+    scout = make_target()
+    b = sample_frames(scout, scout.start(prompt, budget), T, seed=2)  # [B, T, K], valid after the prompt
+    fresh = make_target()
+    want_first = fresh.start(prompt, budget)
+    want = fresh.forward(b)  # [B, T, K, V]
+    target = make_target()
+    got_first = target.start(prompt, budget)
+    torch.testing.assert_close(got_first, want_first, atol=atol, rtol=atol)
+    p0 = target.pos.clone()
+    target.forward(sample_frames(target, got_first, T, seed=1))  # frames a (forwarded one by one)
+    target.rollback(p0)
+    torch.testing.assert_close(target.forward(b), want, atol=atol, rtol=atol, msg="rollback != fresh prefill")
+    target.rollback(p0 + 1)
+    torch.testing.assert_close(target.forward(b[:, 1:]), want[:, 1:], atol=atol, rtol=atol,
+                               msg="partial rollback != fresh prefill")
+
+
+def check_rows_alone(target, prompts: Sequence, both, budget: int) -> None:
+    """Each row of a greedy batch equals that prompt run alone (padding never leaks into a row)."""
+    import mmspec
+
+    for i, prompt in enumerate(prompts):
+        one = mmspec.autoregressive(target, prompt, max_new_tokens=budget)
+        n = int(one.lengths[0])
+        assert int(both.lengths[i]) == n, f"row {i}: {int(both.lengths[i])} frames in the batch, {n} alone"
+        assert torch.equal(both.tokens[i, :n], one.tokens[0, :n]), f"row {i} differs from its prompt alone"
+
+
+def check_unfinished_decode(target, prompt, both) -> None:
+    """Decoding a run cut by ``max_new_tokens`` works, and so does a row cut short (PAD after its length)."""
+    import mmspec
+
+    short = mmspec.autoregressive(target, prompt, max_new_tokens=2)  # decoded inside generate
+    assert len(short.outputs) == short.tokens.shape[0]
+    tokens, lengths = both.tokens.clone(), both.lengths.clone()
+    lengths[-1] = max(1, int(lengths[-1]) // 2)
+    tokens[-1, int(lengths[-1]):] = PAD
+    assert len(target.decode(tokens, lengths)) == tokens.shape[0]
+
+
+def check_refuses_wrong_drafts(target, draft=None) -> None:
+    """``check_draft`` refuses an object of the wrong kind with ValueError (and accepts ``draft()``)."""
+    wrong = [object()] + ([] if isinstance(target, ToyTarget) else [ToyTarget(vocab_size=target.vocab_size)])
+    for other in wrong:
+        try:
+            target.check_draft(other)
+        except ValueError:
+            continue
+        raise AssertionError(f"check_draft accepted a {type(other).__name__}")
+    if draft is not None:
+        target.check_draft(draft())
+
+
+def sample_frames(target, logits: Tensor, T: int, seed: int) -> Tensor:
+    """``T`` frames ``[B, T, K]`` sampled from the target's own (constrained) logits, fed one by one, so
+    every frame is valid where it stands; the target ends ``T - 1`` frames past where it began."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for t in range(T):
+        B, _, K, V = logits.shape
+        probs = torch.softmax(logits[:, -1].float().cpu(), dim=-1).reshape(B * K, V)  # [B * K, V]
+        out.append(torch.multinomial(probs, 1, generator=g).view(B, 1, K).to(logits.device))
+        if t < T - 1:
+            logits = target.forward(out[-1])
+    if T > 1:
+        target.rollback(target.pos - (T - 1))  # leave the target where it began
+    return torch.cat(out, dim=1)
+
+
+class NoPad(TorchFunctionMode):
+    """Inside ``with NoPad():`` every embedding lookup (token embeddings, the code tables of quantizing
+    decoders) refuses a negative id, so PAD (-1) cannot reach a model or a decoder unnoticed (a negative
+    index elsewhere would silently read the last row)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.nn.functional.embedding:
+            ids = args[0] if args else kwargs["input"]
+            if ids.numel() and int(ids.min()) < 0:
+                raise AssertionError(f"a negative id (PAD = {PAD}) reached an embedding lookup")
+        return func(*args, **kwargs)

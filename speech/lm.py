@@ -11,7 +11,7 @@ Sequence layout (one row; batches LEFT-pad the text with ``TEXT_PAD`` and ``atte
   ``0..codebook_size-1``, ``pad_id = codebook_size`` (the BOS frame and the delay padding) and
   ``eos_id = codebook_size + 1``. A frame is embedded as the SUM of its K codebook embeddings.
 * Delay pattern: the codec's codes ``[B, K, T]`` get an EOS column appended (``[B, K, T + 1]``), then
-  ``apply_delay`` shifts codebook k right by k steps (``[B, K, T + K]``, padded with ``pad_id``). Step
+  ``apply_delay`` (``speech/delay.py``) shifts codebook k right by k steps (``[B, K, T + K]``, padded with ``pad_id``). Step
   s of the LM predicts delayed column s from the BOS frame and columns < s. The model is trained on
   every delayed position (including the pads), so it emits ``pad_id`` on codebook k at steps s < k by
   itself; end of speech is ``eos_id`` on codebook 0 at step T, after which K - 1 more steps complete the
@@ -26,17 +26,20 @@ Sequence layout (one row; batches LEFT-pad the text with ``TEXT_PAD`` and ``atte
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaModel, PreTrainedModel
 
+from mmspec import hf
+
 try:  # transformers >= 5 spells it PreTrainedConfig (PretrainedConfig stays as an alias for now)
     from transformers import PreTrainedConfig as PretrainedConfig
 except ImportError:  # pragma: no cover - transformers 4.x
     from transformers import PretrainedConfig
+
+from .delay import apply_delay, revert_delay  # noqa: F401  (moved to speech/delay.py; the recipe imports them here)
 
 TEXT_PAD, TEXT_BOS, TEXT_EOS, VOICE_BASE = 128, 129, 130, 131
 
@@ -45,22 +48,6 @@ def encode_text(text: str, voice: int = 0) -> list[int]:
     """ASCII text + voice index -> text token ids ``[TEXT_BOS, voice, bytes..., TEXT_EOS]``."""
     body = [min(ord(c), 127) for c in text]
     return [TEXT_BOS, VOICE_BASE + int(voice), *body, TEXT_EOS]
-
-
-def apply_delay(codes: torch.Tensor, pad_id: int) -> torch.Tensor:
-    """``codes [B, K, T]`` -> ``[B, K, T + K - 1]`` with codebook k shifted right by k (``pad_id`` elsewhere)."""
-    B, K, T = codes.shape
-    out = codes.new_full((B, K, T + K - 1), pad_id)
-    for k in range(K):
-        out[:, k, k: k + T] = codes[:, k]
-    return out
-
-
-def revert_delay(delayed: torch.Tensor) -> torch.Tensor:
-    """``delayed [B, K, T + K - 1]`` -> ``codes [B, K, T]``: the inverse of ``apply_delay``."""
-    B, K, S = delayed.shape
-    T = S - K + 1
-    return torch.stack([delayed[:, k, k: k + T] for k in range(K)], dim=1)
 
 
 class SpeechLMConfig(PretrainedConfig):
@@ -112,7 +99,7 @@ class SpeechLMConfig(PretrainedConfig):
 
 
 # transformers renamed LlamaModel's ``past_key_values`` argument to ``cache`` within 5.x; accept both.
-_CACHE_ARG = "cache" if "cache" in inspect.signature(LlamaModel.forward).parameters else "past_key_values"
+_CACHE_ARG = hf.cache_arg(LlamaModel)
 
 
 @dataclass

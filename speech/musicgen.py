@@ -14,40 +14,50 @@ steps and yields N - K + 1 audio frames (``finished`` is always False; the loop 
 
 Classifier-free guidance as ``generate`` does it: the text encoder's states are doubled with a zero
 ("null") half and a zero attention mask; the decoder runs 2B rows in one cache, and the logits are
-``uncond + (cond - uncond) * guidance_scale`` (float32), rolled back together. Rollback crops the
-decoder's self-attention cache through its public ``crop(-n)`` (the cross-attention cache is fixed).
+``uncond + guidance_scale * (cond - uncond)`` (float32), rolled back together; the default scale is the
+model's own ``generation_config.guidance_scale`` (3.0 if it has none). Rollback crops the decoder's
+self-attention cache through its public ``crop(-n)`` (the cross-attention cache is fixed; ``mmspec.hf``).
 The codebooks of one step come from K parallel heads over one hidden state, so per-codebook acceptance
-is exact (see ``speech/target.py``). ``decode`` reverts the delay and decodes only complete frames with
-the model's own ``audio_encoder`` (EnCodec).
+is exact (see ``speech/target.py``). ``decode`` reverts the delay (``speech/delay.py``) and decodes only
+complete frames with the model's own ``audio_encoder`` (EnCodec).
 """
 from __future__ import annotations
 
-import inspect
 import os
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from mmspec import caches
+from mmspec import hf
 
+from . import delay
 from .target import texts_of
 
+DEFAULT_GUIDANCE = 3.0  # when the model's generation config names no guidance scale
 
-class MusicgenTarget:
-    """Target over a mono ``MusicgenForConditionalGeneration`` and its tokenizer (or processor)."""
 
-    def __init__(self, model, tokenizer, *, guidance_scale: float = 3.0, device: str | torch.device | None = None):
+class MusicgenTarget(hf.HFTarget):
+    """Target over a mono ``MusicgenForConditionalGeneration`` and its tokenizer (or processor).
+
+    ``guidance_scale=None``: the model's own ``generation_config.guidance_scale`` (3.0 if it has none).
+    """
+
+    def __init__(self, model, tokenizer, *, guidance_scale: float | None = None,
+                 device: str | torch.device | None = None):
         dec = model.decoder.config
         if getattr(dec, "audio_channels", 1) != 1:
             raise ValueError("only mono MusicGen models are supported (audio_channels == 1)")
-        if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
+        if guidance_scale is None:
+            saved = getattr(model.generation_config, "guidance_scale", None)
+            guidance_scale = DEFAULT_GUIDANCE if saved is None else saved
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
             raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
         self.model = model.eval()
         self.tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # AutoProcessor wraps the T5 tokenizer
         self.guidance_scale = float(guidance_scale)
-        self.cfg = self.guidance_scale > 1  # generate() guides only above 1
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.guided = self.guidance_scale > 1  # generate() guides only above 1
+        self.device = hf.resolve_device(device) if device is not None else next(model.parameters()).device
         self.num_codebooks = int(model.decoder.num_codebooks)
         self.pad_id = int(model.generation_config.decoder_start_token_id
                           if model.generation_config.decoder_start_token_id is not None else dec.pad_token_id)
@@ -57,22 +67,23 @@ class MusicgenTarget:
         self.vocab_size = self.codes_size + 1
         self.max_frames = int(dec.max_position_embeddings)
         self.sample_rate = int(model.config.audio_encoder.sampling_rate)
-        params = inspect.signature(model.forward).parameters
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._cache_arg = hf.cache_arg(model)
         self.pos = torch.zeros(1, dtype=torch.long)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, *, guidance_scale: float = 3.0, dtype=None,
-                        device: str | None = None) -> "MusicgenTarget":
-        """Load model and processor/tokenizer by hub id (``facebook/musicgen-small``) or local folder."""
+    def from_pretrained(cls, name_or_path: str, *, guidance_scale: float | None = None, dtype=None,
+                        device: str | torch.device | None = None) -> "MusicgenTarget":
+        """Load model and processor/tokenizer by hub id (``facebook/musicgen-small``) or local folder; its
+        ``config.json`` must say ``model_type: musicgen`` (checked before anything is built).
+        ``device`` / ``dtype``: ``mmspec.hf``'s policy; ``guidance_scale=None``: the model's own."""
         from transformers import AutoProcessor, AutoTokenizer, MusicgenForConditionalGeneration
 
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
-        path = os.path.expanduser(name_or_path)
+        device = hf.resolve_device(device)
+        dtype = hf.resolve_dtype(dtype, device)
+        path = os.path.expanduser(str(name_or_path))
+        hf.check_model_type(path, ("musicgen",), "a MusicGen model")
         try:
-            model = MusicgenForConditionalGeneration.from_pretrained(path, dtype=dtype or torch.float32).to(device)
+            model = MusicgenForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device)
             try:
                 tokenizer = AutoProcessor.from_pretrained(path)
             except (OSError, ValueError, TypeError):
@@ -90,15 +101,14 @@ class MusicgenTarget:
         enc = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
         hidden = self.model.text_encoder(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
         mask = enc["attention_mask"]
-        if self.cfg:
+        if self.guided:
             hidden = torch.cat([hidden, torch.zeros_like(hidden)], dim=0)
             mask = torch.cat([mask, torch.zeros_like(mask)], dim=0)
         self.encoded, self.enc_mask = hidden, mask  # [R, L, H], [R, L] with R = B or 2B rows
         # 2. Length: N new steps (N - K + 1 audio frames), as generate(max_new_tokens=N).
         B = len(texts)
         self.new_steps = min(int(max_new_tokens), self.max_frames - 1)
-        self.cache = None
-        self.steps_fed = 0  # decoder steps in the cache (BOS included)
+        self.cache = hf.KVCache(kv=None)  # the model makes its encoder-decoder cache on the first forward
         self.pos = torch.zeros(B, dtype=torch.long, device=self.device)
         bos = torch.full((B, 1, self.num_codebooks), self.pad_id, dtype=torch.long, device=self.device)
         self._bos = bos[0, 0]
@@ -114,26 +124,19 @@ class MusicgenTarget:
         B, T, K = frames.shape
         # 1. Decoder ids [R * K, T] (rows major, codebooks minor), both CFG halves fed the same frames.
         ids = frames.permute(0, 2, 1).reshape(B * K, T)
-        if self.cfg:
+        if self.guided:
             ids = ids.repeat(2, 1)
+        first = self.cache.length  # decoder steps in the cache = the step the first logits predict (BOS: step 0)
         out = self.model(encoder_outputs=BaseModelOutput(last_hidden_state=self.encoded), attention_mask=self.enc_mask,
-                         decoder_input_ids=ids, use_cache=True, **{self._cache_arg: self.cache})
-        self.cache = out.cache if self._cache_arg == "cache" else out.past_key_values
+                         decoder_input_ids=ids, use_cache=True, **{self._cache_arg: self.cache.kv})
+        self.cache.kv = out.cache if self._cache_arg == "cache" else out.past_key_values
         logits = out.logits.float()  # [R * K, T, V_dec]
-        # 2. Guidance, as ClassifierFreeGuidanceLogitsProcessor: uncond + (cond - uncond) * scale.
-        if self.cfg:
-            cond, uncond = logits.split(B * K)
-            logits = uncond + (cond - uncond) * self.guidance_scale
+        # 2. Guidance, as ClassifierFreeGuidanceLogitsProcessor: uncond + scale * (cond - uncond).
+        if self.guided:
+            logits = hf.guide(*logits.split(B * K), self.guidance_scale)
         logits = logits.view(B, K, T, -1).permute(0, 2, 1, 3)  # [B, T, K, V_dec]
-        first = self.steps_fed  # the step the first logits predict (the BOS frame predicts step 0)
-        self.steps_fed += T
         self.pos = self.pos + T
         return self._constrain(logits, first)  # [B, T, K, V_dec + 1]
-
-    def rollback(self, pos: Tensor) -> None:
-        remove = caches.crop(self.cache, self.pos, pos, "MusicgenTarget")  # self-attention, both CFG halves
-        self.steps_fed -= remove
-        self.pos = pos.clone()
 
     def finished(self, frames: Tensor) -> Tensor:
         return torch.zeros(frames.shape[:2], dtype=torch.bool, device=frames.device)  # fixed length N
@@ -154,22 +157,14 @@ class MusicgenTarget:
 
     def codes(self, frames: Tensor, lengths: Tensor) -> list[Tensor]:
         """Revert the delay: per row the codes ``[K, T_b]`` of frames whose every codebook is committed."""
-        K, out = self.num_codebooks, []
-        for b in range(frames.shape[0]):
-            steps = frames[b, : int(lengths[b])]  # [n, K]
-            n_real = max(min(steps.shape[0], self.new_steps) - K + 1, 0)
-            codes = torch.stack([steps[k : k + n_real, k] for k in range(K)]) if n_real else steps.new_zeros(K, 0)
-            if bool(((codes < 0) | (codes >= self.codes_size)).any()):
-                raise ValueError("committed frames hold the pad id inside the audio; the stream is invalid")
-            out.append(codes)
-        return out
+        ends = [self.new_steps - self.num_codebooks + 1] * frames.shape[0]  # N - K + 1 audio frames per row
+        return delay.committed_codes(frames, lengths, ends, self.codes_size)
 
     def _constrain(self, logits: Tensor, first_step: int) -> Tensor:
         """``[B, T, K, V_dec]`` -> ``[B, T, K, V_dec + 1]``: the pad column only (and alone) where delayed."""
         B, T, K, _ = logits.shape
-        s = torch.arange(first_step, first_step + T, device=logits.device)[:, None]  # [T, 1]
-        k = torch.arange(K, device=logits.device)[None, :]  # [1, K]
-        delayed = (s < k) | (s >= self.new_steps - K + 1 + k)  # [T, K]
+        waiting, closing, closed = delay.phases(first_step, T, K, self.new_steps - K + 1, logits.device)
+        delayed = waiting | closing | closed  # [T, K]: not started, or past the last audio frame
         pad_col = torch.where(delayed, 0.0, float("-inf"))[None, :, :, None].expand(B, T, K, 1)
         codes = logits.masked_fill(delayed[None, :, :, None], float("-inf"))
         return torch.cat([codes, pad_col.to(logits.dtype)], dim=-1)

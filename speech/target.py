@@ -22,11 +22,12 @@ End: the row is finished at step e + K - 1, the frame whose last codebook holds 
 after the EOS on codebook 0, so every delayed codebook completes). ``decode`` reverts the delay and
 sends the codec only codec frames t < e whose every codebook is committed (t + K - 1 < committed
 steps): never drafts, delay padding or special ids. A row cut by ``max_new_tokens`` before its end
-decodes its complete frames only.
+decodes its complete frames only. The delay pattern itself (apply/revert, phases, committed codes) is
+``speech/delay.py``'s, shared with MusicGen.
 
 Positions: ``pos`` counts each row's real text tokens + the BOS frame + committed steps (left padding
 excluded), ``max_frames`` is the LM's ``max_position_embeddings``. Rollback crops the LM's
-``DynamicCache`` with ``crop(-n)``.
+``DynamicCache`` with ``crop(-n)``, its mask and the fed frames together (``mmspec.hf``).
 """
 from __future__ import annotations
 
@@ -37,8 +38,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from mmspec import caches, files
+from mmspec import files, hf
 
+from . import delay
 from .lm import TEXT_PAD, SpeechLM, encode_text
 
 ZOO = Path(__file__).parent / "zoo"
@@ -61,21 +63,21 @@ def texts_of(prompt: str | Sequence[str]) -> list[str]:
     return texts
 
 
-class SpeechTarget:
+class SpeechTarget(hf.HFTarget):
     """Target over a ``SpeechLM``; ``codec`` (any ``speech.codec.Codec``) is only needed to decode."""
 
     def __init__(self, model: SpeechLM, codec=None, *, voices: Sequence[str] = (), voice: int | str | None = None,
                  device: str | torch.device | None = None):
-        cfg = model.config
+        config = model.config
         self.model = model.eval()
         self.codec = codec
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.num_codebooks = int(cfg.num_codebooks)
-        self.codebook_size = int(cfg.codebook_size)
-        self.vocab_size = int(cfg.audio_vocab_size)
-        self.pad_id, self.eos_id = int(cfg.pad_id), int(cfg.eos_id)
-        self.max_frames = int(cfg.max_position_embeddings)
-        self.voices = list(voices) or [f"voice{i}" for i in range(cfg.num_voices)]
+        self.device = hf.resolve_device(device) if device is not None else next(model.parameters()).device
+        self.num_codebooks = int(config.num_codebooks)
+        self.codebook_size = int(config.codebook_size)
+        self.vocab_size = int(config.audio_vocab_size)
+        self.pad_id, self.eos_id = int(config.pad_id), int(config.eos_id)
+        self.max_frames = int(config.max_position_embeddings)
+        self.voices = list(voices) or [f"voice{i}" for i in range(config.num_voices)]
         self.voice = self.voice_index(voice)
         self.sample_rate = int(codec.sample_rate) if codec is not None else None
         self.pos = torch.zeros(1, dtype=torch.long)
@@ -91,23 +93,21 @@ class SpeechTarget:
         raise ValueError(f"unknown voice {voice!r}; allowed: {', '.join(self.voices)}")
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str, *, voice: int | str | None = None, device: str | None = None,
-                        dtype: str | torch.dtype | None = None, load_codec: bool = True) -> "SpeechTarget":
+    def from_pretrained(cls, name_or_path: str, *, voice: int | str | None = None,
+                        device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+                        load_codec: bool = True) -> "SpeechTarget":
         """Load a recipe folder (``mmspec_speech.json`` + ``lm/`` + the codec it names) or ``zoo:NAME``.
 
-        ``dtype``: float32 (CPU default), float16 or bfloat16 (CUDA default: float16, as saved).
+        ``device`` / ``dtype``: ``mmspec.hf``'s policy ("auto" = as saved, float16). The meta file and the
+        LM's ``config.json`` (``model_type: mmspec_speech_lm``) are checked before anything is built.
         """
         from .codec import ZooCodec
 
         folder = resolve(name_or_path)
         meta = json.loads((folder / META_NAME).read_text())
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if dtype is None:
-            dtype = torch.float32 if device == "cpu" else torch.float16
-        elif isinstance(dtype, str):
-            if dtype not in ("float32", "float16", "bfloat16"):
-                raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
-            dtype = getattr(torch, dtype)
+        device = hf.resolve_device(device)
+        dtype = hf.resolve_dtype(dtype, device)
+        hf.check_model_type(folder / meta.get("lm", "lm"), (SpeechLM.config_class.model_type,), "an mmspec speech LM")
         model = SpeechLM.from_pretrained(folder / meta.get("lm", "lm"), dtype=dtype).to(device)
         codec = None
         if load_codec and meta.get("codec"):
@@ -121,25 +121,19 @@ class SpeechTarget:
         L = max(len(r) for r in rows)
         if L + 1 >= self.max_frames:
             raise ValueError(f"prompt is {L} tokens long; the speech LM's context holds {self.max_frames}")
-        ids = torch.tensor([[TEXT_PAD] * (L - len(r)) + r for r in rows], dtype=torch.long)
-        pads = torch.tensor([L - len(r) for r in rows], dtype=torch.long)
-        return ids.to(self.device), pads.to(self.device)
+        return hf.left_pad(rows, TEXT_PAD, self.device)
 
     # -- Target protocol -------------------------------------------------------------------------
     @torch.inference_mode()
     def start(self, prompt: str | Sequence[str], max_new_tokens: int) -> Tensor:
-        from transformers import DynamicCache
-
         # 1. Text prefix + the BOS frame (all pad ids): its logits predict step 0.
         ids, pads = self.encode(prompt)  # [B, L], [B]
         B, L = ids.shape
         self.prompt = prompt
-        self.cache = DynamicCache()
         bos = torch.full((B, 1, self.num_codebooks), self.pad_id, dtype=torch.long, device=self.device)
-        self.fed = bos  # [B, 1 + steps fed, K] every audio frame in the cache
-        self.mask = torch.cat([(torch.arange(L, device=self.device)[None, :] >= pads[:, None]).long(),
-                               ids.new_ones(B, 1)], dim=1)  # [B, L + 1]
-        out = self.model(text_ids=ids, audio_frames=bos, attention_mask=self.mask, past_key_values=self.cache,
+        # fed [B, 1 + steps fed, K]: every audio frame in the cache; mask [B, L + 1]
+        self.cache = hf.KVCache(mask=hf.padding_mask(pads, L + 1), fed=bos)
+        out = self.model(text_ids=ids, audio_frames=bos, attention_mask=self.cache.mask, past_key_values=self.cache.kv,
                          use_cache=True)
         self.pos = (L - pads) + 1
         # 2. Constrain the first step.
@@ -147,23 +141,16 @@ class SpeechTarget:
 
     def prompt_frames(self) -> list[Tensor]:
         """Per row the BOS frame ``[1, K]``: the audio prompt is empty (drafters match the output)."""
-        return [row for row in self.fed[:, :1]]
+        return [row for row in self.cache.fed[:, :1]]
 
     @torch.inference_mode()
     def forward(self, frames: Tensor) -> Tensor:
-        B, T, K = frames.shape
-        first = self.fed.shape[1]  # the step the first returned logits predict
-        self.mask = torch.cat([self.mask, self.mask.new_ones(B, T)], dim=1)
-        self.fed = torch.cat([self.fed, frames], dim=1)
-        out = self.model(audio_frames=frames, attention_mask=self.mask, past_key_values=self.cache, use_cache=True)
+        T = frames.shape[1]
+        first = self.cache.fed.shape[1]  # the step the first returned logits predict
+        mask = self.cache.grow(T, frames)  # [B, S + T]; fed [B, first + T, K]
+        out = self.model(audio_frames=frames, attention_mask=mask, past_key_values=self.cache.kv, use_cache=True)
         self.pos = self.pos + T
         return self._constrain(out.logits.float(), first_step=first)  # [B, T, K, V]
-
-    def rollback(self, pos: Tensor) -> None:
-        remove = caches.crop(self.cache, self.pos, pos, "SpeechTarget")
-        if remove:
-            self.mask, self.fed = self.mask[:, :-remove], self.fed[:, :-remove]
-        self.pos = pos.clone()
 
     def finished(self, frames: Tensor) -> Tensor:
         """The step whose last codebook holds its EOS ends the row (K - 1 steps after codebook 0's)."""
@@ -178,17 +165,11 @@ class SpeechTarget:
     # -- delay pattern ---------------------------------------------------------------------------
     def codes(self, frames: Tensor, lengths: Tensor) -> list[Tensor]:
         """Revert the delay: per row the codec codes ``[K, T_b]`` of the complete frames before the EOS."""
-        K, out = self.num_codebooks, []
-        for b in range(frames.shape[0]):
-            steps = frames[b, : int(lengths[b])]  # [n, K] committed steps only
-            ends = (steps[:, 0] == self.eos_id).nonzero()
-            n_real = min(int(ends[0]) if len(ends) else steps.shape[0], steps.shape[0] - K + 1)
-            n_real = max(n_real, 0)
-            codes = torch.stack([steps[k : k + n_real, k] for k in range(K)]) if n_real else steps.new_zeros(K, 0)
-            if bool(((codes < 0) | (codes >= self.codebook_size)).any()):
-                raise ValueError("committed frames hold special ids inside the audio; the stream is invalid")
-            out.append(codes)  # [K, T_b]
-        return out
+        n = frames.shape[1]
+        live = torch.arange(n, device=frames.device)[None, :] < lengths[:, None].to(frames.device)  # [B, T]
+        is_eos = (frames[..., 0] == self.eos_id) & live
+        ends = torch.where(is_eos.any(1), is_eos.long().argmax(1), n).tolist()  # [B] first EOS step, or none
+        return delay.committed_codes(frames, lengths, ends, self.codebook_size)
 
     @torch.inference_mode()
     def decode_codes(self, codes: Tensor) -> Tensor:
@@ -201,16 +182,16 @@ class SpeechTarget:
         """Mask ``logits [B, T, K, V]`` predicting steps first_step.. to the ids the delay pattern allows."""
         B, T, K, V = logits.shape
         dev = logits.device
-        C, pad, eos = self.codebook_size, self.pad_id, self.eos_id
+        C, pad, eos, fed = self.codebook_size, self.pad_id, self.eos_id, self.cache.fed
         # 1. e: step of the first EOS on codebook 0 among the fed frames (the BOS frame excluded).
-        is_eos = torch.cat([self.fed[:, 1:, 0] == eos, self.fed.new_ones(B, 1, dtype=torch.bool)], dim=1)
+        is_eos = torch.cat([fed[:, 1:, 0] == eos, fed.new_ones(B, 1, dtype=torch.bool)], dim=1)
         e = is_eos.long().argmax(1)[:, None, None]  # [B, 1, 1] (= steps fed when there is none: never < s)
-        s = torch.arange(first_step, first_step + T, device=dev)[None, :, None]  # [1, T, 1]
-        k = torch.arange(K, device=dev)[None, None, :]  # [1, 1, K]
-        # 2. Which kind of id each (row, step, codebook) may take.
-        only_pad = (s < k) | ((e < s) & (s > e + k))  # [B, T, K]
-        only_eos = (e < s) & (s == e + k)
-        code_or_eos = ~only_pad & ~only_eos & (e >= s) & (k == 0)
+        waiting, closing, closed = delay.phases(first_step, T, K, e, dev)  # [T, K], [B, T, K], [B, T, K]
+        # 2. Which kind of id each (row, step, codebook) may take: codebook 0 at s == e is its own EOS step.
+        first_book = torch.arange(K, device=dev) == 0  # [K]
+        only_pad = waiting | closed  # [B, T, K]
+        only_eos = closing & ~first_book
+        code_or_eos = ~closed & first_book  # codebook 0 before (and at) its EOS
         v = torch.arange(V, device=dev)
         allowed = torch.where(only_pad[..., None], v == pad,
                               torch.where(only_eos[..., None], v == eos,

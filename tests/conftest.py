@@ -77,3 +77,43 @@ def tiny_models(tmp_path_factory, tokenizer):
         tokenizer.save_pretrained(path)
         paths[name] = str(path)
     return paths
+
+
+# -- tiny models of the other adapters (builders in tests/builders.py), one copy per session ---------
+
+@pytest.fixture(scope="session")
+def image_models():
+    from builders import tiny_image_models
+
+    return {"target": tiny_image_models(0), "draft": tiny_image_models(1, hidden=16, layers=1)}
+
+
+@pytest.fixture(scope="session")
+def image_zoo(image_models, tmp_path_factory):
+    """A zoo-format folder pair saved from the tiny image models (loaded back through from_pretrained)."""
+    from builders import save_image_zoo
+
+    return save_image_zoo(image_models, tmp_path_factory.mktemp("imgzoo"))
+
+
+@pytest.fixture(scope="session")
+def janus_models():
+    from builders import tiny_janus
+
+    return tiny_janus(0), tiny_janus(1)
+
+
+@pytest.fixture(scope="session")
+def speech_folders(tmp_path_factory):
+    from builders import make_speech_folder
+
+    root = tmp_path_factory.mktemp("speech")
+    return {"target": str(make_speech_folder(root / "target", seed=0)),
+            "draft": str(make_speech_folder(root / "draft", seed=1, layers=1, codec=False))}
+
+
+@pytest.fixture(scope="session")
+def musicgen_models(tokenizer):
+    from builders import tiny_musicgen
+
+    return tiny_musicgen(tokenizer, 0), tiny_musicgen(tokenizer, 1, layers=1)

@@ -12,32 +12,15 @@ import torch
 import mmspec
 from mmspec import Sampling, accept
 from mmspec.image import ImageTarget, SpatialInit, lantern_rule, neighbour_table
-from mmspec.image.models import build_transformer, build_vqvae, guided_logits, sample_codes
+from mmspec.image.models import guided_logits, sample_codes
 from mmspec.testing import ToyTarget, chi2_pvalue
 
-CLASSES = ["red ring", "blue cross", "green disk"]
-N_CODES, GRID = 16, 4  # 16 codes, 4 x 4 grid (32 px / 2^3)
-
-
-def tiny_meta(cfg=3.0):
-    n = N_CODES
-    return {"class_names": CLASSES, "class_token_ids": [n + i for i in range(len(CLASSES))],
-            "null_token_id": n + len(CLASSES), "num_codes": n, "code_offset": 0, "grid_h": GRID, "grid_w": GRID,
-            "image_size": 32, "default_cfg_scale": cfg, "pixel_range": [-1, 1]}
-
-
-def tiny_models(seed=0, hidden=32, layers=2):
-    torch.manual_seed(seed)
-    model = build_transformer(N_CODES + len(CLASSES) + 1, hidden, layers, 2, GRID * GRID + 1)
-    with torch.no_grad():  # sharpen so that greedy grids have structure (and repeats)
-        model.get_output_embeddings().weight.mul_(6.0)
-    vq = build_vqvae(channels=(8, 8, 8, 8), num_codes=N_CODES, embed_dim=4)
-    return model.eval(), vq.eval()
+from builders import CLASSES, GRID, N_CODES, tiny_meta
 
 
 @pytest.fixture(scope="module")
-def models():
-    return {"target": tiny_models(0), "draft": tiny_models(1, hidden=16, layers=1)}
+def models(image_models):  # tests/builders.py, one copy per session
+    return image_models
 
 
 def target_of(models, which="target", **kw):
@@ -50,7 +33,7 @@ def methods(models, target):
         "jacobi-random": mmspec.JacobiDrafter("random"),
         "jacobi-left": mmspec.JacobiDrafter(SpatialInit("left")),
         "jacobi-above": mmspec.JacobiDrafter(SpatialInit("above").bind(target)),
-        "model": mmspec.ModelDrafter(target_of(models, "draft", cfg_scale=target.cfg_scale)),
+        "model": mmspec.ModelDrafter(target_of(models, "draft", guidance_scale=target.guidance_scale)),
         "prompt-lookup": mmspec.PromptLookupDrafter(),
         "lookahead": mmspec.LookaheadDrafter(),
     }
@@ -61,7 +44,7 @@ def methods(models, target):
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("cfg", [3.0, 1.0])
 def test_greedy_equivalence_every_method(models, batch, cfg):
-    target = target_of(models, cfg_scale=cfg)
+    target = target_of(models, guidance_scale=cfg)
     prompts = CLASSES[:batch]
     base = mmspec.autoregressive(target, prompts, max_new_tokens=64)
     assert base.tokens.shape == (batch, GRID * GRID, 1)  # stops at the full grid
@@ -77,7 +60,7 @@ def test_greedy_equivalence_every_method(models, batch, cfg):
 
 
 def test_guidance_interval_guides_only_inside(models):
-    target = target_of(models, cfg_scale=4.0, cfg_interval=(0.0, 0.5))
+    target = target_of(models, guidance_scale=4.0, guidance_interval=(0.0, 0.5))
     cls = target.encode(["red ring"])
     base = mmspec.autoregressive(target, ["red ring"], max_new_tokens=64)
     codes = base.tokens[..., 0]
@@ -93,7 +76,7 @@ def test_guidance_interval_guides_only_inside(models):
 # -- guidance, rollback, constraint --------------------------------------------------------------
 
 def test_guidance_one_is_the_unguided_model(models):
-    target = target_of(models, cfg_scale=1.0)
+    target = target_of(models, guidance_scale=1.0)
     model = models["target"][0]
     codes = torch.randint(0, N_CODES, (2, 6))
     first = target.start(["red ring", "green disk"], 16)  # [2, 1, 1, V]
@@ -101,11 +84,11 @@ def test_guidance_one_is_the_unguided_model(models):
     got = torch.cat([first, rest], dim=1)[:, :, 0]
     want = model(input_ids=torch.cat([target.encode(["red ring", "green disk"])[:, None], codes[:, :5]], 1)).logits
     torch.testing.assert_close(got, want[..., :N_CODES].float(), atol=1e-4, rtol=1e-4)
-    assert target.cache.get_seq_length() == 6 and target.cache.layers[0].keys.shape[0] == 2  # B rows, no uncond half
+    assert target.cache.length == 6 and target.cache.kv.layers[0].keys.shape[0] == 2  # B rows, no uncond half
 
 
 def test_guided_logits_match_the_reference(models):
-    target = target_of(models, cfg_scale=2.5)
+    target = target_of(models, guidance_scale=2.5)
     codes = torch.randint(0, N_CODES, (2, 7))
     cls = target.encode(["blue cross", "red ring"])
     got = torch.cat([target.start(["blue cross", "red ring"], 16), target.forward(codes[:, :6, None])], dim=1)[:, :, 0]
@@ -114,23 +97,23 @@ def test_guided_logits_match_the_reference(models):
 
 
 def test_rollback_of_both_guidance_halves_equals_a_fresh_prefill(models):
-    target = target_of(models, cfg_scale=3.0)
+    target = target_of(models, guidance_scale=3.0)
     codes = torch.randint(0, N_CODES, (2, 9, 1), generator=torch.Generator().manual_seed(3))
     target.start(CLASSES[:2], 16)
     target.forward(codes[:, :4])
     target.forward(torch.randint(0, N_CODES, (2, 5, 1)))  # a rejected draft
     target.rollback(target.pos - 5)
-    assert target.cache.get_seq_length() == 5 and target.pos.tolist() == [5, 5]
+    assert target.cache.length == 5 and target.pos.tolist() == [5, 5]
     after = target.forward(codes[:, 4:])  # [2, 5, 1, V]
-    fresh = target_of(models, cfg_scale=3.0)
+    fresh = target_of(models, guidance_scale=3.0)
     fresh.start(CLASSES[:2], 16)
     want = fresh.forward(codes)[:, 4:]
     torch.testing.assert_close(after, want, atol=1e-5, rtol=1e-5)
-    assert target.cache.layers[0].keys.shape[0] == 4  # cond + uncond rows, cropped together
+    assert target.cache.kv.layers[0].keys.shape[0] == 4  # cond + uncond rows, cropped together
 
 
 def test_constraint_keeps_every_code_in_range(models):
-    target = target_of(models, cfg_scale=5.0)
+    target = target_of(models, guidance_scale=5.0)
     assert target.vocab_size == N_CODES < models["target"][0].config.vocab_size
     for drafter in (None, mmspec.JacobiDrafter("random")):
         gen = mmspec.generate(target, drafter, CLASSES[:2], max_new_tokens=64, k=6, rule=accept.speculative,
@@ -177,7 +160,7 @@ def test_lantern_delta_zero_is_speculative_sampling(models):
     counts, probs = toy_counts(target, lambda: mmspec.JacobiDrafter("random"), lantern_rule(table, 0.0), 1500)
     assert chi2_pvalue(counts, probs, 1500) > 1e-3
     # on the image target: the same tokens as accept.speculative, seed for seed
-    image = target_of(models, cfg_scale=2.0)
+    image = target_of(models, guidance_scale=2.0)
     for seed in range(3):
         kw = dict(max_new_tokens=64, k=8, sampling=Sampling(temperature=1.0), seed=seed)
         a = mmspec.generate(image, mmspec.JacobiDrafter(), CLASSES[:2], rule=accept.speculative, **kw)
@@ -190,7 +173,7 @@ def table_of(image):
 
 
 def test_lantern_accepts_more_and_is_labelled_lossy(models):
-    image = target_of(models, cfg_scale=1.0)
+    image = target_of(models, guidance_scale=1.0)
     rates = {}
     for delta in (0.0, 0.3):
         rule = lantern_rule(table_of(image), delta)
@@ -241,9 +224,9 @@ def test_bad_input(models):
     with pytest.raises(ValueError, match="k .* >= 1"):
         mmspec.generate(target, mmspec.JacobiDrafter(), "red ring", max_new_tokens=4, k=0)
     with pytest.raises(ValueError, match="guidance scale"):
-        target_of(models, cfg_scale=-1.0)
+        target_of(models, guidance_scale=-1.0)
     with pytest.raises(ValueError, match="interval"):
-        target_of(models, cfg_interval=(0.6, 0.2))
+        target_of(models, guidance_interval=(0.6, 0.2))
     with pytest.raises(ValueError, match="image size"):
         target_of(models, image_size=64)
     bad = dict(tiny_meta(), grid_h=8, grid_w=8)
@@ -258,17 +241,9 @@ def test_bad_input(models):
 # -- the CLI and the notebook API ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def zoo_dir(models, tmp_path_factory):
+def zoo_dir(image_zoo):
     """A zoo-format folder pair saved from the tiny models (loaded back through from_pretrained)."""
-    root = tmp_path_factory.mktemp("imgzoo")
-    for which, rel in (("target", "vqvae"), ("draft", "../shapes/vqvae")):
-        folder = root / ("shapes" if which == "target" else "shapes-draft")
-        model, vq = models[which]
-        model.save_pretrained(folder / "transformer")
-        if which == "target":
-            vq.save_pretrained(folder / "vqvae")
-        (folder / "mmspec_image.json").write_text(json.dumps(dict(tiny_meta(), vqvae=rel)))
-    return root
+    return image_zoo
 
 
 def test_cli_generate_writes_pngs_and_json(zoo_dir, tmp_path, capsys):
@@ -302,29 +277,9 @@ def test_notebook_api(zoo_dir):
 
 # -- Janus (HF JanusForConditionalGeneration), tiny random config ------------------------------------
 
-def tiny_janus(seed=0):
-    from transformers import JanusConfig, JanusForConditionalGeneration
-
-    torch.manual_seed(seed)
-    text = dict(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, pad_token_id=1,
-                bos_token_id=2, eos_token_id=3)
-    vision = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8,
-                  projection_dim=32, num_image_tokens=16, intermediate_size=64)
-    vq = dict(embed_dim=8, num_embeddings=24, latent_channels=32, base_channels=32, channel_multiplier=[1, 1, 1],
-              num_res_blocks=1, num_patches=4, projection_dim=32, image_token_embed_dim=32, resolution=16)
-    model = JanusForConditionalGeneration(JanusConfig(text_config=text, vision_config=vision, vq_config=vq,
-                                                      image_token_id=60)).eval()
-    gen = model.generation_config
-    gen.pad_token_id, gen.bos_token_id, gen.eos_token_id, gen.generation_kwargs = 1, 2, 3, {"boi_token_id": 5}
-    with torch.no_grad():  # sharpen the generation head so greedy grids have structure
-        model.model.generation_head.vision_head.weight.mul_(8.0)
-    return model
-
-
 @pytest.fixture(scope="module")
-def janus():
-    return tiny_janus(0), tiny_janus(1)
+def janus(janus_models):
+    return janus_models
 
 
 @pytest.mark.parametrize("rows", [[[2, 10, 11, 12, 5]], [[2, 10, 11, 12, 5], [2, 20, 5]]])
@@ -336,12 +291,12 @@ def test_janus_greedy_equivalence_with_its_own_image_generation(janus, rows):
     ids = torch.tensor([[1] * (L - len(r)) + r for r in rows])  # left-padded with the pad id 1
     ref = model.generate(ids, attention_mask=(ids != 1).long(), generation_mode="image", do_sample=False,
                          guidance_scale=3.0)  # [B, 16]
-    target = JanusTarget(model, cfg_scale=3.0)
+    target = JanusTarget(model, guidance_scale=3.0)
     base = mmspec.autoregressive(target, rows, max_new_tokens=100)
     assert base.tokens[..., 0].tolist() == ref.tolist()
     drafters = {"jacobi": mmspec.JacobiDrafter(), "above": mmspec.JacobiDrafter(SpatialInit("above").bind(target)),
                 "prompt-lookup": mmspec.PromptLookupDrafter(), "lookahead": mmspec.LookaheadDrafter(),
-                "model": mmspec.ModelDrafter(JanusTarget(draft_model, cfg_scale=3.0))}
+                "model": mmspec.ModelDrafter(JanusTarget(draft_model, guidance_scale=3.0))}
     for name, drafter in drafters.items():
         gen = mmspec.generate(target, drafter, rows, max_new_tokens=100, k=5, rule=accept.greedy)
         assert gen.token_ids() == base.token_ids(), name
@@ -349,18 +304,17 @@ def test_janus_greedy_equivalence_with_its_own_image_generation(janus, rows):
 
 
 def test_janus_sampling_lantern_and_loading(janus, tmp_path):
-    from mmspec.image import api
     from mmspec.image.janus import JanusTarget
 
     model, _ = janus
-    target = JanusTarget(model, cfg_scale=2.0)
+    target = JanusTarget(model, guidance_scale=2.0)
     rows = [[2, 10, 11, 12, 5], [2, 20, 21, 22, 5]]
     for rule in (accept.speculative, lantern_rule(neighbour_table(target.codebook(), 4), 0.0)):
         gen = mmspec.generate(target, mmspec.JacobiDrafter(), rows, max_new_tokens=100, k=6, rule=rule,
                               sampling=Sampling(temperature=1.0), seed=2)
         assert gen.tokens.shape == (2, 16, 1) and bool((gen.tokens < target.vocab_size).all())
     model.save_pretrained(tmp_path / "janus")
-    loaded = api.load(str(tmp_path / "janus"), cfg_scale=2.0, device="cpu")
+    loaded = JanusTarget.from_pretrained(str(tmp_path / "janus"), guidance_scale=2.0, device="cpu")
     assert isinstance(loaded, JanusTarget) and loaded.grid_tokens == 16
     with pytest.raises(ValueError, match="token ids"):
         loaded.start("a red ring", 16)  # no processor saved: text prompts need one

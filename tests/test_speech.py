@@ -10,7 +10,6 @@ import functools
 import json
 import wave
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,37 +19,16 @@ from mmspec.testing import chi2_pvalue
 from mmspec import Draft, Sampler, Sampling, accept
 from mmspec.speech import CodecLookupDrafter, SpeechTarget, fit_prior, relaxed, relaxed_rule
 from mmspec.speech import api
-from mmspec.speech.lm import SpeechLM, SpeechLMConfig, apply_delay, revert_delay
+from mmspec.speech.lm import apply_delay, revert_delay
 
-K, C = 3, 16
+from builders import C, K, make_speech_folder as make_folder
+
 TEXTS = ["Hello world", "Hi there, how are you"]
 
 
-def make_folder(root: Path, *, K=K, C=C, seed=0, layers=2, sharp=8.0, codec=True, max_pos=256) -> Path:
-    """A recipe-style folder: lm/ (tiny random SpeechLM), codec/ (tiny ZooCodec), mmspec_speech.json."""
-    from mmspec.speech.codec import ZooCodec
-
-    torch.manual_seed(seed)
-    cfg = SpeechLMConfig(num_codebooks=K, codebook_size=C, num_voices=2, hidden_size=32, num_hidden_layers=layers,
-                         num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
-                         max_position_embeddings=max_pos)
-    model = SpeechLM(cfg).eval()
-    with torch.no_grad():
-        model.heads.weight.mul_(sharp)  # sharpen the random heads: structured greedy output that ends
-    model.save_pretrained(root / "lm")
-    meta = {"lm": "lm", "voices": ["alto", "bass"]}
-    if codec:
-        ZooCodec(n_filters=4, dimension=16, lstm=0, num_codebooks=K, codebook_size=C).save_pretrained(root / "codec")
-        meta["codec"] = "codec"
-    (root / "mmspec_speech.json").write_text(json.dumps(meta))
-    return root
-
-
 @pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("speech")
-    return {"target": str(make_folder(root / "target", seed=0)),
-            "draft": str(make_folder(root / "draft", seed=1, layers=1, codec=False))}
+def folders(speech_folders):  # tests/builders.py, one copy per session
+    return speech_folders
 
 
 @pytest.fixture(scope="module")
@@ -360,27 +338,6 @@ def test_bad_input(folders, target, tmp_path):
 
 # -- MusicGen (tiny random T5 + EnCodec + decoder built from configs) ------------------------------
 
-def tiny_musicgen(tokenizer, seed: int, layers: int = 2, K: int = 3, V: int = 32):
-    from transformers import (EncodecConfig, MusicgenConfig, MusicgenDecoderConfig,
-                              MusicgenForConditionalGeneration, T5Config)
-
-    torch.manual_seed(seed)
-    t5 = T5Config(vocab_size=len(tokenizer), d_model=16, d_kv=4, d_ff=32, num_layers=1, num_heads=2,
-                  pad_token_id=tokenizer.pad_token_id, eos_token_id=0, decoder_start_token_id=0)
-    # 8 kHz, hop 8 -> 1000 frames/s; 30 kbps -> 30000 // (1000 * 10) = 3 codebooks of 32 codes
-    codec = EncodecConfig(target_bandwidths=[30.0], sampling_rate=8000, audio_channels=1, num_filters=4, hidden_size=16,
-                          codebook_size=V, upsampling_ratios=[4, 2], num_residual_layers=1, num_lstm_layers=1,
-                          codebook_dim=16, chunk_length_s=None)
-    dec = MusicgenDecoderConfig(vocab_size=V, max_position_embeddings=128, num_hidden_layers=layers, ffn_dim=32,
-                                num_attention_heads=2, hidden_size=16, num_codebooks=K, pad_token_id=V, bos_token_id=V,
-                                decoder_start_token_id=V)
-    model = MusicgenForConditionalGeneration(MusicgenConfig(text_encoder=t5.to_dict(), audio_encoder=codec.to_dict(),
-                                                            decoder=dec.to_dict())).eval()
-    gc = model.generation_config
-    gc.decoder_start_token_id = gc.pad_token_id = gc.bos_token_id = V
-    return model
-
-
 def hf_musicgen(model, tokenizer, texts, n, scale):
     """generate() audio and its codes ``[B, K, n - K + 1]`` (the argmax of each step's guided scores, read
     at the positions its delay mask keeps)."""
@@ -394,8 +351,8 @@ def hf_musicgen(model, tokenizer, texts, n, scale):
 
 
 @pytest.fixture(scope="module")
-def musicgen(tokenizer):
-    return tiny_musicgen(tokenizer, 0), tiny_musicgen(tokenizer, 1, layers=1)
+def musicgen(musicgen_models):
+    return musicgen_models
 
 
 @pytest.mark.parametrize("batch, scale", [(1, 3.0), (2, 3.0), (2, 1.0)])

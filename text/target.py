@@ -1,26 +1,38 @@
 """The text adapter: a Target over any Hugging Face causal LM (``AutoModelForCausalLM``) and its tokenizer.
 
 Frames are single tokens (K = 1). Batches are left-padded; ``pos`` counts each row's real tokens, so
-positions (and reproducible noise) do not depend on the padding. Rollback crops the model's own
-``Cache`` through its public ``crop`` method.
+positions (and reproducible noise) do not depend on the padding. The cache, its rollback, the padding
+and the device/dtype policy are ``mmspec.hf``'s.
 """
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from mmspec import caches, files
+from mmspec import files, hf
 
 ZOO = Path(__file__).parent / "zoo"
+NOT_TEXT = ("janus", "musicgen", "musicgen_melody")  # causal LMs by registration, but not text-to-text models
 
 
 def resolve(name_or_path: str) -> str:
     """``zoo:NAME`` -> the shipped folder; a local path must exist; anything else is a hub id."""
     return files.resolve(name_or_path, ZOO, "config.json", "text")
+
+
+def check_causal_lm(path: str, trust_remote_code: bool = False) -> None:
+    """Refuse a folder whose ``config.json`` is not a text causal LM (read before any model is built)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    config = hf.read_config(path)
+    kind = config.get("model_type")
+    remote = trust_remote_code and "AutoModelForCausalLM" in (config.get("auto_map") or {})
+    if kind in NOT_TEXT or not (kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or remote):
+        raise ValueError(f"{path!r} holds a {kind!r} model, not a text causal LM (config.json model_type must be "
+                         f"a causal LM such as 'llama', 'qwen2' or 'gpt2')")
 
 
 def _load(loader, name: str, **kwargs):
@@ -30,7 +42,7 @@ def _load(loader, name: str, **kwargs):
         raise ValueError(f"could not load {name!r} as a local folder or hub model: {str(err).splitlines()[0]}") from err
 
 
-class TextTarget:
+class TextTarget(hf.HFTarget):
     """Target over a causal LM. ``TextTarget.from_pretrained("zoo:code-target")`` or any hub name/path."""
 
     num_codebooks = 1
@@ -39,7 +51,7 @@ class TextTarget:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.chat = chat
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.device = hf.resolve_device(device) if device is not None else next(model.parameters()).device
         self.vocab_size = int(model.get_output_embeddings().weight.shape[0])
         config = model.config
         self.max_frames = int(getattr(config, "max_position_embeddings", None) or 1_000_000)
@@ -48,8 +60,7 @@ class TextTarget:
             eos = tokenizer.eos_token_id
         self.eos_ids = torch.tensor([e for e in (eos if isinstance(eos, list) else [eos]) if e is not None], dtype=torch.long)
         self.pos = torch.zeros(1, dtype=torch.long)
-        params = inspect.signature(model.forward).parameters
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.2x
+        self._cache_arg = hf.cache_arg(model)
 
     @classmethod
     def from_pretrained(
@@ -64,20 +75,17 @@ class TextTarget:
     ) -> "TextTarget":
         """Load model and tokenizer by hub name, local path or ``zoo:NAME``.
 
-        ``dtype``: "float32" (default on CPU), "float16", "bfloat16" or "auto". ``device_map="auto"``
-        spreads a model larger than one GPU through accelerate.
+        ``dtype`` and ``device`` follow ``mmspec.hf.resolve_dtype`` / ``resolve_device`` ("auto" keeps the
+        saved dtype); ``device_map="auto"`` spreads a model larger than one GPU through accelerate. The
+        folder must hold a causal LM config (checked before anything is built).
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = resolve(name_or_path)
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() and device_map is None else "cpu"
-        if dtype is None:
-            dtype = torch.float32 if device == "cpu" else "auto"
-        elif isinstance(dtype, str) and dtype != "auto":
-            if dtype not in ("float32", "float16", "bfloat16"):
-                raise ValueError(f"dtype must be float32, float16, bfloat16 or auto, got {dtype!r}")
-            dtype = getattr(torch, dtype)
+        if device_map is None:
+            device = hf.resolve_device(device)
+        dtype = hf.resolve_dtype(dtype, device if device_map is None else hf.resolve_device(None))
+        check_causal_lm(path, trust_remote_code)
         kwargs = {"dtype": dtype, "trust_remote_code": trust_remote_code}
         if device_map is not None:
             kwargs["device_map"] = device_map
@@ -105,20 +113,15 @@ class TextTarget:
         if L >= self.max_frames:
             raise ValueError(f"prompt is {L} tokens long; the model's context holds {self.max_frames} (prompt + new tokens)")
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        ids = torch.tensor([[pad_id] * (L - len(r)) + r for r in rows], dtype=torch.long)
-        pads = torch.tensor([L - len(r) for r in rows], dtype=torch.long)
-        return ids.to(self.device), pads.to(self.device)
+        return hf.left_pad(rows, pad_id, self.device)
 
     # -- Target protocol -------------------------------------------------------------------------
     @torch.inference_mode()
     def start(self, prompt: str | Sequence[str], max_new_tokens: int) -> Tensor:
-        from transformers import DynamicCache
-
         ids, self.pads = self.encode(prompt)  # [B, L], [B]
         self.prompt, self.prompt_ids = prompt, ids
-        self.cache = DynamicCache()
-        self.mask = (torch.arange(ids.shape[1], device=self.device)[None, :] >= self.pads[:, None]).long()  # [B, L]
-        self.padded = bool(self.pads.any())
+        self.padded = bool(self.pads.any())  # unpadded batches run without mask and positions, as HF does
+        self.cache = hf.KVCache(mask=hf.padding_mask(self.pads, ids.shape[1]) if self.padded else None)  # [B, L]
         self.pos = -self.pads  # so that pos counts real tokens after the prefill
         return self.forward(ids[..., None], keep_last=True)  # [B, 1, 1, V]
 
@@ -131,21 +134,14 @@ class TextTarget:
         ids = frames[..., 0]  # [B, T]
         kwargs = {}
         if self.padded:
-            if self.mask.shape[1] < self.cache.get_seq_length() + T:
-                self.mask = torch.cat([self.mask, self.mask.new_ones(ids.shape[0], T)], dim=1)
-            kwargs["attention_mask"] = self.mask
-            kwargs["position_ids"] = (self.pos[:, None] + torch.arange(T, device=self.device)[None, :]).clamp(min=0)
+            kwargs["attention_mask"] = self.cache.grow(T)  # [B, S + T]
+            kwargs["position_ids"] = hf.position_ids(self.pos, T)  # [B, T]
         if keep_last:
             kwargs["logits_to_keep"] = 1
-        kwargs[self._cache_arg] = self.cache
+        kwargs[self._cache_arg] = self.cache.kv
         out = self.model(input_ids=ids, use_cache=True, **kwargs)
         self.pos = self.pos + T
         return out.logits[:, :, None, :]  # [B, T, 1, V]
-
-    def rollback(self, pos: Tensor) -> None:
-        if caches.crop(self.cache, self.pos, pos, "TextTarget"):
-            self.mask = self.mask[:, : self.cache.get_seq_length()]
-        self.pos = pos.clone()
 
     def finished(self, frames: Tensor) -> Tensor:
         return torch.isin(frames[..., 0], self.eos_ids.to(frames.device))  # [B, T]
