@@ -3,7 +3,7 @@
 The core (this package) knows frames ``[B, T, K]`` only; ``mmspec.text``, ``mmspec.image`` and
 ``mmspec.speech`` hold the adapters.
 """
-from . import accept
+from . import accept, modalities
 from .accept import Rule, RuleSpec
 from .drafters import JacobiDrafter, LookaheadDrafter, ModelDrafter, PromptLookupDrafter
 from .loop import autoregressive, generate, stream
@@ -11,7 +11,7 @@ from .sampling import Sampler
 from .types import PAD, Draft, Generation, Sampling, Step, Verdict
 
 __all__ = [
-    "accept", "stream", "generate", "autoregressive", "Sampler", "Sampling", "Draft", "Verdict", "Step",
+    "accept", "modalities", "stream", "generate", "autoregressive", "Sampler", "Sampling", "Draft", "Verdict", "Step",
     "Generation", "PAD", "Rule", "RuleSpec", "JacobiDrafter", "LookaheadDrafter", "ModelDrafter", "PromptLookupDrafter",
 ]
 __version__ = "0.1.0"

@@ -160,9 +160,12 @@ def cmd_generate(args, modality) -> int:
     spec = accept.spec_of(rule, modality.rules)
     if args.json:
         outputs = [o if isinstance(o, str) else repr(o) for o in gen.outputs]
-        print(json.dumps({"outputs": outputs, "token_ids": gen.token_ids(), "stats": stats, "files": files,
-                          "method": named.label(args.drafter, rule), "lossless": spec.lossless, "bound": spec.bound,
-                          "sampling": vars(_sampling(args))}))
+        result = {"outputs": outputs, "token_ids": gen.token_ids(), "stats": stats, "files": files,
+                  "method": named.label(args.drafter, rule), "lossless": spec.lossless, "bound": spec.bound,
+                  "sampling": vars(_sampling(args))}
+        if all(hasattr(o, "seconds") for o in gen.outputs):  # outputs with a duration (audio)
+            result["output_seconds"] = [round(o.seconds, 4) for o in gen.outputs]
+        print(json.dumps(result))
         return 0
     for i, out in enumerate(gen.outputs):
         shown = files[i] if files else f"{out!r} (use --out FILE{modality.extension} to save it)"

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Audio:
     """Mono audio: ``waveform [S]`` (float32 in [-1, 1], CPU) at ``sample_rate`` Hz."""
 
@@ -20,6 +20,14 @@ class Audio:
             raise ValueError(f"waveform must be a 1-D tensor [S], got {getattr(self.waveform, 'shape', self.waveform)!r}")
         if isinstance(self.sample_rate, bool) or not isinstance(self.sample_rate, int) or self.sample_rate < 1:
             raise ValueError(f"sample_rate must be a positive integer, got {self.sample_rate!r}")
+
+    def __eq__(self, other) -> bool:
+        """Same sample rate and the same samples."""
+        if not isinstance(other, Audio):
+            return NotImplemented
+        return self.sample_rate == other.sample_rate and torch.equal(self.waveform, other.waveform)
+
+    __hash__ = None
 
     @property
     def seconds(self) -> float:

@@ -32,6 +32,7 @@ from torch import Tensor
 from mmspec import hf
 
 from . import delay
+from .audio import Audio
 from .target import texts_of
 
 DEFAULT_GUIDANCE = 3.0  # when the model's generation config names no guidance scale
@@ -142,8 +143,8 @@ class MusicgenTarget(hf.HFTarget):
         return torch.zeros(frames.shape[:2], dtype=torch.bool, device=frames.device)  # fixed length N
 
     @torch.inference_mode()
-    def decode(self, frames: Tensor, lengths: Tensor) -> list[Tensor]:
-        """Committed steps -> per row a waveform ``[S]`` (float32, CPU, ``.sample_rate`` attached)."""
+    def decode(self, frames: Tensor, lengths: Tensor) -> list[Audio]:
+        """Committed steps -> per row an ``Audio`` (waveform ``[S]``, float32, CPU)."""
         out = []
         for codes in self.codes(frames, lengths):
             if codes.shape[1] == 0:
@@ -151,8 +152,7 @@ class MusicgenTarget(hf.HFTarget):
             else:
                 audio = self.model.audio_encoder.decode(codes[None, None].to(self.device), audio_scales=[None])
                 wav = audio.audio_values[0, 0].float().cpu()  # [S]
-            wav.sample_rate = self.sample_rate
-            out.append(wav)
+            out.append(Audio(wav, self.sample_rate))
         return out
 
     def codes(self, frames: Tensor, lengths: Tensor) -> list[Tensor]:

@@ -41,6 +41,7 @@ from torch import Tensor
 from mmspec import files, hf
 
 from . import delay
+from .audio import Audio
 from .lm import TEXT_PAD, SpeechLM, encode_text
 
 ZOO = Path(__file__).parent / "zoo"
@@ -156,9 +157,9 @@ class SpeechTarget(hf.HFTarget):
         """The step whose last codebook holds its EOS ends the row (K - 1 steps after codebook 0's)."""
         return frames[..., -1] == self.eos_id  # [B, T]
 
-    def decode(self, frames: Tensor, lengths: Tensor) -> list[Tensor]:
-        """Committed steps ``[B, T, K]`` -> one waveform ``[S]`` (float32, CPU) per row; without a codec
-        (a draft loaded with ``load_codec=False``) the codec codes ``[K, T_b]`` per row instead."""
+    def decode(self, frames: Tensor, lengths: Tensor) -> list:
+        """Committed steps ``[B, T, K]`` -> one ``Audio`` per row; without a codec (a draft loaded with
+        ``load_codec=False``) the codec codes ``[K, T_b]`` per row instead."""
         codes = self.codes(frames, lengths)
         return codes if self.codec is None else [self.decode_codes(c) for c in codes]
 
@@ -172,11 +173,10 @@ class SpeechTarget(hf.HFTarget):
         return delay.committed_codes(frames, lengths, ends, self.codebook_size)
 
     @torch.inference_mode()
-    def decode_codes(self, codes: Tensor) -> Tensor:
-        """Codec codes ``[K, T]`` -> waveform ``[T * hop_length]`` with a ``sample_rate`` attribute."""
+    def decode_codes(self, codes: Tensor) -> Audio:
+        """Codec codes ``[K, T]`` -> ``Audio`` with a waveform ``[T * hop_length]``."""
         wav = torch.zeros(0) if codes.shape[1] == 0 else self.codec.decode(codes[None].to(self.device))[0, 0].float().cpu()
-        wav.sample_rate = self.sample_rate  # [S], tagged with its rate for saving
-        return wav
+        return Audio(wav, self.sample_rate)
 
     def _constrain(self, logits: Tensor, first_step: int) -> Tensor:
         """Mask ``logits [B, T, K, V]`` predicting steps first_step.. to the ids the delay pattern allows."""

@@ -8,14 +8,14 @@ from collections import Counter
 
 import pytest
 import torch
+from builders import CLASSES, GRID, N_CODES, tiny_meta
+from mmspec.image import ImageTarget, SpatialInit, lantern_rule, neighbour_table
+from mmspec.image.models import guided_logits, sample_codes
+from PIL import Image
 
 import mmspec
 from mmspec import Sampling, accept
-from mmspec.image import ImageTarget, SpatialInit, lantern_rule, neighbour_table
-from mmspec.image.models import guided_logits, sample_codes
 from mmspec.testing import ToyTarget, chi2_pvalue
-
-from builders import CLASSES, GRID, N_CODES, tiny_meta
 
 
 @pytest.fixture(scope="module")
@@ -252,27 +252,36 @@ def test_cli_generate_writes_pngs_and_json(zoo_dir, tmp_path, capsys):
     out = str(tmp_path / "image.png")
     rc = main(["generate", "--modality", "image", "--target", str(zoo_dir / "shapes"), "--prompt", "red ring",
                "--drafter", "jacobi", "--init", "above", "--rule", "speculative", "--temperature", "1", "--k", "16",
-               "--cfg", "3.0", "--seed", "0", "--batch", "2", "--out", out, "--json"])
+               "--guidance-scale", "3.0", "--seed", "0", "--batch", "2", "--out", out, "--json"])
     assert rc == 0
     result = json.loads(capsys.readouterr().out)
     assert result["files"] == [str(tmp_path / "image_0.png"), str(tmp_path / "image_1.png")]
-    assert all(os.path.exists(f) for f in result["files"]) and result["image_sizes"] == [[32, 32], [32, 32]]
+    assert all(os.path.exists(f) for f in result["files"])
+    assert all(Image.open(f).size == (32, 32) for f in result["files"])
     assert len(result["token_ids"][0]) == GRID * GRID and result["lossless"] is True
     rc = main(["generate", "--modality", "image", "--target", str(zoo_dir / "shapes"), "--draft",
                str(zoo_dir / "shapes-draft"), "--drafter", "model", "--prompt", "blue cross", "--out", out])
     assert rc == 0 and os.path.exists(out)
     assert main(["generate", "--modality", "image", "--target", str(zoo_dir / "shapes"), "--prompt", "pink x"]) == 2
     assert "allowed: red ring" in capsys.readouterr().err
-    assert main(["generate", "--modality", "image", "--target", str(zoo_dir / "shapes"), "--cfg", "-2"]) == 2
+    assert main(["generate", "--modality", "image", "--target", str(zoo_dir / "shapes"), "--guidance-scale", "-2"]) == 2
+    assert "guidance" in capsys.readouterr().err
 
 
 def test_notebook_api(zoo_dir):
     import mmspec.image
 
-    gen = mmspec.image.generate("green disk", method="sjd", target=str(zoo_dir / "shapes"), init="left", seed=1)
-    assert gen.outputs[0].size == (32, 32) and gen.tokens.shape[1] == GRID * GRID
-    lan = mmspec.image.generate("green disk", method="lantern", target=str(zoo_dir / "shapes"), seed=1)
-    assert lan.tokens.shape[1] == GRID * GRID
+    models = mmspec.modalities.Models(max_models=1)
+    gen = mmspec.image.generate("green disk", "jacobi", "speculative", temperature=1.0, target=str(zoo_dir / "shapes"),
+                                init="left", seed=1, models=models)
+    assert gen.outputs[0].size == (32, 32) and gen.tokens.shape[1] == GRID * GRID  # the full grid by default
+    lan = mmspec.image.generate("green disk", "jacobi", "lantern", temperature=1.0, target=str(zoo_dir / "shapes"),
+                                seed=1, models=models, options={"delta": 0.2})
+    assert lan.tokens.shape[1] == GRID * GRID and len(models) == 1  # the loaded target was reused
+    base = mmspec.image.generate(["green disk", "red ring"], target=str(zoo_dir / "shapes"), models=models)
+    assert base.tokens.shape[0] == 2
+    with pytest.raises(ValueError, match="unknown rule"):
+        mmspec.image.generate("green disk", "jacobi", "relaxed", models=models)
 
 
 # -- Janus (HF JanusForConditionalGeneration), tiny random config ------------------------------------

@@ -17,7 +17,7 @@ import torch
 import mmspec
 from mmspec.testing import chi2_pvalue
 from mmspec import Draft, Sampler, Sampling, accept
-from mmspec.speech import CodecLookupDrafter, SpeechTarget, fit_prior, relaxed, relaxed_rule
+from mmspec.speech import Audio, CodecLookupDrafter, SpeechTarget, fit_prior, relaxed, relaxed_rule
 from mmspec.speech import api
 from mmspec.speech.lm import apply_delay, revert_delay
 
@@ -41,7 +41,7 @@ def methods(folders):
         "model": lambda: mmspec.ModelDrafter(SpeechTarget.from_pretrained(folders["draft"], load_codec=False)),
         "prompt-lookup": lambda: mmspec.PromptLookupDrafter(),
         "jacobi-random": lambda: mmspec.JacobiDrafter("random"),
-        "jacobi-codec-lookup": lambda: mmspec.JacobiDrafter(api.INITS["codec-lookup"]),
+        "jacobi-codec-lookup": lambda: mmspec.JacobiDrafter(api.MODALITY.inits["codec-lookup"]),
         "lookahead": lambda: mmspec.LookaheadDrafter(),
         "codec-lookup": lambda: CodecLookupDrafter(),
     }
@@ -59,7 +59,7 @@ def test_greedy_equivalence_every_method(folders, target, batch):
             gen = mmspec.generate(target, make(), prompt, max_new_tokens=40, k=k)
             assert torch.equal(gen.tokens, base.tokens), (name, k)
             assert torch.equal(gen.lengths, base.lengths), (name, k)
-            assert all(torch.equal(a, b) for a, b in zip(gen.outputs, base.outputs)), (name, k)
+            assert gen.outputs == base.outputs, (name, k)  # the same audio, sample for sample
             assert gen.stats["steps"] <= base.stats["steps"], (name, k)
 
 
@@ -129,7 +129,7 @@ def test_stream_follows_the_delay_pattern_and_ends_after_the_last_codebook(targe
             assert bool((steps[k : e + k, k] < C).all())  # codes only in between
         codes = target.codes(gen.tokens[b : b + 1], gen.lengths[b : b + 1])[0]
         assert torch.equal(codes, revert_delay(steps[: e + K - 1].T[None])[0, :, :e])
-        assert gen.outputs[b].shape == (e * 320,) and gen.outputs[b].sample_rate == 16000
+        assert gen.outputs[b].waveform.shape == (e * 320,) and gen.outputs[b].sample_rate == 16000
 
 
 class SpyCodec:
@@ -280,17 +280,18 @@ def test_codec_lookup_guesses_per_codebook_and_uses_the_prior():
 
 # -- modality interface, CLI, bad input ------------------------------------------------------------
 
-def test_api_save_and_json_extra(folders, tmp_path):
+def test_load_by_voice_and_save_wav(folders, tmp_path):
     t = api.load(folders["target"], voice="bass")
     assert t.voice == 1
     gen = mmspec.generate(t, None, api.prompts("Hello", 2), max_new_tokens=30)
-    files = api.save(gen, str(tmp_path / "speech.wav"))
+    files = gen.save(str(tmp_path / "speech.wav"))
     assert files == [str(tmp_path / "speech_0.wav"), str(tmp_path / "speech_1.wav")]
     for f, w in zip(files, gen.outputs):
-        with wave.open(f) as r:
+        assert isinstance(w, Audio) and w.seconds == len(w.waveform) / 16000
+        with wave.open(f) as r:  # the samples written are the waveform's, as 16-bit PCM
             assert r.getframerate() == 16000 and r.getnchannels() == 1 and r.getnframes() == len(w)
-    extra = api.json_extra(gen)
-    assert extra["files"] == files and extra["audio_seconds"] == [len(w) / 16000 for w in gen.outputs]
+            pcm = torch.frombuffer(bytearray(r.readframes(r.getnframes())), dtype=torch.int16)
+        assert torch.equal(pcm, w.pcm16())
 
 
 def test_cli_generate_speech(folders, tmp_path, capsys):
@@ -302,7 +303,7 @@ def test_cli_generate_speech(folders, tmp_path, capsys):
                "--max-new-tokens", "30", "--json", "--voice", "alto"])
     assert rc == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["files"] == [str(out)] and out.exists() and result["audio_seconds"][0] >= 0
+    assert result["files"] == [str(out)] and out.exists() and result["output_seconds"][0] >= 0
     assert len(result["token_ids"][0][0]) == K
 
 
@@ -369,7 +370,7 @@ def test_musicgen_greedy_equivalence_with_generate_and_every_method(musicgen, to
     assert all(torch.equal(c, want) for c, want in zip(target.codes(base.tokens, base.lengths), codes))
     for b in range(batch):
         assert base.outputs[b].sample_rate == 8000
-        torch.testing.assert_close(base.outputs[b], audio[b, 0], rtol=0, atol=1e-5)
+        torch.testing.assert_close(base.outputs[b].waveform, audio[b, 0], rtol=0, atol=1e-5)
     drafters = {
         "model": lambda: mmspec.ModelDrafter(MusicgenTarget(small_model, tokenizer, guidance_scale=scale)),
         "twin": lambda: mmspec.ModelDrafter(MusicgenTarget(model, tokenizer, guidance_scale=scale)),

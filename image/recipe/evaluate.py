@@ -44,7 +44,7 @@ def eval_samples(zoo, model, per_class: int, scale: float, seed: int):
     from ..target import ImageTarget
 
     c = len(zoo.class_names)
-    target = ImageTarget(model, zoo.vqvae, zoo.meta, cfg_scale=scale)
+    target = ImageTarget(model, zoo.vqvae, zoo.meta, guidance_scale=scale)
     length = zoo.meta["grid_h"] * zoo.meta["grid_w"]
     gen = autoregressive(target, list(zoo.meta["class_names"]) * per_class, max_new_tokens=length, seed=seed,
                          sampling=Sampling(temperature=1.0), rule=accept.speculative)
