@@ -89,10 +89,11 @@ class JanusTarget(hf.HFTarget):
         elif isinstance(prompt, (list, tuple)) and prompt and all(isinstance(x, int) for x in prompt):
             rows = [list(prompt)]
         else:
-            texts = [prompt] if isinstance(prompt, str) else list(prompt)
+            texts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else []
             if not texts or any(not isinstance(t, (str, list, tuple)) or not len(t) for t in texts):
                 raise ValueError("Janus prompt must be non-empty text, a list of texts or token id lists")
-            rows = [list(t) if not isinstance(t, str) else self._tokenize(t) for t in texts]
+            rows = [list(t) if not isinstance(t, str) else self._tokenize(hf.prompt_texts(t, "Janus prompt")[0])
+                    for t in texts]
         return hf.left_pad(rows, self.pad_id, self.device)
 
     def _tokenize(self, text: str) -> list[int]:

@@ -126,9 +126,7 @@ class ImageTarget(hf.HFTarget):
 
     def encode(self, prompt: str | Sequence[str]) -> Tensor:
         """Class name(s) -> class token ids ``[B]``; ValueError listing the allowed names otherwise."""
-        names = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not names:
-            raise ValueError("prompt must be a class name or a non-empty list of class names")
+        names = hf.prompt_texts(prompt, "prompt (a class name or a list of class names)")
         ids = []
         for name in names:
             key = " ".join(str(name).lower().split())

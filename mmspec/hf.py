@@ -176,8 +176,10 @@ def position_ids(pos: Tensor, T: int) -> Tensor:
 def check_guidance(guidance_scale, guidance_interval=None) -> tuple[float, tuple[float, float]]:
     """Validate a guidance scale (a number >= 0; 1 = unguided) and an interval ``(lo, hi)`` of fractions
     of the frames to generate, 0 <= lo < hi <= 1 (None = all of them)."""
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not guidance_scale >= 0:
-        raise ValueError(f"guidance scale (guidance_scale) must be a number >= 0 (1 = unguided), got {guidance_scale!r}")
+    bad = isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float))
+    if bad or not 0 <= guidance_scale < float("inf"):
+        raise ValueError(f"guidance scale (guidance_scale) must be a finite number >= 0 (1 = unguided), "
+                         f"got {guidance_scale!r}")
     try:
         interval = (0.0, 1.0) if guidance_interval is None else tuple(float(x) for x in guidance_interval)
     except (TypeError, ValueError):
@@ -199,3 +201,19 @@ def guide(cond: Tensor, uncond: Tensor, scale: float, inside: Tensor | None = No
     to the logits) is False, the conditional logits unchanged."""
     mixed = uncond + scale * (cond - uncond)
     return mixed if inside is None else torch.where(inside, mixed, cond)
+
+
+def prompt_texts(prompt, what: str = "prompt") -> list[str]:
+    """A text prompt (one string, or a list/tuple of strings: one row each) -> the list of texts.
+
+    Anything else (a dict, a number, an empty or blank text, text that is not valid Unicode such as a lone
+    surrogate) is a ValueError naming ``what``."""
+    texts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
+    if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
+        raise ValueError(f"{what} must be non-empty text (a string or a list of non-empty strings), got {prompt!r}")
+    for t in texts:
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise ValueError(f"{what} is not valid Unicode text ({err.reason} at character {err.start})") from None
+    return texts

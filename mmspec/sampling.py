@@ -19,8 +19,10 @@ def warp(logits: Tensor, sampling: Sampling) -> Tensor:
     logits = logits.float()
     if sampling.greedy:
         return logits
-    # Shift before dividing: the largest logit becomes 0, so a tiny temperature tends to greedy, never NaN.
-    logits = (logits - logits.amax(dim=-1, keepdim=True)) / sampling.temperature
+    # Shift before dividing: the largest logit becomes 0, so a tiny temperature tends to greedy, never NaN
+    # (a temperature below the dtype's smallest normal number divides by that number instead of by 0).
+    temperature = max(sampling.temperature, torch.finfo(logits.dtype).tiny)
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if sampling.top_k is not None and sampling.top_k < logits.shape[-1]:
         kth = torch.topk(logits, sampling.top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))

@@ -57,11 +57,8 @@ def resolve(name_or_path: str) -> Path:
 
 
 def texts_of(prompt: str | Sequence[str]) -> list[str]:
-    """A prompt (one text or a list) -> non-empty ASCII-encodable texts; empty text is a ValueError."""
-    texts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
-    if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
-        raise ValueError("speech prompt must be non-empty text (a string or a list of non-empty strings)")
-    return texts
+    """A prompt (one text or a list) -> non-empty texts; empty text is a ValueError (``hf.prompt_texts``)."""
+    return hf.prompt_texts(prompt, "speech prompt")
 
 
 class SpeechTarget(hf.HFTarget):

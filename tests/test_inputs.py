@@ -170,3 +170,46 @@ def test_generation_save_checks_the_path_first(tmp_path):
     blocker.write_text("x")
     with pytest.raises(ValueError, match="cannot create the folder"):
         gen.save(str(blocker / "out.txt"))
+
+
+# -- adapters: prompts, guidance, devices ------------------------------------------------------------
+
+@pytest.mark.parametrize("prompt", [{"def f():": 1}, 5, None, "", "   ", ["ok", ""], ["ok", 3], "bad \ud800 text"])
+def test_text_prompts_must_be_text(tiny_models, prompt):
+    from mmspec.text import TextTarget
+
+    target = TextTarget.from_pretrained(tiny_models["llama"])
+    with pytest.raises(ValueError, match="prompt"):
+        mmspec.generate(target, None, prompt, max_new_tokens=2)
+
+
+@pytest.mark.parametrize("prompt", [{"red ring": 1}, 7, ["red ring", None]])
+def test_image_prompts_must_be_class_names(image_zoo, prompt):
+    from mmspec.image import ImageTarget
+
+    target = ImageTarget.from_pretrained(str(image_zoo / "shapes"))
+    with pytest.raises(ValueError, match="prompt"):
+        mmspec.generate(target, None, prompt, max_new_tokens=2)
+
+
+@pytest.mark.parametrize("scale", [float("inf"), float("nan"), -1.0, True, "3"])
+def test_guidance_scale_is_a_finite_number(image_zoo, scale):
+    from mmspec.image import ImageTarget
+
+    with pytest.raises(ValueError, match="guidance"):
+        ImageTarget.from_pretrained(str(image_zoo / "shapes"), guidance_scale=scale)
+
+
+def test_image_target_takes_a_torch_dtype(image_zoo):
+    from mmspec.image import ImageTarget
+
+    target = ImageTarget.from_pretrained(str(image_zoo / "shapes"), dtype=torch.float32)
+    assert next(target.model.parameters()).dtype == torch.float32
+
+
+@pytest.mark.parametrize("device", ["nosuch", "cuda:99" if torch.cuda.is_available() else "cuda", 3])
+def test_device_names_are_checked(tiny_models, device):
+    from mmspec.text import TextTarget
+
+    with pytest.raises(ValueError, match="device"):
+        TextTarget.from_pretrained(tiny_models["llama"], device=device)

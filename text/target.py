@@ -98,9 +98,7 @@ class TextTarget(hf.HFTarget):
     # -- prompts ---------------------------------------------------------------------------------
     def encode(self, prompt: str | Sequence[str]) -> tuple[Tensor, Tensor]:
         """Prompt text(s) -> left-padded ids ``[B, L]`` and pad counts ``[B]``."""
-        texts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not texts or any(not isinstance(t, str) or not t.strip() for t in texts):
-            raise ValueError("prompt must be non-empty text (a string or a list of non-empty strings)")
+        texts = hf.prompt_texts(prompt)
         rows = []
         for text in texts:
             if self.chat:
