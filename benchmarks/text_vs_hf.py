@@ -56,6 +56,26 @@ def mm_run(target: TextTarget, drafter, prompt: str, new: int, k: int):
     return gen.token_ids()[0], gen.wall_s, gen.stats
 
 
+def measure(name, hf, mm, prompts, repeats) -> dict:
+    """One pair: a warm-up, then HF and mmspec alternating on every prompt, ``repeats`` times."""
+    hf(prompts[0]), mm(prompts[0])  # warm-up
+    hf_walls, mm_walls, same, accepted, hf_tokens, mm_tokens = [], [], True, [], 0, 0
+    for _ in range(repeats):
+        for p in prompts:
+            a, wa = hf(p)
+            b, wb, stats = mm(p)
+            same &= a == b
+            hf_walls.append(wa), mm_walls.append(wb), accepted.append(stats["mean_accepted"])
+            hf_tokens += len(a)
+            mm_tokens += len(b)
+    r = {"hf_tokens_per_s": hf_tokens / sum(hf_walls), "mmspec_tokens_per_s": mm_tokens / sum(mm_walls),
+         "ratio": (mm_tokens / sum(mm_walls)) / (hf_tokens / sum(hf_walls)),
+         "identical": same, "mean_accepted": statistics.mean(accepted)}
+    print(f"{name:16} HF {r['hf_tokens_per_s']:7.1f} tok/s   mmspec {r['mmspec_tokens_per_s']:7.1f} tok/s   "
+          f"ratio {r['ratio']:.2f}x   identical {same}   mean accepted {r['mean_accepted']:.2f}", flush=True)
+    return r
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--target", default="zoo:code-target")
@@ -92,26 +112,7 @@ def main(argv=None):
         if unknown or not keep:
             raise SystemExit(f"--pairs: unknown {unknown or args.pairs!r}; allowed: {', '.join(pairs)}")
         pairs = {n: pairs[n] for n in keep}
-    results = {}
-    for name, (hf, mm) in pairs.items():
-        hf(prompts[0]), mm(prompts[0])  # warm-up
-        hf_walls, mm_walls, same, accepted, hf_tokens, mm_tokens = [], [], True, [], 0, 0
-        for _ in range(args.repeats):
-            for p in prompts:
-                a, wa = hf(p)
-                b, wb, stats = mm(p)
-                same &= a == b
-                hf_walls.append(wa), mm_walls.append(wb), accepted.append(stats["mean_accepted"])
-                hf_tokens += len(a)
-                mm_tokens += len(b)
-        results[name] = {
-            "hf_tokens_per_s": hf_tokens / sum(hf_walls), "mmspec_tokens_per_s": mm_tokens / sum(mm_walls),
-            "ratio": (mm_tokens / sum(mm_walls)) / (hf_tokens / sum(hf_walls)),
-            "identical": same, "mean_accepted": statistics.mean(accepted),
-        }
-        r = results[name]
-        print(f"{name:16} HF {r['hf_tokens_per_s']:7.1f} tok/s   mmspec {r['mmspec_tokens_per_s']:7.1f} tok/s   "
-              f"ratio {r['ratio']:.2f}x   identical {same}   mean accepted {r['mean_accepted']:.2f}", flush=True)
+    results = {name: measure(name, hf, mm, prompts, args.repeats) for name, (hf, mm) in pairs.items()}
     meta = {"hardware": _cpu_name(), "cpu_threads": torch.get_num_threads(),
             "torch": torch.__version__, "transformers": transformers.__version__, "prompts": len(prompts),
             "new_tokens": args.new, "k": args.k, "adaptive": not args.fixed_k, "confidence": args.confidence,
