@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Any, Sequence
 
 import torch
@@ -61,10 +62,34 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str | torch.device) -
 
 # -- the model kind --------------------------------------------------------------------------------
 
+def check_hub(repo_id: str) -> None:
+    """Fail fast, with a clear message, for a hub id that is neither in the local Hugging Face cache nor
+    reachable: one short request instead of the download's retries (tens of seconds without a network)."""
+    import huggingface_hub as hub
+
+    if isinstance(hub.try_to_load_from_cache(repo_id, "config.json"), str):
+        return  # cached: from_pretrained finds it without the network
+    offline = "" if not hub.constants.HF_HUB_OFFLINE else " (HF_HUB_OFFLINE is set)"
+    hint = "pass a local folder, zoo:NAME, or a hub id that is in the local Hugging Face cache"
+    if offline:
+        raise ValueError(f"{repo_id!r} is not in the local Hugging Face cache{offline}; {hint}")
+    try:
+        hub.model_info(repo_id, timeout=10)
+    except hub.errors.RepositoryNotFoundError:
+        raise ValueError(f"no model {repo_id!r} on the Hugging Face Hub (or it is private); {hint}") from None
+    except hub.errors.HfHubHTTPError:
+        return  # the hub answered (e.g. a gated model): let from_pretrained report the details
+    except Exception as err:  # no route, DNS failure, timeout: the network is not there
+        raise ValueError(f"cannot reach the Hugging Face Hub to fetch {repo_id!r} ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else 'no answer'}); {hint}") from None
+
+
 def read_config(name_or_path: str) -> dict:
     """The ``config.json`` of a local folder or hub id as a dict (nothing is built); ValueError if none."""
     from transformers import PretrainedConfig
 
+    if not os.path.exists(str(name_or_path)):
+        check_hub(str(name_or_path))
     try:
         config, _ = PretrainedConfig.get_config_dict(str(name_or_path))
     except (OSError, ValueError, EnvironmentError) as err:

@@ -213,3 +213,21 @@ def test_device_names_are_checked(tiny_models, device):
 
     with pytest.raises(ValueError, match="device"):
         TextTarget.from_pretrained(tiny_models["llama"], device=device)
+
+
+def test_an_unreachable_hub_id_fails_fast_with_a_clear_message(monkeypatch):
+    """No network: one probe (here refused at once) instead of the download's retries."""
+    import time
+
+    import huggingface_hub
+
+    from mmspec.text import TextTarget
+
+    def unreachable(repo_id, timeout=None):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "model_info", unreachable)
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="cannot reach the Hugging Face Hub to fetch 'someorg/some-model'"):
+        TextTarget.from_pretrained("someorg/some-model")
+    assert time.perf_counter() - t0 < 5
