@@ -216,18 +216,23 @@ def test_device_names_are_checked(tiny_models, device):
 
 
 def test_an_unreachable_hub_id_fails_fast_with_a_clear_message(monkeypatch):
-    """No network: one probe (here refused at once) instead of the download's retries."""
-    import time
-
+    """No network: one short probe instead of the download and its retries."""
     import huggingface_hub
+    from transformers import PretrainedConfig
 
     from mmspec.text import TextTarget
 
+    probes = []
+
     def unreachable(repo_id, timeout=None):
+        probes.append(timeout)
         raise OSError("Name or service not known")
 
+    def download(*args, **kwargs):
+        raise AssertionError("the download (with its retries) must not start")
+
     monkeypatch.setattr(huggingface_hub, "model_info", unreachable)
-    t0 = time.perf_counter()
+    monkeypatch.setattr(PretrainedConfig, "get_config_dict", download)
     with pytest.raises(ValueError, match="cannot reach the Hugging Face Hub to fetch 'someorg/some-model'"):
         TextTarget.from_pretrained("someorg/some-model")
-    assert time.perf_counter() - t0 < 5
+    assert probes == [10]  # one request with a short timeout
