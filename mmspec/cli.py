@@ -25,42 +25,54 @@ EXAMPLES = """examples:
   mmspec methods --modality speech"""
 
 
-def _common(p: argparse.ArgumentParser) -> None:
+def _modality_in(argv: list[str]) -> str:
+    """The ``--modality`` named on the command line (text when absent), read before the full parse so that
+    ``--help`` can show that modality's drafters, rules and options."""
+    for i, arg in enumerate(argv):
+        if arg == "--modality" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--modality="):
+            return arg.split("=", 1)[1]
+    return "text"
+
+
+def _common(p: argparse.ArgumentParser, modality) -> None:
+    modality.add_arguments(p)
     p.add_argument("--modality", default="text", help=f"one of: {', '.join(modalities.names())}")
-    p.add_argument("--target", default=None, help="hub name, local path or zoo:NAME (default: the modality's zoo model)")
-    p.add_argument("--draft", default=None, help="draft model for --drafter model (default: the modality's zoo draft)")
-    p.add_argument("--prompt", default=None, help="the prompt (default: the modality's first example)")
-    p.add_argument("--k", type=int, default=4, help="drafted frames per step (Jacobi window), in the modality's unit "
-                   "(tokens, codes or frames)")
+    p.add_argument("--target", default=modality.default_target, help="hub name, local path or zoo:NAME")
+    p.add_argument("--draft", default=modality.default_draft, help="draft model for --drafter model")
+    p.add_argument("--prompt", default=modality.default_prompt, help="the prompt")
+    p.add_argument("--k", type=int, default=4, help=f"drafted {modality.unit} per step (the Jacobi window)")
     p.add_argument("--init", default="random", help="Jacobi/lookahead init: pad, random, repeat, or a modality's own")
     p.add_argument("--ngram", type=int, default=None,
-                   help="n-gram length N: prompt lookup matches the last N..1 frames (default 3), lookahead keeps "
-                        "N-grams (default 4)")
-    p.add_argument("--max-new-tokens", type=int, default=None,
-                   help="new frames per row, in the modality's unit (default: the modality's length)")
+                   help="n-gram length N: prompt lookup matches the last N..1 frames (3 when not given), lookahead "
+                        "keeps N-grams (4 when not given)")
+    p.add_argument("--max-new-tokens", type=int, default=modality.max_new_tokens,
+                   help=f"new {modality.unit} per row (None: as many as the target holds)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--out", default=None, help="output file, e.g. out.txt, out.png or out.wav; a batch is numbered")
+    p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely only")
+    p.add_argument("--top-p", type=float, default=None, help="sample from the smallest set holding mass p")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
+    p.add_argument("--batch", type=int, default=1, help="rows generated together (the same prompt)")
+    p.add_argument("--out", default=None, help=f"output file, e.g. out{modality.extension}; a batch is numbered")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(modality: str = "text") -> argparse.ArgumentParser:
+    """The parser; ``generate`` and ``compare`` carry ``modality``'s own names and options."""
+    mod = modalities.get(modality)
     fmt = argparse.ArgumentDefaultsHelpFormatter
     parser = argparse.ArgumentParser(prog="mmspec", description="Speculative decoding for autoregressive models: "
                                      f"{', '.join(modalities.names())}",
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="generate with one method", formatter_class=fmt)
-    _common(gen)
-    gen.add_argument("--drafter", default="none", help=f"{', '.join(named.DRAFTERS)}, or one of the modality's own "
-                     "(see `mmspec methods`)")
-    gen.add_argument("--rule", default=None, help=f"{', '.join(accept.RULES)}, or one of the modality's own (see "
-                     "`mmspec methods`) (default: greedy at temperature 0, else speculative)")
+    _common(gen, mod)
+    gen.add_argument("--drafter", default="none", help=f"{mod.name}: {', '.join(named.drafter_names(mod))}")
+    gen.add_argument("--rule", default=None, help=f"{mod.name}: {', '.join(named.rule_specs(mod))} (default: greedy at "
+                     "temperature 0, else speculative; `mmspec methods` says which are lossless)")
     cmp_ = sub.add_parser("compare", help="baseline and several methods on the same prompt", formatter_class=fmt)
-    _common(cmp_)
+    _common(cmp_, mod)
     cmp_.add_argument("--methods", default="prompt-lookup,jacobi,lookahead,model",
                       help="comma-separated drafter[:rule] list, e.g. model:speculative,jacobi")
     cmp_.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up; the methods take turns "
@@ -99,17 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _parse(argv: list[str] | None):
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_modality_in(argv))
     args, rest = parser.parse_known_args(argv)
     if args.command in ("generate", "compare"):
-        modality = modalities.get(args.modality)
-        sub = argparse.ArgumentParser(prog=f"mmspec {args.command} --modality {args.modality}", add_help=False)
-        modality.add_arguments(sub)
-        extra, unknown = sub.parse_known_args(rest)
-        if unknown:
-            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-        vars(args).update(vars(extra))
-        return args, modality, rest
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return args, modalities.get(args.modality), rest
     return args, None, rest
 
 

@@ -6,6 +6,7 @@ Each adapter keeps its zoo in ``<adapter>/zoo/NAME`` and marks a model folder by
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 
@@ -16,6 +17,8 @@ def resolve(name_or_path, zoo: Path, marker: str, modality: str, hub: bool = Tru
         raise ValueError(f"{modality} model must be a hub name, a local path or zoo:NAME, got {name_or_path!r}")
     name = str(name_or_path)
     if name.startswith("zoo:"):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name[4:]) or ".." in name[4:]:
+            raise ValueError(f"zoo names are plain folder names such as zoo:code-target, got {name!r}")
         folder = Path(zoo) / name[4:]
         if not (folder / marker).exists():
             known = sorted(p.name for p in Path(zoo).iterdir() if (p / marker).exists()) if Path(zoo).exists() else []

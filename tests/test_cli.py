@@ -129,3 +129,17 @@ def test_methods_lists_every_modalitys_drafters_and_rule_bounds(capsys):
     assert "codec-lookup" in speech.splitlines()[1]  # the modality's own drafter is listed
     assert "rule relaxed" in speech and "LOSSY: total variation" in speech  # a lossy rule shows its bound
     assert "rule greedy        lossless" in out
+
+
+def test_help_shows_the_modalitys_own_drafters_options_and_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["generate", "--modality", "speech", "--help"])
+    out = capsys.readouterr().out
+    assert "codec-lookup" in out and "--voice" in out and "--beta" in out  # the modality's drafter and options
+    assert "zoo:speech" in out and "(default: 153)" in out and "new frames per row" in out
+
+
+@pytest.mark.parametrize("name", ["zoo:../../etc", "zoo:a/b", "zoo:", "zoo:.hidden"])
+def test_zoo_names_cannot_leave_the_zoo(capsys, name):
+    code, _, err = run(capsys, "generate", "--target", name)
+    assert code == 2 and "zoo names are plain folder names" in err
