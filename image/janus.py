@@ -123,7 +123,8 @@ class JanusTarget(hf.HFTarget):
         return [torch.zeros(0, 1, dtype=torch.long, device=self.device) for _ in range(self.B)]
 
     @torch.inference_mode()
-    def forward(self, frames: Tensor) -> Tensor:
+    def forward(self, frames: Tensor, parents: Tensor | None = None) -> Tensor:
+        self.chain_only(parents)
         codes = frames[..., 0]  # [B, T]
         if self.guided:
             codes = torch.cat([codes, codes])

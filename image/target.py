@@ -152,7 +152,8 @@ class ImageTarget(hf.HFTarget):
         return [torch.zeros(0, 1, dtype=torch.long, device=self.device) for _ in range(self.B)]
 
     @torch.inference_mode()
-    def forward(self, frames: Tensor) -> Tensor:
+    def forward(self, frames: Tensor, parents: Tensor | None = None) -> Tensor:
+        self.chain_only(parents)
         ids = frames[..., 0] + self.code_offset  # [B, T] model ids
         if self.guided:
             ids = torch.cat([ids, ids])  # [2B, T] the same codes feed both halves

@@ -3,7 +3,7 @@
 The core (this package) knows frames ``[B, T, K]`` only; ``mmspec.text``, ``mmspec.image`` and
 ``mmspec.speech`` hold the adapters.
 """
-from . import accept, modalities
+from . import accept, modalities, tree
 from .accept import Rule, RuleSpec
 from .drafters import JacobiDrafter, LookaheadDrafter, ModelDrafter, PromptLookupDrafter
 from .loop import autoregressive, generate, stream

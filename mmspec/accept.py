@@ -24,6 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from . import accept_tree
 from .sampling import Sampler
 from .types import PAD, Draft, Verdict
 
@@ -113,7 +114,10 @@ def _prefix_match(draft: Draft, choice: Tensor) -> Verdict:
 
 def _greedy(draft: Draft, target_logits: Tensor, sampler: Sampler, pos: Tensor) -> Verdict:
     """Lossless for greedy decoding: accept while each draft frame equals the target's argmax, then append
-    the target's argmax. The output is identical to greedy autoregressive decoding."""
+    the target's argmax. The output is identical to greedy autoregressive decoding. On a tree: follow
+    the child equal to the target's argmax as deep as it goes (``accept_tree.match``)."""
+    if not draft.is_chain:
+        return accept_tree.match(draft, target_logits.argmax(dim=-1))
     return _prefix_match(draft, target_logits.argmax(dim=-1))
 
 
@@ -122,7 +126,10 @@ def _reproducible(draft: Draft, target_logits: Tensor, sampler: Sampler, pos: Te
     noise keyed by (seed, row, position). That is an exact sample of the target, and since the noise of a
     position never depends on the draft, the output with the same seed is identical token for token with
     and without speculation. Drafters that sample with the same keyed noise (``sampler.keyed``) are
-    accepted far more often than independent ones (Gumbel coupling)."""
+    accepted far more often than independent ones (Gumbel coupling). On a tree every frame takes the
+    keyed choice at its own position (siblings share it) and the matching child is followed."""
+    if not draft.is_chain:
+        return accept_tree.match(draft, sampler.keyed_choice(target_logits, accept_tree.frame_positions(draft, pos)))
     return _prefix_match(draft, sampler.keyed_choice(target_logits, pos))
 
 
@@ -136,8 +143,12 @@ def rejection(draft: Draft, target_logits: Tensor, sampler: Sampler, accept_prob
     draw falls below it. At the first rejection the token is drawn from norm(max(0, p - q)) (p itself
     when that is empty); after D acceptances a bonus frame is drawn from p_{D+1}. A deterministic draft
     (``probs is None``) is q = one-hot. In the first frame with a rejection, codebooks that were
-    accepted keep their draft token.
+    accepted keep their draft token. A tree is verified by multi-candidate speculative sampling
+    (``accept_tree.multi_candidate``): siblings are tried in turn against the residual.
     """
+    if not draft.is_chain:
+        relaxed = None if accept_prob is _exact_ratio else accept_prob  # the exact rule also verifies joint frames
+        return accept_tree.multi_candidate(draft, sampler.probs(target_logits), sampler, relaxed)
     p = sampler.probs(target_logits)  # [B, D + 1, K, V]
     D = draft.size
     x = draft.tokens  # [B, D, K]
@@ -171,7 +182,12 @@ def _speculative(draft: Draft, target_logits: Tensor, sampler: Sampler, pos: Ten
     """
     if sampler.greedy:
         return _greedy(draft, target_logits, sampler, pos)
-    return rejection(draft, target_logits, sampler, lambda p, q, x, p_x, q_x: p_x / q_x)
+    return rejection(draft, target_logits, sampler, _exact_ratio)
+
+
+def _exact_ratio(p, q, x, p_x, q_x):
+    """min(1, p(x) / q(x)) (the uniform draw is below 1 anyway): the exact acceptance probability."""
+    return p_x / q_x
 
 
 def _typical(
@@ -187,9 +203,11 @@ def _typical(
     D = draft.size
     entropy = -(p * torch.log(p.clamp(min=1e-30))).sum(-1)  # [B, D + 1, K]
     threshold = torch.minimum(torch.full_like(entropy, epsilon), delta * torch.exp(-entropy))
+    final = target_logits.argmax(-1) if sampler.greedy else sampler.sample(p)  # [B, D + 1, K]
+    if not draft.is_chain:
+        return accept_tree.typical(draft, p, threshold, final)
     p_x = p[:, :D].gather(-1, draft.tokens[..., None]).squeeze(-1)  # [B, D, K]
     frame_ok = (p_x > threshold[:, :D]).all(dim=-1)  # [B, D]
-    final = target_logits.argmax(-1) if sampler.greedy else sampler.sample(p)  # [B, D + 1, K]
     return commit(draft.tokens, frame_ok, final)
 
 

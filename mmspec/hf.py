@@ -6,7 +6,7 @@
 * **The model kind**: ``check_model_type`` reads a folder's (or hub id's) ``config.json`` before anything
   is built, so a folder of the wrong kind is a clear ValueError, never a default-size random model.
 * **The cache**: ``KVCache`` holds the model's ``DynamicCache`` with what must stay aligned with it (the
-  attention mask over left padding, the frames fed); ``HFTarget.rollback`` crops them together through the
+  attention mask over left padding, the frames fed); ``HFTarget.keep`` crops them together through the
   cache's public ``crop(-n)``. ``cache_arg`` names the forward argument that takes it.
 * **Left-padded batches**: ``left_pad`` turns id rows into ``ids [B, L]`` and ``pads [B]``;
   ``padding_mask`` and ``position_ids`` follow, so positions count real tokens only.
@@ -170,8 +170,14 @@ class HFTarget:
     cache: KVCache
     pos: Tensor
 
-    def rollback(self, pos: Tensor) -> None:
+    def chain_only(self, tree) -> None:
+        """Refuse a token tree (``parents`` or a kept ``path``) where the adapter verifies chains only."""
+        if tree is not None:
+            raise ValueError(f"{type(self).__name__} verifies chains only, not token trees")
+
+    def keep(self, pos: Tensor, path: Tensor | None = None) -> None:
         """Forget everything after ``pos [B]``: the cache, its mask and fed frames, then ``pos``."""
+        self.chain_only(path)
         self.cache.rollback(self.pos, pos, type(self).__name__)
         self.pos = pos.clone()
 

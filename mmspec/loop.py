@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from . import accept
+from . import accept, tree
 from .accept import Rule, as_rule
 from .protocols import Drafter, Target
 from .sampling import Sampler
@@ -91,9 +91,10 @@ def _steps(target, drafter, prompt, max_new_tokens, k, rule, sampling, seed) -> 
         after_end = torch.cat([done[:, None].expand(B, 1), ended[:, :-1]], dim=1) | done[:, None]
         frames = frames.masked_fill(after_end[..., None], PAD)
         from_draft = torch.arange(n, device=device)[None, :] < verdict.n_accepted[:, None]
-        if draft.size:  # cache held [last, draft]; keep last and the accepted prefix of the batch
-            target.rollback(target.pos - (draft.size + 1) + n)
-        step = Step(frames, from_draft & ~after_end, draft.size, verdict.n_accepted, target.pos.clone())
+        path = None if verdict.path is None else verdict.path[:, : n - 1]  # [B, n - 1] committed nodes
+        if draft.size:  # cache held [last, nodes]; keep last and the committed part of the accepted path
+            _keep(target, draft.size, n, path)
+        step = Step(frames, from_draft & ~after_end, draft.size, verdict.n_accepted, target.pos.clone(), path)
         if drafter is not None:
             drafter.observe(step, logits)
         made += n
@@ -106,11 +107,33 @@ def _steps(target, drafter, prompt, max_new_tokens, k, rule, sampling, seed) -> 
         draft = empty
         if drafter is not None and budget - made > 1:
             draft = drafter.propose(last, min(k, budget - made - 1))
-        # 3. Verify: one target forward over [last, draft].
+        # 3. Verify: one target forward over [last, draft] (a tree: each node sees its ancestors only).
         pos = target.pos.clone() + 1  # position predicted by logits[:, 0]
-        logits = target.forward(torch.cat([last, draft.tokens], dim=1))  # [B, D + 1, K, V]
+        parents = _tree_of(target, draft)
+        logits = target.forward(torch.cat([last, draft.tokens], dim=1), parents)  # [B, N + 1, K, V]
         # 4. Accept a prefix plus one recovered/bonus frame.
         verdict = rule(draft, logits, sampler, pos)
+
+
+def _tree_of(target: Target, draft: Draft):
+    """The verify frames' parents for a tree draft (None for a chain), checked against the context."""
+    if draft.parents is None or draft.is_chain:
+        return None
+    tree.check(draft.parents, draft.size, draft.tokens.shape[0])
+    if int(target.pos.max()) + 1 + draft.size > target.max_frames:
+        raise ValueError(f"a tree of {draft.size} nodes does not fit the model's context ({target.max_frames} frames) "
+                         "after the frames so far; lower the node budget (--tree)")
+    return tree.forward_parents(draft.parents, draft.size)
+
+
+def _keep(target: Target, N: int, n: int, path) -> None:
+    """After a verify forward over ``[last, N nodes]``: keep ``last`` and the first n - 1 accepted nodes."""
+    start = target.pos - (N + 1)  # [B] frames before the verify forward
+    if path is None:  # a chain: the accepted nodes are the first ones
+        target.keep(start + n)
+        return
+    frames = torch.cat([torch.zeros_like(path[:, :1]), path + 1], dim=1)  # [B, n] indices into [last, nodes]
+    target.keep(start + n, frames)
 
 
 def generate(target: Target, drafter: Drafter | None, prompt: Any, **kwargs) -> Generation:

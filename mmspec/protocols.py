@@ -8,9 +8,9 @@ core and the drafters read from a target is declared here; nothing else may be a
 Order of calls in one generation (``mmspec.stream``), which every implementation may rely on:
 
 1. ``target.start(prompt, max_new_tokens)``; then ``drafter.start(target, sampler, prompt, budget)``.
-2. Per step: ``drafter.propose(last, k)``, ``target.forward([last, draft])``, the rule's verdict,
-   ``target.rollback(pos)`` to the committed length, and only then ``drafter.observe(step, logits)``
-   (so ``target.pos == step.pos`` while a drafter observes). The first step has no draft and no forward:
+2. Per step: ``drafter.propose(last, k)``, ``target.forward([last, draft], parents)`` (parents only for a
+   token tree), the rule's verdict, ``target.keep(pos, path)`` to the committed length and path, and
+   only then ``drafter.observe(step, logits)`` (so ``target.pos == step.pos`` while a drafter observes). The first step has no draft and no forward:
    its logits are the prefill's.
 3. One generation at a time per target: a target (or a draft model) used by a running generation is
    busy, and ``stream`` refuses to start another on it.
@@ -42,12 +42,16 @@ class Target(Protocol):
         """The prompt as frames, one ``[L_b, K]`` tensor per row (rows may differ in length; an empty
         ``[0, K]`` where the prompt is not in frame space), for drafters that look back at it."""
 
-    def forward(self, frames: Tensor) -> Tensor:
+    def forward(self, frames: Tensor, parents: Tensor | None = None) -> Tensor:
         """Score ``frames [B, T, K]`` at ``pos``; return logits ``[B, T, K, V]`` (guided, constrained);
-        ``pos += T``."""
+        ``pos += T``. ``parents [T] or [B, T]`` makes the frames a token tree (``mmspec.tree``): frame t sees
+        the cached prefix and its own ancestors (parent -1: the cached prefix only) and sits at position
+        ``pos + depth(t) - 1``; None is a chain."""
 
-    def rollback(self, pos: Tensor) -> None:
-        """Forget everything after ``pos [B]``."""
+    def keep(self, pos: Tensor, path: Tensor | None = None) -> None:
+        """Forget everything after ``pos [B]``. With ``path [B, m]``: of the last forward's frames, those at
+        these indices stay, in order, right after the frames before that forward (``pos`` = those + m):
+        the accepted path of a tree, its cache entries gathered to the front and the rest dropped."""
 
     def finished(self, frames: Tensor) -> Tensor:
         """Which committed frames ``[B, T, K]`` end their row: BoolTensor ``[B, T]``."""

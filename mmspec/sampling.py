@@ -94,25 +94,30 @@ class Sampler:
     def uniform(self, shape) -> Tensor:
         return torch.rand(shape, generator=self.generator, device=self.device)
 
-    def gumbel(self, pos: Tensor, T: int, K: int, V: int) -> Tensor:
-        """Keyed Gumbel noise for the frames at positions ``pos[b] + t``: ``[B, T, K, V]``.
+    def gumbel(self, positions: Tensor, K: int, V: int) -> Tensor:
+        """Keyed Gumbel noise for the frames at ``positions [B, T]``: ``[B, T, K, V]``.
 
         One generator draw per (row, position), seeded by a hash of (seed, row, position), so the noise
-        of a position is the same however the positions are grouped into forwards.
+        of a position is the same however the positions are grouped into forwards (or tree branches).
         """
-        rows = []
+        B, T = positions.shape
         gen = torch.Generator(device=self.device)
-        for b, p in enumerate(pos.tolist()):
-            for t in range(T):
-                gen.manual_seed(_mix(_mix(_mix(self.seed) ^ b) ^ (p + t)))
-                rows.append(torch.rand((K, V), generator=gen, device=self.device))
-        u = torch.stack(rows).reshape(len(pos), T, K, V).clamp_(1e-20, 1.0 - 1e-7)
+        noise: dict[tuple[int, int], Tensor] = {}
+        for b, row in enumerate(positions.tolist()):
+            for p in row:
+                if (b, p) not in noise:
+                    gen.manual_seed(_mix(_mix(_mix(self.seed) ^ b) ^ p))
+                    noise[b, p] = torch.rand((K, V), generator=gen, device=self.device)
+        u = torch.stack([noise[b, p] for b, row in enumerate(positions.tolist()) for p in row])
+        u = u.reshape(B, T, K, V).clamp_(1e-20, 1.0 - 1e-7)
         return -torch.log(-torch.log(u))
 
     def keyed_choice(self, logits: Tensor, pos: Tensor) -> Tensor:
-        """Gumbel-max of the warped ``logits [B, T, K, V]`` with keyed noise at ``pos``: ``[B, T, K]``."""
+        """Gumbel-max of the warped ``logits [B, T, K, V]`` with keyed noise: ``[B, T, K]``. ``pos`` is the
+        position of the first frame ``[B]`` (frames consecutive) or every frame's ``[B, T]``."""
         scores = self.warp(logits)
         if self.greedy:
             return scores.argmax(-1)
         B, T, K, V = scores.shape
-        return (torch.log_softmax(scores, -1) + self.gumbel(pos, T, K, V)).argmax(-1)
+        positions = pos[:, None] + torch.arange(T, device=pos.device) if pos.dim() == 1 else pos
+        return (torch.log_softmax(scores, -1) + self.gumbel(positions, K, V)).argmax(-1)

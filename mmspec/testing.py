@@ -60,18 +60,33 @@ class ToyTarget:
     def prompt_frames(self) -> list[Tensor]:
         return list(self.prompt)
 
-    def forward(self, frames: Tensor) -> Tensor:
+    def forward(self, frames: Tensor, parents: Tensor | None = None) -> Tensor:
+        """Logits of ``frames [B, T, K]``; with ``parents [T] or [B, T]`` (a token tree) each frame reads its
+        parent frame as the frame before it (-1: the newest cached frame)."""
         if bool((frames < 0).any()):  # its tables would silently read row -1: refuse PAD like a real model
             raise ValueError(f"ToyTarget was fed a negative id (PAD = {PAD})")
-        T = frames.shape[1]
+        B, T, K = frames.shape
+        before = self.history[:, -1:].expand(B, T, K)  # [B, T, K] the frame before each frame
+        if parents is not None:
+            p = parents.expand(B, T) if parents.dim() == 1 else parents
+            before = torch.where((p < 0)[..., None], before, frames.gather(1, p.clamp(min=0)[..., None].expand(B, T, K)))
+        else:
+            before = torch.cat([self.history[:, -1:], frames[:, :-1]], dim=1)
         self.history = torch.cat([self.history, frames], dim=1)
         self.pos = self.pos + T
         self.forwards += 1
-        return self._logits(self.history)[:, -T:]  # [B, T, K, V]
+        return self._table(frames, before)  # [B, T, K, V]
 
-    def rollback(self, pos: Tensor) -> None:
+    def keep(self, pos: Tensor, path: Tensor | None = None) -> None:
+        """Forget everything after ``pos``; with ``path [B, m]``, the last forward's frames at those indices
+        stay, in order (the accepted path of a tree)."""
         n = int(pos.max())
         assert bool((pos == n).all()), "ToyTarget keeps rows aligned"
+        if path is not None:
+            start = n - path.shape[1]
+            K = self.history.shape[-1]
+            kept = self.history[:, start:].gather(1, path[..., None].expand(*path.shape, K))
+            self.history = torch.cat([self.history[:, :start], kept], dim=1)
         self.history = self.history[:, :n]
         self.pos = pos.clone()
 
@@ -90,8 +105,10 @@ class ToyTarget:
     # -- the model -------------------------------------------------------------------------------
     def _logits(self, history: Tensor) -> Tensor:
         """Logits predicting frame t + 1 from frames t and t - 1: ``[B, S, K, V]``."""
-        prev1 = history  # [B, S, K]
-        prev2 = torch.cat([history[:, :1], history[:, :-1]], dim=1)
+        return self._table(history, torch.cat([history[:, :1], history[:, :-1]], dim=1))
+
+    def _table(self, prev1: Tensor, prev2: Tensor) -> Tensor:
+        """Logits of the frame after ``prev1 [B, S, K]`` whose own predecessor is ``prev2``: ``[B, S, K, V]``."""
         out = 0
         for j in range(self.num_codebooks):
             out = out + self.w1[j][:, prev1[..., j]].permute(1, 2, 0, 3) + self.w2[j][:, prev2[..., j]].permute(1, 2, 0, 3)
@@ -145,7 +162,7 @@ def conformance(make_target: Callable[[], Any], prompts: Sequence, *, draft: Cal
 
     target = make_target()
     check_shapes(target, join(list(prompts[:2])), frames, budget)
-    check_rollback(make_target, prompts[0], frames, budget, atol)
+    check_keep(make_target, prompts[0], frames, budget, atol)
     with NoPad():  # 1. every model and decoder call below sees no PAD id
         both = mmspec.autoregressive(target, join(list(prompts[:2])), max_new_tokens=budget)
         check_rows_alone(target, prompts[:2], both, budget)
@@ -159,7 +176,7 @@ def conformance(make_target: Callable[[], Any], prompts: Sequence, *, draft: Cal
 
 
 def check_shapes(target, prompt, T: int, budget: int) -> None:
-    """``start`` -> ``[B, 1, K, V]``, ``forward`` -> ``[B, T, K, V]`` with ``pos += T``, ``rollback`` sets
+    """``start`` -> ``[B, 1, K, V]``, ``forward`` -> ``[B, T, K, V]`` with ``pos += T``, ``keep`` sets
     ``pos``; ``prompt_frames()`` is one ``[L_b, K]`` LongTensor per row; ``device`` is a torch.device."""
     K, V = target.num_codebooks, target.vocab_size
     logits = target.start(prompt, budget)
@@ -175,11 +192,11 @@ def check_shapes(target, prompt, T: int, budget: int) -> None:
     out = target.forward(sample_frames(target, logits, T, seed=0))
     assert tuple(out.shape) == (B, T, K, V), f"forward returned {tuple(out.shape)}, want ({B}, {T}, {K}, {V})"
     assert torch.equal(target.pos, p0 + T), "forward must advance pos by T"
-    target.rollback(p0 + 1)
-    assert torch.equal(target.pos, p0 + 1), "rollback must set pos"
+    target.keep(p0 + 1)
+    assert torch.equal(target.pos, p0 + 1), "keep must set pos"
 
 
-def check_rollback(make_target, prompt, T: int, budget: int, atol: float) -> None:
+def check_keep(make_target, prompt, T: int, budget: int, atol: float) -> None:
     """Forward some frames, roll back, forward others: the logits equal a fresh prefill's (a partial
     rollback inside a block keeps its accepted prefix)."""
     scout = make_target()
@@ -192,9 +209,9 @@ def check_rollback(make_target, prompt, T: int, budget: int, atol: float) -> Non
     torch.testing.assert_close(got_first, want_first, atol=atol, rtol=atol)
     p0 = target.pos.clone()
     target.forward(sample_frames(target, got_first, T, seed=1))  # frames a (forwarded one by one)
-    target.rollback(p0)
+    target.keep(p0)
     torch.testing.assert_close(target.forward(b), want, atol=atol, rtol=atol, msg="rollback != fresh prefill")
-    target.rollback(p0 + 1)
+    target.keep(p0 + 1)
     torch.testing.assert_close(target.forward(b[:, 1:]), want[:, 1:], atol=atol, rtol=atol,
                                msg="partial rollback != fresh prefill")
 
@@ -247,7 +264,7 @@ def sample_frames(target, logits: Tensor, T: int, seed: int) -> Tensor:
         if t < T - 1:
             logits = target.forward(out[-1])
     if T > 1:
-        target.rollback(target.pos - (T - 1))  # leave the target where it began
+        target.keep(target.pos - (T - 1))  # leave the target where it began
     return torch.cat(out, dim=1)
 
 

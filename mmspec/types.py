@@ -62,27 +62,40 @@ class Sampling:
 
 @dataclass
 class Draft:
-    """What a drafter proposes for one step.
+    """What a drafter proposes for one step: N nodes, a chain or a tree (``mmspec.tree``).
 
-    ``probs`` is the distribution each draft token was SAMPLED from (after the same warping as the
-    target); ``None`` means the draft is deterministic given the past (prompt lookup, greedy Jacobi, a
-    greedy draft model), which the speculative rule treats as q = one-hot.
+    ``probs`` is the distribution each node was SAMPLED from (after the same warping as the target);
+    ``None`` means the draft is deterministic given the past (prompt lookup, greedy Jacobi, a greedy
+    draft model), which the speculative rule treats as q = one-hot. ``parents`` is the topology: per node
+    its parent node, -1 for a child of the newest committed frame, shared by the batch ``[N]`` or per row
+    ``[B, N]``; ``None`` is the chain ``-1, 0, 1, ...``. Siblings must differ (a trie).
     """
 
-    tokens: Tensor  # [B, D, K]
-    probs: Tensor | None = None  # [B, D, K, V]
+    tokens: Tensor  # [B, N, K]
+    probs: Tensor | None = None  # [B, N, K, V]
+    parents: Tensor | None = None  # [N] or [B, N]
 
     @property
     def size(self) -> int:
         return self.tokens.shape[1]
 
+    @property
+    def is_chain(self) -> bool:
+        from .tree import is_chain
+
+        return is_chain(self.parents)
+
 
 @dataclass
 class Verdict:
-    """What an accept rule decided: accepted frames, then one recovered/bonus frame, then PAD."""
+    """What an accept rule decided: the accepted path's frames, then one recovered/bonus frame, then PAD.
+
+    ``path`` names the accepted nodes in order (-1 after ``n_accepted``), ``[B, D]`` with D the tree's
+    depth; None for a chain (the accepted nodes are ``0 .. n_accepted - 1``)."""
 
     tokens: Tensor  # [B, D + 1, K]
     n_accepted: Tensor  # [B] accepted draft frames per row
+    path: Tensor | None = None  # [B, D]
 
 
 @dataclass
@@ -91,9 +104,10 @@ class Step:
 
     frames: Tensor  # [B, n, K] committed frames (PAD after a row's EOS)
     from_draft: Tensor  # [B, n] True where the frame is an accepted draft frame
-    n_drafted: int  # D
+    n_drafted: int  # N: nodes drafted (a chain's length)
     n_accepted: Tensor  # [B] accepted draft frames per row (before the batch minimum)
     pos: Tensor  # [B] committed frames per row after this step (prompt included): the target's ``pos``
+    path: Tensor | None = None  # [B, n - 1] the draft nodes committed from each row's accepted path (None: chain)
 
 
 @dataclass

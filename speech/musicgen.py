@@ -119,7 +119,8 @@ class MusicgenTarget(hf.HFTarget):
         return [self._bos[None].clone() for _ in range(int(self.pos.shape[0]))]  # per row the BOS frame [1, K]
 
     @torch.inference_mode()
-    def forward(self, frames: Tensor) -> Tensor:
+    def forward(self, frames: Tensor, parents: Tensor | None = None) -> Tensor:
+        self.chain_only(parents)
         from transformers.modeling_outputs import BaseModelOutput
 
         B, T, K = frames.shape

@@ -142,7 +142,8 @@ class SpeechTarget(hf.HFTarget):
         return [row for row in self.cache.fed[:, :1]]
 
     @torch.inference_mode()
-    def forward(self, frames: Tensor) -> Tensor:
+    def forward(self, frames: Tensor, parents: Tensor | None = None) -> Tensor:
+        self.chain_only(parents)
         T = frames.shape[1]
         first = self.cache.fed.shape[1]  # the step the first returned logits predict
         mask = self.cache.grow(T, frames)  # [B, S + T]; fed [B, first + T, K]

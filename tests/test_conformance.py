@@ -80,7 +80,7 @@ def test_conformance(request, name):
 # -- negative controls: the suite catches a broken adapter ---------------------------------------------
 
 class NoRollback(ToyTarget):
-    def rollback(self, pos):  # forgets to drop the rejected frames
+    def keep(self, pos, path=None):  # forgets to drop the rejected frames
         self.pos = pos.clone()
 
 

@@ -102,7 +102,7 @@ def test_rollback_of_both_guidance_halves_equals_a_fresh_prefill(models):
     target.start(CLASSES[:2], 16)
     target.forward(codes[:, :4])
     target.forward(torch.randint(0, N_CODES, (2, 5, 1)))  # a rejected draft
-    target.rollback(target.pos - 5)
+    target.keep(target.pos - 5)
     assert target.cache.length == 5 and target.pos.tolist() == [5, 5]
     after = target.forward(codes[:, 4:])  # [2, 5, 1, V]
     fresh = target_of(models, guidance_scale=3.0)

@@ -85,13 +85,13 @@ def test_rollback_equals_fresh_prefill(folders, target):
     target.start(TEXTS[0], 8)
     p0 = target.pos.clone()
     target.forward(a)
-    target.rollback(p0)
+    target.keep(p0)
     got = target.forward(b)
     fresh = SpeechTarget.from_pretrained(folders["target"], load_codec=False)
     fresh.start(TEXTS[0], 8)
     want = fresh.forward(b)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
-    target.rollback(p0 + 1)
+    target.keep(p0 + 1)
     torch.testing.assert_close(target.forward(b[:, 1:]), want[:, 1:], rtol=1e-4, atol=1e-4)
 
 
@@ -180,7 +180,7 @@ def exact_distribution(t: SpeechTarget, text: str, n: int) -> dict:
             pos = t.pos.clone()
             nxt = t.forward(torch.tensor([[frame]]))
             walk(nxt, seq, pr)
-            t.rollback(pos)
+            t.keep(pos)
 
     walk(t.start(text, n), (), 1.0)
     return out
@@ -398,7 +398,7 @@ def test_musicgen_rollback_and_pad_column(musicgen, tokenizer):
     a, b = torch.tensor([[[1, 32, 32], [2, 3, 32]]]), torch.tensor([[[4, 32, 32], [5, 6, 32]]])
     p0 = target.pos.clone()
     target.forward(a)
-    target.rollback(p0)
+    target.keep(p0)
     got = target.forward(b)
     fresh = MusicgenTarget(model, tokenizer, guidance_scale=3.0)
     fresh.start("hello", 10)

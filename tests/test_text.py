@@ -66,14 +66,14 @@ def test_rollback_equals_fresh_prefill(tiny_models):
     target.start(PROMPTS[0], 8)
     p0 = target.pos.clone()
     target.forward(a)
-    target.rollback(p0)
+    target.keep(p0)
     got = target.forward(b)
     fresh = TextTarget.from_pretrained(tiny_models["llama"])
     fresh.start(PROMPTS[0], 8)
     want = fresh.forward(b)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     # partial rollback inside a verified block keeps the accepted prefix
-    target.rollback(p0 + 1)
+    target.keep(p0 + 1)
     torch.testing.assert_close(target.forward(b[:, 1:]), want[:, 1:], rtol=1e-4, atol=1e-4)
 
 

@@ -127,7 +127,8 @@ class TextTarget(hf.HFTarget):
         return [row[int(p) :, None] for row, p in zip(self.prompt_ids, self.pads)]  # per row [L_b, 1]
 
     @torch.inference_mode()
-    def forward(self, frames: Tensor, keep_last: bool = False) -> Tensor:
+    def forward(self, frames: Tensor, parents: Tensor | None = None, keep_last: bool = False) -> Tensor:
+        self.chain_only(parents)
         T = frames.shape[1]
         ids = frames[..., 0]  # [B, T]
         kwargs = {}

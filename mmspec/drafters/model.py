@@ -1,7 +1,7 @@
 """Draft-model speculation: a small autoregressive model of the same modality and vocabulary drafts k
 frames, keeping the distribution q each frame was sampled from (Leviathan et al. 2023; Chen et al. 2023).
 
-The draft model is itself a Target adapter (same ``start / forward / rollback``), so any model the
+The draft model is itself a Target adapter (same ``start / forward / keep``), so any model the
 toolkit can verify with, it can also draft with. It starts on the same prompt with the run's real budget
 (so a draft whose rules depend on the length, such as a fixed-length delay pattern, follows the target's).
 Its cache is rolled back to the committed prefix after every step; committed frames it has not seen yet
@@ -111,6 +111,6 @@ class ModelDrafter:
         n = step.frames.shape[1]
         keep = min(n - 1, self.fed_drafts) if step.n_drafted else 0
         if step.n_drafted:
-            self.model.rollback(self.model.pos - self.fed_drafts + keep)
+            self.model.keep(self.model.pos - self.fed_drafts + keep)
         self.fed_drafts = 0
         self.backlog.append(step.frames[:, keep:])
