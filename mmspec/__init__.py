@@ -11,7 +11,7 @@ from .sampling import Sampler
 from .types import PAD, Draft, Generation, Sampling, Step, Verdict
 
 __all__ = [
-    "accept", "modalities", "stream", "generate", "autoregressive", "Sampler", "Sampling", "Draft", "Verdict", "Step",
+    "accept", "modalities", "tree", "stream", "generate", "autoregressive", "Sampler", "Sampling", "Draft", "Verdict", "Step",
     "Generation", "PAD", "Rule", "RuleSpec", "JacobiDrafter", "LookaheadDrafter", "ModelDrafter", "PromptLookupDrafter",
 ]
 __version__ = "0.1.0"

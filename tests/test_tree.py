@@ -44,7 +44,6 @@ class ToyTreeDrafter:
         return kids, q[:, None].expand(-1, self.width, -1, -1)
 
     def propose(self, last, k):
-        B = last.shape[0]
         tokens, probs, parents = [], [], []
         level = [(-1, last[:, 0], self.seen[:, -1])]  # (node, its frame, the frame before it)
         for _ in range(min(k, self.depth)):
