@@ -157,7 +157,8 @@ def stats_of(gen: Generation) -> dict:
 
     Every step is one target forward (the first is the prefill). ``mean_accepted`` is frames committed
     per target forward (1.0 for plain decoding); the ``acceptance_rate`` is accepted draft frames over
-    drafted frames, per row, averaged.
+    drafted frames (tree nodes), per row, averaged; ``nodes_per_forward`` is the frames each verify
+    forward scored (``last`` + the drafted nodes), averaged over the steps after the prefill.
     """
     new_tokens = int(gen.lengths.sum())
     forwards = len(gen.steps)
@@ -171,6 +172,7 @@ def stats_of(gen: Generation) -> dict:
         "steps": forwards,
         "mean_accepted": frames_per_row / forwards if forwards else 0.0,
         "acceptance_rate": accepted / drafted if drafted else 0.0,
+        "nodes_per_forward": sum(s.n_drafted + 1 for s in gen.steps[1:]) / max(1, len(gen.steps) - 1),
         "accepted_per_step": [s.frames.shape[1] for s in gen.steps],
     }
 

@@ -180,3 +180,12 @@ def test_a_tree_larger_than_the_context_is_refused():
     target = ToyTarget(vocab_size=V, seed=1, max_frames=12)
     with pytest.raises(ValueError, match="does not fit the model's context"):
         mmspec.generate(target, ToyTreeDrafter(target.perturbed(0.5), width=3, depth=3), prompt(), max_new_tokens=6)
+
+
+def test_stats_count_the_nodes_each_forward_verified():
+    target = ToyTarget(vocab_size=6, seed=0, sharpness=1.0)
+    gen = mmspec.generate(target, ToyTreeDrafter(target.perturbed(1.5, seed=2), width=2, depth=2), prompt(vocab=6),
+                          max_new_tokens=20, k=2)
+    drafted = [s.n_drafted for s in gen.steps[1:]]
+    assert gen.stats["nodes_per_forward"] == pytest.approx(sum(n + 1 for n in drafted) / len(drafted))
+    assert max(drafted) == 2 + 4  # width 2, depth 2: 6 nodes when the budget allows
