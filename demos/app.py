@@ -174,9 +174,10 @@ def _tab(server: Server, stops: Stops, name: str) -> None:
     inputs, run, stop = _controls(server, mod)
     outputs = _results(mod)
 
-    def go(*values, request: gr.Request, progress=gr.Progress()):
+    def go(values: dict, request: gr.Request, progress=gr.Progress()):
+        """``values``: component -> value (the inputs are passed as a set, whatever the modality's knobs)."""
         flag = stops.start(_key(request, name))
-        yield from run_tab(server, name, inputs_of(mod, values), progress=progress, stop=flag)
+        yield from run_tab(server, name, inputs_of(mod, [values[c] for c in inputs]), progress=progress, stop=flag)
 
     def stopped(request: gr.Request):
         """Flag the run, which ends after its current step and clears its "running" labels. Cooperative on
@@ -188,7 +189,7 @@ def _tab(server: Server, stops: Stops, name: str) -> None:
         time.sleep(1.0)
         return gr.skip() if stops.running(key) else views.STOPPED  # a new run started meanwhile: leave it
 
-    run.click(go, inputs, outputs, show_progress="minimal", show_progress_on=[outputs[0]])
+    run.click(go, set(inputs), outputs, show_progress="minimal", show_progress_on=[outputs[0]])
     stop.click(stopped, None, [outputs[0]], queue=False)
 
 

@@ -50,7 +50,7 @@ DISPLAY = Display(
         ("def fibonacci(n):", "model", "ordinary code: the draft model guesses whole lines"),
         ("x = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,", "prompt-lookup",
          "a list that repeats its own pattern: prompt lookup copies it"),
-        ("def add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n    return a - b\n\n\ndef mul(a, b):\n", "lookahead",
-         "near-copies of earlier functions: n-grams pay off"),
+        ("x = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25,", "lookahead",
+         "a long counting list: lookahead's n-grams edge out prompt lookup"),
     ),
 )
