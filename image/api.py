@@ -13,6 +13,7 @@ from mmspec import accept
 from mmspec.bench import Method, Suite
 from mmspec.modalities import Modality
 
+from .display import DISPLAY
 from .inits import SpatialInit
 from .target import META_FILE, resolve
 
@@ -121,5 +122,6 @@ MODALITY = Modality(
     add_arguments=add_arguments, options=options,
     inits={"left": SpatialInit("left"), "above": SpatialInit("above")},  # JacobiDrafter binds them to the grid
     rules={"lantern": LANTERN}, suite=SUITE, extension=".png",
+    display=DISPLAY,
     notes="Class-conditional image-token model (8x8 VQ codes -> 32x32 pixels), or Janus by folder or hub id.",
 )

@@ -170,7 +170,7 @@ def load_zoo(path: str, device: str | torch.device = "cpu", dtype: torch.dtype =
     model = model.to(device=device, dtype=dtype).eval()
     # 2. the VQ tokenizer: own folder, or the one the draft's meta points at
     vq_dir = os.path.normpath(os.path.join(path, meta.get("vqvae", "vqvae")))
-    vqvae = VQModel.from_pretrained(vq_dir).to(device=device, dtype=dtype).eval() if os.path.isdir(vq_dir) else None
+    vqvae = VQModel.from_pretrained(vq_dir, torch_dtype=dtype).to(device=device).eval() if os.path.isdir(vq_dir) else None
     # 3. the classifier, only next to the target
     cls_dir = os.path.join(path, "classifier")
     classifier = ShapesClassifier.from_pretrained(cls_dir).to(device) if os.path.isdir(cls_dir) else None

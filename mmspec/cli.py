@@ -107,6 +107,10 @@ def build_parser(modality: str = "text") -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=7860)
     demo.add_argument("--share", action="store_true")
     demo.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
+    demo.add_argument("--model", action="append", default=[], metavar="MODALITY=NAME_OR_PATH",
+                      help="also serve this model in the app (repeatable); by default only each modality's zoo pair")
+    demo.add_argument("--allow-any-model", action="store_true",
+                      help="let any folder path or hub id typed into the app load (local use only; off by default)")
     return parser
 
 

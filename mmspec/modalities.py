@@ -127,3 +127,44 @@ class Models:
 
     def __len__(self) -> int:
         return len(self._models)
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One modality option the app offers as a number box: ``option`` is a key of ``Modality.options``'
+    result (what ``load`` and the rules read); ``value`` None leaves it unset (the model's own default)."""
+
+    option: str
+    label: str
+    minimum: float
+    maximum: float
+    value: float | None = None
+    step: float = 0.25
+
+
+@dataclass(frozen=True)
+class Display:
+    """How the web app shows one modality (read by ``demos/``; nothing here imports Gradio).
+
+    ``component`` names the Gradio output component class (``"HTML"``, ``"Image"``, ``"Audio"``), built only
+    when the app lays out a tab, with ``component_options``. ``value(output)`` turns one decoded output into
+    that component's value. ``live(target, frames, from_draft)`` (optional) builds a value from the committed
+    frames of row 0 (``[T, K]`` and ``[T]``) while a column streams, and for the finished output too when
+    ``live_final`` (text: the accepted-draft highlighting). ``methods`` are the tab's default
+    ``(drafter, rule)`` slots (rule ``"auto"``: greedy at temperature 0, else speculative); ``helps`` one line
+    per drafter on when it helps; ``examples`` ``(prompt, drafter, why)`` rows where that drafter clearly
+    wins; ``init`` the default Jacobi init; ``knobs`` modality options as number boxes; ``choices(target)``
+    (optional) the prompts a target accepts (class names), shown as a dropdown.
+    """
+
+    component: str
+    value: Callable[[Any], Any]
+    component_options: Mapping[str, Any] = field(default_factory=dict)
+    live: Callable[[Target, Any, Any], Any] | None = None
+    live_final: bool = False
+    methods: tuple[tuple[str, str], ...] = ()
+    helps: Mapping[str, str] = field(default_factory=dict)
+    examples: tuple[tuple[str, str, str], ...] = ()
+    init: str = "random"
+    knobs: tuple[Knob, ...] = ()
+    choices: Callable[[Target], list] | None = None

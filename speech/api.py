@@ -19,6 +19,7 @@ from mmspec import accept
 from mmspec.bench import Method, Suite
 from mmspec.modalities import Modality
 
+from .display import DISPLAY
 from .drafters import CodecLookupDrafter, lookup_init
 from .relaxed import relaxed_rule
 from .target import META_NAME, SpeechTarget, texts_of
@@ -121,5 +122,6 @@ MODALITY = Modality(
     inits={"codec-lookup": lookup_init},
     drafters={"codec-lookup": lambda target, **opts: CodecLookupDrafter()},  # training-free, per codebook
     rules={"relaxed": RELAXED}, suite=SUITE, extension=".wav",
+    display=DISPLAY,
     notes="Text-to-speech codec LM from the offline zoo (4 codebooks, 50 frames/s), or MusicGen by folder or hub id.",
 )

@@ -20,8 +20,14 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--no-first-run", "--disable-sync"]
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts" / "app"
-# tab -> (max new frames, what its output must show)
+# tab -> max new frames for its run
 RUNS = {"text": 12, "image": 16, "speech": 12}
+
+
+def _title(modality: str) -> str:
+    from mmspec import modalities
+
+    return modalities.get(modality).title
 
 
 def _free_port() -> int:
@@ -60,7 +66,7 @@ def page(url):
 def test_tab_runs_and_shows_outputs_and_stats(page, modality):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     # 1. Open the tab and set a small number of new frames.
-    page.get_by_role("tab", name=modality.capitalize()).click()
+    page.get_by_role("tab", name=_title(modality)).click()
     box = page.locator(f"#maxnew-{modality} input[type=number]")
     box.fill(str(RUNS[modality]))
     box.press("Tab")
@@ -73,8 +79,15 @@ def test_tab_runs_and_shows_outputs_and_stats(page, modality):
         assert "wall" in page.locator(f"#stats-{modality}-{c}").inner_text()
         assert "speedup" in page.locator(f"#stats-{modality}-{c}").inner_text()
         out = page.locator(f"#out-{modality}-{c}")
-        if modality == "text":
-            assert out.inner_text().strip()
+        assert "running" not in page.locator(f"#stats-{modality}-{c}").inner_text()
+        if modality == "text":  # a monospace code block; drafted runs marked without padding
+            code = out.locator("pre.mm-code")
+            assert code.inner_text().strip()
+            assert "monospace" in code.evaluate("e => getComputedStyle(e).fontFamily")
+            assert code.evaluate("e => getComputedStyle(e).whiteSpace") == "pre"
+            marks = out.locator("mark.mm-draft")
+            if marks.count():
+                assert marks.first.evaluate("e => getComputedStyle(e).paddingLeft") == "0px"
         elif modality == "image":
             assert out.locator("img").count() >= 1
         else:
@@ -90,7 +103,7 @@ def test_tab_runs_and_shows_outputs_and_stats(page, modality):
 
 def test_stop_cancels_and_the_app_keeps_serving(page):
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    page.get_by_role("tab", name="Text").click()
+    page.get_by_role("tab", name=_title("text")).click()
     box = page.locator("#maxnew-text input[type=number]")
     box.fill("200")
     box.press("Tab")
@@ -100,6 +113,9 @@ def test_stop_cancels_and_the_app_keeps_serving(page):
     page.locator("#stop-text").click()
     try:
         status.get_by_text("Stopped").wait_for(timeout=30_000)
+        page.wait_for_timeout(1500)  # the run's last update
+        for c in range(4):  # Stop clears every "running…" label
+            assert "running" not in page.locator(f"#stats-text-{c}").inner_text()
     finally:
         page.screenshot(path=str(ARTIFACTS / "text-stopped.png"), full_page=True)
     # the next run still completes
@@ -110,3 +126,18 @@ def test_stop_cancels_and_the_app_keeps_serving(page):
         status.get_by_text("Done on").wait_for(timeout=120_000)
     finally:
         page.screenshot(path=str(ARTIFACTS / "text-after-stop.png"), full_page=True)
+
+
+def test_overlong_prompt_and_unserved_model_are_refused_on_screen(page):
+    from mmspec.demos.serving import Server
+
+    page.get_by_role("tab", name=_title("text")).click()
+    prompt = page.locator("#prompt-text textarea")
+    original = prompt.input_value()
+    long = "x" * (Server().max_prompt_chars + 1)
+    prompt.fill(long)
+    assert prompt.input_value() == long  # the box does not cut it
+    page.locator("#run-text").click()
+    status = page.locator("#status-text")
+    status.get_by_text("this server allows").wait_for(timeout=30_000)
+    prompt.fill(original)

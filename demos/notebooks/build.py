@@ -89,14 +89,15 @@ def show(images, scale=4):
     for im in images:
         display(im.resize((im.width * scale, im.height * scale), 0))'''),
     ("md", "## Baseline: autoregressive sampling (temperature 1)"),
-    ("code", '''baseline = mmspec.image.generate("red ring", method="autoregressive", seed=0)
+    ("code", '''baseline = mmspec.image.generate("red ring", "none", "speculative", temperature=1.0, seed=0)
 show(baseline.outputs)
 print(baseline.stats["steps"], "target forwards,", round(baseline.stats["wall_s"], 2), "s")'''),
     ("md", "## SJD and Jacobi (greedy)"),
     ("code", '''runs = {
-    "sjd (init random)": mmspec.image.generate("red ring", method="sjd", seed=0),
-    "sjd (init left)": mmspec.image.generate("red ring", method="sjd", init="left", seed=0),
-    "jacobi (greedy)": mmspec.image.generate("red ring", method="jacobi", seed=0),
+    "sjd (init random)": mmspec.image.generate("red ring", "jacobi", "speculative", temperature=1.0, seed=0),
+    "sjd (init left)": mmspec.image.generate("red ring", "jacobi", "speculative", temperature=1.0, init="left",
+                                         seed=0),
+    "jacobi (greedy)": mmspec.image.generate("red ring", "jacobi", "greedy", seed=0),
 }
 for name, gen in runs.items():
     print(name, "-", gen.stats["steps"], "target forwards")
@@ -104,7 +105,8 @@ for name, gen in runs.items():
     ("md", "## Speedup"),
     ("code", PLOT + "\n\nplot_speedup(runs, baseline)"),
     ("md", "## Several classes in one batch"),
-    ("code", '''gen = mmspec.image.generate(["blue square", "green triangle", "yellow cross"], method="sjd", seed=3)
+    ("code", '''gen = mmspec.image.generate(["blue square", "green triangle", "yellow cross"], "jacobi", "speculative",
+                            temperature=1.0, seed=3)
 show(gen.outputs)'''),
 ]
 
@@ -127,9 +129,9 @@ options = dict(max_new_tokens=100, k=4, rule=mmspec.accept.reproducible,
                sampling=mmspec.Sampling(temperature=1.0), seed=0)'''),
     ("md", "## Baseline"),
     ("code", '''baseline = mmspec.autoregressive(target, text, **options)
-wav = baseline.outputs[0]
-print(f"{len(wav) / wav.sample_rate:.2f} s of audio in {baseline.stats['wall_s']:.2f} s")
-display(Audio(wav.numpy(), rate=wav.sample_rate))'''),
+out = baseline.outputs[0]  # an Audio (or a waveform tensor with .sample_rate); gen.save("out.wav") writes WAV
+print(f"{len(out.numpy()) / out.sample_rate:.2f} s of audio in {baseline.stats['wall_s']:.2f} s")
+display(Audio(out.numpy(), rate=out.sample_rate))'''),
     ("md", "## Draft model and codec lookup"),
     ("code", '''runs = {
     "model drafter": mmspec.generate(target, mmspec.ModelDrafter(draft), text, **options),
@@ -147,7 +149,7 @@ NEW_DRAFTER = [
 
 A drafter is any object with three methods:
 
-* `start(target, sampler)`: called once after the target's prefill (`target.prompt_frames()` gives each row's prompt frames `[L, K]`);
+* `start(target, sampler, prompt, max_new_tokens)`: called once after the target's prefill, with the run's budget (`target.prompt_frames()` gives each row's prompt frames `[L, K]`);
 * `propose(last, k) -> Draft`: guess up to `k` frames after `last` (`[B, 1, K]`); return `Draft(tokens=[B, D, K])`
   (add `probs=[B, D, K, V]` only if you sampled the guesses);
 * `observe(step, target_logits)`: see what the step committed (`step.frames`, `[B, n, K]`, PAD = -1 after a row's end).
@@ -164,7 +166,7 @@ target = TextTarget.from_pretrained("zoo:code-target")'''),
     ("code", '''class BigramDrafter:
     """Guess the token that followed the current token most recently; chain k guesses."""
 
-    def start(self, target, sampler):
+    def start(self, target, sampler, prompt, max_new_tokens):
         self.next = [{} for _ in target.prompt_frames()]  # per row: token -> following token
         self.prev = []
         for table, frames in zip(self.next, target.prompt_frames()):

@@ -1,0 +1,74 @@
+"""One tab's Run: check everything, load the served models, then decode the baseline and each method with
+the same seed, streaming the UI tuple (``views.outputs``) as the columns fill. Bad input never raises: it
+yields a status line starting with "**Error:**" and stops.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import torch
+
+from mmspec import methods, modalities
+from mmspec.modalities import Modality
+
+from . import views
+from .serving import UI_EVERY_S, Column, Inputs, Server, check_inputs, options, plan, run_column
+
+EMPTY = ("", [], None) + ("", None, "") * views.COLUMNS
+
+
+def run_tab(server: Server, name: str, inputs: Inputs, progress=None, stop: threading.Event | None = None):
+    """Generator behind one tab's Run; ``stop`` (the Stop button) ends it after the current step."""
+    try:
+        mod = modalities.get(name)
+        sampling = check_inputs(server, mod, inputs)
+        todo = plan(mod, inputs, sampling.temperature)
+        opts = options(mod, inputs.knobs)
+        prompts = mod.prompts(inputs.prompt, 1)
+        target_name = server.check_model(mod, inputs.target)
+        draft_name = server.check_model(mod, inputs.draft) if any(d == "model" for d, _ in todo) else None
+        yield (f"Loading **{target_name}**…",) + EMPTY[1:]
+        target = server.load(mod, target_name, opts)
+        draft = server.load(mod, draft_name, opts) if draft_name else None
+        if draft is not None:
+            target.check_draft(draft)
+        for drafter, rule in todo:  # every name and rule builds before the long part
+            methods.make_drafter(drafter, mod, target=target, draft=draft, init=inputs.init, options=opts)
+            methods.make_rule(rule, mod, target, opts)
+        yield from _run_plan(server, mod, target, draft, todo, prompts, opts, sampling, inputs, progress, stop)
+    except Exception as err:  # noqa: BLE001 - bad names, paths, values or a model the adapter refuses: say so
+        msg = str(err).strip().strip('"') if isinstance(err, (ValueError, OSError, KeyError)) else \
+            f"{type(err).__name__}: {err}"
+        yield (f"**Error:** {msg or type(err).__name__}",) + EMPTY[1:]
+
+
+def _run_plan(server, mod: Modality, target, draft, todo, prompts, opts, sampling, inputs, progress, stop):
+    """Baseline, then each method, same seed; each column streams; then the table, plot and banners."""
+    cols: list[Column] = []
+    greedy, max_new = sampling.greedy, int(inputs.max_new)
+    for i, (drafter_name, rule_name) in enumerate(todo):
+        col = Column(drafter_name, rule_name)
+        cols.append(col)
+        drafter = methods.make_drafter(drafter_name, mod, target=target, draft=draft, init=inputs.init, options=opts)
+        rule = methods.make_rule(rule_name, mod, target, opts)
+        last = 0.0
+        for _ in run_column(server, col, target, drafter, draft, prompts, rule=rule, sampling=sampling,
+                            k=int(inputs.k), max_new=max_new, seed=int(inputs.seed)):
+            if stop is not None and stop.is_set():
+                cols += [Column(d, r) for d, r in todo[len(cols):]]
+                for c in cols:
+                    c.stopped = not c.done
+                yield views.outputs(mod, target, views.STOPPED, cols, greedy)
+                return
+            if progress is not None:
+                progress((i + min(col.made / max_new, 1.0)) / len(todo), desc=f"{col.label}: {col.made}/{max_new}")
+            if col.done or time.perf_counter() - last > UI_EVERY_S:
+                last = time.perf_counter()
+                status = f"Running {i + 1}/{len(todo)}: **{col.label}** — {col.made}/{max_new} {mod.unit}"
+                yield views.outputs(mod, target, status, cols, greedy)
+    rows = [views.stats_row(c, cols[0]) for c in cols[1:]]
+    summary = ", ".join(f"{r['method']} **{r['speedup']:.2f}x**" for r in rows if r["speedup"])
+    device = f"{torch.device(target.device).type}, {torch.get_num_threads()} threads"
+    status = f"Done on {device} (seed {inputs.seed}). Speedup over baseline: {summary or '—'}"
+    yield views.outputs(mod, target, status, cols, greedy, final=True)
