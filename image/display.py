@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mmspec.modalities import Display
+from mmspec.modalities import Display, Knob
 from mmspec.types import PAD
 
 SHOWN_SIZE = 192  # pixels on screen for small images
@@ -39,7 +39,6 @@ DISPLAY = Display(
         ("red ring", "lookahead", "a repeated curve: lookahead is close to Jacobi"),
     ),
     init="left",
-    # knobs=(Knob("guidance_scale", ...),) waits for image.api.load to pass guidance_scale on: today
-    # ImageTarget.from_pretrained takes cfg_scale, so setting it fails with a TypeError
+    knobs=(Knob("guidance_scale", "guidance scale (1 = unguided)", 0.0, 10.0, value=None, step=0.5),),
     choices=lambda target: list(getattr(target, "class_names", None) or []),
 )

@@ -106,7 +106,8 @@ class Step:
     from_draft: Tensor  # [B, n] True where the frame is an accepted draft frame
     n_drafted: int  # N: nodes drafted (a chain's length)
     n_accepted: Tensor  # [B] accepted draft frames per row (before the batch minimum)
-    pos: Tensor  # [B] committed frames per row after this step (prompt included): the target's ``pos``
+    pos: Tensor  # [B] the target's ``pos`` after this step: frames in its cache, prompt included (the newest
+    # committed frame is not among them: it is fed with the next verify forward)
     path: Tensor | None = None  # [B, n - 1] the draft nodes committed from each row's accepted path (None: chain)
 
 

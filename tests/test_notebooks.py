@@ -6,7 +6,6 @@ the machine has installed elsewhere.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
