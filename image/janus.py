@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from mmspec import hf
+from mmspec import hf, tree
 
 from .target import grid_codes
 
@@ -124,25 +124,32 @@ class JanusTarget(hf.HFTarget):
 
     @torch.inference_mode()
     def forward(self, frames: Tensor, parents: Tensor | None = None) -> Tensor:
-        self.chain_only(parents)
         codes = frames[..., 0]  # [B, T]
         if self.guided:
             codes = torch.cat([codes, codes])
-        return self._run(self.model.prepare_embeddings_for_image_generation(codes))  # [B, T, 1, V]
+        return self._run(self.model.prepare_embeddings_for_image_generation(codes), parents=parents)  # [B, T, 1, V]
 
-    def _run(self, embeds: Tensor, keep_last: bool = False) -> Tensor:
-        """Language model over ``embeds [B|2B, T, H]``; guided generation-head logits ``[B, T', 1, V]``."""
+    def _run(self, embeds: Tensor, keep_last: bool = False, parents: Tensor | None = None) -> Tensor:
+        """Language model over ``embeds [B|2B, T, H]`` (a token tree with ``parents [T] or [B, T]``); guided
+        generation-head logits ``[B, T', 1, V]``."""
         rows, T = embeds.shape[:2]
         pos = self.pos.repeat(rows // self.B)  # [B|2B]
-        mask = self.cache.grow(T)  # [B|2B, S + T]
-        out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=hf.position_ids(pos, T), use_cache=True,
+        if parents is not None:  # each node sees its ancestors and sits at pos + depth - 1
+            mask, positions = self.cache.tree(parents, pos, embeds.dtype)  # [R, 1, T, S + T], [R, T]
+            self.cache.grow(T)
+        else:
+            mask, positions = self.cache.grow(T), hf.position_ids(pos, T)  # [B|2B, S + T], [B|2B, T]
+        out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
                       **{self._cache_arg: self.cache.kv})
         hidden = out.last_hidden_state[:, -1:] if keep_last else out.last_hidden_state
         logits = self.model.model.generation_head(hidden).float()  # [B|2B, T', V]
         if self.guided:
-            # the input at position pos + t predicts grid index pos + t + 1 - first
-            index = (self.pos - self.first)[:1] + 1 + T - logits.shape[1] + torch.arange(logits.shape[1], device=self.device)
-            inside = hf.inside_interval(index, self.grid_tokens, self.guidance_interval)[None, :, None]  # [1, T', 1]
+            # the input at position pos + t (a tree: depth - 1 after pos) predicts grid index pos + t + 1 - first
+            step = (T - logits.shape[1] + torch.arange(logits.shape[1], device=self.device))[None]  # [1, T']
+            if parents is not None:
+                step = tree.depths(hf.rows_of(parents, self.B)) - 1  # [B, T]
+            index = (self.pos - self.first)[:1, None] + 1 + step
+            inside = hf.inside_interval(index, self.grid_tokens, self.guidance_interval)[..., None]  # [1|B, T', 1]
             logits = hf.guide(logits[: self.B], logits[self.B:], self.guidance_scale, inside)
         self.pos = self.pos + T
         return logits[:, :, None, :]  # [B, T', 1, V]

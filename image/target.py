@@ -23,7 +23,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from mmspec import files, hf
+from mmspec import files, hf, tree
 from mmspec.hf import check_guidance  # noqa: F401  (importable from here, as before)
 
 ZOO = Path(__file__).parent / "zoo"
@@ -153,21 +153,27 @@ class ImageTarget(hf.HFTarget):
 
     @torch.inference_mode()
     def forward(self, frames: Tensor, parents: Tensor | None = None) -> Tensor:
-        self.chain_only(parents)
         ids = frames[..., 0] + self.code_offset  # [B, T] model ids
         if self.guided:
             ids = torch.cat([ids, ids])  # [2B, T] the same codes feed both halves
-        return self._run(ids)  # [B, T, 1, V]
+        return self._run(ids, parents)  # [B, T, 1, V]
 
-    def _run(self, ids: Tensor) -> Tensor:
-        """Model forward over ``ids [B or 2B, T]`` at ``pos``; guided code logits ``[B, T, 1, V]``; pos += T."""
+    def _run(self, ids: Tensor, parents: Tensor | None = None) -> Tensor:
+        """Model forward over ``ids [B or 2B, T]`` at ``pos`` (a token tree with ``parents [T] or [B, T]``);
+        guided code logits ``[B, T, 1, V]``; pos += T."""
         T = ids.shape[1]
-        out = self.model(input_ids=ids, use_cache=True, **{self._cache_arg: self.cache.kv})
+        kwargs = {self._cache_arg: self.cache.kv}
+        step = torch.arange(T, device=self.device)[None, :]  # [1, T] frames after pos (a tree: depth - 1)
+        if parents is not None:  # each node sees its ancestors and sits at pos + depth - 1
+            rows = self.pos.repeat(ids.shape[0] // self.B)  # [B|2B]
+            kwargs["attention_mask"], kwargs["position_ids"] = self.cache.tree(parents, rows, self.model.dtype)
+            step = tree.depths(hf.rows_of(parents, self.B)) - 1  # [B, T]
+        out = self.model(input_ids=ids, use_cache=True, **kwargs)
         logits = out.logits[..., self.code_offset: self.code_offset + self.vocab_size].float()  # [B|2B, T, V]
         if self.guided:
-            # 2. guide only where the predicted grid index lies inside the interval
-            index = self.pos[:1] + torch.arange(T, device=self.device)  # [T] grid index predicted at each input
-            inside = hf.inside_interval(index, self.grid_tokens, self.guidance_interval)[None, :, None]  # [1, T, 1]
+            # 2. guide only where the predicted grid index (= position) lies inside the interval
+            index = self.pos[:1, None] + step  # [1 or B, T] grid index predicted at each input
+            inside = hf.inside_interval(index, self.grid_tokens, self.guidance_interval)[..., None]  # [1|B, T, 1]
             logits = hf.guide(logits[: self.B], logits[self.B:], self.guidance_scale, inside)
         self.pos = self.pos + T
         return logits[:, :, None, :]  # [B, T, 1, V]

@@ -8,6 +8,10 @@
 * **The cache**: ``KVCache`` holds the model's ``DynamicCache`` with what must stay aligned with it (the
   attention mask over left padding, the frames fed); ``HFTarget.keep`` crops them together through the
   cache's public ``crop(-n)``. ``cache_arg`` names the forward argument that takes it.
+* **Token trees**: ``KVCache.tree`` builds a tree's 4-D additive attention mask (padding and ancestors)
+  and its positions (pos + depth - 1); the models take a 4-D mask as is. ``KVCache.keep_path`` gathers
+  the accepted path's keys and values to the front per row (the per-layer ``keys`` / ``values`` of the
+  ``DynamicCache``: the one place that reads them) and drops the rest.
 * **Left-padded batches**: ``left_pad`` turns id rows into ``ids [B, L]`` and ``pads [B]``;
   ``padding_mask`` and ``position_ids`` follow, so positions count real tokens only.
 * **Classifier-free guidance over a doubled batch**: conditional rows first, unconditional rows second,
@@ -22,6 +26,8 @@ from typing import Any, Sequence
 
 import torch
 from torch import Tensor
+
+from . import tree
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -163,6 +169,61 @@ class KVCache:
                 self.fed = self.fed[:, :-remove]
         return remove
 
+    def tree(self, parents: Tensor, pos: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """Attention mask and positions for a token tree of ``T`` new frames over the cached positions.
+
+        ``parents [T] or [B, T]`` over the forward's own frames (-1 = child of the cached prefix; rows of a
+        doubled batch repeat it), ``pos [R]``: the position of a child of the cached prefix (the left-padding
+        offset already applied). Returns an additive ``mask [R, 1, T, S + T]`` in ``dtype`` (0 where frame t
+        may attend: every cached position that is not padding, its ancestors and itself; the dtype's min
+        elsewhere) and ``position_ids [R, T]`` = ``pos + depth - 1``. Call it before ``grow``.
+        """
+        R, S = pos.shape[0], self.length
+        p = rows_of(parents, R)  # [R, T]
+        seen = tree.ancestors(p)  # [R, T, T]
+        cached = torch.ones(R, S, dtype=torch.bool, device=p.device) if self.mask is None else self.mask[:, :S].bool()
+        visible = torch.cat([cached[:, None, :].expand(R, p.shape[1], S), seen], dim=-1)  # [R, T, S + T]
+        mask = torch.zeros(visible.shape, dtype=dtype, device=p.device).masked_fill(~visible, torch.finfo(dtype).min)
+        return mask[:, None], (pos[:, None] + tree.depths(p) - 1).clamp(min=0)  # [R, 1, T, S + T], [R, T]
+
+    def keep_path(self, T: int, path: Tensor) -> None:
+        """After a forward of ``T`` frames: its frames at ``path [B, m]`` (rows may differ, same count) move
+        to the front of those T, in order, and the rest are dropped: every layer's keys and values (the
+        self-attention cache of an encoder-decoder model; the cross-attention cache is fixed), the mask and
+        the fed frames. Rows of a doubled batch (``R = 2B``) keep their row's path."""
+        layers = getattr(self.kv, "self_attention_cache", self.kv).layers
+        for layer in layers:
+            if getattr(layer, "is_sliding", False) or not isinstance(getattr(layer, "keys", None), Tensor):
+                raise ValueError(f"a {type(layer).__name__} cache layer cannot keep a tree path (parents); "
+                                 "use chain drafts with this model")
+            index = rows_of(path, layer.keys.shape[0])  # [R, m]
+            layer.keys = _gather_tail(layer.keys, 2, T, index)
+            layer.values = _gather_tail(layer.values, 2, T, index)
+        if self.mask is not None:
+            self.mask = _gather_tail(self.mask, 1, T, rows_of(path, self.mask.shape[0]))
+        if self.fed is not None:
+            self.fed = _gather_tail(self.fed, 1, T, rows_of(path, self.fed.shape[0]))
+
+
+def rows_of(index: Tensor, R: int) -> Tensor:
+    """``index [T]`` (shared) or ``[B, T]`` (per row) -> ``[R, T]``, repeating the B rows for each half of a
+    doubled batch (R = 2B: conditional rows first, unconditional second)."""
+    rows = index if index.dim() == 2 else index[None]
+    if R % rows.shape[0]:
+        raise ValueError(f"{rows.shape[0]} rows of parents or path do not divide the cache's {R} rows")
+    return rows.repeat(R // rows.shape[0], 1)
+
+
+def _gather_tail(x: Tensor, dim: int, T: int, index: Tensor) -> Tensor:
+    """``x`` whose last ``T`` entries along ``dim`` become those at ``index [R, m]`` (per row, in order)."""
+    head, tail = x.narrow(dim, 0, x.shape[dim] - T), x.narrow(dim, x.shape[dim] - T, T)
+    shape = [index.shape[0]] + [1] * (x.dim() - 1)
+    shape[dim] = index.shape[1]
+    full = list(tail.shape)
+    full[dim] = index.shape[1]
+    kept = tail.gather(dim, index.to(x.device).view(shape).expand(full))
+    return torch.cat([head, kept], dim=dim)
+
 
 class HFTarget:
     """Base of the Hugging Face adapters: ``cache`` (a ``KVCache``) and ``pos`` roll back together."""
@@ -170,15 +231,15 @@ class HFTarget:
     cache: KVCache
     pos: Tensor
 
-    def chain_only(self, tree) -> None:
-        """Refuse a token tree (``parents`` or a kept ``path``) where the adapter verifies chains only."""
-        if tree is not None:
-            raise ValueError(f"{type(self).__name__} verifies chains only, not token trees")
-
     def keep(self, pos: Tensor, path: Tensor | None = None) -> None:
-        """Forget everything after ``pos [B]``: the cache, its mask and fed frames, then ``pos``."""
-        self.chain_only(path)
-        self.cache.rollback(self.pos, pos, type(self).__name__)
+        """Forget everything after ``pos [B]``: the cache, its mask and fed frames, then ``pos``. With
+        ``path [B, m]`` (a token tree): of the last forward's frames, those at ``path`` stay, in order."""
+        now = self.pos
+        if path is not None:
+            T = int((self.pos - pos).max()) + path.shape[1]  # frames of the last forward (pos = before + m)
+            self.cache.keep_path(T, path)
+            now = self.pos - T + path.shape[1]
+        self.cache.rollback(now, pos, type(self).__name__)
         self.pos = pos.clone()
 
 

@@ -163,6 +163,8 @@ def conformance(make_target: Callable[[], Any], prompts: Sequence, *, draft: Cal
     target = make_target()
     check_shapes(target, join(list(prompts[:2])), frames, budget)
     check_keep(make_target, prompts[0], frames, budget, atol)
+    for shared in (True, False):
+        check_tree(make_target, join(list(prompts[:2])), budget, atol, shared=shared)
     with NoPad():  # 1. every model and decoder call below sees no PAD id
         both = mmspec.autoregressive(target, join(list(prompts[:2])), max_new_tokens=budget)
         check_rows_alone(target, prompts[:2], both, budget)
@@ -214,6 +216,62 @@ def check_keep(make_target, prompt, T: int, budget: int, atol: float) -> None:
     target.keep(p0 + 1)
     torch.testing.assert_close(target.forward(b[:, 1:]), want[:, 1:], atol=atol, rtol=atol,
                                msg="partial rollback != fresh prefill")
+
+
+# A tree of three branches after the root x0 (the first frame of the forward): (branch, depth) per node.
+TREE = [("y", 1), ("y", 2), ("w", 1), ("x", 1), ("x", 2), ("y", 3)]
+TREE_ROW = [("x", 1), ("w", 1), ("y", 1), ("x", 2), ("y", 2), ("y", 3)]  # another order, for per-row parents
+
+
+def _tree_layout(order) -> tuple[list[int], dict]:
+    """Parents over the forward's frames ``[x0, nodes...]`` and each (branch, depth)'s frame index."""
+    index = {node: i + 1 for i, node in enumerate(order)}
+    parents = [-1] + [index[(b, d - 1)] if d > 1 else 0 for b, d in order]
+    return parents, index
+
+
+def _tree_branches(target, prompt, budget: int) -> tuple[Tensor, dict]:
+    """The root ``x0 [B, 1, K]`` and three branches of 3 frames after it, each valid where it stands."""
+    first = target.start(prompt, budget)
+    x = sample_frames(target, first, 4, seed=11)  # [B, 4, K]: x0 and branch x
+    after = target.forward(x[:, :1])
+    branches = {"x": x[:, 1:], "y": sample_frames(target, after, 3, seed=12), "w": sample_frames(target, after, 3, seed=13)}
+    target.keep(target.pos - 1)
+    return x[:, :1], branches
+
+
+def check_tree(make_target, prompt, budget: int, atol: float, shared: bool = True) -> None:
+    """Forward a token tree, keep one path per row, then one more frame: the logits of the kept frames and
+    of the next frame equal a fresh prefill's fed the path as a chain. Row 0 keeps branch x (not the first
+    branch), row 1 branch y; ``shared``: one ``parents [T]`` for the batch, else ``[B, T]`` (row 1 in
+    another order). A batch of one keeps branch x."""
+    root, branches = _tree_branches(make_target(), prompt, budget)
+    B = root.shape[0]
+    orders = [TREE if shared or b == 0 else TREE_ROW for b in range(B)]
+    keeps = ["x" if b == 0 else "y" for b in range(B)]
+    rows, parents, paths = [], [], []
+    for b, (order, keep) in enumerate(zip(orders, keeps)):
+        par, index = _tree_layout(order)
+        rows.append(torch.cat([root[b]] + [branches[br][b, d - 1: d] for br, d in order]))  # [T, K]
+        parents.append(par)
+        paths.append([0, index[(keep, 1)], index[(keep, 2)]])
+    frames, path = torch.stack(rows), torch.tensor(paths, device=root.device)  # [B, T, K], [B, 3]
+    parents = torch.tensor(parents[0] if shared else parents, device=root.device)  # [T] or [B, T]
+    target = make_target()
+    target.start(prompt, budget)
+    p0 = target.pos.clone()
+    logits = target.forward(frames, parents)  # [B, T, K, V]
+    target.keep(p0 + 3, path)
+    kept = frames.gather(1, path[..., None].expand(B, 3, frames.shape[-1]))  # [B, 3, K]
+    fresh = make_target()
+    fresh.start(prompt, budget)
+    want = fresh.forward(kept)
+    got = logits.gather(1, path[..., None, None].expand(B, 3, *logits.shape[2:]))
+    torch.testing.assert_close(got, want, atol=atol, rtol=atol, msg="tree logits of the kept path != a chain's")
+    assert torch.equal(target.pos, fresh.pos), "keep(pos, path) must set pos"
+    nxt = want[:, -1:].argmax(-1)  # [B, 1, K]
+    torch.testing.assert_close(target.forward(nxt), fresh.forward(nxt), atol=atol, rtol=atol,
+                               msg="after keep(path) the next forward != a fresh prefill of prefix + path")
 
 
 def check_rows_alone(target, prompts: Sequence, both, budget: int) -> None:

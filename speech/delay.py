@@ -8,7 +8,7 @@ and pads after, MusicGen pads from there on. Only audio frame t whose every code
 (t + K - 1 < committed steps) is a real frame: never drafts, padding or special ids reach the codec.
 
 * ``apply_delay`` / ``revert_delay``: codes <-> delayed steps (training data, references).
-* ``phases``: where each (step, codebook) is in that life cycle, for the adapters' logit constraints.
+* ``phases`` (``phases_at`` for a tree's steps): where each (step, codebook) is in that life cycle, for the adapters' logit constraints.
 * ``committed_codes``: committed steps -> per row the codec codes of its complete frames (decoding).
 """
 from __future__ import annotations
@@ -43,6 +43,15 @@ def phases(first_step: int, T: int, K: int, end: int | Tensor, device) -> tuple[
     """
     s = torch.arange(first_step, first_step + T, device=device)[:, None]  # [T, 1]
     k = torch.arange(K, device=device)[None, :]  # [1, K]
+    return s < k, s == end + k, s > end + k
+
+
+def phases_at(steps: Tensor, K: int, end: int | Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``phases`` at explicit step indices ``steps [B, T]`` (a token tree: a node predicts step
+    ``first_step + depth - 1``), with ``end`` an int or per frame ``[B, T]``: BoolTensors ``[B, T, K]``."""
+    s = steps[..., None]  # [B, T, 1]
+    k = torch.arange(K, device=steps.device)  # [K]
+    end = end[..., None] if isinstance(end, Tensor) else end
     return s < k, s == end + k, s > end + k
 
 

@@ -17,6 +17,8 @@ Classifier-free guidance as ``generate`` does it: the text encoder's states are 
 ``uncond + guidance_scale * (cond - uncond)`` (float32), rolled back together; the default scale is the
 model's own ``generation_config.guidance_scale`` (3.0 if it has none). Rollback crops the decoder's
 self-attention cache through its public ``crop(-n)`` (the cross-attention cache is fixed; ``mmspec.hf``).
+A token tree runs in one forward: a 4-D self-attention mask, positions by depth (through the decoder's
+input embeddings: it takes no position ids) and the delay constraint at step first + depth - 1.
 The codebooks of one step come from K parallel heads over one hidden state, so per-codebook acceptance
 is exact (see ``speech/target.py``). ``decode`` reverts the delay (``speech/delay.py``) and decodes only
 complete frames with the model's own ``audio_encoder`` (EnCodec).
@@ -29,7 +31,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from mmspec import hf
+from mmspec import hf, tree
 
 from . import delay
 from .audio import Audio
@@ -120,7 +122,6 @@ class MusicgenTarget(hf.HFTarget):
 
     @torch.inference_mode()
     def forward(self, frames: Tensor, parents: Tensor | None = None) -> Tensor:
-        self.chain_only(parents)
         from transformers.modeling_outputs import BaseModelOutput
 
         B, T, K = frames.shape
@@ -129,8 +130,9 @@ class MusicgenTarget(hf.HFTarget):
         if self.guided:
             ids = ids.repeat(2, 1)
         first = self.cache.length  # decoder steps in the cache = the step the first logits predict (BOS: step 0)
+        inputs = {"decoder_input_ids": ids} if parents is None else self._tree_inputs(ids, parents)
         out = self.model(encoder_outputs=BaseModelOutput(last_hidden_state=self.encoded), attention_mask=self.enc_mask,
-                         decoder_input_ids=ids, use_cache=True, **{self._cache_arg: self.cache.kv})
+                         use_cache=True, **inputs, **{self._cache_arg: self.cache.kv})
         self.cache.kv = out.cache if self._cache_arg == "cache" else out.past_key_values
         logits = out.logits.float()  # [R * K, T, V_dec]
         # 2. Guidance, as ClassifierFreeGuidanceLogitsProcessor: uncond + scale * (cond - uncond).
@@ -138,7 +140,25 @@ class MusicgenTarget(hf.HFTarget):
             logits = hf.guide(*logits.split(B * K), self.guidance_scale)
         logits = logits.view(B, K, T, -1).permute(0, 2, 1, 3)  # [B, T, K, V_dec]
         self.pos = self.pos + T
-        return self._constrain(logits, first)  # [B, T, K, V_dec + 1]
+        steps = None if parents is None else first + tree.depths(hf.rows_of(parents, B)) - 1  # [B, T]
+        return self._constrain(logits, first, steps)  # [B, T, K, V_dec + 1]
+
+    def _tree_inputs(self, ids: Tensor, parents: Tensor) -> dict:
+        """Decoder inputs for a token tree over ``ids [R * K, T]``: a 4-D self-attention mask (ancestors
+        only) and the embeddings at positions ``pos + depth - 1``. MusicGen's decoder takes no position
+        ids: given ``inputs_embeds`` it adds the one sinusoid of its cache length to every frame, so the
+        embeddings carry the difference (``check_tree`` in the conformance suite holds it to a chain's)."""
+        decoder = self.model.decoder.model.decoder
+        R, T = ids.shape[0] // self.num_codebooks, ids.shape[1]
+        codes = ids.view(R, self.num_codebooks, T)
+        embeds = sum(decoder.embed_tokens[k](codes[:, k]) for k in range(self.num_codebooks))  # [R, T, H]
+        pos = self.pos.repeat(R // self.pos.shape[0])  # [R] decoder steps in the cache
+        mask, positions = self.cache.tree(parents, pos, embeds.dtype)  # [R, 1, T, S + T], [R, T]
+        table = decoder.embed_positions.weights
+        if int(positions.max()) >= table.shape[0]:
+            raise ValueError(f"a tree reaching position {int(positions.max())} exceeds MusicGen's {table.shape[0]} positions")
+        shift = table[positions] - table[self.cache.length]  # [R, T, H]
+        return {"decoder_inputs_embeds": embeds + shift.to(embeds.dtype), "decoder_attention_mask": mask}
 
     def finished(self, frames: Tensor) -> Tensor:
         return torch.zeros(frames.shape[:2], dtype=torch.bool, device=frames.device)  # fixed length N
@@ -161,13 +181,18 @@ class MusicgenTarget(hf.HFTarget):
         ends = [self.new_steps - self.num_codebooks + 1] * frames.shape[0]  # N - K + 1 audio frames per row
         return delay.committed_codes(frames, lengths, ends, self.codes_size)
 
-    def _constrain(self, logits: Tensor, first_step: int) -> Tensor:
-        """``[B, T, K, V_dec]`` -> ``[B, T, K, V_dec + 1]``: the pad column only (and alone) where delayed."""
+    def _constrain(self, logits: Tensor, first_step: int, steps: Tensor | None = None) -> Tensor:
+        """``[B, T, K, V_dec]`` -> ``[B, T, K, V_dec + 1]``: the pad column only (and alone) where delayed.
+        The frames predict steps first_step.. (a tree: ``steps [B, T]``, first_step + depth - 1)."""
         B, T, K, _ = logits.shape
-        waiting, closing, closed = delay.phases(first_step, T, K, self.new_steps - K + 1, logits.device)
-        delayed = waiting | closing | closed  # [T, K]: not started, or past the last audio frame
-        pad_col = torch.where(delayed, 0.0, float("-inf"))[None, :, :, None].expand(B, T, K, 1)
-        codes = logits.masked_fill(delayed[None, :, :, None], float("-inf"))
+        end = self.new_steps - K + 1
+        if steps is None:
+            waiting, closing, closed = delay.phases(first_step, T, K, end, logits.device)  # [T, K]
+        else:
+            waiting, closing, closed = delay.phases_at(steps, K, end)  # [B, T, K]
+        delayed = (waiting | closing | closed).expand(B, T, K)  # not started, or past the last audio frame
+        pad_col = torch.where(delayed, 0.0, float("-inf"))[..., None]  # [B, T, K, 1]
+        codes = logits.masked_fill(delayed[..., None], float("-inf"))
         return torch.cat([codes, pad_col.to(logits.dtype)], dim=-1)
 
     # -- pairing ---------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from mmspec import files, hf
+from mmspec import files, hf, tree
 
 from . import delay
 from .audio import Audio
@@ -143,13 +143,17 @@ class SpeechTarget(hf.HFTarget):
 
     @torch.inference_mode()
     def forward(self, frames: Tensor, parents: Tensor | None = None) -> Tensor:
-        self.chain_only(parents)
         T = frames.shape[1]
         first = self.cache.fed.shape[1]  # the step the first returned logits predict
-        mask = self.cache.grow(T, frames)  # [B, S + T]; fed [B, first + T, K]
-        out = self.model(audio_frames=frames, attention_mask=mask, past_key_values=self.cache.kv, use_cache=True)
+        kwargs = {}
+        if parents is not None:  # a token tree: each node sees its ancestors and sits at pos + depth - 1
+            kwargs["attention_mask"], kwargs["position_ids"] = self.cache.tree(parents, self.pos, self.model.dtype)
+            self.cache.grow(T, frames)
+        else:
+            kwargs["attention_mask"] = self.cache.grow(T, frames)  # [B, S + T]; fed [B, first + T, K]
+        out = self.model(audio_frames=frames, past_key_values=self.cache.kv, use_cache=True, **kwargs)
         self.pos = self.pos + T
-        return self._constrain(out.logits.float(), first_step=first)  # [B, T, K, V]
+        return self._constrain(out.logits.float(), first_step=first, parents=parents)  # [B, T, K, V]
 
     def finished(self, frames: Tensor) -> Tensor:
         """The step whose last codebook holds its EOS ends the row (K - 1 steps after codebook 0's)."""
@@ -176,15 +180,19 @@ class SpeechTarget(hf.HFTarget):
         wav = torch.zeros(0) if codes.shape[1] == 0 else self.codec.decode(codes[None].to(self.device))[0, 0].float().cpu()
         return Audio(wav, self.sample_rate)
 
-    def _constrain(self, logits: Tensor, first_step: int) -> Tensor:
-        """Mask ``logits [B, T, K, V]`` predicting steps first_step.. to the ids the delay pattern allows."""
+    def _constrain(self, logits: Tensor, first_step: int, parents: Tensor | None = None) -> Tensor:
+        """Mask ``logits [B, T, K, V]`` predicting steps first_step.. (a tree with ``parents``: first_step +
+        depth - 1) to the ids the delay pattern allows."""
         B, T, K, V = logits.shape
         dev = logits.device
         C, pad, eos, fed = self.codebook_size, self.pad_id, self.eos_id, self.cache.fed
-        # 1. e: step of the first EOS on codebook 0 among the fed frames (the BOS frame excluded).
-        is_eos = torch.cat([fed[:, 1:, 0] == eos, fed.new_ones(B, 1, dtype=torch.bool)], dim=1)
-        e = is_eos.long().argmax(1)[:, None, None]  # [B, 1, 1] (= steps fed when there is none: never < s)
-        waiting, closing, closed = delay.phases(first_step, T, K, e, dev)  # [T, K], [B, T, K], [B, T, K]
+        if parents is None:
+            # 1. e: step of the first EOS on codebook 0 among the fed frames (the BOS frame excluded).
+            is_eos = torch.cat([fed[:, 1:, 0] == eos, fed.new_ones(B, 1, dtype=torch.bool)], dim=1)
+            e = is_eos.long().argmax(1)[:, None, None]  # [B, 1, 1] (= steps fed when there is none: never < s)
+            waiting, closing, closed = delay.phases(first_step, T, K, e, dev)  # [T, K], [B, T, K], [B, T, K]
+        else:
+            waiting, closing, closed = self._tree_phases(first_step, parents, B, T)  # [B, T, K] each
         # 2. Which kind of id each (row, step, codebook) may take: codebook 0 at s == e is its own EOS step.
         first_book = torch.arange(K, device=dev) == 0  # [K]
         only_pad = waiting | closed  # [B, T, K]
@@ -195,6 +203,21 @@ class SpeechTarget(hf.HFTarget):
                               torch.where(only_eos[..., None], v == eos,
                                           (v < C) | (code_or_eos[..., None] & (v == eos))))  # [B, T, K, V]
         return logits.masked_fill(~allowed, float("-inf"))
+
+    def _tree_phases(self, first_step: int, parents: Tensor, B: int, T: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Delay phases ``[B, T, K]`` of a tree's frames: frame t predicts step ``first_step + depth(t) - 1``,
+        and its e is the first EOS on codebook 0 among the committed frames and its own ancestors (itself
+        included), never among other branches."""
+        p = hf.rows_of(parents, B)  # [B, T]
+        steps = first_step + tree.depths(p) - 1  # [B, T] the step each frame's logits predict
+        none = first_step + T  # "no EOS": never < s
+        before = self.cache.fed[:, 1:first_step, 0] == self.eos_id  # [B, first_step - 1] committed steps
+        first_eos = torch.cat([before, before.new_ones(B, 1)], dim=1).long().argmax(1)  # [B]
+        committed = torch.where(first_eos < before.shape[1], first_eos, none)  # [B]
+        is_eos = self.cache.fed[:, first_step:, 0] == self.eos_id  # [B, T] the tree's frames (fed at steps - 1)
+        seen = tree.ancestors(p) & is_eos[:, None, :]  # [B, T, T] an EOS on an ancestor (or itself)
+        own = torch.where(seen, (steps - 1)[:, None, :], none).min(-1).values  # [B, T]
+        return delay.phases_at(steps, self.num_codebooks, torch.minimum(committed[:, None], own))
 
     # -- pairing ---------------------------------------------------------------------------------
     def check_draft(self, draft: "SpeechTarget") -> None:

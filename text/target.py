@@ -128,11 +128,13 @@ class TextTarget(hf.HFTarget):
 
     @torch.inference_mode()
     def forward(self, frames: Tensor, parents: Tensor | None = None, keep_last: bool = False) -> Tensor:
-        self.chain_only(parents)
         T = frames.shape[1]
         ids = frames[..., 0]  # [B, T]
         kwargs = {}
-        if self.padded:
+        if parents is not None:  # a token tree: 4-D mask over padding and ancestors, positions by depth
+            kwargs["attention_mask"], kwargs["position_ids"] = self.cache.tree(parents, self.pos, self.model.dtype)
+            self.cache.grow(T)
+        elif self.padded:
             kwargs["attention_mask"] = self.cache.grow(T)  # [B, S + T]
             kwargs["position_ids"] = hf.position_ids(self.pos, T)  # [B, T]
         if keep_last:
