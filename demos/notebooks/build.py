@@ -12,20 +12,29 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 PLOT = '''import matplotlib.pyplot as plt
+from mmspec import timing
 
-def plot_speedup(runs, baseline):
-    """Bar chart: wall-time speedup of each run over the autoregressive baseline."""
-    names = list(runs)
-    speedups = [baseline.stats["wall_s"] / runs[n].stats["wall_s"] for n in names]
+
+def plot_speedup(calls, repeats=3):
+    """Time the baseline and each method in interleaved rounds after a warm-up (``mmspec.timing``: the same
+    code as ``mmspec compare`` and ``mmspec bench``); bars: the median speedup, whiskers: min-max over rounds."""
+    results = timing.interleave(calls, repeats)
+    base = [g.wall_s for g in results["autoregressive"]]
+    names = [n for n in results if n != "autoregressive"]
+    spreads = [timing.ratio_spread(base, [g.wall_s for g in results[n]]) for n in names]
+    low = [s.median - s.low for s in spreads]
+    high = [s.high - s.median for s in spreads]
     plt.figure(figsize=(5, 2.2))
-    plt.barh(names, speedups, color="tab:blue")
+    plt.barh(names, [s.median for s in spreads], xerr=[low, high],
+             color=["tab:gray" if s.straddles(1.0) else "tab:blue" for s in spreads])
     plt.axvline(1.0, color="k", ls="--", lw=0.8)
-    plt.xlabel("speedup over autoregressive (this CPU)")
+    plt.xlabel(f"speedup over autoregressive (median of {repeats} rounds, this CPU)")
     plt.gca().invert_yaxis()
     plt.show()
-    for n, s in zip(names, speedups):
-        st = runs[n].stats
-        print(f"{n:28} speedup {s:5.2f}  mean accepted {st['mean_accepted']:.2f}  acceptance {st['acceptance_rate']:.2f}")'''
+    env = timing.machine("cpu")
+    for n, s in zip(names, spreads):
+        st, flags = results[n][-1].stats, timing.flags(s, [g.wall_s for g in results[n]], env)
+        print(f"{n:24} speedup {s}  frames per forward {st['mean_accepted']:.2f}  {'; '.join(flags)}")'''
 
 SETUP = '''import torch
 torch.set_num_threads(2)  # small models on a laptop CPU: a couple of threads is fastest
@@ -61,7 +70,13 @@ for name, gen in runs.items():
     print(f"--- {name}: identical to the baseline, {gen.stats['steps']} target forwards instead of {baseline.stats['steps']}")
 print(runs["model drafter"].outputs[0])'''),
     ("md", "## Speedup\nOn a busy laptop CPU the numbers are noisy; `mmspec bench --suite text` measures properly (warm-up, repeats)."),
-    ("code", PLOT + "\n\nplot_speedup(runs, baseline)"),
+    ("code", PLOT + '''
+
+plot_speedup({
+    "autoregressive": lambda: mmspec.autoregressive(target, prompt, max_new_tokens=48),
+    "model drafter": lambda: mmspec.generate(target, mmspec.ModelDrafter(draft), prompt, max_new_tokens=48, k=4),
+    "prompt lookup": lambda: mmspec.generate(target, mmspec.PromptLookupDrafter(), prompt, max_new_tokens=48, k=4),
+})'''),
     ("md", """## Sampling
 At temperature > 0 the **speculative** rule (rejection sampling) keeps the target's distribution exactly;
 **reproducible** additionally returns the very same sample as autoregressive decoding with the same seed."""),
@@ -103,7 +118,14 @@ for name, gen in runs.items():
     print(name, "-", gen.stats["steps"], "target forwards")
     show(gen.outputs)'''),
     ("md", "## Speedup"),
-    ("code", PLOT + "\n\nplot_speedup(runs, baseline)"),
+    ("code", PLOT + '''
+
+plot_speedup({
+    "autoregressive": lambda: mmspec.image.generate("red ring", "none", "speculative", temperature=1.0, seed=0),
+    "sjd (init random)": lambda: mmspec.image.generate("red ring", "jacobi", "speculative", temperature=1.0, seed=0),
+    "sjd (init left)": lambda: mmspec.image.generate("red ring", "jacobi", "speculative", temperature=1.0,
+                                                     init="left", seed=0),
+})'''),
     ("md", "## Several classes in one batch"),
     ("code", '''gen = mmspec.image.generate(["blue square", "green triangle", "yellow cross"], "jacobi", "speculative",
                             temperature=1.0, seed=3)
@@ -129,8 +151,9 @@ options = dict(max_new_tokens=100, k=4, rule=mmspec.accept.reproducible,
                sampling=mmspec.Sampling(temperature=1.0), seed=0)'''),
     ("md", "## Baseline"),
     ("code", '''baseline = mmspec.autoregressive(target, text, **options)
-out = baseline.outputs[0]  # an Audio (or a waveform tensor with .sample_rate); gen.save("out.wav") writes WAV
-print(f"{len(out.numpy()) / out.sample_rate:.2f} s of audio in {baseline.stats['wall_s']:.2f} s")
+out = baseline.outputs[0]  # an mmspec Audio: waveform and sample rate
+print(f"{out.seconds:.2f} s of audio in {baseline.stats['wall_s']:.2f} s")
+print("saved", baseline.save("hello.wav"))  # 16-bit mono WAV
 display(Audio(out.numpy(), rate=out.sample_rate))'''),
     ("md", "## Draft model and codec lookup"),
     ("code", '''runs = {
@@ -141,7 +164,13 @@ for name, gen in runs.items():
     print(name, "- same frames as the baseline:", gen.token_ids() == baseline.token_ids())
     display(Audio(gen.outputs[0].numpy(), rate=gen.outputs[0].sample_rate))'''),
     ("md", "## Speedup\nTiny models on a CPU gain little: a verify forward over 5 frames costs more than one over 1. On a GPU the forward cost is flat in the number of frames, which is where the accepted length pays."),
-    ("code", PLOT + "\n\nplot_speedup(runs, baseline)"),
+    ("code", PLOT + '''
+
+plot_speedup({
+    "autoregressive": lambda: mmspec.autoregressive(target, text, **options),
+    "model drafter": lambda: mmspec.generate(target, mmspec.ModelDrafter(draft), text, **options),
+    "codec lookup": lambda: mmspec.generate(target, CodecLookupDrafter(), text, **options),
+})'''),
 ]
 
 NEW_DRAFTER = [
@@ -209,9 +238,11 @@ print("batch of", len(prompts), "identical")'''),
     ("md", "## Measure it against the built-in prompt-lookup drafter"),
     ("code", PLOT + '''
 
-runs = {"bigram (this notebook)": mine,
-        "prompt lookup": mmspec.generate(target, mmspec.PromptLookupDrafter(), prompt, max_new_tokens=48, k=4)}
-plot_speedup(runs, baseline)'''),
+plot_speedup({
+    "autoregressive": lambda: mmspec.autoregressive(target, prompt, max_new_tokens=48),
+    "bigram (this notebook)": lambda: mmspec.generate(target, BigramDrafter(), prompt, max_new_tokens=48, k=4),
+    "prompt lookup": lambda: mmspec.generate(target, mmspec.PromptLookupDrafter(), prompt, max_new_tokens=48, k=4),
+})'''),
 ]
 
 NOTEBOOKS = {"01_text.ipynb": TEXT, "02_image.ipynb": IMAGE, "03_speech.ipynb": SPEECH, "04_new_drafter.ipynb": NEW_DRAFTER}
