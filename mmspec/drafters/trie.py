@@ -64,16 +64,13 @@ class Trie:
 
     def fill(self, n: int, vocab_size: int, K: int) -> None:
         """Add filler nodes until the trie has ``n``: under the root first, then under each node in turn."""
-        for parent in [-1, *range(len(self.frames))]:
-            if self.depth_of(parent) >= self.max_depth:
-                continue
-            for v in range(vocab_size):
-                if len(self.frames) >= n:
-                    return
-                frame = (v,) + (0,) * (K - 1)
-                if (parent, frame) not in self.index:
-                    self.budget = max(self.budget or 0, n)
-                    self.child(parent, frame)
+        self.budget = max(self.budget or 0, n)
+        parent = -1
+        while len(self.frames) < n and parent < len(self.frames):
+            for v in range(vocab_size if self.depth_of(parent) < self.max_depth else 0):
+                if len(self.frames) < n:
+                    self.child(parent, (v,) + (0,) * (K - 1))  # an existing child is left as it is
+            parent += 1
         if len(self.frames) < n:
             raise RuntimeError(f"cannot fill a draft tree to {n} nodes at depth <= {self.max_depth}")
 
