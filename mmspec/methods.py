@@ -4,17 +4,21 @@ names through its ``Modality`` (``inits``, ``drafters``, ``rules``).
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 from . import accept
 from .accept import Rule, RuleSpec
-from .drafters import JacobiDrafter, LookaheadDrafter, ModelDrafter, PromptLookupDrafter
+from .drafters import JacobiDrafter, LookaheadDrafter, MixedDrafter, ModelDrafter, PromptLookupDrafter
 from .loop import generate
 from .modalities import Modality, Models
 from .protocols import Drafter, Target
 from .types import Generation, Sampling, count
 
 DRAFTERS = ("none", "model", "prompt-lookup", "jacobi", "lookahead")
+BRANCHING = ("model", "prompt-lookup", "lookahead")
+"""Core drafters that draft a token tree when given a node budget (``tree``); a modality's own drafter
+branches when its factory takes a ``tree`` parameter. ``"A+B"`` names a ``MixedDrafter`` of the parts."""
 INITS = ("pad", "random", "repeat")
 NGRAM = {"prompt-lookup": 3, "lookahead": 4}  # default n-gram length per drafter
 """``ngram`` is the n-gram length N everywhere: prompt lookup matches the last N..1 frames, lookahead keeps
@@ -33,35 +37,88 @@ def rule_specs(modality: Modality) -> dict[str, RuleSpec]:
     return {**accept.RULES, **modality.rules}
 
 
-def check_drafter(name: str, modality: Modality, *, init: str | Callable = "random", ngram: int | None = None) -> None:
-    """Validate a drafter name, init policy and n-gram length before any model loads."""
-    if name not in drafter_names(modality):
-        raise ValueError(f"unknown drafter {name!r} for {modality.name}; allowed: {', '.join(drafter_names(modality))}")
+def parts_of(name: str) -> list[str]:
+    """The drafters a name stands for: ``"prompt-lookup+model"`` -> ``["prompt-lookup", "model"]``."""
+    return name.split("+") if isinstance(name, str) else [name]
+
+
+def branches(name: str, modality: Modality) -> bool:
+    """Whether the drafter ``name`` (one part) can draft a tree."""
+    if name in modality.drafters:
+        return "tree" in inspect.signature(modality.drafters[name]).parameters
+    return name in BRANCHING
+
+
+def check_drafter(name: str, modality: Modality, *, init: str | Callable = "random", ngram: int | None = None,
+                  tree: int | None = None, width: int = 2, dynamic: bool = False) -> None:
+    """Validate a drafter name (one drafter, or ``"A+B"``), init policy, n-gram length and tree shape
+    before any model loads."""
+    parts, allowed = parts_of(name), drafter_names(modality)
+    if len(parts) > 1:
+        for part in parts:
+            if part not in allowed or part == "none":
+                raise ValueError(f"drafter {name!r}: unknown part {part!r}; parts of A+B are: "
+                                 f"{', '.join(d for d in allowed if d != 'none')}")
+        if len(set(parts)) < len(parts):
+            raise ValueError(f"drafter {name!r} names a part twice")
+    elif name not in allowed:
+        raise ValueError(f"unknown drafter {name!r} for {modality.name}; allowed: {', '.join(allowed)}, or A+B")
     if isinstance(init, str) and init not in init_names(modality):
         raise ValueError(f"unknown init {init!r}; allowed: {', '.join(init_names(modality))}")
     if ngram is not None:
-        count(ngram, "ngram (n-gram length)", minimum=2 if name == "lookahead" else 1)
+        count(ngram, "ngram (n-gram length)", minimum=2 if "lookahead" in parts else 1)
+    _check_tree(parts, modality, tree, width, dynamic)
+
+
+def _check_tree(parts: list[str], modality: Modality, tree, width, dynamic) -> None:
+    if tree is not None:
+        count(tree, "tree (node budget)")
+    count(width, "width (children per node)")
+    if not isinstance(dynamic, bool):
+        raise ValueError(f"dynamic must be True or False, got {dynamic!r}")
+    if dynamic and (tree is None or "model" not in parts):
+        raise ValueError("dynamic (EAGLE-2 trees) applies to the model drafter with a node budget: set tree and "
+                         "use drafter 'model' (or a mixture with it)")
+    if tree is not None and len(parts) == 1 and not branches(parts[0], modality):
+        raise ValueError(f"drafter {parts[0]!r} cannot draft a tree: leave tree unset (or mix it with one that "
+                         f"branches, e.g. {parts[0]}+prompt-lookup)")
 
 
 def make_drafter(name: str, modality: Modality, *, target: Target | None = None, draft: Target | None = None,
-                 init: str | Callable = "random", ngram: int | None = None, options: dict | None = None) -> Drafter | None:
+                 init: str | Callable = "random", ngram: int | None = None, options: dict | None = None,
+                 tree: int | None = None, width: int = 2, dynamic: bool = False) -> Drafter | None:
     """``none`` -> None (plain decoding); ``model`` needs ``draft``; ``jacobi``/``lookahead`` take ``init``;
-    a modality's own drafters are built by their factory from ``target`` and ``options``."""
-    check_drafter(name, modality, init=init, ngram=ngram)
+    a modality's own drafters are built by their factory from ``target`` and ``options``.
+
+    ``tree`` (node budget N) makes the drafters that branch draft token trees (``width`` children per
+    node and ``dynamic`` EAGLE-2 trees for the model drafter); ``"A+B"`` is a ``MixedDrafter`` of the
+    parts under the node budget ``tree`` (parts that branch get the same budget; None: chains merged)."""
+    check_drafter(name, modality, init=init, ngram=ngram, tree=tree, width=width, dynamic=dynamic)
+    parts = parts_of(name)
+    if len(parts) > 1:
+        made = [_make_one(part, modality, target, draft, init, ngram, options,
+                          tree if branches(part, modality) else None, width, dynamic) for part in parts]
+        return MixedDrafter(made, nodes=tree)
+    return _make_one(name, modality, target, draft, init, ngram, options, tree, width, dynamic)
+
+
+def _make_one(name, modality, target, draft, init, ngram, options, tree, width, dynamic) -> Drafter | None:
+    """One drafter by name (already checked)."""
     if name in modality.drafters:
-        return modality.drafters[name](target, **(options or {}))
+        shape = {} if tree is None else {"tree": tree, "width": width}
+        return modality.drafters[name](target, **(options or {}), **shape)
     init = modality.inits.get(init, init) if isinstance(init, str) else init
     if name == "none":
         return None
     if name == "model":
         if draft is None:
             raise ValueError("drafter 'model' needs a draft model (--draft NAME_OR_PATH)")
-        return ModelDrafter(draft)
+        return ModelDrafter(draft, tree=tree, width=width, dynamic=dynamic)
     if name == "prompt-lookup":
-        return PromptLookupDrafter(max_ngram=ngram or NGRAM[name])
+        return PromptLookupDrafter(max_ngram=ngram or NGRAM[name], tree=tree)
     if name == "jacobi":
         return JacobiDrafter(init=init)
-    return LookaheadDrafter(ngram=ngram or NGRAM[name], init=init)
+    return LookaheadDrafter(ngram=ngram or NGRAM[name], init=init, tree=tree)
 
 
 def make_rule(name: str, modality: Modality, target: Target | None = None, options: dict | None = None) -> Rule:

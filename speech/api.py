@@ -120,7 +120,7 @@ MODALITY = Modality(
     load=load, prompts=prompts, max_new_tokens=153, max_new_limit=400,  # 153 = 3 s at 50 frames/s + K - 1 closing steps
     add_arguments=add_arguments, options=options,
     inits={"codec-lookup": lookup_init},
-    drafters={"codec-lookup": lambda target, **opts: CodecLookupDrafter()},  # training-free, per codebook
+    drafters={"codec-lookup": lambda target, tree=None, width=2, **opts: CodecLookupDrafter(tree=tree, width=width)},  # training-free, per codebook
     rules={"relaxed": RELAXED}, suite=SUITE, extension=".wav",
     display=DISPLAY,
     notes="Text-to-speech codec LM from the offline zoo (4 codebooks, 50 frames/s), or MusicGen by folder or hub id.",

@@ -16,9 +16,17 @@ accept rule. Frames are the adapter's delayed steps; a codebook's own sequence i
 delayed and the plain layout, so the table fits raw codec codes ``[K, T]``.
 
 ``lookup_init`` is the same guess as a Jacobi init policy (``--drafter jacobi --init codec-lookup``).
+
+With ``tree=N`` the drafter branches: after a frame, up to ``width`` distinct alternatives (the chained
+guess above; then, per codebook, the followers of earlier occurrences of the current code, the newest
+first, each codebook falling back to the chained guess; then the corpus table's frame and the repeated
+frame) are siblings, K codebooks per node, all deterministic. Nodes enter the trie in order of how many
+non-first alternatives their path takes, then of depth: the chained guess to depth k first, then its
+one-step detours, until N nodes.
 """
 from __future__ import annotations
 
+import heapq
 from typing import Any, Iterable
 
 import torch
@@ -26,7 +34,8 @@ from torch import Tensor
 
 from mmspec.protocols import Target
 from mmspec.sampling import Sampler
-from mmspec.types import Draft, Step
+from mmspec.drafters.trie import Trie, stack
+from mmspec.types import Draft, Step, count
 
 
 def continue_codebooks(seq: Tensor, n: int, prior: Tensor | None = None) -> Tensor:
@@ -49,6 +58,24 @@ def continue_codebooks(seq: Tensor, n: int, prior: Tensor | None = None) -> Tens
         out.append(guess)
         seq = torch.cat([seq, guess[:, None]], dim=1)
     return torch.stack(out, dim=1) if out else seq[:, :0]  # [B, n, K]
+
+
+def alternatives(seq: Tensor, width: int, prior: Tensor | None = None) -> list[tuple]:
+    """Up to ``width`` distinct guesses of the frame after ``seq [S, K]``, the chained guess first."""
+    first = continue_codebooks(seq[None], 1, prior)[0, 0].tolist()  # [K]
+    cur = seq[-1]
+    followers = []  # per codebook: the codes that followed the current code, the newest first, distinct
+    for c in range(seq.shape[1]):
+        hits = (seq[:-1, c] == cur[c]).nonzero()[:, 0].flip(0)
+        followers.append(list(dict.fromkeys(seq[hits + 1, c].tolist())))
+    frames = [tuple(first)]
+    for i in range(1, width):
+        frames.append(tuple(f[i] if i < len(f) else first[c] for c, f in enumerate(followers)))
+    if prior is not None:
+        table = prior.to(seq.device)[torch.arange(seq.shape[1], device=seq.device), cur.clamp(max=prior.shape[1] - 1)]
+        frames.append(tuple(torch.where(table >= 0, table, cur).tolist()))
+    frames.append(tuple(cur.tolist()))
+    return list(dict.fromkeys(frames))[:width]
 
 
 def lookup_init(seq: Tensor, n: int) -> Tensor:
@@ -74,12 +101,15 @@ def fit_prior(codes: Iterable[Tensor], vocab_size: int) -> Tensor:
 
 
 class CodecLookupDrafter:
-    """Per-codebook lookup drafter (``start / propose / observe``); ``prior [K, V]`` from ``fit_prior``."""
+    """Per-codebook lookup drafter (``start / propose / observe``); ``prior [K, V]`` from ``fit_prior``;
+    ``tree=N`` drafts a trie of N nodes with up to ``width`` alternatives per frame (see above)."""
 
-    def __init__(self, prior: Tensor | None = None):
+    def __init__(self, prior: Tensor | None = None, tree: int | None = None, width: int = 2):
         if prior is not None and (prior.dim() != 2 or prior.dtype != torch.long):
             raise ValueError("prior must be a LongTensor [K, V] from fit_prior")
         self.prior = prior
+        self.tree = None if tree is None else count(tree, "tree (node budget)")
+        self.width = count(width, "width (children per node)")
 
     def start(self, target: Target, sampler: Sampler, prompt: Any, max_new_tokens: int) -> None:
         rows = [f.clone() for f in target.prompt_frames()]  # per row [L_b, K]
@@ -87,10 +117,29 @@ class CodecLookupDrafter:
             raise ValueError(f"prior has {self.prior.shape[0]} codebooks, the target {target.num_codebooks}")
         L = min(r.shape[0] for r in rows)
         self.history = torch.stack([r[-L:] for r in rows])  # [B, L, K] (aligned tails of the prompts)
+        self.vocab_size = target.vocab_size
 
     def propose(self, last: Tensor, k: int) -> Draft:
         # ``observe`` has already appended ``last`` (every step, the first one too) to the history.
+        if self.tree is not None:
+            return stack([self._trie(seq, k) for seq in self.history], self.vocab_size, last.shape[-1], last.device)
         return Draft(tokens=continue_codebooks(self.history, k, self.prior))  # [B, k, K]
+
+    def _trie(self, seq: Tensor, k: int) -> Trie:
+        """One row's trie after ``seq [S, K]``: nodes by (detours from the chained guess, depth)."""
+        trie = Trie(self.tree, k)
+        heap = [(int(r > 0), 1, r, -1, frame, seq) for r, frame in enumerate(alternatives(seq, self.width, self.prior))]
+        order = len(heap)  # the tie-breaker: nodes pushed earlier first
+        while heap and not trie.full:
+            detours, depth, _, parent, frame, before = heapq.heappop(heap)
+            node = trie.child(parent, frame)
+            if node is None or depth >= k:
+                continue
+            after = torch.cat([before, before.new_tensor([frame])])  # [S + depth, K]
+            for rank, nxt in enumerate(alternatives(after, self.width, self.prior)):
+                heapq.heappush(heap, (detours + (rank > 0), depth + 1, order, node, nxt, after))
+                order += 1
+        return trie
 
     def observe(self, step: Step, target_logits: Tensor) -> None:
         # Rows after their end hold PAD; they never end a step, so any id will do there.

@@ -8,8 +8,10 @@ the Jacobi window itself, which keeps the trajectory moving. Deterministic draft
 the greedy rule; with sampling rules the window guesses carry their q as in ``JacobiDrafter``.
 
 The original runs both branches in one forward with a 2-D attention mask; here each forward is either a
-candidate or the window, which keeps every adapter's plain causal cache. A tree over several candidates
-is a later speed path.
+candidate or the window, which keeps every adapter's plain causal cache. With ``tree=N`` the
+verification branch checks several pool candidates at once: every n-gram that starts with the newest
+frame (the newest first), merged into one trie of at most N nodes (equal prefixes shared). After a
+tree step the Jacobi window starts afresh (the verify logits were not over its trajectory).
 """
 from __future__ import annotations
 
@@ -21,18 +23,21 @@ from torch import Tensor
 
 from ..protocols import Target
 from ..sampling import Sampler
-from ..types import Draft, Step
+from ..types import Draft, Step, count
 from .jacobi import Init, JacobiDrafter
 from .ngram import frame_ids
+from .trie import Trie, stack
 
 
 class LookaheadDrafter:
-    def __init__(self, ngram: int = 4, pool_size: int = 4, init: str | Init = "repeat"):
+    def __init__(self, ngram: int = 4, pool_size: int = 4, init: str | Init = "repeat", tree: int | None = None):
         if not isinstance(ngram, int) or ngram < 2:
             raise ValueError(f"ngram must be an integer >= 2, got {ngram!r}")
         if not isinstance(pool_size, int) or pool_size < 1:
             raise ValueError(f"pool_size must be an integer >= 1, got {pool_size!r}")
         self.ngram, self.pool_size = ngram, pool_size
+        self.tree = None if tree is None else count(tree, "tree (node budget)")
+        self.branched = False  # the last proposal was a tree of pool candidates
         self.jacobi = JacobiDrafter(init=init)
 
     def start(self, target: Target, sampler: Sampler, prompt: Any, max_new_tokens: int) -> None:
@@ -60,8 +65,11 @@ class LookaheadDrafter:
     def propose(self, last: Tensor, k: int) -> Draft:
         keys = frame_ids(last[:, 0], self.V).tolist()
         found = [self.pools[b].get(key) for b, key in enumerate(keys)]
+        self.branched = False
         if not any(found):
             return self.jacobi.propose(last, k)
+        if self.tree is not None:
+            return self._trie(found, last, k)
         B, _, K = last.shape
         D = min(k, self.ngram - 1)
         tokens = last.expand(B, D, K).clone()
@@ -71,8 +79,22 @@ class LookaheadDrafter:
                 tokens[b] = gram[:D]
         return Draft(tokens=tokens)
 
+    def _trie(self, found: list, last: Tensor, k: int) -> Draft:
+        """The candidates of every row (the newest first) merged into one trie of at most ``tree`` nodes."""
+        tries = []
+        for cands in found:
+            trie = Trie(self.tree, min(k, self.ngram - 1))
+            for gram in reversed((cands or {}).values()):
+                trie.add(gram.tolist())
+            tries.append(trie)
+        self.branched = True
+        return stack(tries, self.V, last.shape[-1], last.device)
+
     def observe(self, step: Step, target_logits: Tensor) -> None:
         self.jacobi.observe(step, target_logits)
+        if self.branched:  # the verify forward was over the candidates' tree, not the window
+            self.jacobi.guess = self.jacobi.q = None
+            self.branched = False
         # Harvest the committed output and the trajectory: each committed frame followed by the
         # target's greedy predictions for the positions after it.
         guess = self.jacobi.guess

@@ -1,36 +1,66 @@
 """Draft-model speculation: a small autoregressive model of the same modality and vocabulary drafts k
-frames, keeping the distribution q each frame was sampled from (Leviathan et al. 2023; Chen et al. 2023).
+frames, keeping the distribution q each frame was sampled from (Leviathan et al. 2023; Chen et al. 2023),
+or a token tree of up to N nodes (SpecInfer, Miao et al. 2024; EAGLE-2's dynamic trees, Li et al. 2024).
 
 The draft model is itself a Target adapter (same ``start / forward / keep``), so any model the
 toolkit can verify with, it can also draft with. It starts on the same prompt with the run's real budget
 (so a draft whose rules depend on the length, such as a fixed-length delay pattern, follows the target's).
-Its cache is rolled back to the committed prefix after every step; committed frames it has not seen yet
-wait in a backlog and are fed with the next ``last``. The draft object must be a second model, never
-the target itself: they would share one cache.
+The draft object must be a second model, never the target itself: they would share one cache.
+
+Cache bookkeeping: the drafter remembers the frames it fed the draft model beyond the committed prefix
+(a chain, or a tree fed in one tree forward). After a step it walks the committed frames down what it
+fed, matching frames by content, so it keeps exactly the committed frames the model has already seen
+(``keep(pos)`` for a chain, ``keep(pos, path)`` for a tree), whichever drafter's branch they came from
+(``MixedDrafter``); the rest wait in a backlog and are fed with the next ``last``.
+
+Trees (``tree=N``): each depth is one draft forward with tree attention over every expanded node so far
+(the protocol's tree forward sees the cached prefix and a node's ancestors, so a deeper level re-feeds
+the expanded nodes above it; the cache is rolled back in between, and the last forward's frames stay
+for ``keep(pos, path)``). Children per expanded node, ``width`` of them:
+
+* greedy: the top-``width`` frames by draft probability (deterministic; a frame of K codebooks takes
+  the w-th choice of every codebook);
+* reproducible (keyed noise): the keyed Gumbel-max choice (coupled with the target's noise) first, then
+  the next top choices: deterministic given the past;
+* sampling rules, K = 1, static trees: ``width`` i.i.d. draws from q, with q passed as ``probs``
+  (multi-candidate speculative sampling with i.i.d. siblings); K > 1 or ``dynamic``: the deterministic
+  top choices (sampled siblings of several codebooks cannot be verified, and choosing among sampled
+  siblings by their probability would make them no longer i.i.d. draws from q).
+
+Static (``dynamic=False``): every node is expanded, breadth first, until N nodes or depth k. Dynamic
+(EAGLE-2): at each depth the ``width`` nodes of highest cumulative draft probability (the product along
+the path) are expanded; at the end the N nodes of highest cumulative probability are kept (ancestors
+come first among equals, so the kept set is ancestor-closed).
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from .. import tree as topology
 from ..protocols import Target
 from ..sampling import Sampler
-from ..types import Draft, Step
+from ..types import Draft, Step, count
 
 
 class ModelDrafter:
-    """``ModelDrafter(draft_target)`` drafts k frames per step.
+    """``ModelDrafter(draft_target)`` drafts k frames per step; ``tree=N`` drafts a tree of N nodes.
 
     ``adaptive=True`` treats the loop's k as the longest draft: the length starts there, shrinks by 1
     after a step with a rejection and grows by 2 after a step whose drafts were all accepted; ``confidence``
     stops drafting early once every row's draft token has probability below it. Both decide the draft
     length from the drafter's own past and present, never from the current step's accept randomness,
-    so every rule stays exact. ``confidence`` costs one device sync per drafted frame.
+    so every rule stays exact. ``confidence`` costs one device sync per drafted frame. Both shape a chain.
+
+    ``tree`` (node budget N), ``width`` (children per expanded node) and ``dynamic`` (EAGLE-2 expansion
+    and reranking) shape a tree; the loop's k is its depth. See the module docstring.
     """
 
-    def __init__(self, model: Target, adaptive: bool = False, confidence: float | None = None):
+    def __init__(self, model: Target, adaptive: bool = False, confidence: float | None = None,
+                 tree: int | None = None, width: int = 2, dynamic: bool = False):
         if not isinstance(model, Target):
             raise ValueError(f"the draft model must be an mmspec Target (e.g. TextTarget), got {type(model).__name__}")
         if not isinstance(adaptive, bool):
@@ -38,7 +68,15 @@ class ModelDrafter:
         if confidence is not None and (isinstance(confidence, bool) or not isinstance(confidence, (int, float))
                                        or not 0 < confidence < 1):
             raise ValueError(f"confidence must be in (0, 1) or None, got {confidence!r}")
-        self.model, self.adaptive, self.confidence = model, adaptive, confidence
+        if not isinstance(dynamic, bool):
+            raise ValueError(f"dynamic must be True or False, got {dynamic!r}")
+        self.tree = None if tree is None else count(tree, "tree (node budget)")
+        self.width = count(width, "width (children per node)")
+        if self.tree is not None and (adaptive or confidence is not None):
+            raise ValueError("adaptive and confidence shape a chain; with tree (a node budget) leave them unset")
+        if dynamic and self.tree is None:
+            raise ValueError("dynamic trees need a node budget: set tree (e.g. tree=16)")
+        self.model, self.adaptive, self.confidence, self.dynamic = model, adaptive, confidence, dynamic
 
     def start(self, target: Target, sampler: Sampler, prompt: Any, max_new_tokens: int) -> None:
         if self.model is target:
@@ -53,7 +91,8 @@ class ModelDrafter:
         self.model.start(prompt, max_new_tokens)
         self.backlog: list[Tensor] = []  # committed frames [B, n, K] the draft model has not been fed
         self.k_now, self.k_max = None, 0  # adaptive draft length, reset per generation
-        self.fed_drafts = 0
+        self.fed: tuple[Tensor, Tensor | None] | None = None  # frames fed past the prefix [B, F, K], parents [B, F]
+        self.base = self.model.pos.clone()  # [B] the draft model's committed frames
 
     def _fit(self, logits: Tensor) -> Tensor:
         """Draft logits over the target's vocabulary: cut embedding padding, or pad with -inf."""
@@ -65,6 +104,18 @@ class ModelDrafter:
             return torch.cat([logits, pad], dim=-1)
         return logits
 
+    def propose(self, last: Tensor, k: int) -> Draft:
+        # 1. Catch up on committed frames (the backlog ends with ``last``).
+        frames = torch.cat(self.backlog, dim=1).clamp(min=0) if self.backlog else last  # [B, n, K]
+        self.backlog = []
+        logits = self._fit(self.model.forward(frames)[:, -1:]).float()  # [B, 1, K, V]
+        self.base = self.model.pos.clone()
+        # 2. Draft a chain or a tree after ``last``.
+        if self.tree is None:
+            return self._chain(logits, k)
+        return self._tree(logits, k)
+
+    # -- chains ------------------------------------------------------------------------------------
     def _choose(self, logits: Tensor) -> tuple[Tensor, Tensor | None]:
         """One draft frame from ``logits [B, 1, K, V]``: tokens ``[B, 1, K]`` and q (None if deterministic)."""
         s = self.sampler
@@ -75,17 +126,13 @@ class ModelDrafter:
         q = s.probs(logits)  # [B, 1, K, V]
         return s.sample(q), q
 
-    def propose(self, last: Tensor, k: int) -> Draft:
+    def _chain(self, logits: Tensor, k: int) -> Draft:
         if self.adaptive:
             self.k_max = max(k, self.k_max)
             self.k_now = self.k_now or k
             k = min(self.k_now, k)  # k is also capped by the frames left
-        # 1. Catch up on committed frames (the backlog ends with ``last``).
-        frames = torch.cat(self.backlog, dim=1).clamp(min=0) if self.backlog else last  # [B, n, K]
-        self.backlog = []
-        logits = self._fit(self.model.forward(frames)[:, -1:]).float()  # [B, 1, K, V]
         tokens, probs = [], []
-        # 2. Sample k frames one by one; feed all but the last.
+        # Sample k frames one by one; feed all but the last.
         for i in range(k):
             tok, q = self._choose(logits)
             tokens.append(tok)
@@ -93,8 +140,8 @@ class ModelDrafter:
             if i == k - 1 or (self.confidence is not None and self._unsure(logits, tok)):
                 break
             logits = self._fit(self.model.forward(tok)).float()
-        self.fed_drafts = len(tokens) - 1
         tokens_t = torch.cat(tokens, dim=1)  # [B, k, K]
+        self.fed = (tokens_t[:, : len(tokens) - 1], None)  # a chain, fed frame by frame
         probs_t = None if probs[0] is None else torch.cat(probs, dim=1)  # [B, k, K, V]
         return Draft(tokens=tokens_t, probs=probs_t)
 
@@ -103,14 +150,127 @@ class ModelDrafter:
         p = torch.softmax(logits, dim=-1).gather(-1, tok[..., None])  # [B, 1, K, 1]
         return bool((p < self.confidence).all())
 
+    # -- trees -------------------------------------------------------------------------------------
+    def _children(self, logits: Tensor, depth: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Children of F nodes at ``depth`` (0: ``last``) from their ``logits [B, F, K, V]``: tokens
+        ``[B, F, W, K]``, log draft probability ``[B, F, W]``, q ``[B, F, W, K, V]`` (None: deterministic)."""
+        s = self.sampler
+        B, F, K, V = logits.shape
+        logp = torch.log_softmax(s.warp(logits), dim=-1)  # [B, F, K, V]
+        q = None
+        if not s.greedy and not s.keyed and K == 1 and not self.dynamic:  # i.i.d. siblings from q
+            q = s.probs(logits)  # [B, F, K, V]
+            tokens = torch.stack([s.sample(q) for _ in range(self.width)], dim=2)  # [B, F, W, K]
+            q = q[:, :, None].expand(B, F, self.width, K, V)
+        else:
+            scores = logp
+            if s.keyed and not s.greedy:  # the keyed choice (coupled with the target's noise) first
+                first = s.keyed_choice(logits, (self.base + depth)[:, None].expand(B, F))  # [B, F, K]
+                scores = scores.scatter(-1, first[..., None], float("inf"))
+            tokens = scores.topk(min(self.width, V), dim=-1).indices.transpose(2, 3)  # [B, F, W, K]
+        logq = logp.gather(-1, tokens.transpose(2, 3)).sum(2)  # [B, F, W] (a frame: the product over K)
+        return tokens, logq, q
+
+    def _tree(self, logits: Tensor, k: int) -> Draft:
+        """Grow the tree depth by depth from ``logits [B, 1, K, V]`` (after ``last``), then keep N nodes."""
+        N, self.fed = self.tree, None
+        # 1. The children of ``last``; a level's candidates are kept as [B, C_d, ...] per depth.
+        tokens, logq, q = self._children(logits, 0)
+        toks, scores = [tokens.flatten(1, 2)], [logq.flatten(1)]  # [B, C, K], [B, C] log cumulative q
+        ups = [torch.full_like(scores[0], -1, dtype=torch.long)]  # [B, C] parent candidate (-1: last)
+        probs = [None if q is None else q.flatten(1, 2)]
+        W, fronts, total = tokens.shape[2], [], 0
+        for depth in range(1, min(k, N) + 1):
+            # 2. Static trees stop at N candidates (a prefix of each level: exact for i.i.d. siblings too).
+            if not self.dynamic:
+                room = N - total
+                toks[-1], scores[-1], ups[-1] = toks[-1][:, :room], scores[-1][:, :room], ups[-1][:, :room]
+                probs[-1] = None if probs[-1] is None else probs[-1][:, :room]
+            offset, total = total, total + scores[-1].shape[1]
+            if depth == min(k, N) or (not self.dynamic and total >= N):
+                break
+            # 3. Expand: static, the first nodes of the level that the room needs; dynamic, the best ``width``.
+            here = self._expand(scores[-1], W, N - total)  # [B, f] indices into the newest level
+            fronts.append(offset + here)
+            out = self._feed(torch.cat(toks, 1), torch.cat(ups, 1), fronts)[:, -here.shape[1]:]  # [B, f, K, V]
+            tokens, logq, q = self._children(out, depth)
+            toks.append(tokens.flatten(1, 2))
+            scores.append((scores[-1].gather(1, here)[..., None] + logq).flatten(1))
+            ups.append((offset + here)[..., None].expand(-1, -1, tokens.shape[2]).flatten(1))
+            probs.append(None if q is None else q.flatten(1, 2))
+        probs_t = None if probs[0] is None else torch.cat(probs, 1)
+        return self._select(torch.cat(toks, 1), torch.cat(scores, 1), torch.cat(ups, 1), probs_t)
+
+    def _expand(self, level: Tensor, W: int, room: int) -> Tensor:
+        """Which nodes of a level ``[B, C]`` (their log cumulative q) get children: ``[B, f]``."""
+        B, C = level.shape
+        if self.dynamic:
+            return level.topk(min(self.width, C), dim=1).indices.sort(dim=1).values
+        return torch.arange(min(C, math.ceil(room / W)), device=level.device).expand(B, -1)
+
+    def _feed(self, tokens: Tensor, ups: Tensor, fronts: list[Tensor]) -> Tensor:
+        """One tree forward of the draft model over every expanded node so far (depth by depth), after the
+        committed prefix; returns their logits ``[B, F, K, V]``. The previous level's forward is forgotten."""
+        fed = torch.cat(fronts, dim=1)  # [B, F] candidate indices
+        B, F = fed.shape
+        frames = tokens.gather(1, fed[..., None].expand(B, F, tokens.shape[-1]))  # [B, F, K]
+        where = torch.full_like(ups, -1).scatter(1, fed, torch.arange(F, device=fed.device).expand(B, F))
+        up = ups.gather(1, fed)  # [B, F] parent candidates, all expanded themselves
+        parents = torch.where(up < 0, -1, where.gather(1, up.clamp(min=0)))  # [B, F] over the fed frames
+        if self.fed is not None:
+            self.model.keep(self.base)
+        self.fed = (frames, parents)
+        return self._fit(self.model.forward(frames, parents)).float()
+
+    def _select(self, tokens: Tensor, scores: Tensor, ups: Tensor, probs: Tensor | None) -> Draft:
+        """The draft: every candidate (static), or the N of highest cumulative q, parents first (dynamic)."""
+        B, C, K = tokens.shape
+        N = self.tree
+        if not self.dynamic:  # one topology for the batch
+            return Draft(tokens=tokens, probs=probs, parents=ups[0])
+        N = min(N, C)
+        best = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :N]  # ancestors first among ties
+        keep = best.sort(dim=1).values  # [B, N] candidates in creation order: parents before children
+        node = torch.full_like(ups, -1).scatter(1, keep, torch.arange(N, device=keep.device).expand(B, N))
+        up = ups.gather(1, keep)
+        parents = torch.where(up < 0, -1, node.gather(1, up.clamp(min=0)))  # [B, N]
+        return Draft(tokens=tokens.gather(1, keep[..., None].expand(B, N, K)), parents=parents)
+
+    # -- after a step ------------------------------------------------------------------------------
     def observe(self, step: Step, target_logits: Tensor) -> None:
         if self.adaptive and step.n_drafted and self.k_now is not None:
             all_in = bool((step.n_accepted >= step.n_drafted).all())
             self.k_now = min(self.k_max, self.k_now + 2) if all_in else max(1, self.k_now - 1)
-        # Keep the drafts that were committed by every row; the rest of the step waits in the backlog.
-        n = step.frames.shape[1]
-        keep = min(n - 1, self.fed_drafts) if step.n_drafted else 0
-        if step.n_drafted:
-            self.model.keep(self.model.pos - self.fed_drafts + keep)
-        self.fed_drafts = 0
-        self.backlog.append(step.frames[:, keep:])
+        # Keep the committed frames the draft model has already fed; the rest wait in the backlog.
+        path = self._committed(step.frames)  # [B, m]
+        m = path.shape[1]
+        if self.fed is not None and self.fed[0].shape[1]:
+            tree = self.fed[1] is not None and m > 0
+            self.model.keep(self.base + m, path if tree else None)
+        self.fed = None
+        self.backlog.append(step.frames[:, m:])
+
+    def _committed(self, frames: Tensor) -> Tensor:
+        """The fed frames that match the committed ``frames [B, n, K]`` from the start, by content, batch
+        minimum, at most n - 1 (``last`` is fed again): ``[B, m]`` indices into the fed frames."""
+        B = frames.shape[0]
+        if self.fed is None or self.fed[0].shape[1] == 0:
+            return frames.new_zeros(B, 0)
+        fed, parents = self.fed
+        F = fed.shape[1]
+        parents = topology.per_row(parents, B, F, fed.device)
+        rows = []
+        for fed_b, up_b, got_b in zip(fed.tolist(), parents.tolist(), frames[:, :-1].tolist()):
+            child = {(p, tuple(f)): j for j, (p, f) in enumerate(zip(up_b, fed_b))}
+            node, path = -1, []
+            for frame in got_b:
+                if frame[0] < 0:  # the row has ended: what its cache holds no longer matters
+                    path.append(min(len(path), F - 1))
+                    continue
+                node = child.get((node, tuple(frame)))
+                if node is None:
+                    break
+                path.append(node)
+            rows.append(path)
+        m = min(len(p) for p in rows)
+        return torch.tensor([p[:m] for p in rows], dtype=torch.long, device=frames.device).reshape(B, m)

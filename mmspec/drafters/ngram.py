@@ -3,17 +3,22 @@ against the prompt and the output so far and propose the k frames that followed 
 
 Training-free and deterministic (q = one-hot), so it pairs with every accept rule. Frames of K tokens
 are matched as whole frames.
+
+With ``tree=N`` it drafts a trie instead: the continuations of every match of the longest matching
+n-gram (the newest match first), then of the shorter n-grams' matches while room is left, merged into
+one trie of at most N nodes and depth k (equal continuations share their nodes).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor
 
 from ..protocols import Target
 from ..sampling import Sampler
-from ..types import Draft, Step
+from ..types import Draft, Step, count
+from .trie import Trie, stack
 
 
 def frame_ids(frames: Tensor, vocab_size: int) -> Tensor:
@@ -37,11 +42,24 @@ def find_continuation(seq: Tensor, max_ngram: int, min_ngram: int, k: int) -> Te
     return torch.arange(0, device=seq.device)
 
 
+def continuations(seq: Tensor, max_ngram: int, min_ngram: int, k: int) -> Iterator[Tensor]:
+    """Indices into ``seq [L]`` of the up to k items after every earlier match of its suffix: the longest
+    n-gram first, and for one n the newest match first."""
+    L = seq.shape[0]
+    for n in range(min(max_ngram, L - 1), min_ngram - 1, -1):
+        windows = seq[: L - 1].unfold(0, n, 1)  # [L - n, n]
+        for hit in (windows == seq[L - n :]).all(dim=1).nonzero()[:, 0].flip(0).tolist():
+            yield torch.arange(hit + n, min(hit + n + k, L), device=seq.device)
+
+
 class PromptLookupDrafter:
-    def __init__(self, max_ngram: int = 3, min_ngram: int = 1):
+    """Prompt lookup: a chain after the newest match, or with ``tree=N`` a trie of N nodes (see above)."""
+
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1, tree: int | None = None):
         if not (isinstance(min_ngram, int) and isinstance(max_ngram, int) and 1 <= min_ngram <= max_ngram):
             raise ValueError(f"need integers 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}")
         self.max_ngram, self.min_ngram = max_ngram, min_ngram
+        self.tree = None if tree is None else count(tree, "tree (node budget)")
 
     def start(self, target: Target, sampler: Sampler, prompt: Any, max_new_tokens: int) -> None:
         self.vocab_size = target.vocab_size
@@ -50,6 +68,8 @@ class PromptLookupDrafter:
 
     def propose(self, last: Tensor, k: int) -> Draft:
         B, _, K = last.shape
+        if self.tree is not None:
+            return self._trie(last, k)
         picks = [find_continuation(ids, self.max_ngram, self.min_ngram, k) for ids in self.ids]
         D = max(len(p) for p in picks)
         tokens = last.expand(B, max(D, 0), K).clone()  # rows without a match guess ``last`` again
@@ -57,6 +77,18 @@ class PromptLookupDrafter:
             if len(p):
                 tokens[b, : len(p)] = self.frames[b][p]
         return Draft(tokens=tokens)
+
+    def _trie(self, last: Tensor, k: int) -> Draft:
+        """Every row's continuations merged into one trie of at most ``tree`` nodes."""
+        tries = []
+        for frames, ids in zip(self.frames, self.ids):
+            trie = Trie(self.tree, k)
+            for picks in continuations(ids, self.max_ngram, self.min_ngram, k):
+                trie.add(frames[picks].tolist())
+                if trie.full:
+                    break
+            tries.append(trie)
+        return stack(tries, self.vocab_size, last.shape[-1], last.device)
 
     def observe(self, step: Step, target_logits: Tensor) -> None:
         for b in range(step.frames.shape[0]):
