@@ -110,6 +110,7 @@ SUITE = Suite(
         Method("sjd (init above)", "jacobi", "speculative", 1.0, "above", quick=False),
         Method("model / speculative", "model", "speculative", 1.0, k=4),
         Method("lantern", "jacobi", "lantern", 1.0, "random"),
+        Method("model tree=8 / speculative", "model", "speculative", 1.0, k=4, tree=8, quick=False),
     ),
     quality=class_accuracy, quality_name="class_accuracy",
 )

@@ -23,6 +23,7 @@ import platform
 import statistics
 import sys
 import time
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -47,6 +48,9 @@ class Method:
     k: int | None = None
     options: tuple = ()
     quick: bool = True  # part of --quick
+    tree: int | None = None  # node budget of a token tree per step (None: a chain)
+    width: int = 2  # children per expanded tree node
+    dynamic: bool = False  # model drafter: EAGLE-2 expansion
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,19 @@ def run_once(modality, method: Method, target, draft, prompt, max_new: int, k: i
     """One timed generation (a fresh drafter each run: drafters keep state)."""
     return named.run(modality, target, prompt, drafter=method.drafter, rule=method.rule, draft=draft,
                      k=method.k or k, init=method.init, max_new_tokens=max_new, seed=seed,
-                     sampling=Sampling(temperature=method.temperature), options=dict(method.options))
+                     sampling=Sampling(temperature=method.temperature), options=dict(method.options),
+                     tree=method.tree, width=method.width, dynamic=method.dynamic)
+
+
+def with_tree(methods: list[Method], modality, tree: int, width: int | None) -> list[Method]:
+    """The methods with ``tree`` nodes (and ``width``) for every drafter that branches; the others unchanged."""
+    out = []
+    for m in methods:
+        if tree and m.drafter != "none" and named.branches_any(m.drafter, modality):
+            m = dataclasses.replace(m, tree=tree, width=width or m.width,
+                                    label=m.label if m.tree else f"{m.label} tree={tree}")
+        out.append(m)
+    return out
 
 
 def baseline_for(temperature: float) -> Method:
@@ -96,7 +112,7 @@ def measure(modality, plan: list[Method], target, draft, prompts, max_new, k, se
                 "prompt_index": i, "wall_s": wall, "round_wall_s": [g.wall_s for g in gens], "new_tokens": s["new_tokens"],
                 "steps": s["steps"], "tokens_per_s": s["new_tokens"] / wall if wall > 0 else 0.0,
                 "mean_accepted": s["mean_accepted"], "acceptance_rate": s["acceptance_rate"],
-                "step_compression": s["new_tokens"] / s["steps"] if s["steps"] else 0.0,
+                "nodes_per_forward": s["nodes_per_forward"], "step_compression": s["new_tokens"] / s["steps"] if s["steps"] else 0.0,
                 "accepted_per_step": s["accepted_per_step"], "token_ids": gens[-1].token_ids(),
                 "output": gens[-1].outputs[0],
             })
@@ -105,7 +121,7 @@ def measure(modality, plan: list[Method], target, draft, prompts, max_new, k, se
 
 def run_suite(name: str, *, quick: bool, repeats: int, seed: int = 0, target_name=None, draft_name=None,
               n_prompts=None, max_new=None, k=None, methods=None, load_options=None, prompts=None,
-              progress: bool = True) -> dict:
+              progress: bool = True, tree: int = 0, width: int | None = None) -> dict:
     """Run one modality's suite; returns ``{"suite", "config", "methods": [...], "prompts": [...]}`` (or ``skipped``)."""
     from tqdm.auto import tqdm
 
@@ -118,7 +134,8 @@ def run_suite(name: str, *, quick: bool, repeats: int, seed: int = 0, target_nam
         print(f"mmspec bench: skipping suite {name!r}: {type(err).__name__}: {err}", file=sys.stderr)
         return {"suite": name, "skipped": f"{type(err).__name__}: {err}", "methods": []}
     chosen = [m for m in suite.methods if (not quick or m.quick) and (not methods or m.label in methods or m.drafter in methods)]
-    needs_draft = any(m.drafter == "model" for m in chosen)
+    chosen = with_tree(chosen, modality, tree, width)
+    needs_draft = any(named.needs_draft(m.drafter) for m in chosen)
     draft = modality.load(draft_name or modality.default_draft, **opts) if needs_draft else None
     # 2. prompts and sizes
     n = n_prompts or suite.n_prompts[1 if quick else 0]
@@ -178,7 +195,8 @@ def summarise(modality, method: Method, target, prompts, rows, base_rows, env: d
         "step_compression": tokens / forwards if forwards else 0.0,
         "tokens_per_s": tokens / wall if wall > 0 else 0.0, "wall_s": wall, "new_tokens": tokens,
         "output_seconds": seconds, "real_time_factor": seconds / wall if seconds is not None and wall > 0 else None,
-        "steps": forwards, "identical_to_baseline": None if same[0] is None else all(same),
+        "nodes_per_forward": statistics.fmean(r["nodes_per_forward"] for r in rows),
+        "tree": method.tree, "steps": forwards, "identical_to_baseline": None if same[0] is None else all(same),
         "quality": quality, "accepted_per_step_hist": _hist(per_step),
         "per_prompt": [{k: v for k, v in r.items() if k not in ("output", "token_ids", "accepted_per_step")} for r in rows],
     }
@@ -332,6 +350,8 @@ def main(args, rest=None) -> int:
     repeats = (1 if args.quick else 3) if repeats is None else repeats
     if repeats < 1:
         raise ValueError(f"--repeats must be >= 1, got {repeats}")
+    if getattr(args, "tree", 0) < 0:
+        raise ValueError(f"--tree (node budget) must be 0 or >= 1, got {args.tree}")
     methods = [m.strip() for m in (getattr(args, "methods", None) or "").split(",") if m.strip()] or None
     opts = {key: val for key in ("device", "dtype") if (val := getattr(args, key, None)) is not None}
     if getattr(args, "threads", None):
@@ -340,7 +360,8 @@ def main(args, rest=None) -> int:
     results = [run_suite(name, quick=args.quick, repeats=repeats, seed=getattr(args, "seed", 0),
                          target_name=args.target, draft_name=args.draft, n_prompts=getattr(args, "prompts", None),
                          max_new=getattr(args, "max_new_tokens", None), k=getattr(args, "k", None), methods=methods,
-                         load_options=opts, prompts=getattr(args, "prompt", None))
+                         load_options=opts, prompts=getattr(args, "prompt", None), tree=getattr(args, "tree", 0),
+                         width=getattr(args, "tree_width", None))
                for name in names]
     # 3. write results.json, results.csv, plots; print the table
     os.makedirs(args.out, exist_ok=True)

@@ -47,6 +47,12 @@ def _common(p: argparse.ArgumentParser, modality) -> None:
     p.add_argument("--ngram", type=int, default=None,
                    help="n-gram length N: prompt lookup matches the last N..1 frames (3 when not given), lookahead "
                         "keeps N-grams (4 when not given)")
+    p.add_argument("--tree", type=int, default=0, metavar="NODES",
+                   help="node budget of a token tree per step (0: a chain); compare gives it to the drafters that "
+                        "branch")
+    p.add_argument("--tree-width", type=int, default=2, metavar="W", help="children per expanded tree node")
+    p.add_argument("--dynamic-tree", action="store_true",
+                   help="model drafter: grow the tree where the draft is most confident (EAGLE-2) instead of a fixed shape")
     p.add_argument("--max-new-tokens", type=int, default=modality.max_new_tokens,
                    help=f"new {modality.unit} per row (None: as many as the target holds)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -93,6 +99,9 @@ def build_parser(modality: str = "text") -> argparse.ArgumentParser:
     bench.add_argument("--max-new-tokens", type=int, default=None, help="frames per prompt (default: the suite's)")
     bench.add_argument("--k", type=int, default=None, help="drafted frames per step (default: the suite's)")
     bench.add_argument("--methods", default=None, help="comma-separated method labels or drafter names to keep")
+    bench.add_argument("--tree", type=int, default=0, metavar="NODES",
+                       help="give every method whose drafter branches this node budget per step (0: as the suite says)")
+    bench.add_argument("--tree-width", type=int, default=None, metavar="W", help="children per expanded tree node")
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--device", default=None, help="cpu or cuda (default: the adapter's)")
     bench.add_argument("--dtype", default=None, help="model dtype (default: the adapter's)")
@@ -138,8 +147,11 @@ def _check(args, modality, drafters: list[str], rules: list[str]) -> None:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     _sampling(args)
     modality.prompts(args.prompt if args.prompt is not None else modality.default_prompt, 1)
+    if args.tree < 0:
+        raise ValueError(f"--tree (node budget) must be 0 (a chain) or >= 1, got {args.tree}")
     for drafter in drafters:
-        named.check_drafter(drafter, modality, init=args.init, ngram=args.ngram)
+        named.check_drafter(drafter, modality, init=args.init, ngram=args.ngram, tree=_tree(args, modality, drafter),
+                            width=args.tree_width, dynamic=args.dynamic_tree and named.needs_draft(drafter))
     for rule in rules:
         accept.spec_of(rule, modality.rules)
     if args.out:
@@ -152,7 +164,17 @@ def run_method(modality, target, drafter: str, rule: str, args, draft=None):
     """One generation with a named drafter and rule; returns the Generation."""
     return named.run(modality, target, args.prompt, drafter=drafter, rule=rule, draft=draft, batch=args.batch,
                      k=args.k, init=args.init, ngram=args.ngram, max_new_tokens=args.max_new_tokens,
-                     sampling=_sampling(args), seed=args.seed, options=modality.options(args))
+                     sampling=_sampling(args), seed=args.seed, options=modality.options(args),
+                     tree=_tree(args, modality, drafter), width=args.tree_width,
+                     dynamic=args.dynamic_tree and named.needs_draft(drafter))
+
+
+def _tree(args, modality, drafter: str) -> int | None:
+    """The node budget for ``drafter``: ``generate`` asks it of the one drafter named (an error if it cannot
+    branch); ``compare`` gives it to the methods that branch and runs the others as chains."""
+    if not args.tree or drafter == "none":
+        return None
+    return args.tree if args.command == "generate" or named.branches_any(drafter, modality) else None
 
 
 def _load(modality, args, need_draft: bool):
@@ -165,7 +187,7 @@ def _load(modality, args, need_draft: bool):
 def cmd_generate(args, modality) -> int:
     rule = args.rule or named.default_rule(args.temperature)
     _check(args, modality, [args.drafter], [rule])
-    target, draft = _load(modality, args, args.drafter == "model")
+    target, draft = _load(modality, args, named.needs_draft(args.drafter))
     gen = run_method(modality, target, args.drafter, rule, args, draft=draft)
     files = gen.save(args.out) if args.out else []
     stats = {k: v for k, v in gen.stats.items() if k != "accepted_per_step"}
@@ -201,7 +223,7 @@ def cmd_compare(args, modality) -> int:
     methods = _methods(args, modality)
     _check(args, modality, [d for d, _ in methods], [r for _, r in methods])
     repeats = count(args.repeats, "--repeats")
-    target, draft = _load(modality, args, any(d == "model" for d, _ in methods))
+    target, draft = _load(modality, args, any(named.needs_draft(d) for d, _ in methods))
     keyed = any(r == "reproducible" for _, r in methods)
     base_rule = "greedy" if args.temperature == 0 else ("reproducible" if keyed else "speculative")
     plan = {"autoregressive": ("none", base_rule), **{named.label(d, r): (d, r) for d, r in methods}}
@@ -235,7 +257,7 @@ def _compare_row(name, rule, gens, base, modality, repeats, env) -> dict:
         "tokens_per_s_max": tps.high, "speedup": speedup.median, "speedup_min": speedup.low,
         "speedup_max": speedup.high, "repeats": repeats, "tokens_per_forward": s["mean_accepted"],
         "mean_accepted": s["mean_accepted"], "acceptance_rate": s["acceptance_rate"], "steps": s["steps"],
-        "new_tokens": s["new_tokens"], "flags": [] if name == "autoregressive" else timing.flags(speedup, seconds, env),
+        "new_tokens": s["new_tokens"], "nodes_per_forward": s["nodes_per_forward"], "flags": [] if name == "autoregressive" else timing.flags(speedup, seconds, env),
     }
 
 

@@ -42,6 +42,17 @@ def parts_of(name: str) -> list[str]:
     return name.split("+") if isinstance(name, str) else [name]
 
 
+def needs_draft(name: str) -> bool:
+    """Whether the named drafter (or a part of a mixed one) drafts with a draft model."""
+    return "model" in parts_of(name)
+
+
+def branches_any(name: str, modality: Modality) -> bool:
+    """Whether a drafter name can take a node budget: one that branches, or a mixture (one shared trie)."""
+    parts = parts_of(name)
+    return len(parts) > 1 or branches(parts[0], modality)
+
+
 def branches(name: str, modality: Modality) -> bool:
     """Whether the drafter ``name`` (one part) can draft a tree."""
     if name in modality.drafters:
@@ -138,10 +149,13 @@ def label(drafter: str, rule: str) -> str:
 def run(modality: Modality, target: Target, prompt: Any = None, *, drafter: str = "none", rule: str | None = None,
         draft: Target | None = None, batch: int = 1, k: int = 4, init: str | Callable = "random",
         ngram: int | None = None, max_new_tokens: int | None = None, sampling: Sampling = Sampling(),
-        seed: int = 0, options: dict | None = None) -> Generation:
-    """One generation with a named drafter and rule (fresh drafter: drafters keep state)."""
+        seed: int = 0, options: dict | None = None, tree: int | None = None, width: int = 2,
+        dynamic: bool = False) -> Generation:
+    """One generation with a named drafter and rule (fresh drafter: drafters keep state); ``tree`` is the
+    node budget of a branching drafter (None or 0: a chain), ``width`` its children per expanded node."""
     rule_obj = make_rule(rule or default_rule(sampling.temperature), modality, target, options)
-    made = make_drafter(drafter, modality, target=target, draft=draft, init=init, ngram=ngram, options=options)
+    made = make_drafter(drafter, modality, target=target, draft=draft, init=init, ngram=ngram, options=options,
+                        tree=tree or None, width=width, dynamic=dynamic)
     prompt = modality.default_prompt if prompt is None else prompt
     if isinstance(prompt, (list, tuple)):  # one row per prompt
         prompts = [row for p in prompt for row in modality.prompts(p, 1)] if prompt else modality.prompts(None, 1)
@@ -170,9 +184,10 @@ def generate_with(modality: str | Modality, prompt: Any = None, drafter: str = "
     mod = get(modality) if isinstance(modality, str) else modality
     models = DEFAULT_MODELS if models is None else models
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p)
-    check_drafter(drafter, mod, init=kwargs.get("init", "random"), ngram=kwargs.get("ngram"))
+    check_drafter(drafter, mod, init=kwargs.get("init", "random"), ngram=kwargs.get("ngram"),
+                  tree=kwargs.get("tree") or None, width=kwargs.get("width", 2), dynamic=kwargs.get("dynamic", False))
     accept.spec_of(rule or default_rule(sampling.temperature), mod.rules)
     opts = dict(options or {})
     tgt = models.get(mod, target or mod.default_target, **opts)
-    dft = models.get(mod, draft or mod.default_draft, **opts) if drafter == "model" else None
+    dft = models.get(mod, draft or mod.default_draft, **opts) if needs_draft(drafter) else None
     return run(mod, tgt, prompt, drafter=drafter, rule=rule, draft=dft, sampling=sampling, options=opts, **kwargs)

@@ -103,6 +103,8 @@ SUITE = Suite(
         Method("model / greedy k=2", "model", "greedy", 0.0, k=2, quick=False),
         Method("jacobi / greedy", "jacobi", "greedy", 0.0),
         Method("codec-lookup / greedy", "codec-lookup", "greedy", 0.0, quick=False),
+        Method("model tree=8 / greedy", "model", "greedy", 0.0, tree=8, quick=False),
+        Method("codec-lookup tree=8 / greedy", "codec-lookup", "greedy", 0.0, tree=8, quick=False),
         # Sampling at T = 1
         Method("model / speculative", "model", "speculative", 1.0),
         Method("jacobi / speculative", "jacobi", "speculative", 1.0, quick=False),

@@ -117,3 +117,16 @@ def test_speech_suite_reports_the_real_time_factor(tmp_path):
     assert greedy and all(m["identical_to_baseline"] for m in greedy)
     with open(tmp_path / "results.csv") as f:
         assert "real_time_factor" in next(csv.reader(f))
+
+
+def test_tree_flag_gives_branching_methods_a_node_budget(tmp_path, tiny_models):
+    code = main(["bench", "--suite", "text", "--quick", "--out", str(tmp_path), "--target", tiny_models["llama"],
+                 "--draft", tiny_models["llama-draft"], "--prompt", "def add(a, b):\n", "--max-new-tokens", "8",
+                 "--repeats", "1", "--methods", "prompt-lookup,jacobi,model", "--tree", "6", "--device", "cpu"])
+    assert code == 0
+    (suite,) = json.loads((tmp_path / "results.json").read_text())["suites"]
+    by_drafter = {m["drafter"]: m for m in suite["methods"] if m["temperature"] == 0}
+    assert by_drafter["prompt-lookup"]["tree"] == 6 and by_drafter["model"]["tree"] == 6
+    assert by_drafter["jacobi"]["tree"] is None  # jacobi cannot branch: it stays a chain
+    assert all(m["identical_to_baseline"] for m in by_drafter.values())
+    assert by_drafter["model"]["nodes_per_forward"] > 1

@@ -143,3 +143,18 @@ def test_help_shows_the_modalitys_own_drafters_options_and_defaults(capsys):
 def test_zoo_names_cannot_leave_the_zoo(capsys, name):
     code, _, err = run(capsys, "generate", "--target", name)
     assert code == 2 and "zoo names are plain folder names" in err
+
+
+def test_tree_flags_and_the_mixed_drafter(capsys, tiny_models):
+    base = ["--target", tiny_models["llama"], "--draft", tiny_models["llama-draft"], "--prompt", "class Stack:",
+            "--max-new-tokens", "10"]
+    code, out, _ = run(capsys, "generate", *base, "--drafter", "prompt-lookup+model", "--tree", "8", "--json")
+    assert code == 0 and json.loads(out)["stats"]["nodes_per_forward"] > 1
+    code, out, _ = run(capsys, "compare", *base, "--methods", "jacobi,model,prompt-lookup+model", "--tree", "6",
+                       "--tree-width", "3", "--dynamic-tree", "--repeats", "1", "--json")
+    rows = json.loads(out)["rows"]
+    assert code == 0 and all(r["identical_to_baseline"] for r in rows)
+    code, _, err = run(capsys, "generate", *base, "--drafter", "jacobi", "--tree", "8")
+    assert code == 2 and "cannot draft a tree" in err
+    code, _, err = run(capsys, "generate", *base, "--drafter", "model", "--tree", "-1")
+    assert code == 2 and "--tree" in err

@@ -54,6 +54,11 @@ SUITE = Suite(
         Method("model / speculative T=1", "model", "speculative", 1.0),
         Method("model / reproducible T=1", "model", "reproducible", 1.0),
         Method("prompt-lookup / reproducible T=1", "prompt-lookup", "reproducible", 1.0, quick=False),
+        # token trees: one verify forward over several candidate continuations
+        Method("prompt-lookup tree=8", "prompt-lookup", tree=8, quick=False),
+        Method("model tree=8", "model", tree=8, quick=False),
+        Method("model dynamic tree=8", "model", tree=8, width=3, dynamic=True, quick=False),
+        Method("prompt-lookup+model tree=8", "prompt-lookup+model", tree=8, quick=False),
     ),
 )
 
