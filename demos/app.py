@@ -17,7 +17,7 @@ import torch
 from mmspec import methods, modalities
 from mmspec.demos import views
 from mmspec.demos.runs import run_tab
-from mmspec.demos.serving import AUTO, OFF, Inputs, Server, options
+from mmspec.demos.serving import AUTO, MAX_ROUNDS, MAX_TREE, OFF, Inputs, Server, options
 
 CSS = """
 .mm-col { min-width: 220px; }
@@ -79,7 +79,7 @@ def _prompt_box(mod, choices: list):
 
 
 def _method_slots(mod) -> list:
-    """Three (drafter, accept rule) dropdown pairs, then one line per drafter on when it helps."""
+    """Three (drafter, accept rule, tree nodes) slots, then one line per drafter on when it helps."""
     display, picks = mod.display, []
     drafters = [OFF, *[d for d in methods.drafter_names(mod) if d != "none"]]
     specs = methods.rule_specs(mod)
@@ -89,6 +89,8 @@ def _method_slots(mod) -> list:
         with gr.Row():
             picks.append(gr.Dropdown(drafters, value=d, label=f"Method {j + 1}: drafter", elem_id=f"drafter-{mod.name}-{j}"))
             picks.append(gr.Dropdown(rules, value=r, label="accept rule (auto: greedy at T=0)"))
+            picks.append(gr.Number(value=0, precision=0, minimum=0, maximum=MAX_TREE, label="tree nodes (0 = chain)",
+                                   elem_id=f"tree-{mod.name}-{j}"))
     helps = "".join(f"- **{d}**: {line}\n" for d, line in display.helps.items())
     lossy = "".join(f"- rule **{n}** is LOSSY: {s.bound}\n" for n, s in specs.items() if not s.lossless)
     gr.Markdown(helps + lossy, elem_id=f"helps-{mod.name}")
@@ -106,11 +108,12 @@ def _knobs(mod, limit: int, value: int) -> list:
         top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="top-p (1 = off)")
     with gr.Row():
         seed = gr.Number(value=0, precision=0, label="seed")
+        rounds = gr.Slider(0, MAX_ROUNDS, value=2, step=1, label="timed rounds behind the speedup (0: the streamed run)")
         extra = [gr.Number(value=knob.value, minimum=knob.minimum, maximum=knob.maximum, step=knob.step,
                            label=knob.label) for knob in mod.display.knobs]
     max_new = gr.Slider(1, limit, value=value, step=1, label=f"max new {mod.unit} (up to {limit})",
                         elem_id=f"maxnew-{mod.name}")
-    return [k, init, temperature, top_k, top_p, seed, max_new, *extra]
+    return [k, init, temperature, top_k, top_p, seed, rounds, max_new, *extra]
 
 
 def _controls(server: Server, mod):
@@ -139,10 +142,12 @@ def _controls(server: Server, mod):
 
 def inputs_of(mod, values) -> Inputs:
     """The tab's component values (``_controls`` order) as ``Inputs``."""
-    prompt, target, draft, d1, r1, d2, r2, d3, r3, k, init, temperature, top_k, top_p, seed, max_new, *extra = values
+    prompt, target, draft, *rest = values
+    slots, (k, init, temperature, top_k, top_p, seed, rounds, max_new, *extra) = rest[:9], rest[9:]
     knobs = {knob.option: v for knob, v in zip(mod.display.knobs, extra)}
-    return Inputs(prompt, target, draft, [(d1, r1), (d2, r2), (d3, r3)], k=k, init=init, temperature=temperature,
-                  top_k=top_k, top_p=top_p, seed=seed, max_new=max_new, knobs=knobs)
+    picks = [tuple(slots[i: i + 3]) for i in range(0, 9, 3)]  # (drafter, rule, tree nodes) per slot
+    return Inputs(prompt, target, draft, picks, k=k, init=init, temperature=temperature, top_k=top_k, top_p=top_p,
+                  seed=seed, max_new=max_new, knobs=knobs, rounds=rounds)
 
 
 def _results(mod) -> list:

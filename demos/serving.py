@@ -21,6 +21,8 @@ from mmspec.types import PAD, Generation, Sampling
 AUTO = "auto"  # rule: greedy at temperature 0, else speculative
 OFF = "off"  # an empty method slot
 UI_EVERY_S = 0.4  # stream a column to the browser at most this often while it decodes
+MAX_ROUNDS = 5  # timed rounds a Run may ask for
+MAX_TREE = 64  # tree nodes per step a Run may ask for
 
 
 class ModelLocks:
@@ -109,7 +111,7 @@ class Inputs:
     prompt: object
     target: str
     draft: str
-    methods: list[tuple[str, str]]  # up to three (drafter, rule) slots; drafter OFF = empty
+    methods: list[tuple]  # up to three (drafter, rule) or (drafter, rule, tree nodes) slots; drafter OFF = empty
     k: int = 4
     init: str = "random"
     temperature: float = 0.0
@@ -118,6 +120,7 @@ class Inputs:
     seed: int = 0
     max_new: int = 16
     knobs: dict = field(default_factory=dict)  # modality option -> value (None: the model's own)
+    rounds: int = 2  # timed rounds (interleaved, after the streamed run) behind the speedup; 0: the streamed run
 
 
 @dataclass
@@ -126,15 +129,18 @@ class Column:
 
     drafter: str
     rule: str
+    tree: int | None = None  # node budget of a token tree per step (None: a chain)
     steps: list = field(default_factory=list)
     wall_s: float = 0.0
     outputs: list | None = None
     done: bool = False
     stopped: bool = False
+    speedup: object = None  # mmspec.timing.Spread over the timed rounds (None: from the streamed run)
+    flags: list = field(default_factory=list)  # why the speedup may not be trusted (mmspec.timing.flags)
 
     @property
     def label(self) -> str:
-        return methods.label(self.drafter, self.rule)
+        return methods.label(self.drafter, self.rule) + (f" tree={self.tree}" if self.tree else "")
 
     def generation(self) -> Generation:
         """The ``Generation`` of the steps committed so far (outputs once the column is done)."""
@@ -160,6 +166,7 @@ def check_inputs(server: Server, mod: Modality, inputs: Inputs) -> Sampling:
     _whole(inputs.k, "k (drafted frames per step)", 1, server.max_k)
     _whole(inputs.seed, "seed", 0, 2**63 - 1)
     _whole(inputs.top_k, "top-k", 0, 2**31 - 1)
+    _whole(inputs.rounds, "timed rounds", 0, MAX_ROUNDS)
     temperature = float(inputs.temperature or 0.0)
     top_p = float(inputs.top_p if inputs.top_p is not None else 1.0)
     return Sampling(temperature=temperature, top_k=int(inputs.top_k) or None, top_p=top_p if top_p < 1 else None)
@@ -172,24 +179,28 @@ def _whole(value, name: str, low: int, high: int) -> None:
         raise ValueError(f"{name} must be between {low} and {high} on this server, got {int(value)}")
 
 
-def plan(mod: Modality, inputs: Inputs, temperature: float) -> list[tuple[str, str]]:
-    """The baseline then each method as (drafter, rule); names and rules checked, ``auto`` resolved."""
+def plan(mod: Modality, inputs: Inputs, temperature: float) -> list[tuple[str, str, int | None]]:
+    """The baseline then each method as (drafter, rule, tree); names, rules and node budgets checked, ``auto``
+    resolved; a node budget goes to a drafter that branches (the others run as chains)."""
     picks = []
-    for drafter, rule in inputs.methods:
+    for drafter, rule, *tree in inputs.methods:
         if not drafter or drafter == OFF:
             continue
-        methods.check_drafter(drafter, mod, init=inputs.init)
+        nodes = tree[0] if tree else 0
+        _whole(nodes, f"{drafter}: tree nodes", 0, MAX_TREE)
+        nodes = int(nodes) if int(nodes) and methods.branches_any(drafter, mod) else None
+        methods.check_drafter(drafter, mod, init=inputs.init, tree=nodes)
         rule = methods.default_rule(temperature) if rule in (None, "", AUTO) else rule
         if rule not in methods.rule_specs(mod):
             raise ValueError(f"unknown accept rule {rule!r}; allowed: {', '.join(methods.rule_specs(mod))}")
         if rule == "greedy" and temperature > 0:
             raise ValueError(f"rule 'greedy' needs temperature 0 (got {temperature}); pick auto, speculative, "
                              "reproducible or typical")
-        picks.append((drafter, rule))
+        picks.append((drafter, rule, nodes))
     methods.check_drafter("none", mod, init=inputs.init)
-    base = "greedy" if temperature == 0 else ("reproducible" if any(r == "reproducible" for _, r in picks)
+    base = "greedy" if temperature == 0 else ("reproducible" if any(r == "reproducible" for _, r, _ in picks)
                                               else "speculative")
-    return [("none", base), *picks]
+    return [("none", base, None), *picks]
 
 
 def options(mod: Modality, knobs: dict) -> dict:

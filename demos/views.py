@@ -22,18 +22,35 @@ def table_headers(unit: str) -> list[str]:
 
 
 def stats_row(col: Column, base: Column | None) -> dict:
+    """One column's numbers. The speedup is the median over the timed rounds with its min-max (``col.speedup``,
+    a ``mmspec.timing.Spread``), else the streamed run's throughput ratio over the baseline's."""
     s = stats_of(col.generation())
-    speedup = None  # throughput ratio: the wall-time ratio when both made the same number of frames
-    if base is not None and base.done and s["tokens_per_s"] > 0:
+    speedup, low, high = None, None, None
+    if col.speedup is not None:
+        speedup, low, high = col.speedup.median, col.speedup.low, col.speedup.high
+    elif base is not None and base.done and s["tokens_per_s"] > 0:
         speedup = s["tokens_per_s"] / stats_of(base.generation())["tokens_per_s"]
     return {"method": col.label, "new": s["new_tokens"], "wall_s": s["wall_s"], "per_s": s["tokens_per_s"],
             "mean_accepted": s["mean_accepted"], "acceptance_rate": s["acceptance_rate"], "speedup": speedup,
-            "per_step": s["accepted_per_step"]}
+            "low": low, "high": high, "noise": low is not None and low <= 1.0 <= high and col is not base,
+            "flags": list(col.flags), "per_step": s["accepted_per_step"]}
+
+
+def speed_text(row: dict) -> str:
+    """``1.42x [1.30-1.55]``, ``within noise (0.95-1.10)`` when the interval straddles 1, or ``1.42x``."""
+    if row["speedup"] is None:
+        return "—"
+    if row["noise"]:
+        return f"within noise ({row['low']:.2f}-{row['high']:.2f})"
+    spread = "" if row["low"] is None else f" [{row['low']:.2f}-{row['high']:.2f}]"
+    return f"{row['speedup']:.2f}x{spread}"
 
 
 def stats_markdown(row: dict, unit: str, state: str) -> str:
     """``state``: "running", "stopped" or "done" (only a running column says so)."""
-    speed = "—" if row["speedup"] is None else f"**{row['speedup']:.2f}x**"
+    speed = "—" if row["speedup"] is None else f"**{speed_text(row)}**"
+    if row["flags"]:
+        speed += "  \n_" + "; ".join(row["flags"]) + "_"
     head = {"running": "_running…_  \n", "stopped": "_stopped_  \n"}.get(state, "")
     return (f"{head}wall **{row['wall_s']:.2f} s** · {row['new']} {unit} · **{row['per_s']:.1f}** {unit}/s  \n"
             f"mean accepted **{row['mean_accepted']:.2f}** · acceptance **{row['acceptance_rate']:.0%}** · "
@@ -73,12 +90,13 @@ def _drafted(col: Column):
     return torch.cat([s.from_draft for s in col.steps], dim=1)[0]
 
 
-def bar_colors(speedups: list[float | None]) -> list[str]:
-    """Grey for the baseline and anything that shows as 1.00x; green faster, red slower."""
+def bar_colors(rows: list[dict]) -> list[str]:
+    """Grey for the baseline, anything that shows as 1.00x and anything within noise; green faster, red slower."""
     colors = [NEUTRAL]
-    for s in speedups[1:]:
+    for r in rows[1:]:
+        s = r["speedup"]
         shown = round(s or 0.0, 2)
-        colors.append(NEUTRAL if shown == 1.0 or s is None else FASTER if shown > 1.0 else SLOWER)
+        colors.append(NEUTRAL if s is None or shown == 1.0 or r["noise"] else FASTER if shown > 1.0 else SLOWER)
     return colors
 
 
@@ -91,10 +109,12 @@ def make_plot(rows: list[dict]):
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6), gridspec_kw={"width_ratios": [1, 2]})
     names = [r["method"] for r in rows]
-    speed = [r["speedup"] for r in rows]
-    ax1.barh(names[::-1], [s or 0.0 for s in speed][::-1], color=bar_colors(speed)[::-1])
+    speed = [r["speedup"] or 0.0 for r in rows]
+    low = [s - (r["low"] if r["low"] is not None else s) for s, r in zip(speed, rows)]
+    high = [(r["high"] if r["high"] is not None else s) - s for s, r in zip(speed, rows)]
+    ax1.barh(names[::-1], speed[::-1], xerr=[low[::-1], high[::-1]], color=bar_colors(rows)[::-1])
     ax1.axvline(1.0, color="#374151", lw=0.8, ls="--")
-    ax1.set_xlabel("speedup over baseline")
+    ax1.set_xlabel("speedup over baseline (median, min-max)")
     for r in rows:
         ax2.plot(range(1, len(r["per_step"]) + 1), r["per_step"], marker=".", lw=1, label=r["method"])
     ax2.set_xlabel("step")
@@ -107,7 +127,7 @@ def make_plot(rows: list[dict]):
 
 def table(rows: list[dict]) -> list[list]:
     return [[r["method"], r["new"], round(r["wall_s"], 3), round(r["per_s"], 1), round(r["mean_accepted"], 2),
-             round(r["acceptance_rate"], 2), "—" if r["speedup"] is None else round(r["speedup"], 2)] for r in rows]
+             round(r["acceptance_rate"], 2), speed_text(r)] for r in rows]
 
 
 def outputs(mod: Modality, target, status: str, cols: list[Column], greedy: bool, final: bool = False) -> tuple:

@@ -24,13 +24,13 @@ SERVER = Server()  # one per module: the zoo models load once
 
 
 def run(modality, prompt=None, *, methods=None, max_new=6, init=None, temperature=0.0, target=None, draft=None,
-        k=3, knobs=None, server=SERVER, stop=None):
+        k=3, knobs=None, server=SERVER, stop=None, rounds=0):
     mod = modalities.get(modality)
     picks = list(methods or mod.display.methods)
     picks += [(OFF, AUTO)] * (3 - len(picks))
     inputs = Inputs(mod.default_prompt if prompt is None else prompt, target or mod.default_target,
                     draft or mod.default_draft, picks, k=k, init=init or mod.display.init, temperature=temperature,
-                    top_k=0, top_p=1.0, seed=0, max_new=max_new, knobs=knobs or {})
+                    top_k=0, top_p=1.0, seed=0, max_new=max_new, knobs=knobs or {}, rounds=rounds)
     return list(run_tab(server, modality, inputs, stop=stop))
 
 
@@ -46,11 +46,11 @@ def check_final(outs, n_methods):
     table, plot = final[1], final[2]
     assert len(table) == 1 + n_methods and table[0][0] == "autoregressive"
     assert all(row[2] > 0 and row[3] > 0 for row in table)  # wall s, frames/s
-    assert table[0][6] == 1.0  # the baseline's own speedup
     assert plot is not None
     cols = columns(final)
-    for head, view, stats in cols[: 1 + n_methods]:
+    for row, (head, view, stats) in zip(table, cols[: 1 + n_methods]):
         assert head.startswith("### ") and "wall" in stats and "speedup" in stats and "running" not in stats
+        assert row[6] in stats  # the table's speedup is the one the column shows
     for head, view, stats in cols[1 + n_methods:]:
         assert head == "" and view is None and stats == ""
     return cols
@@ -223,9 +223,12 @@ def test_stop_clears_the_running_labels():
 
 
 def test_speedup_bars_are_neutral_at_one_and_legend_leaves_the_lines():
-    assert views.bar_colors([None, 1.0, 1.004, 0.996, 1.3, 0.7]) == [
-        views.NEUTRAL, views.NEUTRAL, views.NEUTRAL, views.NEUTRAL, views.FASTER, views.SLOWER]
-    rows = [{"method": m, "speedup": s, "per_step": [1, 3, 4, 4, 4, 4, 4, 4]} for m, s in [("a", 1.0), ("b", 2.0)]]
+    rows = [{"speedup": s, "noise": noise} for s, noise in
+            [(None, False), (1.0, False), (1.004, False), (0.996, False), (1.3, False), (0.7, False), (1.3, True)]]
+    assert views.bar_colors(rows) == [views.NEUTRAL, views.NEUTRAL, views.NEUTRAL, views.NEUTRAL, views.FASTER,
+                                      views.SLOWER, views.NEUTRAL]  # within noise: neutral, not green
+    rows = [{"method": m, "speedup": s, "low": None, "high": None, "noise": False, "per_step": [1, 3, 4, 4, 4, 4, 4, 4]}
+            for m, s in [("a", 1.0), ("b", 2.0)]]
     fig = views.make_plot(rows)
     fig.canvas.draw()
     ax = fig.axes[1]
@@ -263,3 +266,17 @@ def test_a_registered_fourth_modality_gets_a_tab_and_runs():
         assert "does not serve" in run("toy", target="toy:other", server=Server())[-1][0]
     finally:
         modalities.unregister("toy")
+
+
+def test_tree_slots_and_timed_rounds():
+    """A method slot's tree budget reaches a drafter that branches; the speedup comes from interleaved rounds
+    (mmspec.timing), shown as a median with its min-max or as "within noise"."""
+    outs = run("text", methods=[("prompt-lookup", "auto", 6), ("jacobi", "auto", 6)], max_new=8, rounds=2)
+    status, table = outs[-1][0], outs[-1][1]
+    assert "median of 2 interleaved rounds" in status
+    heads = [h for h, _, _ in columns(outs[-1])]
+    assert "prompt-lookup / greedy tree=6" in heads[1] and "identical to baseline ✓" in heads[1]
+    assert "tree=" not in heads[2]  # jacobi cannot branch: it runs as a chain
+    assert all("[" in row[-1] or "within noise" in row[-1] for row in table[1:])
+    bad = run("text", methods=[("prompt-lookup", "auto", -1)], max_new=4)
+    assert bad[-1][0].startswith("**Error:**") and "tree nodes" in bad[-1][0]
