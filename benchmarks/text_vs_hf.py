@@ -89,6 +89,10 @@ def main(argv=None):
     ap.add_argument("--pairs", default=None, help="comma-separated pairs to run (default: all)")
     ap.add_argument("--lookup-k", type=int, default=10, help="prompt_lookup_num_tokens for both libraries")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--tree", type=int, default=8, help="node budget of the tree pairs")
+    ap.add_argument("--width", type=int, default=2, help="children per expanded node (draft model tree)")
+    ap.add_argument("--dynamic", action="store_true", help="draft model tree: EAGLE-2 expansion")
+    ap.add_argument("--tree-depth", type=int, default=4, help="deepest draft of the draft model tree")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--json", default=None, help="write results here")
     args = ap.parse_args(argv)
@@ -105,6 +109,13 @@ def main(argv=None):
         "draft model": (lambda p: hf_run(target, p, args.new, assistant_model=draft.model),
                         lambda p: mm_run(target, mmspec.ModelDrafter(draft, adaptive=not args.fixed_k,
                                                                      confidence=args.confidence), p, args.new, args.k)),
+        # a token tree against the same HF assisted generation (HF verifies chains only)
+        "draft model tree": (lambda p: hf_run(target, p, args.new, assistant_model=draft.model),
+                             lambda p: mm_run(target, mmspec.ModelDrafter(draft, tree=args.tree, width=args.width,
+                                                                          dynamic=args.dynamic), p, args.new, args.tree_depth)),
+        "prompt lookup tree": (lambda p: hf_run(target, p, args.new, prompt_lookup_num_tokens=args.lookup_k),
+                               lambda p: mm_run(target, mmspec.PromptLookupDrafter(max_ngram=2, tree=args.tree), p,
+                                                args.new, args.lookup_k)),
     }
     if args.pairs:
         keep = [n.strip() for n in args.pairs.split(",") if n.strip()]
@@ -116,7 +127,8 @@ def main(argv=None):
     meta = {"hardware": _cpu_name(), "cpu_threads": torch.get_num_threads(),
             "torch": torch.__version__, "transformers": transformers.__version__, "prompts": len(prompts),
             "new_tokens": args.new, "k": args.k, "adaptive": not args.fixed_k, "confidence": args.confidence,
-            "lookup_k": args.lookup_k}
+            "lookup_k": args.lookup_k, "tree": args.tree, "width": args.width, "dynamic": args.dynamic,
+            "tree_depth": args.tree_depth}
     print(json.dumps(meta))
     if args.json:
         with open(args.json, "w") as f:
