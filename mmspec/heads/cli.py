@@ -52,12 +52,17 @@ def cache(args, target, info, clock, held_out: bool = False):
     what, ids = data.token_stream(target.tokenizer, args.data, held_out, max_tokens=200_000 if held_out else 4_000_000)
     folder = Path(args.out) / ("cache_val" if held_out else "cache")
     key = {"fingerprint": info["fingerprint"], "data": what, "seq_len": args.seq_len}
-    deadline = time.time() + (min(60.0, 0.1 * clock.left()) if held_out else clock.seconds("cache"))
+    deadline = time.time() + (eval_seconds(args) if held_out else clock.seconds("cache"))
     bar = training.progress_bar(f"cache {'held-out' if held_out else 'train'} states", unit="seq")
     shards = data.cache_states(target.model, data.windows(ids, args.seq_len), folder, key, deadline, bar=bar)
     bar.close()
     print(f"[heads] {what}: {shards} shards in {folder}", flush=True)
     return data.load_shards(folder) if shards else None
+
+
+def eval_seconds(args) -> float:
+    """Seconds kept from the training stage to cache the held-out states (stage 3)."""
+    return min(45.0, 0.1 * args.time_budget)
 
 
 def main(argv=None) -> int:
@@ -76,7 +81,7 @@ def main(argv=None) -> int:
     module = build_module(args, target).to(device)
     head, embed = target.output_head(), target.input_embeddings()
     train_data = cache(args, target, info, clock)
-    stats = fit(args.kind, module, head, embed, train_data, clock.seconds("train", ["train"]),
+    stats = fit(args.kind, module, head, embed, train_data, max(1.0, clock.seconds("train", ["train"]) - eval_seconds(args)),
                 Path(args.out) / "checkpoint.pt", args.lr or LR[args.kind], args.batch, device)
     val = cache(args, target, info, clock, held_out=True)
     if val is not None:
