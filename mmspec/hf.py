@@ -243,6 +243,42 @@ class HFTarget:
         self.pos = pos.clone()
 
 
+class HiddenStates:
+    """The optional self-drafter capability (``mmspec.protocols``): record the last layer's hidden state of
+    each forward, only while a self-drafter asked for it (``track_hidden``), so plain decoding pays nothing.
+
+    An adapter mixes this in and, in its forward, passes ``output_hidden_states=self.hidden_wanted`` and
+    hands the result to ``_record_hidden`` (sliced to the frames it returned logits for)."""
+
+    hidden_wanted = False
+    _hidden: Tensor | None = None
+
+    def track_hidden(self, on: bool) -> None:
+        """Record hidden states from the next forward on (``True``) or stop (``False``; drops the last one)."""
+        self.hidden_wanted = bool(on)
+        self._hidden = None
+
+    def hidden(self) -> Tensor:
+        """``[B, T, H]``: the last layer's hidden state (after the final norm: the output head's input) of the
+        most recent ``start`` / ``forward``, for the frames that call returned logits for."""
+        if self._hidden is None:
+            raise ValueError(f"{type(self).__name__} recorded no hidden state: call track_hidden(True) before "
+                             "start (the loop does it for a drafter whose wants_hidden is True)")
+        return self._hidden
+
+    def output_head(self) -> torch.nn.Module:
+        """The target's frozen output projection (hidden ``[..., H]`` -> logits ``[..., V]``)."""
+        return self.model.get_output_embeddings()
+
+    def input_embeddings(self) -> torch.nn.Module:
+        """The target's frozen token embedding (ids ``[...]`` -> ``[..., E]``)."""
+        return self.model.get_input_embeddings()
+
+    def _record_hidden(self, out, T: int) -> None:
+        if self.hidden_wanted:
+            self._hidden = out.hidden_states[-1][:, -T:]  # [B, T, H]
+
+
 # -- left-padded batches ---------------------------------------------------------------------------
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: str | torch.device) -> tuple[Tensor, Tensor]:

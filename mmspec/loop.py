@@ -14,7 +14,7 @@ import torch
 
 from . import accept, tree
 from .accept import Rule, as_rule
-from .protocols import Drafter, Target
+from .protocols import Drafter, Target, has_hidden
 from .sampling import Sampler
 from .types import PAD, Draft, Generation, Sampling, Step, count
 
@@ -70,7 +70,10 @@ def stream(
 
 
 def _steps(target, drafter, prompt, max_new_tokens, k, rule, sampling, seed) -> Iterator[Step]:
-    # 1. Prefill the target; the first frame comes from the target alone (a rule over an empty draft).
+    # 1. Prefill the target (recording hidden states only for a self-drafter); the first frame comes from
+    #    the target alone (a rule over an empty draft).
+    if has_hidden(target):
+        target.track_hidden(bool(getattr(drafter, "wants_hidden", False)))
     logits = target.start(prompt, max_new_tokens)  # [B, 1, K, V]
     B, K = logits.shape[0], logits.shape[2]
     device = logits.device

@@ -12,6 +12,8 @@ Order of calls in one generation (``mmspec.stream``), which every implementation
    token tree), the rule's verdict, ``target.keep(pos, path)`` to the committed length and path, and
    only then ``drafter.observe(step, logits)`` (so ``target.pos == step.pos`` while a drafter observes). The first step has no draft and no forward:
    its logits are the prefill's.
+   A drafter whose ``wants_hidden`` is True (a self-drafter) gets ``target.track_hidden(True)`` before the
+   prefill; every other generation on a target that has the capability runs with ``track_hidden(False)``.
 3. One generation at a time per target: a target (or a draft model) used by a running generation is
    busy, and ``stream`` refuses to start another on it.
 """
@@ -62,6 +64,30 @@ class Target(Protocol):
 
     def check_draft(self, draft: "Target") -> None:
         """Raise ValueError if ``draft`` cannot draft for this target (other tokenizer, codec, grid...)."""
+
+
+class HiddenTarget(Target, Protocol):
+    """An optional capability a Target may have, for self-drafters (Medusa heads, an EAGLE layer). They read
+    the state the verify forward already computed: never a second pass of the target."""
+
+    def track_hidden(self, on: bool) -> None:
+        """Record hidden states in every ``start`` / ``forward`` from now on (``True``), or stop (``False``)."""
+
+    def hidden(self) -> Tensor:
+        """``[B, T, H]``: the last layer's hidden state (after the final norm: the input of the output head)
+        of the most recent ``start`` / ``forward``, for exactly the frames that call returned logits for
+        (the prefill: its last frame). Unchanged by ``keep``. ValueError when nothing was recorded."""
+
+    def output_head(self) -> torch.nn.Module:
+        """The frozen output projection: hidden ``[..., H]`` -> logits ``[..., K * V]`` (K = 1: ``[..., V]``)."""
+
+    def input_embeddings(self) -> torch.nn.Module:
+        """The frozen token embedding: ids ``[...]`` -> ``[..., E]``."""
+
+
+def has_hidden(target) -> bool:
+    """Whether ``target`` offers the hidden-state capability (``HiddenTarget``)."""
+    return all(callable(getattr(target, m, None)) for m in ("track_hidden", "hidden", "output_head", "input_embeddings"))
 
 
 @runtime_checkable

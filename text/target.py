@@ -42,7 +42,7 @@ def _load(loader, name: str, **kwargs):
         raise ValueError(f"could not load {name!r} as a local folder or hub model: {str(err).splitlines()[0]}") from err
 
 
-class TextTarget(hf.HFTarget):
+class TextTarget(hf.HiddenStates, hf.HFTarget):
     """Target over a causal LM. ``TextTarget.from_pretrained("zoo:code-target")`` or any hub name/path."""
 
     num_codebooks = 1
@@ -139,8 +139,11 @@ class TextTarget(hf.HFTarget):
             kwargs["position_ids"] = hf.position_ids(self.pos, T)  # [B, T]
         if keep_last:
             kwargs["logits_to_keep"] = 1
+        if self.hidden_wanted:  # a self-drafter reads the last layer's state of this very forward
+            kwargs["output_hidden_states"] = True
         kwargs[self._cache_arg] = self.cache.kv
         out = self.model(input_ids=ids, use_cache=True, **kwargs)
+        self._record_hidden(out, out.logits.shape[1])
         self.pos = self.pos + T
         return out.logits[:, :, None, :]  # [B, T, 1, V]
 

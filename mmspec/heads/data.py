@@ -1,0 +1,129 @@
+"""Training data for self-drafters: token windows of a corpus and the frozen target's hidden states on
+them, computed once and cached on disk in resumable safetensors shards.
+
+Only the last layer's hidden state is cached (fp16): the target's logits are exactly its output head
+applied to that state (the state is taken after the final norm), so the trainer recomputes them with one
+matrix product instead of storing ``V`` numbers per token.
+
+Corpus (text): ``--data`` a text file, or a prepared zoo data folder (``train.bin`` / ``val.bin`` as
+``mmspec.text.recipe.data.prepare`` writes them, with the same tokenizer as the target); by default the
+zoo's prepared folder if one exists, else the Python standard library's sources, training on the files
+outside the zoo's held-out split (``is_val``) and evaluating on the held-out ones.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+
+def _stdlib_ids(tokenizer, held_out: bool, max_tokens: int) -> Iterator[int]:
+    from mmspec.text.recipe.data import _usable, is_val, stable_hash, stdlib_files
+
+    eot = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    made = 0
+    for f in sorted((f for f in stdlib_files() if is_val(f.rel) == held_out), key=lambda f: stable_hash(f.rel)):
+        text = _usable(f.path)
+        if text is None:
+            continue
+        ids = [eot] + tokenizer(text)["input_ids"]
+        yield from ids
+        made += len(ids)
+        if made >= max_tokens:
+            return
+
+
+def _prepared(folder: Path, tokenizer) -> bool:
+    """A zoo data folder whose tokenizer is the target's."""
+    if not (folder / "train.bin").is_file() or not (folder / "tokenizer").is_dir():
+        return False
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(folder / "tokenizer")).get_vocab() == tokenizer.get_vocab()
+
+
+def token_stream(tokenizer, data: str | None, held_out: bool = False, max_tokens: int = 4_000_000) -> tuple[str, Iterator[int]]:
+    """``(description, ids)`` of the training (or held-out) corpus; ValueError for a path that is neither."""
+    from mmspec.text.recipe.data import DEFAULT_DATA
+
+    folder = Path(data) if data is not None else Path(DEFAULT_DATA)
+    if folder.is_dir() and _prepared(folder, tokenizer):
+        arr = np.fromfile(folder / ("val.bin" if held_out else "train.bin"), dtype=np.uint16)[:max_tokens]
+        return f"{folder} ({'val' if held_out else 'train'}.bin)", iter(arr.tolist())
+    if data is None:
+        return f"stdlib sources ({'held-out' if held_out else 'training'} files)", _stdlib_ids(tokenizer, held_out, max_tokens)
+    if folder.is_file():
+        if held_out:
+            return "none", iter(())
+        return str(folder), iter(tokenizer(folder.read_text(encoding="utf-8"))["input_ids"][:max_tokens])
+    raise ValueError(f"--data {data!r} is neither a text file nor a prepared data folder (train.bin + tokenizer/ "
+                     "with the target's tokenizer)")
+
+
+def windows(ids: Iterator[int], length: int) -> Iterator[list[int]]:
+    """Consecutive non-overlapping windows of ``length`` tokens."""
+    buf: list[int] = []
+    for i in ids:
+        buf.append(i)
+        if len(buf) == length:
+            yield buf
+            buf = []
+
+
+@torch.inference_mode()
+def states_of(model, ids: torch.Tensor) -> torch.Tensor:
+    """The frozen target's last hidden state (after the final norm) on ``ids [b, S]``: ``[b, S, H]``."""
+    return model(input_ids=ids, output_hidden_states=True).hidden_states[-1]
+
+
+def cache_states(model, seqs: Iterator[list[int]], folder: Path, key: dict, deadline: float,
+                 shard: int = 16, bar=None) -> int:
+    """Write shards ``shard_NNNNN.safetensors`` (``tokens [n, S]``, ``hidden [n, S, H]`` fp16) into ``folder``
+    until ``seqs`` runs out or ``deadline`` (``time.time()``); resumes after the shards already there when
+    ``key`` (target fingerprint, data, window) matches ``meta.json``. Returns the number of shards."""
+    import time
+
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    meta_path = folder / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if meta.get("key") != key:
+        for old in folder.glob("shard_*.safetensors"):
+            old.unlink()
+        meta = {"key": key, "shards": 0, "complete": False}
+    done = meta["shards"]
+    for _ in range(done * shard):  # the sequences already cached
+        next(seqs, None)
+    device = next(model.parameters()).device
+    while not meta["complete"] and time.time() < deadline:
+        batch = [s for _, s in zip(range(shard), seqs)]
+        if len(batch) < shard:
+            meta["complete"] = True
+            if not batch:
+                break
+        ids = torch.tensor(batch, dtype=torch.long, device=device)  # [n, S]
+        hidden = states_of(model, ids).to(torch.float16).cpu().contiguous()  # [n, S, H]
+        tmp = folder / f"shard_{done:05d}.tmp"
+        save_file({"tokens": ids.cpu().contiguous(), "hidden": hidden}, str(tmp))
+        os.replace(tmp, folder / f"shard_{done:05d}.safetensors")
+        done += 1
+        meta["shards"] = done
+        meta_path.write_text(json.dumps(meta))
+        if bar is not None:
+            bar.update(len(batch))
+    return done
+
+
+def load_shards(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """All cached ``tokens [N, S]`` and ``hidden [N, S, H]`` (fp16)."""
+    from safetensors.torch import load_file
+
+    parts = [load_file(str(p)) for p in sorted(folder.glob("shard_*.safetensors"))]
+    if not parts:
+        raise ValueError(f"no cached hidden states in {folder} (the corpus is shorter than one window?)")
+    return torch.cat([p["tokens"] for p in parts]), torch.cat([p["hidden"] for p in parts])

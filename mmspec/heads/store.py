@@ -1,0 +1,88 @@
+"""Saving and loading trained self-drafters: ``model.safetensors`` (fp16) + ``config.json`` in a folder.
+
+The config names the kind, the sizes and the target the heads were trained for (its name, hidden size,
+vocabulary, codebooks and a fingerprint of its output head's weights); ``load_heads`` refuses heads of
+another target with a ValueError, because heads only make sense on the hidden states they were trained on.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from ..protocols import has_hidden
+from .modules import EagleLayer, MedusaHeads
+
+KINDS = ("medusa", "eagle")
+
+
+def target_info(target, name: str = "") -> dict:
+    """What identifies a target for its heads: name, hidden size, vocabulary, codebooks, fingerprint."""
+    if not has_hidden(target):
+        raise ValueError(f"{type(target).__name__} does not expose hidden states; self-drafters need them")
+    weight = target.output_head().weight.detach()
+    digest = hashlib.sha256(weight.float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+    return {"target": str(name), "hidden_size": int(weight.shape[1]), "vocab_size": int(target.vocab_size),
+            "num_codebooks": int(target.num_codebooks), "fingerprint": digest}
+
+
+def save_heads(module, folder: str | Path, info: dict, extra: dict | None = None) -> Path:
+    """Write ``module`` (``MedusaHeads`` or ``EagleLayer``) as fp16 safetensors + config.json into ``folder``."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(torch.float16).cpu().contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    config = {**module.config(), **info, **(extra or {})}
+    (folder / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+    return folder
+
+
+def read_heads_config(folder: str | Path) -> dict:
+    folder = Path(folder)
+    if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
+        raise ValueError(f"{str(folder)!r} is not a heads folder (config.json + model.safetensors)")
+    config = json.loads((folder / "config.json").read_text())
+    if config.get("kind") not in KINDS:
+        raise ValueError(f"{str(folder)!r} holds heads of kind {config.get('kind')!r}; known kinds: {', '.join(KINDS)}")
+    return config
+
+
+def check_target(config: dict, target, folder) -> None:
+    """Refuse heads trained for another target (sizes, vocabulary, codebooks or output head differ)."""
+    info = target_info(target)
+    for key in ("hidden_size", "vocab_size", "num_codebooks", "fingerprint"):
+        if config.get(key) != info[key]:
+            raise ValueError(f"the heads in {str(folder)!r} were trained for another target "
+                             f"({config.get('target') or 'unnamed'}): {key} {config.get(key)!r} != this target's "
+                             f"{info[key]!r}")
+
+
+def build(config: dict):
+    if config["kind"] == "medusa":
+        return MedusaHeads(config["hidden_size"], config["num_heads"])
+    return EagleLayer(config["hidden_size"], config["embed_dim"], config["num_attention_heads"],
+                      config["intermediate_size"], config["window"])
+
+
+def load_heads(folder: str | Path, target, tree: int | None = None, width: int = 2):
+    """The drafter saved in ``folder`` for ``target``: a ``MedusaDrafter`` (``tree``/``width`` as there) or an
+    ``EagleDrafter``, on the target's device in float32 (CPU) or its dtype. ValueError for a missing folder,
+    an unknown kind, or heads of another target."""
+    from safetensors.torch import load_file
+
+    from ..drafters.eagle import EagleDrafter
+    from ..drafters.medusa import MedusaDrafter
+
+    config = read_heads_config(folder)
+    check_target(config, target, folder)
+    module = build(config)
+    module.load_state_dict(load_file(str(Path(folder) / "model.safetensors")))
+    dtype = next(target.output_head().parameters()).dtype
+    module = module.to(device=target.device, dtype=torch.float32 if target.device.type == "cpu" else dtype)
+    if config["kind"] == "medusa":
+        return MedusaDrafter(module, tree=tree, width=width)
+    return EagleDrafter(module)

@@ -1,0 +1,102 @@
+"""Training self-drafters against a frozen target (Medusa-1 style: the target never changes).
+
+* medusa: head i (0-based) on the state at t distils the target's distribution of the token i + 2 ahead
+  of t (its logits at t + 1 + i), by KL(target || head), heads weighted 0.8^i as in Medusa;
+* eagle: the layer on ``(state_t, token_{t+1})`` regresses ``state_{t+1}`` (smooth L1) plus 0.1 x the KL of
+  the target's next-token distribution to the one its predicted state gives, as in EAGLE.
+
+Teacher logits are the target's output head on the cached states (exactly the target's logits).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .. import training
+
+
+def kl(teacher: Tensor, student: Tensor) -> Tensor:
+    """Mean over positions of KL(softmax(teacher) || softmax(student)), logits ``[..., V]``."""
+    p = teacher.float().log_softmax(-1)
+    return F.kl_div(student.float().log_softmax(-1).flatten(0, -2), p.flatten(0, -2), log_target=True,
+                    reduction="batchmean")
+
+
+def medusa_loss(heads, head, hidden: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    """Loss and head 1's top-1 agreement with the target's greedy token, on ``hidden [b, S, H]``."""
+    x = heads(hidden[:, :-1])  # [b, S - 1, M, H]
+    loss, agree = hidden.new_zeros(()), None
+    for i in range(heads.num_heads):
+        S = hidden.shape[1] - 1 - i
+        if S <= 0:
+            break
+        teacher, student = head(hidden[:, 1 + i:]), head(x[:, :S, i])  # [b, S, V] each
+        loss = loss + 0.8 ** i * kl(teacher, student)
+        if i == 0:
+            agree = (teacher.argmax(-1) == student.argmax(-1)).float().mean()
+    return loss, agree
+
+
+def eagle_loss(layer, head, embed, hidden: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
+    """Loss and top-1 agreement of the predicted state's token with the target's greedy token."""
+    pred = layer(hidden[:, :-1], embed(tokens[:, 1:]))  # [b, S - 1, H] ~ hidden[:, 1:]
+    teacher, student = head(hidden[:, 1:]), head(pred)
+    loss = F.smooth_l1_loss(pred, hidden[:, 1:]) + 0.1 * kl(teacher, student)
+    return loss, (teacher.argmax(-1) == student.argmax(-1)).float().mean()
+
+
+def loss_fn(kind: str, module, head, embed):
+    if kind == "medusa":
+        return lambda h, t: medusa_loss(module, head, h, t)
+    return lambda h, t: eagle_loss(module, head, embed, h, t)
+
+
+def fit(kind, module, head, embed, data, seconds: float, ckpt, lr: float, batch: int, device) -> dict:
+    """Train ``module`` on cached ``(tokens, hidden)`` for ``seconds`` (resuming from ``ckpt``); returns stats."""
+    tokens, hidden = data
+    opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=0.0)
+    state = {"step": 0, "spent": 0.0, "total": None}
+    saved = training.load_checkpoint(ckpt)
+    if saved is not None and saved[0].get("kind") == kind:
+        state = saved[0]
+        module.load_state_dict(saved[1]["model"])
+        opt.load_state_dict(saved[1]["opt"])
+    import time
+
+    clock = training.StageClock(time.time() + seconds, spent=state["spent"], total=state["total"])
+    schedule = training.Schedule(peak=lr, floor=0.1, warmup=0.05, warmup_start=0.1)
+    compute = loss_fn(kind, module, head, embed)
+    g = torch.Generator().manual_seed(state["step"])
+    bar, last_save, agree = training.progress_bar(f"train {kind}", unit="step"), time.time(), float("nan")
+    while clock.running():
+        rows = torch.randint(0, tokens.shape[0], (batch,), generator=g)
+        training.set_lr(opt, schedule(min(1.0, clock.progress()), state["step"]))
+        loss, acc = compute(hidden[rows].to(device).float(), tokens[rows].to(device))
+        training.update(module, opt, loss)
+        state["step"] += 1
+        agree = 0.9 * agree + 0.1 * acc.item() if agree == agree else acc.item()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", top1=f"{agree:.3f}")
+        if time.time() - last_save > 60:
+            _save(ckpt, kind, state, clock, module, opt)
+            last_save = time.time()
+    bar.close()
+    _save(ckpt, kind, state, clock, module, opt)
+    return {"steps": state["step"], "train_top1": agree, "train_seconds": round(clock.elapsed(), 1)}
+
+
+def _save(ckpt, kind, state, clock, module, opt) -> None:
+    state.update(kind=kind, spent=clock.elapsed(), total=clock.total)
+    training.save_checkpoint(ckpt, state, model=module.state_dict(), opt=opt.state_dict())
+
+
+@torch.no_grad()
+def agreement(kind, module, head, embed, data, device, batch: int = 8) -> float:
+    """Top-1 agreement (head 1 / the EAGLE layer) with the target's greedy token on cached ``data``."""
+    tokens, hidden = data
+    compute, hits, n = loss_fn(kind, module, head, embed), 0.0, 0
+    for i in range(0, tokens.shape[0], batch):
+        _, acc = compute(hidden[i:i + batch].to(device).float(), tokens[i:i + batch].to(device))
+        hits, n = hits + float(acc) * min(batch, tokens.shape[0] - i), n + min(batch, tokens.shape[0] - i)
+    return hits / max(1, n)

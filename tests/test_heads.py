@@ -1,0 +1,149 @@
+"""Self-drafters (Medusa heads, the EAGLE layer) on the target's own hidden states: greedy output equals
+greedy autoregressive decoding and HF ``generate`` token for token with random heads (chains, a Medusa
+tree, batch 1 and 2), the hidden state they read is the verify forward's (checked through the output head),
+plain decoding records nothing, sampled drafting keeps the target's distribution, the training command runs
+end to end, and loading refuses heads of another target."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+
+import mmspec
+from mmspec.drafters.heads import EagleDrafter, MedusaDrafter, read
+from mmspec.heads import MedusaHeads, eagle_for, load_heads
+from mmspec.testing import chi2_pvalue
+
+PROMPTS = ["def add(a, b):", "class Stack:\n    def"]
+
+
+def text_target(tiny_models, arch="llama"):
+    from mmspec.text import TextTarget
+
+    return TextTarget.from_pretrained(tiny_models[arch], device="cpu")
+
+
+def drafter_of(kind: str, hidden: int = 32):
+    torch.manual_seed(1)
+    if kind == "medusa":
+        return MedusaDrafter(MedusaHeads(hidden, 3, zero_init=False))
+    if kind == "medusa-tree":
+        return MedusaDrafter(MedusaHeads(hidden, 3, zero_init=False), tree=7, width=3)
+    return EagleDrafter(eagle_for(hidden, hidden, 4, window=64))
+
+
+def hf_greedy(target, prompts, n):
+    ids, pads = target.encode(prompts)
+    mask = (torch.arange(ids.shape[1])[None, :] >= pads[:, None]).long()
+    out = target.model.generate(ids, attention_mask=mask, max_new_tokens=n, do_sample=False, pad_token_id=1)
+    return [row[: row.index(0) + 1] if 0 in row else row for row in out[:, ids.shape[1]:].tolist()]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("kind", ["medusa", "medusa-tree", "eagle"])
+def test_greedy_self_drafting_is_greedy_decoding(tiny_models, arch, batch, kind):
+    target = text_target(tiny_models, arch)
+    base = mmspec.autoregressive(target, PROMPTS[:batch], max_new_tokens=24)
+    gen = mmspec.generate(target, drafter_of(kind), PROMPTS[:batch], max_new_tokens=24, k=3)
+    assert torch.equal(gen.tokens, base.tokens)
+    assert gen.token_ids() == hf_greedy(target, PROMPTS[:batch], 24)
+    if kind == "medusa-tree":
+        assert gen.steps[1].n_drafted == 7  # the full static tree (later steps near the budget are shallower)
+
+
+class CheckingMedusa(MedusaDrafter):
+    """Asserts that the state it keeps, read through the output head, gives the newest committed frame."""
+
+    def observe(self, step, target_logits):
+        super().observe(step, target_logits)
+        with torch.inference_mode():
+            newest = read(self.head, self.state[:, None], 1).argmax(-1)  # [B, 1, 1]
+        assert torch.equal(newest, step.frames[:, -1:]), "the kept state is not the newest frame's predecessor"
+        self.checked = getattr(self, "checked", 0) + 1
+
+
+@pytest.mark.parametrize("tree", [None, 7])
+def test_the_state_read_is_the_verify_forwards(tiny_models, tree):
+    target = text_target(tiny_models)
+    drafter = CheckingMedusa(MedusaHeads(32, 3), tree=tree, width=3)  # zero init: head 1 = the target's next
+    gen = mmspec.generate(target, drafter, PROMPTS, max_new_tokens=24, k=3)
+    assert drafter.checked == len(gen.steps)
+
+
+def test_plain_decoding_records_no_hidden_state(tiny_models):
+    target = text_target(tiny_models)
+    mmspec.generate(target, drafter_of("eagle"), PROMPTS[0], max_new_tokens=6)
+    assert target.hidden_wanted
+    mmspec.autoregressive(target, PROMPTS[0], max_new_tokens=6)
+    assert not target.hidden_wanted
+    with pytest.raises(ValueError, match="recorded no hidden state"):
+        target.hidden()
+
+
+@torch.inference_mode()
+def exact_pairs(target, prompt, sampling):
+    """Exact probabilities of the first two tokens under ``sampling`` (warped as the rules warp)."""
+    sampler = mmspec.Sampler(sampling)
+    ids, _ = target.encode(prompt)  # [1, L]
+
+    def probs(row):
+        return sampler.probs(target.model(input_ids=row).logits[:, -1:, None])[0, 0, 0]  # [V]
+
+    p1, pairs = probs(ids), {}
+    for x in p1.nonzero()[:, 0].tolist():
+        p2 = probs(torch.cat([ids, torch.tensor([[x]])], 1))
+        pairs.update({(x, y): float(p1[x] * p2[y]) for y in p2.nonzero()[:, 0].tolist()})
+    return pairs
+
+
+@pytest.mark.parametrize("kind", ["medusa", "eagle"])
+def test_sampled_self_drafting_keeps_the_distribution(tiny_models, kind):
+    target = text_target(tiny_models)
+    sampling, runs = mmspec.Sampling(temperature=1.0, top_k=3), 240
+    drafter, counts = drafter_of(kind), Counter()
+    for seed in range(runs):
+        gen = mmspec.generate(target, drafter, "def", max_new_tokens=3, k=2, rule=mmspec.accept.speculative,
+                              sampling=sampling, seed=seed)
+        counts[tuple(gen.tokens[0, :2, 0].tolist())] += 1
+    exact = exact_pairs(target, "def", sampling)
+    assert not set(counts) - set(exact)
+    assert chi2_pvalue(counts, exact, runs) > 1e-3
+
+
+@pytest.mark.parametrize("kind", ["medusa", "eagle"])
+def test_train_command_end_to_end(tiny_models, tmp_path, kind):
+    from mmspec.heads.cli import main
+
+    data = tmp_path / "data.txt"
+    data.write_text("".join(f"def f{i}(a, b):\n    return a + b * {i}\n" for i in range(40)))
+    out = tmp_path / kind
+    assert main(["--target", tiny_models["llama"], "--kind", kind, "--out", str(out), "--data", str(data),
+                 "--time-budget", "4", "--seq-len", "32", "--device", "cpu"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["kind"] == kind and config["vocab_size"] == 300 and config["training"]["steps"] > 0
+    target = text_target(tiny_models)
+    drafter = load_heads(out, target)
+    base = mmspec.autoregressive(target, PROMPTS, max_new_tokens=16)
+    assert torch.equal(mmspec.generate(target, drafter, PROMPTS, max_new_tokens=16, k=3).tokens, base.tokens)
+
+
+def test_load_refuses_heads_of_another_target(tiny_models, tmp_path):
+    from mmspec.heads import save_heads, target_info
+
+    llama, gpt2 = text_target(tiny_models), text_target(tiny_models, "gpt2")
+    save_heads(MedusaHeads(32, 2), tmp_path / "h", target_info(llama, "llama"))
+    assert isinstance(load_heads(tmp_path / "h", llama), MedusaDrafter)
+    with pytest.raises(ValueError, match="trained for another target.*fingerprint"):
+        load_heads(tmp_path / "h", gpt2)  # same sizes, another output head
+    config = json.loads((tmp_path / "h" / "config.json").read_text())
+    (tmp_path / "h" / "config.json").write_text(json.dumps({**config, "hidden_size": 64}))
+    with pytest.raises(ValueError, match="hidden_size"):
+        load_heads(tmp_path / "h", llama)
+    (tmp_path / "h" / "config.json").write_text(json.dumps({**config, "kind": "hydra"}))
+    with pytest.raises(ValueError, match="kind 'hydra'"):
+        load_heads(tmp_path / "h", llama)
+    with pytest.raises(ValueError, match="not a heads folder"):
+        load_heads(tmp_path / "missing", llama)
