@@ -111,6 +111,9 @@ def build_parser(modality: str = "text") -> argparse.ArgumentParser:
     zoo.add_argument("action", choices=["train", "evaluate", "prepare", "distill"],
                      help="distill: retrain the draft against the finished target (where the recipe has it)")
     zoo.add_argument("zoo_modality", metavar="modality", help=f"one of: {', '.join(modalities.names())}")
+    heads = sub.add_parser("heads", add_help=False, help="train self-drafting heads (medusa, eagle) for a target "
+                           "(`mmspec heads train --help`)")
+    heads.add_argument("action", choices=["train"])
     demo = sub.add_parser("demo", help="start the Gradio app", formatter_class=fmt)
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=7860)
@@ -299,6 +302,16 @@ def cmd_methods(args) -> int:
     return 0
 
 
+def cmd_heads(args, rest) -> int:
+    """``mmspec heads train ...``: ``mmspec.heads.cli.main`` (its own options and --help)."""
+    from .heads import cli as heads_cli
+
+    try:
+        return heads_cli.main(rest) or 0
+    except SystemExit as stop:
+        return stop.code if isinstance(stop.code, int) else 0
+
+
 def cmd_zoo(args, rest) -> int:
     """The modality package's own training recipe (``mmspec.<modality>.recipe.main``)."""
     modalities.get(args.zoo_modality)  # unknown names -> ValueError listing the registered ones
@@ -331,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_generate(args, modality)
         if args.command == "compare":
             return cmd_compare(args, modality)
+        if args.command == "heads":
+            return cmd_heads(args, rest)
         if args.command == "zoo":
             return cmd_zoo(args, rest)
         if rest:
