@@ -82,12 +82,12 @@ def run_once(modality, method: Method, target, draft, prompt, max_new: int, k: i
 
 
 def with_tree(methods: list[Method], modality, tree: int, width: int | None) -> list[Method]:
-    """The methods with ``tree`` nodes (and ``width``) for every drafter that branches; the others unchanged."""
+    """The chain methods whose drafter branches, given ``tree`` nodes (and ``width``); the others (and methods
+    that name their own tree) unchanged."""
     out = []
     for m in methods:
-        if tree and m.drafter != "none" and named.branches_any(m.drafter, modality):
-            m = dataclasses.replace(m, tree=tree, width=width or m.width,
-                                    label=m.label if m.tree else f"{m.label} tree={tree}")
+        if tree and not m.tree and m.drafter != "none" and named.branches_any(m.drafter, modality):
+            m = dataclasses.replace(m, tree=tree, width=width or m.width, label=f"{m.label} tree={tree}")
         out.append(m)
     return out
 
