@@ -81,7 +81,7 @@ def build_parser(modality: str = "text") -> argparse.ArgumentParser:
     _common(cmp_, mod)
     cmp_.add_argument("--methods", default="prompt-lookup,jacobi,lookahead,model",
                       help="comma-separated drafter[:rule] list, e.g. model:speculative,jacobi")
-    cmp_.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up; the methods take turns "
+    cmp_.add_argument("--repeats", type=int, default=5, help="timed rounds after one warm-up; the methods take turns "
                       "in every round")
     meth = sub.add_parser("methods", help="list each modality's drafters, Jacobi inits and accept rules",
                           formatter_class=fmt)
