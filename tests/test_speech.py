@@ -387,6 +387,22 @@ def test_musicgen_greedy_equivalence_with_generate_and_every_method(musicgen, to
             assert gen.stats["acceptance_rate"] == 1.0
 
 
+def test_a_musicgen_model_used_as_a_draft_later_decodes_on_its_own(musicgen, tokenizer):
+    """Drafting starts the draft model with the run's budget and mutates nothing: the same object, used on
+    its own afterwards with another length, decodes exactly as a fresh one (its own closing delay)."""
+    from mmspec.speech import MusicgenTarget
+
+    model, small_model = musicgen
+    target = MusicgenTarget(model, tokenizer, guidance_scale=3.0)
+    used = MusicgenTarget(small_model, tokenizer, guidance_scale=3.0)
+    mmspec.generate(target, mmspec.ModelDrafter(used), ["hello world"], max_new_tokens=20, k=4)
+    alone = mmspec.autoregressive(used, ["for i in range"], max_new_tokens=9)
+    fresh = mmspec.autoregressive(MusicgenTarget(small_model, tokenizer, guidance_scale=3.0), ["for i in range"],
+                                  max_new_tokens=9)
+    assert torch.equal(alone.tokens, fresh.tokens) and alone.outputs == fresh.outputs
+    assert used.new_steps == 9  # the closing delay of its own run, not the target's 20
+
+
 def test_musicgen_rollback_and_pad_column(musicgen, tokenizer):
     from mmspec.speech import MusicgenTarget
 
