@@ -31,7 +31,8 @@ footer { display: none !important; }
 INTRO = ("# mmspec: speculative decoding side by side\n"
          "Press **Run**: the baseline (plain decoding, one target forward per frame) runs first, then each method "
          "with the same seed. Lossless methods must reproduce the baseline under greedy decoding. Speedup = the "
-         "method's frames per second over the baseline's. Highlighted text came from accepted drafts.")
+         "baseline's time over the method's, the median of the timed rounds that follow (min-max in brackets; "
+         "\"within noise\" when that range holds 1.00x). Highlighted text came from accepted drafts.")
 
 
 class Stops:
