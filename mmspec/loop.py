@@ -109,7 +109,7 @@ def _steps(target, drafter, prompt, max_new_tokens, k, rule, sampling, seed) -> 
         last = verdict.tokens[:, n - 1 : n].clamp(min=0)  # [B, 1, K]
         draft = empty
         if drafter is not None and budget - made > 1:
-            draft = drafter.propose(last, min(k, budget - made - 1))
+            draft = _fit(target, drafter.propose(last, min(k, budget - made - 1)), first=made == 1)
         # 3. Verify: one target forward over [last, draft] (a tree: each node sees its ancestors only).
         pos = target.pos.clone() + 1  # position predicted by logits[:, 0]
         parents = _tree_of(target, draft)
@@ -118,14 +118,27 @@ def _steps(target, drafter, prompt, max_new_tokens, k, rule, sampling, seed) -> 
         verdict = rule(draft, logits, sampler, pos)
 
 
+def _fit(target: Target, draft: Draft, first: bool) -> Draft:
+    """A tree that does not fit the context: a clear error at the run's first draft (the node budget is too
+    large for this model and prompt); later (near the end of a fixed-length context, such as an image
+    grid) its first nodes that fit, which are ancestor-closed because parents come before children."""
+    room = target.max_frames - int(target.pos.max()) - 1  # frames the verify forward may add after ``last``
+    if draft.parents is None or draft.size <= room:
+        return draft
+    if first:
+        raise ValueError(f"a tree of {draft.size} nodes does not fit the model's context ({target.max_frames} frames) "
+                         "after the prompt; lower the node budget (--tree)")
+    room = max(room, 0)
+    parents = draft.parents[..., :room]
+    return Draft(tokens=draft.tokens[:, :room], probs=None if draft.probs is None else draft.probs[:, :room],
+                 parents=parents)
+
+
 def _tree_of(target: Target, draft: Draft):
-    """The verify frames' parents for a tree draft (None for a chain), checked against the context."""
+    """The verify frames' parents for a tree draft (None for a chain)."""
     if draft.parents is None or draft.is_chain:
         return None
     tree.check(draft.parents, draft.size, draft.tokens.shape[0])
-    if int(target.pos.max()) + 1 + draft.size > target.max_frames:
-        raise ValueError(f"a tree of {draft.size} nodes does not fit the model's context ({target.max_frames} frames) "
-                         "after the frames so far; lower the node budget (--tree)")
     return tree.forward_parents(draft.parents, draft.size)
 
 

@@ -189,3 +189,13 @@ def test_stats_count_the_nodes_each_forward_verified():
     drafted = [s.n_drafted for s in gen.steps[1:]]
     assert gen.stats["nodes_per_forward"] == pytest.approx(sum(n + 1 for n in drafted) / len(drafted))
     assert max(drafted) == 2 + 4  # width 2, depth 2: 6 nodes when the budget allows
+
+
+def test_a_tree_is_cut_to_the_room_left_near_the_end_of_the_context():
+    """A fixed-length context (an image grid): late trees keep their first nodes that fit; output unchanged."""
+    target = ToyTarget(vocab_size=6, seed=3, max_frames=20)
+    p = prompt(vocab=6)
+    base = mmspec.autoregressive(target, p, max_new_tokens=40)
+    gen = mmspec.generate(target, ToyTreeDrafter(target.perturbed(0.3), width=2, depth=3), p, max_new_tokens=40, k=3)
+    assert torch.equal(gen.tokens, base.tokens) and gen.tokens.shape[1] == 20 - 4
+    assert min(s.n_drafted for s in gen.steps[1:]) < 14  # some late steps verified fewer than the full 14 nodes
