@@ -188,7 +188,7 @@ def plan(mod: Modality, inputs: Inputs, temperature: float) -> list[tuple[str, s
             continue
         nodes = tree[0] if tree else 0
         _whole(nodes, f"{drafter}: tree nodes", 0, MAX_TREE)
-        nodes = int(nodes) if int(nodes) and methods.branches_any(drafter, mod) else None
+        nodes = methods.budget_for(drafter, mod, int(nodes))
         methods.check_drafter(drafter, mod, init=inputs.init, tree=nodes)
         rule = methods.default_rule(temperature) if rule in (None, "", AUTO) else rule
         if rule not in methods.rule_specs(mod):

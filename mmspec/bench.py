@@ -86,7 +86,7 @@ def with_tree(methods: list[Method], modality, tree: int, width: int | None) -> 
     that name their own tree) unchanged."""
     out = []
     for m in methods:
-        if tree and not m.tree and m.drafter != "none" and named.branches_any(m.drafter, modality):
+        if not m.tree and named.budget_for(m.drafter, modality, tree):
             m = dataclasses.replace(m, tree=tree, width=width or m.width, label=f"{m.label} tree={tree}")
         out.append(m)
     return out

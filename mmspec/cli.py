@@ -175,9 +175,9 @@ def run_method(modality, target, drafter: str, rule: str, args, draft=None):
 def _tree(args, modality, drafter: str) -> int | None:
     """The node budget for ``drafter``: ``generate`` asks it of the one drafter named (an error if it cannot
     branch); ``compare`` gives it to the methods that branch and runs the others as chains."""
-    if not args.tree or drafter == "none":
-        return None
-    return args.tree if args.command == "generate" or named.branches_any(drafter, modality) else None
+    if args.command == "generate" and drafter != "none":
+        return args.tree or None
+    return named.budget_for(drafter, modality, args.tree)
 
 
 def _load(modality, args, need_draft: bool):

@@ -47,6 +47,14 @@ def needs_draft(name: str) -> bool:
     return "model" in parts_of(name)
 
 
+def budget_for(name: str, modality: Modality, tree: int | None) -> int | None:
+    """A node budget offered to every method (compare, bench, the app): ``tree`` for a drafter that can take
+    one, None (a chain) for the others and for plain decoding; 0 or None means no tree."""
+    if not tree or name == "none" or not branches_any(name, modality):
+        return None
+    return int(tree)
+
+
 def branches_any(name: str, modality: Modality) -> bool:
     """Whether a drafter name can take a node budget: one that branches, or a mixture (one shared trie)."""
     parts = parts_of(name)

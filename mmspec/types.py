@@ -19,13 +19,6 @@ def count(value, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
-def number(value, name: str) -> float:
-    """A finite real parameter (not a bool), else a ValueError."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
-
-
 PAD = -1
 """Token id that fills ``Verdict.tokens`` after the committed frames and ``Generation.tokens`` after EOS."""
 

@@ -123,6 +123,13 @@ def test_train_quick_then_evaluate(tiny_data, tmp_path, monkeypatch):
     assert set(result["scores"]) >= {"target_loss", "draft_loss", "unigram_loss", "agreement"}
     assert 0.0 <= result["scores"]["agreement"] <= 1.0
     assert "code-target" in (out / "code-draft" / "README.md").read_text()
+    check_distill(data, out, monkeypatch)
+
+
+def check_distill(data, out, monkeypatch):
+    """Steps 4 and 5 of ``test_train_quick_then_evaluate``, on its freshly trained zoo."""
+    from transformers import LlamaForCausalLM
+
     # 4. `distill` retrains only the drafter: every variant is scored, the best agreement is kept, the
     #    target is untouched, and evaluate's card names the variants. (Without an old drafter here; the
     #    next block checks that an old drafter that agrees more stays.)
