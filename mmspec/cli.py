@@ -149,7 +149,7 @@ def _check(args, modality, drafters: list[str], rules: list[str]) -> None:
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     _sampling(args)
-    modality.prompts(args.prompt if args.prompt is not None else modality.default_prompt, 1)
+    modality.prompts(args.prompt, 1)
     if args.tree < 0:
         raise ValueError(f"--tree (node budget) must be 0 (a chain) or >= 1, got {args.tree}")
     for drafter in drafters:
@@ -182,8 +182,8 @@ def _tree(args, modality, drafter: str) -> int | None:
 
 def _load(modality, args, need_draft: bool):
     opts = modality.options(args)
-    target = modality.load(args.target or modality.default_target, **opts)
-    draft = modality.load(args.draft or modality.default_draft, **opts) if need_draft else None
+    target = modality.load(args.target, **opts)
+    draft = modality.load(args.draft, **opts) if need_draft else None
     return target, draft
 
 
@@ -266,12 +266,12 @@ def _compare_row(name, rule, gens, base, modality, repeats, env) -> dict:
 
 def _compare_report(args, modality, env, repeats, base, table) -> str:
     """The printed comparison: context, the baseline's output, a legend, the table and any warnings."""
-    prompt = args.prompt if args.prompt is not None else modality.default_prompt
+    prompt = args.prompt
     out = base.outputs[0]
     load = "n/a" if env["load_1min"] is None else f"{env['load_1min']:.1f}"
     lines = [f"prompt: {prompt!r}",
-             f"{modality.name}: target {args.target or modality.default_target}, k={args.k}, "
-             f"max_new_tokens={args.max_new_tokens or modality.max_new_tokens or 'full length'}, temperature={args.temperature}, "
+             f"{modality.name}: target {args.target}, k={args.k}, "
+             f"max_new_tokens={args.max_new_tokens or 'full length'}, temperature={args.temperature}, "
              f"seed={args.seed}, {repeats} interleaved rounds after a warm-up",
              f"device {env['device']}, {env['threads']} torch threads, {env['cpu_count']} cores, load {load}",
              "baseline output:", out if isinstance(out, str) else repr(out), "",
@@ -306,10 +306,7 @@ def cmd_heads(args, rest) -> int:
     """``mmspec heads train ...``: ``mmspec.heads.cli.main`` (its own options and --help)."""
     from .heads import cli as heads_cli
 
-    try:
-        return heads_cli.main(rest) or 0
-    except SystemExit as stop:
-        return stop.code if isinstance(stop.code, int) else 0
+    return _delegate(heads_cli.main, rest)
 
 
 def cmd_zoo(args, rest) -> int:
@@ -319,9 +316,14 @@ def cmd_zoo(args, rest) -> int:
         recipe = importlib.import_module(f"mmspec.{args.zoo_modality}.recipe")
     except ModuleNotFoundError:
         raise ValueError(f"modality {args.zoo_modality!r} ships no zoo recipe") from None
+    return _delegate(recipe.main, [args.action, *rest])
+
+
+def _delegate(main, argv: list[str]) -> int:
+    """Run another command's ``main(argv)``; its own argument errors and --help end with their exit code."""
     try:
-        return recipe.main([args.action, *rest]) or 0
-    except SystemExit as stop:  # the recipe's own argument errors and --help
+        return main(argv) or 0
+    except SystemExit as stop:
         return stop.code if isinstance(stop.code, int) else 0
 
 
