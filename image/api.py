@@ -15,7 +15,7 @@ from mmspec.modalities import Modality
 
 from .display import DISPLAY
 from .inits import SpatialInit
-from .target import META_FILE, resolve
+from .target import META_FILE, ZOO, resolve
 
 LOAD_OPTIONS = ("guidance_scale", "guidance_interval", "image_size", "device", "dtype")
 
@@ -115,6 +115,13 @@ SUITE = Suite(
     quality=class_accuracy, quality_name="class_accuracy",
 )
 
+def heads_prompts(target, held_out: bool):
+    """A self-drafter learns from the target's samples of every class in turn (held out: other seeds)."""
+    import itertools
+
+    return itertools.cycle(target.class_names)
+
+
 MODALITY = Modality(
     name="image", title="Image", unit="codes",
     default_target="zoo:shapes", default_draft="zoo:shapes-draft",
@@ -123,6 +130,6 @@ MODALITY = Modality(
     add_arguments=add_arguments, options=options,
     inits={"left": SpatialInit("left"), "above": SpatialInit("above")},  # JacobiDrafter binds them to the grid
     rules={"lantern": LANTERN}, suite=SUITE, extension=".png",
-    display=DISPLAY,
+    display=DISPLAY, default_heads="zoo:shapes-heads", zoo=ZOO, heads_prompts=heads_prompts,
     notes="Class-conditional image-token model (8x8 VQ codes -> 32x32 pixels), or Janus by folder or hub id.",
 )

@@ -45,7 +45,7 @@ def grid_codes(frames: Tensor, lengths: Tensor, grid_tokens: int) -> Tensor:
     return codes
 
 
-class ImageTarget(hf.HFTarget):
+class ImageTarget(hf.HiddenStates, hf.HFTarget):
     """Target over a class-conditional image-token transformer with CFG. See the module docstring.
 
     ``ImageTarget.from_pretrained("zoo:shapes", guidance_scale=3.0)``; prompts are class names
@@ -168,7 +168,8 @@ class ImageTarget(hf.HFTarget):
             rows = self.pos.repeat(ids.shape[0] // self.B)  # [B|2B]
             kwargs["attention_mask"], kwargs["position_ids"] = self.cache.tree(parents, rows, self.model.dtype)
             step = tree.depths(hf.rows_of(parents, self.B)) - 1  # [B, T]
-        out = self.model(input_ids=ids, use_cache=True, **kwargs)
+        out = self.model(input_ids=ids, use_cache=True, output_hidden_states=self.hidden_wanted, **kwargs)
+        self._record_hidden(out, T, rows=self.B)  # a self-drafter reads the conditional half (see output_head)
         logits = out.logits[..., self.code_offset: self.code_offset + self.vocab_size].float()  # [B|2B, T, V]
         if self.guided:
             # 2. guide only where the predicted grid index (= position) lies inside the interval
@@ -204,6 +205,20 @@ class ImageTarget(hf.HFTarget):
         theirs = (draft.vocab_size, draft.code_offset, draft.class_ids, draft.null_id, draft.grid_h, draft.grid_w)
         if mine != theirs:
             raise ValueError("draft image model's layout (codes, classes, grid) differs from the target's")
+
+    # -- self-drafter capability (``mmspec.protocols.HiddenTarget``) ------------------------------
+    def output_head(self) -> torch.nn.Module:
+        """The code rows of the transformer's output head: hidden ``[..., H]`` -> code logits ``[..., V]``.
+
+        Under guidance ``hidden()`` is the conditional half's state, so a self-drafter reading it guesses the
+        conditional distribution, not the guided mix the rules verify with; that costs acceptance, never
+        exactness (the rules accept with the target's guided logits). The unconditional half follows the
+        committed codes through the same forward, so it needs nothing from the drafter."""
+        return hf.Projection(self.model.get_output_embeddings(), self.code_offset, self.vocab_size)
+
+    def input_embeddings(self) -> torch.nn.Module:
+        """Code frames ``[..., 1]`` -> the transformer's input embedding of model id ``code + code_offset``."""
+        return hf.FrameEmbedding(self.model.get_input_embeddings(), (self.code_offset,))
 
     def codebook(self) -> Tensor:
         """VQ codebook embeddings ``[V, E]`` (code i is model id ``code_offset + i``), for LANTERN."""

@@ -53,6 +53,8 @@ def _common(p: argparse.ArgumentParser, modality) -> None:
     p.add_argument("--tree-width", type=int, default=2, metavar="W", help="children per expanded tree node")
     p.add_argument("--dynamic-tree", action="store_true",
                    help="model drafter: grow the tree where the draft is most confident (EAGLE-2) instead of a fixed shape")
+    p.add_argument("--heads", default=None, metavar="DIR",
+                   help=f"drafter heads: a folder from `mmspec heads train` (default: {modality.default_heads or 'none'})")
     p.add_argument("--max-new-tokens", type=int, default=modality.max_new_tokens,
                    help=f"new {modality.unit} per row (None: as many as the target holds)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -157,6 +159,10 @@ def _check(args, modality, drafters: list[str], rules: list[str]) -> None:
                             width=args.tree_width, dynamic=args.dynamic_tree and named.needs_draft(drafter))
     for rule in rules:
         accept.spec_of(rule, modality.rules)
+    if any("heads" in named.parts_of(d) for d in drafters):
+        from .heads.store import read_heads_config
+
+        read_heads_config(named.heads_folder(modality, args.heads))
     if args.out:
         from .files import writable
 
@@ -169,7 +175,7 @@ def run_method(modality, target, drafter: str, rule: str, args, draft=None):
                      k=args.k, init=args.init, ngram=args.ngram, max_new_tokens=args.max_new_tokens,
                      sampling=_sampling(args), seed=args.seed, options=modality.options(args),
                      tree=_tree(args, modality, drafter), width=args.tree_width,
-                     dynamic=args.dynamic_tree and named.needs_draft(drafter))
+                     dynamic=args.dynamic_tree and named.needs_draft(drafter), heads=args.heads)
 
 
 def _tree(args, modality, drafter: str) -> int | None:

@@ -267,16 +267,57 @@ class HiddenStates:
         return self._hidden
 
     def output_head(self) -> torch.nn.Module:
-        """The target's frozen output projection (hidden ``[..., H]`` -> logits ``[..., V]``)."""
-        return self.model.get_output_embeddings()
+        """The target's frozen output projection (hidden ``[..., H]`` -> logits ``[..., K * V]``)."""
+        return Projection(self.model.get_output_embeddings())
 
     def input_embeddings(self) -> torch.nn.Module:
-        """The target's frozen token embedding (ids ``[...]`` -> ``[..., E]``)."""
-        return self.model.get_input_embeddings()
+        """The target's frozen frame embedding (frames ``[..., K]`` -> ``[..., E]``)."""
+        return FrameEmbedding(self.model.get_input_embeddings())
 
-    def _record_hidden(self, out, T: int) -> None:
+    def _record_hidden(self, out, T: int, rows: int | None = None) -> None:
+        """Keep the last layer's state of the last ``T`` frames (of the first ``rows`` batch rows: the
+        conditional half of a guided batch)."""
         if self.hidden_wanted:
-            self._hidden = out.hidden_states[-1][:, -T:]  # [B, T, H]
+            h = getattr(out, "hidden", None)
+            h = out.hidden_states[-1] if h is None else h
+            self._hidden = h[:rows, -T:]  # [B, T, H]
+
+
+class Projection(torch.nn.Module):
+    """A target's output projection restricted to the rows ``[start, start + size)`` of its weight (all
+    rows: ``size`` None): hidden ``[..., H]`` -> logits ``[..., size]``, sharing the target's frozen weight."""
+
+    def __init__(self, linear: torch.nn.Module, start: int = 0, size: int | None = None):
+        super().__init__()
+        self.linear, self.start, self.size = linear, start, size
+
+    @property
+    def weight(self) -> Tensor:
+        w = self.linear.weight
+        return w if self.size is None else w[self.start: self.start + self.size]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.size is None:
+            return self.linear(x)
+        bias = getattr(self.linear, "bias", None)
+        return torch.nn.functional.linear(x, self.weight, None if bias is None else bias[self.start: self.start + self.size])
+
+
+class FrameEmbedding(torch.nn.Module):
+    """A target's frozen input embedding of whole frames: frames ``[..., K]`` (ids per codebook) -> the sum of
+    the rows ``table[frame[k] + offsets[k]]``, ``[..., E]`` (text: K = 1, offset 0)."""
+
+    def __init__(self, table: torch.nn.Module, offsets: Sequence[int] = (0,)):
+        super().__init__()
+        self.table, self.offsets = table, tuple(int(o) for o in offsets)
+
+    @property
+    def weight(self) -> Tensor:
+        return self.table.weight
+
+    def forward(self, frames: Tensor) -> Tensor:
+        offsets = torch.tensor(self.offsets, device=frames.device)  # [K]
+        return self.table(frames.clamp(min=0) + offsets).sum(-2)  # [..., E]
 
 
 # -- left-padded batches ---------------------------------------------------------------------------

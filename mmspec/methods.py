@@ -15,8 +15,8 @@ from .modalities import Modality, Models
 from .protocols import Drafter, Target
 from .types import Generation, Sampling, count
 
-DRAFTERS = ("none", "model", "prompt-lookup", "jacobi", "lookahead")
-BRANCHING = ("model", "prompt-lookup", "lookahead")
+DRAFTERS = ("none", "model", "prompt-lookup", "jacobi", "lookahead", "heads")
+BRANCHING = ("model", "prompt-lookup", "lookahead", "heads")
 """Core drafters that draft a token tree when given a node budget (``tree``); a modality's own drafter
 branches when its factory takes a ``tree`` parameter. ``"A+B"`` names a ``MixedDrafter`` of the parts."""
 INITS = ("pad", "random", "repeat")
@@ -105,9 +105,11 @@ def _check_tree(parts: list[str], modality: Modality, tree, width, dynamic) -> N
 
 def make_drafter(name: str, modality: Modality, *, target: Target | None = None, draft: Target | None = None,
                  init: str | Callable = "random", ngram: int | None = None, options: dict | None = None,
-                 tree: int | None = None, width: int = 2, dynamic: bool = False) -> Drafter | None:
+                 tree: int | None = None, width: int = 2, dynamic: bool = False,
+                 heads: str | None = None) -> Drafter | None:
     """``none`` -> None (plain decoding); ``model`` needs ``draft``; ``jacobi``/``lookahead`` take ``init``;
-    a modality's own drafters are built by their factory from ``target`` and ``options``.
+    ``heads`` loads the self-drafter in the folder ``heads`` (default: the modality's zoo heads) for
+    ``target``; a modality's own drafters are built by their factory from ``target`` and ``options``.
 
     ``tree`` (node budget N) makes the drafters that branch draft token trees (``width`` children per
     node and ``dynamic`` EAGLE-2 trees for the model drafter); ``"A+B"`` is a ``MixedDrafter`` of the
@@ -116,13 +118,32 @@ def make_drafter(name: str, modality: Modality, *, target: Target | None = None,
     parts = parts_of(name)
     if len(parts) > 1:
         made = [_make_one(part, modality, target, draft, init, ngram, options,
-                          tree if branches(part, modality) else None, width, dynamic) for part in parts]
+                          tree if branches(part, modality) else None, width, dynamic, heads) for part in parts]
         return MixedDrafter(made, nodes=tree)
-    return _make_one(name, modality, target, draft, init, ngram, options, tree, width, dynamic)
+    return _make_one(name, modality, target, draft, init, ngram, options, tree, width, dynamic, heads)
 
 
-def _make_one(name, modality, target, draft, init, ngram, options, tree, width, dynamic) -> Drafter | None:
+def heads_folder(modality: Modality, heads: str | None) -> str:
+    """The self-drafter folder ``--heads`` names (``zoo:NAME`` in the modality's zoo, or a path); None: the
+    modality's zoo heads for its default target. ValueError when there is none."""
+    from .files import resolve
+
+    name = heads if heads is not None else modality.default_heads
+    if name is None:
+        raise ValueError(f"drafter 'heads' needs --heads DIR: {modality.name} ships no zoo heads")
+    if str(name).startswith("zoo:") and modality.zoo is None:
+        raise ValueError(f"{modality.name} has no zoo; give --heads a folder")
+    return resolve(name, modality.zoo, "config.json", f"{modality.name} heads", hub=False)
+
+
+def _make_one(name, modality, target, draft, init, ngram, options, tree, width, dynamic, heads=None) -> Drafter | None:
     """One drafter by name (already checked)."""
+    if name == "heads":
+        from .heads import load_heads
+
+        if target is None:
+            raise ValueError("drafter 'heads' reads the target's hidden states: pass the loaded target")
+        return load_heads(heads_folder(modality, heads), target, tree=tree, width=width)
     if name in modality.drafters:
         shape = {} if tree is None else {"tree": tree, "width": width}
         return modality.drafters[name](target, **(options or {}), **shape)
@@ -158,12 +179,12 @@ def run(modality: Modality, target: Target, prompt: Any = None, *, drafter: str 
         draft: Target | None = None, batch: int = 1, k: int = 4, init: str | Callable = "random",
         ngram: int | None = None, max_new_tokens: int | None = None, sampling: Sampling = Sampling(),
         seed: int = 0, options: dict | None = None, tree: int | None = None, width: int = 2,
-        dynamic: bool = False) -> Generation:
+        dynamic: bool = False, heads: str | None = None) -> Generation:
     """One generation with a named drafter and rule (fresh drafter: drafters keep state); ``tree`` is the
     node budget of a branching drafter (None or 0: a chain), ``width`` its children per expanded node."""
     rule_obj = make_rule(rule or default_rule(sampling.temperature), modality, target, options)
     made = make_drafter(drafter, modality, target=target, draft=draft, init=init, ngram=ngram, options=options,
-                        tree=tree or None, width=width, dynamic=dynamic)
+                        tree=tree or None, width=width, dynamic=dynamic, heads=heads)
     prompt = modality.default_prompt if prompt is None else prompt
     if isinstance(prompt, (list, tuple)):  # one row per prompt
         prompts = [row for p in prompt for row in modality.prompts(p, 1)] if prompt else modality.prompts(None, 1)
@@ -185,7 +206,8 @@ def generate_with(modality: str | Modality, prompt: Any = None, drafter: str = "
     one-liner, e.g. ``mmspec.image.generate("red ring", "jacobi", "speculative", temperature=1.0)``.
 
     ``drafter`` / ``rule`` take the CLI's names; ``options`` the modality's load and rule options;
-    other keywords (``k``, ``init``, ``ngram``, ``batch``, ``max_new_tokens``, ``seed``) go to ``run``.
+    other keywords (``k``, ``init``, ``ngram``, ``batch``, ``max_new_tokens``, ``seed``, ``tree``, ``width``,
+    ``heads``) go to ``run``.
     """
     from .modalities import get
 

@@ -31,6 +31,9 @@ class Modality:
     ``inits``, ``drafters`` and ``rules`` extend the core's Jacobi init policies, drafters
     (``factory(target, **options) -> Drafter``) and accept rules. ``suite`` is the bench suite
     (``mmspec.bench.Suite``); ``display`` is the app's view of an output (``demos/app.py``).
+    ``default_heads`` names the zoo self-drafter of ``default_target`` (``--drafter heads`` without
+    ``--heads``) and ``zoo`` the folder ``zoo:NAME`` names live in; ``heads_prompts(target, held_out)`` yields the prompts whose samples a self-drafter trains
+    on (None: a text corpus, ``mmspec.heads.data``).
     """
 
     name: str
@@ -50,6 +53,9 @@ class Modality:
     rules: Mapping[str, RuleSpec] = field(default_factory=dict)
     suite: Any = None
     display: Any = None
+    default_heads: str | None = None
+    zoo: Any = None
+    heads_prompts: Callable[[Target, bool], Any] | None = None
     extension: str = ".txt"
     notes: str = ""
 

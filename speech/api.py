@@ -22,7 +22,7 @@ from mmspec.modalities import Modality
 from .display import DISPLAY
 from .drafters import CodecLookupDrafter, lookup_init
 from .relaxed import relaxed_rule
-from .target import META_NAME, SpeechTarget, texts_of
+from .target import META_NAME, ZOO, SpeechTarget, texts_of
 
 SENTENCES = ("Hello world.", "The quick brown fox jumps over the lazy dog.", "Speculative decoding makes speech faster.",
              "Open the file and read every line.", "Tomorrow will be a sunny day.", "Please call me back at noon.")
@@ -115,6 +115,17 @@ SUITE = Suite(
     quality=mel_distance, quality_name="mel_distance_to_baseline",
 )
 
+def heads_prompts(target, held_out: bool):
+    """A self-drafter learns from the target's samples of the speech recipe's sentences (the standard
+    library's docstrings; held out: its validation split), cycled."""
+    import itertools
+
+    from .recipe.data import split_of, stdlib_sentences
+
+    chosen = [s for s in stdlib_sentences() if (split_of(s) == "valid") == held_out]
+    return itertools.cycle(chosen)
+
+
 MODALITY = Modality(
     name="speech", title="Speech", unit="frames",
     default_target="zoo:speech", default_draft="zoo:speech-draft",
@@ -124,6 +135,6 @@ MODALITY = Modality(
     inits={"codec-lookup": lookup_init},
     drafters={"codec-lookup": lambda target, tree=None, width=2, **opts: CodecLookupDrafter(tree=tree, width=width)},  # training-free, per codebook
     rules={"relaxed": RELAXED}, suite=SUITE, extension=".wav",
-    display=DISPLAY,
+    display=DISPLAY, default_heads="zoo:speech-heads", zoo=ZOO, heads_prompts=heads_prompts,
     notes="Text-to-speech codec LM from the offline zoo (4 codebooks, 50 frames/s), or MusicGen by folder or hub id.",
 )

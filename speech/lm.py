@@ -104,10 +104,12 @@ _CACHE_ARG = hf.cache_arg(LlamaModel)
 
 @dataclass
 class SpeechLMOutput:
-    """``logits [B, N, K, V]`` and the backbone's cache (a ``DynamicCache``; ``.cache`` is an alias)."""
+    """``logits [B, N, K, V]``, the backbone's cache (a ``DynamicCache``; ``.cache`` is an alias) and its last
+    hidden state ``hidden [B, N, H]`` (after the final norm: the heads' input)."""
 
     logits: torch.Tensor
     past_key_values: object | None = None
+    hidden: torch.Tensor | None = None
 
     @property
     def cache(self):
@@ -165,4 +167,4 @@ class SpeechLM(PreTrainedModel):
         # 4. Parallel heads.
         B, K, V = inputs_embeds.shape[0], self.config.num_codebooks, self.config.audio_vocab_size
         logits = self.heads(out.last_hidden_state).view(B, N, K, V)  # [B, N, K, V]
-        return SpeechLMOutput(logits=logits, past_key_values=new_cache if use_cache else None)
+        return SpeechLMOutput(logits=logits, past_key_values=new_cache if use_cache else None, hidden=out.last_hidden_state)

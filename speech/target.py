@@ -61,7 +61,7 @@ def texts_of(prompt: str | Sequence[str]) -> list[str]:
     return hf.prompt_texts(prompt, "speech prompt")
 
 
-class SpeechTarget(hf.HFTarget):
+class SpeechTarget(hf.HiddenStates, hf.HFTarget):
     """Target over a ``SpeechLM``; ``codec`` (any ``speech.codec.Codec``) is only needed to decode."""
 
     def __init__(self, model: SpeechLM, codec=None, *, voices: Sequence[str] = (), voice: int | str | None = None,
@@ -133,6 +133,7 @@ class SpeechTarget(hf.HFTarget):
         self.cache = hf.KVCache(mask=hf.padding_mask(pads, L + 1), fed=bos)
         out = self.model(text_ids=ids, audio_frames=bos, attention_mask=self.cache.mask, past_key_values=self.cache.kv,
                          use_cache=True)
+        self._record_hidden(out, 1)
         self.pos = (L - pads) + 1
         # 2. Constrain the first step.
         return self._constrain(out.logits[:, -1:].float(), first_step=0)  # [B, 1, K, V]
@@ -152,6 +153,7 @@ class SpeechTarget(hf.HFTarget):
         else:
             kwargs["attention_mask"] = self.cache.grow(T, frames)  # [B, S + T]; fed [B, first + T, K]
         out = self.model(audio_frames=frames, past_key_values=self.cache.kv, use_cache=True, **kwargs)
+        self._record_hidden(out, T)
         self.pos = self.pos + T
         return self._constrain(out.logits.float(), first_step=first, parents=parents)  # [B, T, K, V]
 
@@ -218,6 +220,18 @@ class SpeechTarget(hf.HFTarget):
         seen = tree.ancestors(p) & is_eos[:, None, :]  # [B, T, T] an EOS on an ancestor (or itself)
         own = torch.where(seen, (steps - 1)[:, None, :], none).min(-1).values  # [B, T]
         return delay.phases_at(steps, self.num_codebooks, torch.minimum(committed[:, None], own))
+
+    # -- self-drafter capability (``mmspec.protocols.HiddenTarget``) ------------------------------
+    def output_head(self) -> torch.nn.Module:
+        """The K parallel heads as one projection: hidden ``[..., H]`` -> ``[..., K * V]`` (codebook k's logits
+        at ``k * V``), before the delay pattern's constraints (a self-drafter's guess that breaks them is
+        simply rejected; the rules verify with the constrained logits)."""
+        return hf.Projection(self.model.heads)
+
+    def input_embeddings(self) -> torch.nn.Module:
+        """Frames ``[..., K]`` -> the summed codebook embeddings ``[..., H]``, as the LM embeds them."""
+        V = self.model.config.audio_vocab_size
+        return hf.FrameEmbedding(self.model.audio_embed, [k * V for k in range(self.num_codebooks)])
 
     # -- pairing ---------------------------------------------------------------------------------
     def check_draft(self, draft: "SpeechTarget") -> None:

@@ -31,6 +31,8 @@ def drafter_of(kind: str, hidden: int = 32):
         return MedusaDrafter(MedusaHeads(hidden, 3, zero_init=False))
     if kind == "medusa-tree":
         return MedusaDrafter(MedusaHeads(hidden, 3, zero_init=False), tree=7, width=3)
+    if kind == "eagle-tree":
+        return EagleDrafter(eagle_for(hidden, hidden, 4, window=64), tree=9, width=3)
     return EagleDrafter(eagle_for(hidden, hidden, 4, window=64))
 
 
@@ -43,7 +45,7 @@ def hf_greedy(target, prompts, n):
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 @pytest.mark.parametrize("batch", [1, 2])
-@pytest.mark.parametrize("kind", ["medusa", "medusa-tree", "eagle"])
+@pytest.mark.parametrize("kind", ["medusa", "medusa-tree", "eagle", "eagle-tree"])
 def test_greedy_self_drafting_is_greedy_decoding(tiny_models, arch, batch, kind):
     target = text_target(tiny_models, arch)
     base = mmspec.autoregressive(target, PROMPTS[:batch], max_new_tokens=24)
@@ -52,6 +54,8 @@ def test_greedy_self_drafting_is_greedy_decoding(tiny_models, arch, batch, kind)
     assert gen.token_ids() == hf_greedy(target, PROMPTS[:batch], 24)
     if kind == "medusa-tree":
         assert gen.steps[1].n_drafted == 7  # the full static tree (later steps near the budget are shallower)
+    if kind == "eagle-tree":
+        assert gen.steps[1].n_drafted == 9  # the node budget (depth 3, width 3: 21 candidates)
 
 
 class CheckingMedusa(MedusaDrafter):

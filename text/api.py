@@ -7,7 +7,7 @@ from mmspec.bench import Method, Suite
 from mmspec.modalities import Modality
 
 from .display import DISPLAY
-from .target import TextTarget
+from .target import ZOO, TextTarget
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +68,6 @@ MODALITY = Modality(
     examples=("def fibonacci(n):", "class Stack:\n    def __init__(self):", "import os\n\ndef list_files(path):"),
     load=load, prompts=prompts, max_new_tokens=64, max_new_limit=512,
     add_arguments=add_arguments, options=options, suite=SUITE, extension=".txt",
-    display=DISPLAY,
+    display=DISPLAY, default_heads="zoo:code-heads", zoo=ZOO,
     notes="Python code model from the offline zoo (23M target, 2M draft), or any Hugging Face causal LM.",
 )

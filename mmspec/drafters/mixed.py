@@ -47,7 +47,7 @@ class MixedDrafter:
             raise ValueError("drafters: the same drafter object appears twice (each part keeps its own state)")
         self.parts = parts
         self.nodes = None if nodes is None else count(nodes, "nodes (node budget)")
-
+        self.wants_hidden = any(getattr(p, "wants_hidden", False) for p in parts)  # a self-drafter part
     def start(self, target: Target, sampler: Sampler, prompt: Any, max_new_tokens: int) -> None:
         self.vocab_size = target.vocab_size
         self.maps: list[Tensor] | None = None  # per part: its nodes' nodes in the merged tree [B, N_part] (-1: dropped)

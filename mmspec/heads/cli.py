@@ -1,14 +1,17 @@
-"""``mmspec heads train``: train Medusa heads or an EAGLE layer for a frozen text target.
+"""``mmspec heads train``: train Medusa heads or an EAGLE layer for a frozen target of any modality.
 
-    mmspec heads train --target zoo:code-target --kind medusa --out runs/medusa --time-budget 420
+    mmspec heads train --target zoo:code-target --kind eagle --out runs/code-heads --time-budget 3600
+    mmspec heads train --target zoo:speech --kind medusa --out runs/speech-heads
 
-Stages: (1) cache the target's hidden states on the training corpus (resumable shards in OUT/cache),
-(2) train inside the rest of the budget (resumable OUT/checkpoint.pt), (3) measure top-1 agreement on
-held-out text, (4) write OUT/model.safetensors (fp16) + OUT/config.json (``mmspec.heads.load_heads``).
+Stages: (1) cache the target's hidden states (resumable shards in OUT/cache): a text target's on a corpus,
+an image or speech target's on its own samples at temperature 1 (its exact distribution), (2) train
+inside the rest of the budget (resumable OUT/checkpoint.pt), (3) measure top-1 agreement on held-out data,
+(4) write OUT/model.safetensors (fp16) + OUT/config.json (``mmspec.heads.load_heads``).
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from pathlib import Path
@@ -20,19 +23,37 @@ LR = {"medusa": 1e-3, "eagle": 3e-4}
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmspec heads train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--target", required=True, help="text target: zoo:NAME, a local folder or a hub id")
+    p.add_argument("--target", required=True, help="the target: zoo:NAME, a local folder or a hub id (text)")
+    p.add_argument("--modality", default="auto", help="the target's modality (default: the first that loads it)")
     p.add_argument("--kind", required=True, choices=["medusa", "eagle"])
     p.add_argument("--out", required=True, help="folder for the heads (and the cache and checkpoint)")
-    p.add_argument("--data", default=None, help="a text file or a prepared data folder (default: the zoo's "
-                   "prepared corpus if present, else the standard library's non-held-out sources)")
+    p.add_argument("--data", default=None, help="text: a text file or a prepared data folder (default: the "
+                   "zoo's prepared corpus if present, else the standard library's non-held-out sources); other "
+                   "modalities sample their training data from the target")
     p.add_argument("--time-budget", type=float, default=600.0, help="seconds for the whole run (default 600)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--num-heads", type=int, default=3, help="medusa heads (default 3)")
     p.add_argument("--seq-len", type=int, default=128, help="tokens per training window (default 128)")
     p.add_argument("--batch", type=int, default=4, help="windows per optimizer step (default 4)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3 medusa, 3e-4 eagle)")
+    p.add_argument("--max-tokens", type=int, default=4_000_000, help="training tokens to cache at most (default 4M)")
     p.add_argument("--seed", type=int, default=0)
     return p
+
+
+def load_target(args, device):
+    """``(modality, target)``: the named modality's, or (auto) the first registered modality that loads it."""
+    from ..modalities import get, names
+
+    tried = names() if args.modality == "auto" else [args.modality]
+    errors = []
+    for name in tried:
+        modality = get(name)
+        try:
+            return modality, modality.load(args.target, device=str(device), dtype="float32")
+        except ValueError as err:
+            errors.append(f"{name}: {err}")
+    raise ValueError(f"could not load --target {args.target!r}: " + "; ".join(errors))
 
 
 def build_module(args, target):
@@ -42,19 +63,33 @@ def build_module(args, target):
     if args.kind == "medusa":
         return MedusaHeads(H, args.num_heads)
     E = target.input_embeddings().weight.shape[1]
-    return eagle_for(H, E, getattr(target.model.config, "num_attention_heads", None), window=args.seq_len)
+    model = getattr(target, "model", None)
+    return eagle_for(H, E, getattr(getattr(model, "config", None), "num_attention_heads", None), window=args.seq_len)
 
 
-def cache(args, target, info, clock, held_out: bool = False):
-    """Stage 1 (and 3's data): the cached hidden states of the training (held-out) corpus."""
+def cache(args, modality, target, info, clock, held_out: bool = False):
+    """Stage 1 (and 3's data): the cached hidden states of the training (held-out) data."""
     from . import data
 
-    what, ids = data.token_stream(target.tokenizer, args.data, held_out, max_tokens=200_000 if held_out else 4_000_000)
     folder = Path(args.out) / ("cache_val" if held_out else "cache")
-    key = {"fingerprint": info["fingerprint"], "data": what, "seq_len": args.seq_len}
     deadline = time.time() + (eval_seconds(args) if held_out else clock.seconds("cache"))
-    bar = training.progress_bar(f"cache {'held-out' if held_out else 'train'} states", unit="seq")
-    shards = data.cache_states(target.model, data.windows(ids, args.seq_len), folder, key, deadline, bar=bar)
+    bar = training.progress_bar(f"cache {'held-out' if held_out else 'train'} states", unit="window")
+    if modality.heads_prompts is None:  # a corpus
+        what, ids = data.token_stream(target.tokenizer, args.data, held_out,
+                                      max_tokens=200_000 if held_out else args.max_tokens)
+        key = {"fingerprint": info["fingerprint"], "data": what, "seq_len": args.seq_len}
+        shards = data.cache_states(target.model, data.windows(ids, args.seq_len), folder, key, deadline, bar=bar)
+    else:  # the target's own samples
+        what = f"{modality.name} target samples at temperature 1 ({'held-out' if held_out else 'training'} prompts)"
+        key = {"fingerprint": info["fingerprint"], "data": what, "seq_len": args.seq_len, "seed": args.seed}
+        limit = max(1, (200_000 if held_out else args.max_tokens) // args.seq_len)
+
+        def make(done: int):
+            prompts = itertools.islice(modality.heads_prompts(target, held_out), limit)
+            seed = args.seed + (10**6 if held_out else 0) + 1000 * done
+            return data.sampled_windows(target, prompts, args.seq_len, args.batch * 4, seed,
+                                        modality.length(None, target))
+        shards = data.cache_sampled(make, folder, key, deadline, bar=bar)
     bar.close()
     print(f"[heads] {what}: {shards} shards in {folder}", flush=True)
     return data.load_shards(folder) if shards else None
@@ -66,27 +101,29 @@ def eval_seconds(args) -> float:
 
 
 def main(argv=None) -> int:
-    from mmspec.text import TextTarget
-
     from .store import save_heads, target_info
-    from .train import agreement, fit
+    from .train import agreement, fit, reader
 
     args = build_parser().parse_args(argv)
     device = training.setup_device(args.device, seed=args.seed)
-    target = TextTarget.from_pretrained(args.target, device=str(device), dtype="float32")
+    modality, target = load_target(args, device)
     target.model.requires_grad_(False)  # frozen: only the heads learn
     info = target_info(target, args.target)
     clock = training.Clock(args.time_budget, reserve=min(30.0, 0.1 * args.time_budget),
                            shares={"cache": 1.0, "train": 2.0})
     module = build_module(args, target).to(device)
-    head, embed = target.output_head(), target.input_embeddings()
-    train_data = cache(args, target, info, clock)
+    head, embed = reader(target), target.input_embeddings()
+    train_data = cache(args, modality, target, info, clock)
+    if train_data is None:
+        raise ValueError("no training windows were cached: the data is shorter than one --seq-len window, "
+                         "or --time-budget is too short to cache one shard")
     stats = fit(args.kind, module, head, embed, train_data, max(1.0, clock.seconds("train", ["train"]) - eval_seconds(args)),
                 Path(args.out) / "checkpoint.pt", args.lr or LR[args.kind], args.batch, device)
-    val = cache(args, target, info, clock, held_out=True)
+    val = cache(args, modality, target, info, clock, held_out=True)
     if val is not None:
         stats["held_out_top1"] = round(agreement(args.kind, module.eval(), head, embed, val, device), 4)
-    stats.update(hardware=training.hardware(device), seq_len=args.seq_len, windows=int(train_data[0].shape[0]))
+    stats.update(hardware=training.hardware(device), seq_len=args.seq_len, windows=int(train_data[0].shape[0]),
+                 data=modality.name if modality.heads_prompts is not None else (args.data or "default corpus"))
     save_heads(module, args.out, info, {"training": stats})
     print(f"[heads] saved {args.kind} to {args.out}: {json.dumps(stats)}", flush=True)
     return 0

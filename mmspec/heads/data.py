@@ -19,6 +19,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from torch import Tensor
 
 
 def _stdlib_ids(tokenizer, held_out: bool, max_tokens: int) -> Iterator[int]:
@@ -127,3 +128,82 @@ def load_shards(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
     if not parts:
         raise ValueError(f"no cached hidden states in {folder} (the corpus is shorter than one window?)")
     return torch.cat([p["tokens"] for p in parts]), torch.cat([p["hidden"] for p in parts])
+
+
+# -- targets without a text corpus (image codes, speech frames): the target's own samples -----------------
+@torch.inference_mode()
+def states_along(target, prompts: list, frames: Tensor, lengths: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """Teacher-force ``frames [B, T, K]`` (``lengths [B]``) through the target after its prompts, reading the
+    hidden states of that very forward (``track_hidden``): per row ``(frames [L, K], hidden [L, H])`` with
+    hidden[t] the state after frame t (the one whose output head predicts frame t + 1)."""
+    T = frames.shape[1] - 1  # the last frame predicts past the run; leave it out (the context may end there)
+    target.track_hidden(True)
+    try:
+        target.start(prompts, T)
+        target.forward(frames[:, :T].clamp(min=0).to(target.device))  # PAD after a row's end: causal, never read
+        hidden = target.hidden().float().cpu()  # [B, T, H]
+    finally:
+        target.track_hidden(False)
+    return [(frames[b, : min(int(n), T)].cpu(), hidden[b, : min(int(n), T)]) for b, n in enumerate(lengths.tolist())]
+
+
+def sampled_windows(target, prompts: Iterator, length: int, batch: int, seed: int, max_new: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Windows ``(frames [S, K], hidden [S, H])`` of the target's own samples at temperature 1 (its exact
+    distribution: the drafter learns what it will be asked to guess), ``batch`` prompts per generation,
+    rows concatenated and cut every ``length`` pairs."""
+    from .. import accept
+    from ..loop import generate
+    from ..types import Sampling
+
+    buf_f, buf_h, i = [], [], 0
+    while True:
+        chunk = [p for _, p in zip(range(batch), prompts)]
+        if not chunk:
+            return
+        out = generate(target, None, chunk, max_new_tokens=max_new, rule=accept.speculative, sampling=Sampling(temperature=1.0),
+                       seed=seed + i)
+        i += 1
+        for f, h in states_along(target, chunk, out.tokens, out.lengths):
+            buf_f.append(f)
+            buf_h.append(h)
+        frames, hidden = torch.cat(buf_f), torch.cat(buf_h)
+        n = frames.shape[0] // length
+        for w in range(n):
+            yield frames[w * length:(w + 1) * length], hidden[w * length:(w + 1) * length]
+        buf_f, buf_h = [frames[n * length:]], [hidden[n * length:]]
+
+
+def cache_sampled(make_windows, folder: Path, key: dict, deadline: float, shard: int = 16, bar=None) -> int:
+    """``cache_states`` for sampled windows: shards of ``tokens [n, S, K]`` and ``hidden [n, S, H]`` (fp16),
+    resumable when ``key`` matches; ``make_windows(shards_done)`` starts the window stream (a resumed run
+    passes the shards already cached, so its samples are new ones)."""
+    import time
+
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    meta_path = folder / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    if meta.get("key") != key:
+        for old in folder.glob("shard_*.safetensors"):
+            old.unlink()
+        meta = {"key": key, "shards": 0, "complete": False}
+    done = first = meta["shards"]
+    windows = make_windows(done)
+    while not meta["complete"] and (time.time() < deadline or done == first == 0):  # at least one shard
+        got = [w for _, w in zip(range(shard), windows)]
+        if len(got) < shard:
+            meta["complete"] = True
+            if not got:
+                break
+        tokens = torch.stack([f for f, _ in got]).contiguous()
+        hidden = torch.stack([h for _, h in got]).to(torch.float16).contiguous()
+        tmp = folder / f"shard_{done:05d}.tmp"
+        save_file({"tokens": tokens, "hidden": hidden}, str(tmp))
+        os.replace(tmp, folder / f"shard_{done:05d}.safetensors")
+        done += 1
+        meta["shards"] = done
+        meta_path.write_text(json.dumps(meta))
+        if bar is not None:
+            bar.update(len(got))
+    return done

@@ -59,13 +59,17 @@ class EagleLayer(nn.Module):
     def config(self) -> dict:
         return {"kind": "eagle", **self.sizes}
 
-    def forward(self, feats: Tensor, emb: Tensor) -> Tensor:
+    def forward(self, feats: Tensor, emb: Tensor, mask: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
+        """``mask [B, T, T]`` (True: may attend; default causal) and ``positions [B, T]`` (default 0..T-1)
+        let a token tree share one pass: a node sees the context and its ancestors, at context + depth."""
         x = self.fc(torch.cat([feats, emb.to(feats.dtype)], dim=-1))  # [B, T, H]
         T = x.shape[1]
-        positions = torch.arange(T, device=x.device)[None]  # [1, T]
-        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-        mask = torch.zeros(T, T, dtype=x.dtype, device=x.device).masked_fill(~causal, torch.finfo(x.dtype).min)
-        return self.layer(x, attention_mask=mask[None, None], position_ids=positions,
+        if positions is None:
+            positions = torch.arange(T, device=x.device)[None]  # [1, T]
+        if mask is None:
+            mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()[None]
+        bias = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill(~mask, torch.finfo(x.dtype).min)
+        return self.layer(x, attention_mask=bias[:, None], position_ids=positions,
                           position_embeddings=self.rotary(x, positions))
 
 

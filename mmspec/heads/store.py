@@ -68,21 +68,33 @@ def build(config: dict):
                       config["intermediate_size"], config["window"])
 
 
-def load_heads(folder: str | Path, target, tree: int | None = None, width: int = 2):
-    """The drafter saved in ``folder`` for ``target``: a ``MedusaDrafter`` (``tree``/``width`` as there) or an
-    ``EagleDrafter``, on the target's device in float32 (CPU) or its dtype. ValueError for a missing folder,
-    an unknown kind, or heads of another target."""
-    from safetensors.torch import load_file
+_LOADED: dict = {}  # (folder, file mtime, target id) -> the module, so repeated runs skip reading the file
 
+
+def load_heads(folder: str | Path, target, tree: int | None = None, width: int = 2):
+    """The drafter saved in ``folder`` for ``target``: a ``MedusaDrafter`` (a static tree of each head's
+    top-``width`` under ``tree`` nodes) or an ``EagleDrafter`` (an EAGLE-2 dynamic tree of ``tree`` nodes,
+    ``width`` children per expanded node), on the target's device in float32 (CPU) or its dtype; ``tree``
+    None: a chain. ValueError for a missing folder, an unknown kind, or heads of another target."""
     from ..drafters.eagle import EagleDrafter
     from ..drafters.medusa import MedusaDrafter
 
     config = read_heads_config(folder)
     check_target(config, target, folder)
-    module = build(config)
-    module.load_state_dict(load_file(str(Path(folder) / "model.safetensors")))
-    dtype = next(target.output_head().parameters()).dtype
-    module = module.to(device=target.device, dtype=torch.float32 if target.device.type == "cpu" else dtype)
+    module = _module(Path(folder), config, target)
     if config["kind"] == "medusa":
         return MedusaDrafter(module, tree=tree, width=width)
-    return EagleDrafter(module)
+    return EagleDrafter(module, tree=tree, width=width)
+
+
+def _module(folder: Path, config: dict, target):
+    from safetensors.torch import load_file
+
+    key = (str(folder.resolve()), (folder / "model.safetensors").stat().st_mtime_ns, id(target))
+    if key not in _LOADED:
+        module = build(config)
+        module.load_state_dict(load_file(str(folder / "model.safetensors")))
+        dtype = next(target.output_head().parameters()).dtype
+        _LOADED.clear()  # one target's heads at a time: a loaded module is small, but never a leak
+        _LOADED[key] = module.to(device=target.device, dtype=torch.float32 if target.device.type == "cpu" else dtype)
+    return _LOADED[key]

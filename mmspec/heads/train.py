@@ -34,16 +34,46 @@ def medusa_loss(heads, head, hidden: Tensor, tokens: Tensor) -> tuple[Tensor, Te
         teacher, student = head(hidden[:, 1 + i:]), head(x[:, :S, i])  # [b, S, V] each
         loss = loss + 0.8 ** i * kl(teacher, student)
         if i == 0:
-            agree = (teacher.argmax(-1) == student.argmax(-1)).float().mean()
+            agree = (teacher.argmax(-1) == student.argmax(-1)).all(-1).float().mean()  # whole frames
     return loss, agree
 
 
-def eagle_loss(layer, head, embed, hidden: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
-    """Loss and top-1 agreement of the predicted state's token with the target's greedy token."""
-    pred = layer(hidden[:, :-1], embed(tokens[:, 1:]))  # [b, S - 1, H] ~ hidden[:, 1:]
-    teacher, student = head(hidden[:, 1:]), head(pred)
-    loss = F.smooth_l1_loss(pred, hidden[:, 1:]) + 0.1 * kl(teacher, student)
-    return loss, (teacher.argmax(-1) == student.argmax(-1)).float().mean()
+def eagle_loss(layer, head, embed, hidden: Tensor, tokens: Tensor, unroll: bool = True) -> tuple[Tensor, Tensor]:
+    """Loss and top-1 agreement of the predicted state's token with the target's greedy token.
+
+    ``tokens [b, S]`` (or ``[b, S, K]`` frames) and ``hidden [b, S, H]``; position t reads (state t, frame t+1)
+    and predicts state t + 1. With ``unroll`` a second pass feeds, at a random half of the positions, the
+    layer's own (detached) prediction instead of the true state, as drafting does past its first frame
+    (a light form of EAGLE-3's training-time test)."""
+    emb = embed(tokens[:, 1:])  # [b, S - 1, E]
+    goal = hidden[:, 1:]
+    teacher = head(goal)
+    pred = layer(hidden[:, :-1], emb)  # [b, S - 1, H] ~ hidden[:, 1:]
+    student = head(pred)
+    loss = F.smooth_l1_loss(pred, goal) + 0.1 * kl(teacher, student)
+    if unroll and hidden.shape[1] > 2:
+        # position t's state replaced by the prediction of it made at t - 1 (pred[:, t - 1])
+        mixed = hidden[:, 1:-1].clone()
+        swap = torch.rand(mixed.shape[:2], device=mixed.device) < 0.5  # [b, S - 2]
+        mixed[swap] = pred[:, :-1].detach()[swap]
+        pred2 = layer(torch.cat([hidden[:, :1], mixed], 1), emb)
+        loss = loss + F.smooth_l1_loss(pred2, goal) + 0.1 * kl(teacher, head(pred2))
+    return loss, (teacher.argmax(-1) == student.argmax(-1)).all(-1).float().mean()  # whole frames
+
+
+def reader(target):
+    """The target's frozen output head as ``hidden [..., H] -> logits [..., K, V]`` (one row per codebook)."""
+    head, K = target.output_head(), target.num_codebooks
+
+    def read(x: Tensor) -> Tensor:
+        logits = head(x)
+        return logits.view(*logits.shape[:-1], K, -1)
+    return read
+
+
+def frames_of(tokens: Tensor) -> Tensor:
+    """Cached tokens as frames ``[n, S, K]`` (text caches hold ``[n, S]``)."""
+    return tokens[..., None] if tokens.dim() == 2 else tokens
 
 
 def loss_fn(kind: str, module, head, embed):
@@ -54,7 +84,7 @@ def loss_fn(kind: str, module, head, embed):
 
 def fit(kind, module, head, embed, data, seconds: float, ckpt, lr: float, batch: int, device) -> dict:
     """Train ``module`` on cached ``(tokens, hidden)`` for ``seconds`` (resuming from ``ckpt``); returns stats."""
-    tokens, hidden = data
+    tokens, hidden = frames_of(data[0]), data[1]
     opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=0.0)
     state = {"step": 0, "spent": 0.0, "total": None}
     saved = training.load_checkpoint(ckpt)
@@ -94,7 +124,7 @@ def _save(ckpt, kind, state, clock, module, opt) -> None:
 @torch.no_grad()
 def agreement(kind, module, head, embed, data, device, batch: int = 8) -> float:
     """Top-1 agreement (head 1 / the EAGLE layer) with the target's greedy token on cached ``data``."""
-    tokens, hidden = data
+    tokens, hidden = frames_of(data[0]), data[1]
     compute, hits, n = loss_fn(kind, module, head, embed), 0.0, 0
     for i in range(0, tokens.shape[0], batch):
         _, acc = compute(hidden[i:i + batch].to(device).float(), tokens[i:i + batch].to(device))

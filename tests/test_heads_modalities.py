@@ -1,0 +1,130 @@
+"""Self-drafters on the image target (guided: two CFG halves) and the speech target (K codebooks, delay
+pattern): the hidden state a target records is the one its output head turns into the forward's logits,
+greedy self-drafting (Medusa and EAGLE, chains and trees, batch 2) reproduces greedy decoding frame for
+frame, the training command runs end to end on each target's own samples, and ``--drafter heads`` finds
+its folder or says why not."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import mmspec
+from mmspec.drafters.heads import EagleDrafter, MedusaDrafter, read
+from mmspec.heads import MedusaHeads, eagle_for, load_heads
+
+KINDS = ["medusa", "medusa-tree", "eagle", "eagle-tree"]
+
+
+def image_target(image_zoo, guidance_scale=3.0):
+    from mmspec.image import ImageTarget
+
+    return ImageTarget.from_pretrained(str(image_zoo / "shapes"), device="cpu", guidance_scale=guidance_scale)
+
+
+def speech_target(speech_folders):
+    from mmspec.speech import SpeechTarget
+
+    return SpeechTarget.from_pretrained(speech_folders["target"], device="cpu")
+
+
+@pytest.fixture(params=["image", "speech"])
+def case(request):
+    """``(target, prompts, frames to teacher-force)`` of one modality."""
+    if request.param == "image":
+        target = image_target(request.getfixturevalue("image_zoo"))
+        return target, target.class_names[:2], 20
+    return speech_target(request.getfixturevalue("speech_folders")), ["Hello world", "Hi there, how are you"], 12
+
+
+def drafter_of(kind: str, H: int):
+    torch.manual_seed(2)
+    if kind.startswith("medusa"):
+        heads = MedusaHeads(H, 3, zero_init=False)
+        return MedusaDrafter(heads, tree=7, width=3) if kind.endswith("tree") else MedusaDrafter(heads)
+    layer = eagle_for(H, H, 4, window=64)
+    return EagleDrafter(layer, tree=8, width=3) if kind.endswith("tree") else EagleDrafter(layer)
+
+
+@torch.inference_mode()
+def test_hidden_state_gives_the_forwards_logits(case):
+    """Unguided image / unconstrained speech entries: output_head(hidden) equals the forward's logits."""
+    target, prompts, n = case
+    if getattr(target, "guided", False):
+        target.guidance_scale = 1.0  # the guided mix is not one head's output; check the head on its half
+    frames = mmspec.autoregressive(target, prompts, max_new_tokens=n).tokens.clamp(min=0)  # [B, n, K]
+    target.track_hidden(True)
+    target.start(prompts, n)
+    logits = target.forward(frames)  # [B, n, K, V]
+    hidden = target.hidden()
+    assert hidden.shape[:2] == frames.shape[:2]
+    mine = read(target.output_head(), hidden, target.num_codebooks)
+    finite = logits.isfinite()  # speech masks what the delay pattern forbids
+    assert finite.float().mean() > 0.3
+    assert torch.allclose(mine[finite], logits[finite], atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_greedy_self_drafting_is_greedy_decoding(case, kind):
+    target, prompts, _ = case
+    n = 30
+    base = mmspec.autoregressive(target, prompts, max_new_tokens=n)
+    H = target.output_head().weight.shape[1]
+    gen = mmspec.generate(target, drafter_of(kind, H), prompts, max_new_tokens=n, k=3)
+    assert torch.equal(gen.tokens, base.tokens) and torch.equal(gen.lengths, base.lengths)
+    assert max(s.n_drafted for s in gen.steps) == {"medusa": 3, "eagle": 3}.get(kind, 7 if kind == "medusa-tree" else 8)
+
+
+@pytest.mark.parametrize("modality", ["image", "speech"])
+def test_train_command_on_the_targets_own_samples(request, tmp_path, modality):
+    from mmspec.heads.cli import main
+
+    if modality == "image":
+        path, make = str(request.getfixturevalue("image_zoo") / "shapes"), image_target
+        target = make(request.getfixturevalue("image_zoo"))
+    else:
+        folders = request.getfixturevalue("speech_folders")
+        path, target = folders["target"], speech_target(folders)
+    out = tmp_path / "heads"
+    assert main(["--target", path, "--kind", "eagle", "--out", str(out), "--time-budget", "8", "--seq-len", "16",
+                 "--batch", "2", "--device", "cpu", "--max-tokens", "256"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["training"]["data"] == modality and config["num_codebooks"] == target.num_codebooks
+    assert config["training"]["steps"] > 0 and 0 <= config["training"]["held_out_top1"] <= 1
+    prompts = target.class_names[:2] if modality == "image" else ["Hello world"]
+    base = mmspec.autoregressive(target, prompts, max_new_tokens=16)
+    gen = mmspec.generate(target, load_heads(out, target, tree=6, width=2), prompts, max_new_tokens=16, k=3)
+    assert torch.equal(gen.tokens, base.tokens)
+
+
+def test_heads_folder_is_found_or_refused(tmp_path):
+    from mmspec.methods import heads_folder
+    from mmspec.modalities import get
+
+    text = get("text")
+    with pytest.raises(ValueError, match="does not exist"):
+        heads_folder(text, str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="unknown text heads zoo model 'zoo:nothing'"):
+        heads_folder(text, "zoo:nothing")
+    assert heads_folder(text, str(tmp_path)) == str(tmp_path)
+
+
+def test_cli_heads_drafter(tiny_models, tmp_path, capsys):
+    from mmspec.cli import main
+    from mmspec.heads import save_heads, target_info
+    from mmspec.text import TextTarget
+
+    target = TextTarget.from_pretrained(tiny_models["llama"], device="cpu")
+    torch.manual_seed(0)
+    save_heads(eagle_for(32, 32, 4, window=64), tmp_path / "h", target_info(target, "tiny"))
+    argv = ["generate", "--target", tiny_models["llama"], "--prompt", "def add(a, b):", "--max-new-tokens", "12",
+            "--json"]
+    assert main(argv) == 0
+    base = json.loads(capsys.readouterr().out)["token_ids"]
+    assert main(argv + ["--drafter", "heads", "--heads", str(tmp_path / "h"), "--tree", "6"]) == 0
+    assert json.loads(capsys.readouterr().out)["token_ids"] == base
+    assert main(argv + ["--drafter", "heads", "--heads", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(argv + ["--drafter", "heads+prompt-lookup", "--heads", str(tmp_path / "h"), "--tree", "8"]) == 0
+    assert json.loads(capsys.readouterr().out)["token_ids"] == base
