@@ -33,6 +33,8 @@ def drafter_of(kind: str, hidden: int = 32):
         return MedusaDrafter(MedusaHeads(hidden, 3, zero_init=False), tree=7, width=3)
     if kind == "eagle-tree":
         return EagleDrafter(eagle_for(hidden, hidden, 4, window=64), tree=9, width=3)
+    if kind == "eagle-vocab":  # a reduced draft vocabulary: every other id
+        return EagleDrafter(eagle_for(hidden, hidden, 4, window=64), vocab=torch.arange(0, 300, 2))
     return EagleDrafter(eagle_for(hidden, hidden, 4, window=64))
 
 
@@ -45,7 +47,7 @@ def hf_greedy(target, prompts, n):
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 @pytest.mark.parametrize("batch", [1, 2])
-@pytest.mark.parametrize("kind", ["medusa", "medusa-tree", "eagle", "eagle-tree"])
+@pytest.mark.parametrize("kind", ["medusa", "medusa-tree", "eagle", "eagle-tree", "eagle-vocab"])
 def test_greedy_self_drafting_is_greedy_decoding(tiny_models, arch, batch, kind):
     target = text_target(tiny_models, arch)
     base = mmspec.autoregressive(target, PROMPTS[:batch], max_new_tokens=24)
@@ -67,6 +69,42 @@ class CheckingMedusa(MedusaDrafter):
             newest = read(self.head, self.state[:, None], 1).argmax(-1)  # [B, 1, 1]
         assert torch.equal(newest, step.frames[:, -1:]), "the kept state is not the newest frame's predecessor"
         self.checked = getattr(self, "checked", 0) + 1
+
+
+class CheckingEagle(EagleDrafter):
+    """Asserts that the kept keys and values give what the layer gives over the whole window of pairs, and
+    that a cached chain draft is the one a full pass per drafted frame would draft."""
+
+    def observe(self, step, target_logits):
+        from mmspec.drafters.heads import committed_states
+
+        pairs = (committed_states(self.target, step), step.frames.clamp(min=0))
+        self.seen = [pairs] if not hasattr(self, "seen") else [*self.seen, pairs]
+        super().observe(step, target_logits)
+        feats, frames = (torch.cat([p[i] for p in self.seen], 1) for i in (0, 1))
+        with torch.inference_mode():
+            full = self.layer(feats, self.embed(frames))[:, -1:]
+        assert torch.allclose(full, self.next_feat, atol=1e-5)
+        self.feats, self.frames = feats, frames
+
+    def propose(self, last, k):
+        draft = super().propose(last, k)
+        feats, frames = self.feats, self.frames
+        with torch.inference_mode():
+            for i in range(draft.size):  # the full-window reference: re-run every pair for every frame
+                nxt = self.layer(feats, self.embed(frames))[:, -1:]
+                assert torch.equal(read(self.head, nxt, 1).argmax(-1), draft.tokens[:, i:i + 1])
+                feats, frames = torch.cat([feats, nxt], 1), torch.cat([frames, draft.tokens[:, i:i + 1]], 1)
+        self.checked = getattr(self, "checked", 0) + 1
+        return draft
+
+
+def test_eagle_cache_is_the_full_windows(tiny_models):
+    target = text_target(tiny_models)
+    torch.manual_seed(3)
+    drafter = CheckingEagle(eagle_for(32, 32, 4, window=128))
+    gen = mmspec.generate(target, drafter, PROMPTS, max_new_tokens=30, k=3)
+    assert drafter.checked >= len(gen.steps) - 3 and drafter.checked > 10  # the last steps may draft nothing
 
 
 @pytest.mark.parametrize("tree", [None, 7])
@@ -103,18 +141,21 @@ def exact_pairs(target, prompt, sampling):
     return pairs
 
 
-@pytest.mark.parametrize("kind", ["medusa", "eagle"])
+@pytest.mark.parametrize("kind", ["medusa", "eagle", "eagle-vocab"])
 def test_sampled_self_drafting_keeps_the_distribution(tiny_models, kind):
     target = text_target(tiny_models)
     sampling, runs = mmspec.Sampling(temperature=1.0, top_k=3), 240
-    drafter, counts = drafter_of(kind), Counter()
+    drafter, counts, accepted = drafter_of(kind), Counter(), []
     for seed in range(runs):
         gen = mmspec.generate(target, drafter, "def", max_new_tokens=3, k=2, rule=mmspec.accept.speculative,
                               sampling=sampling, seed=seed)
         counts[tuple(gen.tokens[0, :2, 0].tolist())] += 1
+        accepted.extend(f for s in gen.steps for f in s.frames[s.from_draft].flatten().tolist())
     exact = exact_pairs(target, "def", sampling)
     assert not set(counts) - set(exact)
     assert chi2_pvalue(counts, exact, runs) > 1e-3
+    if kind == "eagle-vocab":  # the drafter only ever guessed ids of its vocabulary
+        assert accepted and all(f % 2 == 0 for f in accepted)
 
 
 @pytest.mark.parametrize("kind", ["medusa", "eagle"])

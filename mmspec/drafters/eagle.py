@@ -5,7 +5,9 @@ its own predicted features.
 
 Its context is a window of (feature, next frame) pairs that starts at the end of the prompt: the prefill
 gives only its last frame's state, and every step adds the committed frames' states from the verify
-forward. The layer is trained on windows of the same length (``mmspec.heads.train``).
+forward. The layer is trained on windows of the same length (``mmspec.heads.train``). In one layer a
+pair's key and value depend on that pair alone, so the drafter keeps them and each drafted frame costs one
+position of attention, not a pass over the window.
 
 * chain (``tree=None``): k rounds, each the layer's choice after the newest pair (a sample with its q
   under a sampling rule);
@@ -30,13 +32,14 @@ from ..types import Draft, Step, count
 
 
 class EagleDrafter:
-    """``EagleDrafter(layer, tree=None, width=4)``: ``layer`` a ``mmspec.heads.EagleLayer``; a chain of up to
-    k frames, or (``tree`` N) a dynamic tree of at most N nodes and depth k, ``width`` children per node."""
+    """``EagleDrafter(layer, tree=None, width=4, vocab=None)``: ``layer`` a ``mmspec.heads.EagleLayer``; a chain
+    of up to k frames, or (``tree`` N) a dynamic tree of at most N nodes and depth k, ``width`` children per
+    node; ``vocab`` (token ids) a reduced draft vocabulary (``heads.DraftVocab``)."""
 
     wants_hidden = True
 
-    def __init__(self, layer, tree: int | None = None, width: int = 4):
-        self.layer = layer.eval()
+    def __init__(self, layer, tree: int | None = None, width: int = 4, vocab: Tensor | None = None):
+        self.layer, self.vocab = layer.eval(), vocab
         self.tree = None if tree is None else count(tree, "tree (node budget)")
         self.width = count(width, "width")
 
@@ -46,45 +49,60 @@ class EagleDrafter:
         attach(self, target, sampler, self.layer.sizes["hidden_size"])
         self.embed = target.input_embeddings()
         self.K = target.num_codebooks
-        self.feats = None  # [B, S, H] committed features, each followed by the frame in ``frames``
-        self.frames = None  # [B, S, K]
+        self.keys = self.values = None  # [B, heads, S, d] of the committed (feature, frame) pairs in the window
+        self.next_feat = None  # [B, 1, H]: the layer's output at the newest committed pair
+        self.P = 0  # the position of the next pair
 
     @torch.inference_mode()
     def propose(self, last: Tensor, k: int) -> Draft:
-        room = self.layer.window - self.feats.shape[1]  # positions left in the layer's window
-        k = min(k, room if self.tree is None else room // self.width + 1)
+        room = self.layer.window - self.keys.shape[2]  # positions left in the layer's window
+        k = min(k, room + 1 if self.tree is None else room // self.width + 1)
         if k < 1:
             return Draft(tokens=last[:, :0])
-        dtype = next(self.layer.parameters()).dtype
-        feats, emb = self.feats.to(dtype), self.embed(self.frames).to(dtype)  # [B, S, H], [B, S, E]
         if self.tree is None:
-            return self._chain(feats, emb, k)
-        return self._tree(feats, emb, k)
+            return self._chain(k)
+        return self._tree(k)
 
-    def _chain(self, feats: Tensor, emb: Tensor, k: int) -> Draft:
+    def _step(self, feats: Tensor, frames: Tensor, positions: Tensor, keys: Tensor, values: Tensor,
+              mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """New pairs ``(feats [B, T, H], frames [B, T, K])`` at ``positions [B or 1, T]`` after ``keys/values``:
+        their outputs ``[B, T, H]`` and the keys and values with theirs appended; ``mask [B, T, S + T]``
+        (None: each new pair sees everything before it and itself)."""
+        dtype = next(self.layer.parameters()).dtype
+        x = self.layer.project(feats.to(dtype), self.embed(frames).to(dtype))  # [B, T, H]
+        q, k, v = self.layer.qkv(x, positions)
+        keys, values = torch.cat([keys, k], 2), torch.cat([values, v], 2)
+        if mask is None:
+            B, T, S = x.shape[0], x.shape[1], keys.shape[2]
+            mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T).expand(B, T, S)
+        return self.layer.attend(x, q, keys, values, mask), keys, values
+
+    def _chain(self, k: int) -> Draft:
         from .heads import choose, read
 
         drafted, probs = [], []
-        # Each round: predict the feature after the newest pair, read a frame, append the pair.
+        feat, keys, values = self.next_feat, self.keys, self.values
+        # Each round: read a frame from the newest predicted feature, then predict the feature after it.
         for i in range(k):
-            nxt = self.layer(feats, emb)[:, -1:]  # [B, 1, H]
-            frame, q = choose(self.sampler, read(self.head, nxt, self.K), self.target.pos + 1 + i)  # [B, 1, K]
+            frame, q = choose(self.sampler, read(self.head, feat, self.K), self.target.pos + 1 + i)  # [B, 1, K]
             drafted.append(frame)
             probs.append(q)
-            feats, emb = torch.cat([feats, nxt], 1), torch.cat([emb, self.embed(frame).to(emb.dtype)], 1)
+            if i + 1 < k:
+                positions = torch.full((1, 1), self.P + i, device=feat.device)
+                feat, keys, values = self._step(feat, frame, positions, keys, values, None)
         return Draft(tokens=torch.cat(drafted, 1), probs=None if probs[0] is None else torch.cat(probs, 1))
 
-    def _tree(self, feats: Tensor, emb: Tensor, k: int) -> Draft:
+    def _tree(self, k: int) -> Draft:
         from .heads import read
 
-        B, S, _ = feats.shape
-        W, dev = self.width, feats.device
+        B, W, dev = self.next_feat.shape[0], self.width, self.next_feat.device
         rows = torch.arange(B, device=dev)[:, None]
         # pool (every candidate node): frame [B, P, K], parent pool index, cumulative log-prob, depth
         pool_frames, pool_parent, pool_score, pool_depth = [], [], [], []
-        # expanded nodes (the layer's sequence after the context): pool index, input feature, embedding
-        seq_pool, seq_feat, seq_emb, seq_parent = [], [], [], []  # each [B, W] / [B, W, H] / [B, W, E] / [B, W]
-        out = self.layer(feats, emb)[:, -1:]  # [B, 1, H]: the context's prediction for depth 1
+        # expanded nodes (pairs after the context): pool index and parent among the expanded, per depth
+        seq_pool, seq_parent = [], []
+        keys, values = self.keys, self.values
+        out = self.next_feat  # [B, F, H]: the outputs whose frames are read at this depth (depth 1: one)
         base = torch.zeros(B, 1, device=dev)  # [B, F] frontier scores
         parent_pool = torch.full((B, 1), -1, dtype=torch.long, device=dev)  # [B, F]
         for depth in range(1, k + 1):
@@ -101,18 +119,26 @@ class EagleDrafter:
             pool_depth.append(torch.full((B, F_ * Wc), depth, device=dev))
             if depth == k:
                 break
-            # the next frontier: the best W children; their inputs are (their parent's output, their frame)
+            # the next frontier: the best W children; their pairs are (their parent's output, their frame)
             best = score.topk(min(W, score.shape[1]), dim=-1).indices  # [B, F']
-            chosen = pool_frames[-1][rows, best]  # [B, F', K]
-            parent_out = out[rows, best // Wc]  # [B, F', H]
             seq_parent.append(self._seq_parent(pool_parent[-1][rows, best], seq_pool))
             seq_pool.append(start + best)
-            seq_feat.append(parent_out)
-            seq_emb.append(self.embed(chosen).to(emb.dtype))
-            out = self._run(feats, emb, seq_feat, seq_emb, seq_parent)  # [B, F', H]
+            mask = self._tree_mask(seq_parent, keys.shape[2] - sum(p.shape[1] for p in seq_parent[:-1]))
+            positions = torch.full((1, 1), self.P + depth - 1, device=dev)
+            out, keys, values = self._step(out[rows, best // Wc], pool_frames[-1][rows, best], positions, keys,
+                                           values, mask)
             base, parent_pool = score[rows, best], start + best
         return self._select(torch.cat(pool_frames, 1), torch.cat(pool_parent, 1), torch.cat(pool_score, 1),
                             torch.cat(pool_depth, 1))
+
+    @staticmethod
+    def _tree_mask(seq_parent: list[Tensor], S: int) -> Tensor:
+        """What the newest expanded nodes see ``[B, F, S + n]``: the ``S`` context pairs, their ancestors
+        among the ``n`` expanded nodes, and themselves."""
+        parents = torch.cat(seq_parent, 1)  # [B, n]
+        F_ = seq_parent[-1].shape[1]
+        see = trees.ancestors(parents)[:, -F_:]  # [B, F, n]
+        return torch.cat([see.new_ones(see.shape[0], F_, S), see], 2)
 
     @staticmethod
     def _seq_parent(parent_pool: Tensor, seq_pool: list[Tensor]) -> Tensor:
@@ -122,19 +148,6 @@ class EagleDrafter:
         seen = torch.cat(seq_pool, 1)  # [B, n] pool index of every expanded node
         match = seen[:, None, :] == parent_pool[:, :, None]  # [B, F, n]
         return torch.where(match.any(-1), match.long().argmax(-1), -1)
-
-    def _run(self, feats, emb, seq_feat, seq_emb, seq_parent) -> Tensor:
-        """The layer over the context and every expanded node (each node sees the context and its ancestors);
-        returns the outputs of the newest expanded nodes ``[B, F, H]``."""
-        B, S, _ = feats.shape
-        parents = torch.cat(seq_parent, 1)  # [B, n]
-        n, F_ = parents.shape[1], seq_parent[-1].shape[1]
-        see = trees.ancestors(parents)  # [B, n, n]
-        mask = torch.ones(B, S + n, S + n, dtype=torch.bool, device=feats.device).tril()
-        mask[:, S:, S:] = see
-        positions = torch.cat([torch.arange(S, device=feats.device).expand(B, S), S + trees.depths(parents) - 1], 1)
-        x = self.layer(torch.cat([feats, *seq_feat], 1), torch.cat([emb, *seq_emb], 1), mask=mask, positions=positions)
-        return x[:, -F_:]
 
     def _select(self, frames: Tensor, parent: Tensor, score: Tensor, depth: Tensor) -> Draft:
         """The ``tree`` best pool nodes (ties: shallower first), in pool order (parents first), renumbered."""
@@ -154,7 +167,11 @@ class EagleDrafter:
 
         feats = committed_states(self.target, step)  # [B, n, H]
         frames = step.frames.clamp(min=0)  # [B, n, K]: the frame each state predicted
-        if self.feats is not None:
-            feats, frames = torch.cat([self.feats, feats], 1), torch.cat([self.frames, frames], 1)
-        keep = self.layer.window // 2  # room for the draft; the layer's positions stay inside its window
-        self.feats, self.frames = feats[:, -keep:], frames[:, -keep:]
+        if self.keys is None:
+            heads, d = self.layer.layer.self_attn.config.num_attention_heads, self.layer.layer.self_attn.head_dim
+            self.keys = self.values = feats.new_zeros(feats.shape[0], heads, 0, d, dtype=next(self.layer.parameters()).dtype)
+        n = feats.shape[1]
+        positions = torch.arange(self.P, self.P + n, device=feats.device)[None]  # [1, n]
+        out, keys, values = self._step(feats, frames, positions, self.keys, self.values, None)
+        keep = self.layer.window // 2  # room for the draft; attention spans stay inside the trained window
+        self.keys, self.values, self.next_feat, self.P = keys[:, :, -keep:], values[:, :, -keep:], out[:, -1:], self.P + n

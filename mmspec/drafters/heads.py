@@ -35,6 +35,29 @@ def attach(drafter, target: Target, sampler: Sampler, hidden_size: int) -> None:
         raise ValueError(f"these heads were built for hidden size {hidden_size}, the target's is {size}")
     drafter.target, drafter.sampler = target, sampler
     drafter.head = target.output_head()
+    vocab = getattr(drafter, "vocab", None)
+    if vocab is not None:
+        if target.num_codebooks != 1 or int(vocab.max()) >= target.vocab_size:
+            raise ValueError(f"a draft vocabulary needs a single-codebook target with ids below {target.vocab_size}")
+        drafter.head = DraftVocab(drafter.head, vocab.to(target.device), target.vocab_size)
+
+
+class DraftVocab(torch.nn.Module):
+    """The target's output head read on a subset of its vocabulary (EAGLE-3's reduced draft vocabulary):
+    logits ``[..., V]`` with -inf outside ``rows``. The drafter can only guess those tokens (the most
+    frequent ones of its training data), at a fraction of the cost of the full head on a CPU; the target's
+    verification is untouched, so output stays exact and only acceptance can drop."""
+
+    def __init__(self, head: torch.nn.Module, rows: Tensor, vocab_size: int):
+        super().__init__()
+        self.rows, self.V = rows, vocab_size
+        self.sub = torch.nn.Linear(head.weight.shape[1], len(rows), bias=False).to(head.weight)
+        self.sub.weight.data = head.weight.detach()[rows].contiguous()  # [Vd, H]
+
+    def forward(self, x: Tensor) -> Tensor:
+        small = self.sub(x.to(self.sub.weight.dtype))  # [..., Vd]
+        full = small.new_full((*small.shape[:-1], self.V), float("-inf"))
+        return full.index_copy_(-1, self.rows, small)
 
 
 def committed_states(target, step: Step) -> Tensor:

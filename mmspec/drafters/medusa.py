@@ -30,12 +30,13 @@ def static_tree(depth: int, width: int, nodes: int) -> tuple[tuple[int, ...], ..
 
 class MedusaDrafter:
     """``MedusaDrafter(heads, tree=None, width=2)``: ``heads`` a ``mmspec.heads.MedusaHeads``; ``tree`` a node
-    budget for a static tree of each head's top-``width`` (None: a chain of each head's choice)."""
+    budget for a static tree of each head's top-``width`` (None: a chain of each head's choice); ``vocab``
+    (token ids) a reduced draft vocabulary (``heads.DraftVocab``)."""
 
     wants_hidden = True
 
-    def __init__(self, heads, tree: int | None = None, width: int = 2):
-        self.heads = heads.eval()
+    def __init__(self, heads, tree: int | None = None, width: int = 2, vocab: Tensor | None = None):
+        self.heads, self.vocab = heads.eval(), vocab
         self.tree = None if tree is None else count(tree, "tree (node budget)")
         self.width = count(width, "width")
 

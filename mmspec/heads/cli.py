@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=4, help="windows per optimizer step (default 4)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3 medusa, 3e-4 eagle)")
     p.add_argument("--max-tokens", type=int, default=4_000_000, help="training tokens to cache at most (default 4M)")
+    p.add_argument("--draft-vocab", type=int, default=None, metavar="N",
+                   help="draft only the N most frequent training ids (EAGLE-3's reduced vocabulary; 0: all; default "
+                        "2048 for a single-codebook vocabulary above 4096, else all)")
     p.add_argument("--seed", type=int, default=0)
     return p
 
@@ -101,7 +104,9 @@ def eval_seconds(args) -> float:
 
 
 def main(argv=None) -> int:
-    from .store import save_heads, target_info
+    import torch
+
+    from .store import draft_vocab, save_heads, target_info
     from .train import agreement, fit, reader
 
     args = build_parser().parse_args(argv)
@@ -124,7 +129,11 @@ def main(argv=None) -> int:
         stats["held_out_top1"] = round(agreement(args.kind, module.eval(), head, embed, val, device), 4)
     stats.update(hardware=training.hardware(device), seq_len=args.seq_len, windows=int(train_data[0].shape[0]),
                  data=modality.name if modality.heads_prompts is not None else (args.data or "default corpus"))
-    save_heads(module, args.out, info, {"training": stats})
+    size = args.draft_vocab if args.draft_vocab is not None else (2048 if target.num_codebooks == 1 and target.vocab_size > 4096 else 0)
+    vocab = draft_vocab(train_data[0], target.vocab_size, size) if target.num_codebooks == 1 else []
+    if vocab and val is not None:
+        stats["draft_vocab_coverage"] = round(float(torch.isin(val[0], torch.tensor(vocab)).float().mean()), 4)
+    save_heads(module, args.out, info, {"training": stats, "draft_vocab": vocab})
     print(f"[heads] saved {args.kind} to {args.out}: {json.dumps(stats)}", flush=True)
     return 0
 

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -59,18 +60,44 @@ class EagleLayer(nn.Module):
     def config(self) -> dict:
         return {"kind": "eagle", **self.sizes}
 
+    # The layer in three parts, so a drafter can keep the keys and values of the pairs it has seen: in one
+    # layer a pair's key and value depend on that pair only, never on the pairs around it.
+    def project(self, feats: Tensor, emb: Tensor) -> Tensor:
+        """``fc([feature, embedding])``: the layer's input ``[B, T, H]``."""
+        return self.fc(torch.cat([feats, emb.to(feats.dtype)], dim=-1))
+
+    def qkv(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Rotated queries and keys and the values of inputs ``x [B, T, H]`` at ``positions [B or 1, T]``:
+        each ``[B, heads, T, head_dim]``."""
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+        attn = self.layer.self_attn
+        h = self.layer.input_layernorm(x)
+        shape = (*x.shape[:2], -1, attn.head_dim)
+        q, k, v = (proj(h).view(shape).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+        cos, sin = self.rotary(x, positions)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        return q, k, v
+
+    def attend(self, x: Tensor, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> Tensor:
+        """The outputs ``[B, T, H]`` of inputs ``x`` with queries ``q`` over ``keys``/``values`` ``[B, h, S, d]``,
+        ``mask [B, T, S]`` (True: may attend): attention, residual, MLP, residual, as a Llama layer does."""
+        attn = self.layer.self_attn
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask[:, None], scale=attn.scaling)
+        h = x + attn.o_proj(out.transpose(1, 2).reshape(*x.shape[:2], -1))
+        return h + self.layer.mlp(self.layer.post_attention_layernorm(h))
+
     def forward(self, feats: Tensor, emb: Tensor, mask: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
-        """``mask [B, T, T]`` (True: may attend; default causal) and ``positions [B, T]`` (default 0..T-1)
-        let a token tree share one pass: a node sees the context and its ancestors, at context + depth."""
-        x = self.fc(torch.cat([feats, emb.to(feats.dtype)], dim=-1))  # [B, T, H]
+        """Predicted next features ``[B, T, H]`` of a whole window; ``mask [B, T, T]`` (True: may attend;
+        default causal) and ``positions [B, T]`` (default 0..T-1) let a token tree share one pass."""
+        x = self.project(feats, emb)  # [B, T, H]
         T = x.shape[1]
         if positions is None:
             positions = torch.arange(T, device=x.device)[None]  # [1, T]
         if mask is None:
             mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()[None]
-        bias = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill(~mask, torch.finfo(x.dtype).min)
-        return self.layer(x, attention_mask=bias[:, None], position_ids=positions,
-                          position_embeddings=self.rotary(x, positions))
+        q, k, v = self.qkv(x, positions)
+        return self.attend(x, q, k, v, mask.expand(x.shape[0], T, T))
 
 
 def eagle_for(hidden: int, embed_dim: int, heads: int | None = None, window: int = 128) -> EagleLayer:

@@ -82,9 +82,18 @@ def load_heads(folder: str | Path, target, tree: int | None = None, width: int =
     config = read_heads_config(folder)
     check_target(config, target, folder)
     module = _module(Path(folder), config, target)
+    vocab = torch.tensor(config["draft_vocab"], dtype=torch.long) if config.get("draft_vocab") else None
     if config["kind"] == "medusa":
-        return MedusaDrafter(module, tree=tree, width=width)
-    return EagleDrafter(module, tree=tree, width=width)
+        return MedusaDrafter(module, tree=tree, width=width, vocab=vocab)
+    return EagleDrafter(module, tree=tree, width=width, vocab=vocab)
+
+
+def draft_vocab(tokens: torch.Tensor, vocab_size: int, size: int) -> list[int]:
+    """The ``size`` most frequent ids in ``tokens`` (a reduced draft vocabulary), sorted; [] for all."""
+    if size <= 0 or size >= vocab_size:
+        return []
+    counts = torch.bincount(tokens.flatten().clamp(min=0), minlength=vocab_size)[:vocab_size]
+    return sorted(counts.topk(size).indices.tolist())
 
 
 def _module(folder: Path, config: dict, target):
