@@ -28,6 +28,8 @@ DISPLAY = Display(
     component="Image", value=enlarged, component_options={"type": "pil", "height": 200}, live=partial_grid,
     methods=(("jacobi", "auto"), ("model", "auto"), ("lookahead", "auto")),
     helps={
+        "heads": "an EAGLE layer on the target's own hidden state (zoo:shapes-heads) guesses the next codes; "
+                 "mixes with Jacobi guesses in one tree (heads+jacobi)",
         "jacobi": "the target refines a window of guessed codes in parallel: wins on flat, regular images "
                   "(init 'left' / 'above' start from the neighbouring codes)",
         "model": "a small draft image model guesses ahead: wins when the draft knows the class well",

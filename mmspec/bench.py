@@ -73,12 +73,28 @@ def suite_names() -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ running
-def run_once(modality, method: Method, target, draft, prompt, max_new: int, k: int, seed: int):
+def run_once(modality, method: Method, target, draft, prompt, max_new: int, k: int, seed: int, heads=None):
     """One timed generation (a fresh drafter each run: drafters keep state)."""
     return named.run(modality, target, prompt, drafter=method.drafter, rule=method.rule, draft=draft,
                      k=method.k or k, init=method.init, max_new_tokens=max_new, seed=seed,
                      sampling=Sampling(temperature=method.temperature), options=dict(method.options),
-                     tree=method.tree, width=method.width, dynamic=method.dynamic)
+                     tree=method.tree, width=method.width, dynamic=method.dynamic, heads=heads)
+
+
+def uses_heads(method: Method) -> bool:
+    return "heads" in named.parts_of(method.drafter)
+
+
+def heads_for(modality, methods: list[Method], target_name, heads) -> tuple[list[Method], str | None]:
+    """The methods that can run and the heads folder they read: ``heads`` when given, the modality's zoo heads
+    on its default target; other targets without ``--heads`` drop the self-drafting methods (with a note)."""
+    if not any(uses_heads(m) for m in methods):
+        return methods, None
+    if heads is None and target_name not in (None, modality.default_target):
+        print(f"mmspec bench: no --heads for target {target_name!r}: skipping the self-drafting methods",
+              file=sys.stderr)
+        return [m for m in methods if not uses_heads(m)], None
+    return methods, named.heads_folder(modality, heads)
 
 
 def with_tree(methods: list[Method], modality, tree: int, width: int | None) -> list[Method]:
@@ -98,12 +114,13 @@ def baseline_for(temperature: float) -> Method:
     return Method(f"autoregressive T={temperature:g}", "none", rule, temperature)
 
 
-def measure(modality, plan: list[Method], target, draft, prompts, max_new, k, seed, repeats, bar) -> dict[str, list]:
+def measure(modality, plan: list[Method], target, draft, prompts, max_new, k, seed, repeats, bar, heads=None) -> dict[str, list]:
     """Per prompt: every method warmed up once, then ``repeats`` interleaved rounds (``mmspec.timing``); a row
     per (method, prompt) with the median wall time and every round's time."""
     rows: dict[str, list] = {m.label: [] for m in plan}
     for i, prompt in enumerate(prompts):
-        runs = {m.label: functools.partial(run_once, modality, m, target, draft, prompt, max_new, k, seed) for m in plan}
+        runs = {m.label: functools.partial(run_once, modality, m, target, draft, prompt, max_new, k, seed, heads)
+                for m in plan}
         timed = timing.interleave(runs, repeats, progress=lambda name, r: bar.update())
         for label, gens in timed.items():
             s = gens[-1].stats
@@ -121,7 +138,7 @@ def measure(modality, plan: list[Method], target, draft, prompts, max_new, k, se
 
 def run_suite(name: str, *, quick: bool, repeats: int, seed: int = 0, target_name=None, draft_name=None,
               n_prompts=None, max_new=None, k=None, methods=None, load_options=None, prompts=None,
-              progress: bool = True, tree: int = 0, width: int | None = None) -> dict:
+              progress: bool = True, tree: int = 0, width: int | None = None, heads: str | None = None) -> dict:
     """Run one modality's suite; returns ``{"suite", "config", "methods": [...], "prompts": [...]}`` (or ``skipped``)."""
     from tqdm.auto import tqdm
 
@@ -135,6 +152,7 @@ def run_suite(name: str, *, quick: bool, repeats: int, seed: int = 0, target_nam
         return {"suite": name, "skipped": f"{type(err).__name__}: {err}", "methods": []}
     chosen = [m for m in suite.methods if (not quick or m.quick) and (not methods or m.label in methods or m.drafter in methods)]
     chosen = with_tree(chosen, modality, tree, width)
+    chosen, heads = heads_for(modality, chosen, target_name, heads)
     needs_draft = any(named.needs_draft(m.drafter) for m in chosen)
     draft = modality.load(draft_name or modality.default_draft, **opts) if needs_draft else None
     # 2. prompts and sizes
@@ -145,14 +163,14 @@ def run_suite(name: str, *, quick: bool, repeats: int, seed: int = 0, target_nam
     plan = [baseline_for(t) for t in sorted({m.temperature for m in chosen})] + chosen
     bar = tqdm(total=len(plan) * len(prompts) * (1 + repeats), desc=f"bench {name}", disable=not progress)
     # 3. baselines and every method on the same target, prompts and seed, in interleaved rounds
-    rows = measure(modality, plan, target, draft, prompts, max_new, k, seed, repeats, bar)
+    rows = measure(modality, plan, target, draft, prompts, max_new, k, seed, repeats, bar, heads)
     bar.close()
     env = timing.machine(target.device)
     results = [summarise(modality, m, target, prompts, rows[m.label], rows[baseline_for(m.temperature).label], env)
                for m in plan]
     config = {"quick": quick, "repeats": repeats, "seed": seed, "k": k, "max_new": max_new, "n_prompts": len(prompts),
               "target": target_name or modality.default_target,
-              "draft": (draft_name or modality.default_draft) if draft else None,
+              "draft": (draft_name or modality.default_draft) if draft else None, "heads": heads,
               "device": str(target.device), "threads": env["threads"], "load_1min": env["load_1min"],
               "quality": suite.quality_name or None}
     return {"suite": name, "modality": name, "config": config, "prompts": [_short(p) for p in prompts],
@@ -361,7 +379,7 @@ def main(args, rest=None) -> int:
                          target_name=args.target, draft_name=args.draft, n_prompts=getattr(args, "prompts", None),
                          max_new=getattr(args, "max_new_tokens", None), k=getattr(args, "k", None), methods=methods,
                          load_options=opts, prompts=getattr(args, "prompt", None), tree=getattr(args, "tree", 0),
-                         width=getattr(args, "tree_width", None))
+                         width=getattr(args, "tree_width", None), heads=getattr(args, "heads", None))
                for name in names]
     # 3. write results.json, results.csv, plots; print the table
     os.makedirs(args.out, exist_ok=True)

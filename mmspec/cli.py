@@ -94,6 +94,8 @@ def build_parser(modality: str = "text") -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true")
     bench.add_argument("--target", default=None, help="target model (default: the suite modality's zoo model)")
     bench.add_argument("--draft", default=None, help="draft model for the model drafter (default: the zoo draft)")
+    bench.add_argument("--heads", default=None, metavar="DIR",
+                       help="self-drafter folder for the heads methods (default: the zoo heads of the zoo target)")
     bench.add_argument("--repeats", type=int, default=None, help="timed runs per prompt (default 3, --quick 1)")
     bench.add_argument("--prompts", type=int, default=None, help="number of prompts (default: the suite's)")
     bench.add_argument("--prompt", action="append", default=None,

@@ -102,6 +102,7 @@ SUITE = Suite(
         Method("model / greedy", "model", "greedy", 0.0),
         Method("model / greedy k=2", "model", "greedy", 0.0, k=2, quick=False),
         Method("jacobi / greedy", "jacobi", "greedy", 0.0),
+        Method("heads / greedy", "heads", "greedy", 0.0, k=4),  # the zoo's self-drafter (zoo:speech-heads)
         Method("codec-lookup / greedy", "codec-lookup", "greedy", 0.0, quick=False),
         Method("model tree=8 / greedy", "model", "greedy", 0.0, tree=8, quick=False),
         Method("codec-lookup tree=8 / greedy", "codec-lookup", "greedy", 0.0, tree=8, quick=False),
@@ -110,6 +111,8 @@ SUITE = Suite(
         Method("jacobi / speculative", "jacobi", "speculative", 1.0, quick=False),
         Method("codec-lookup / speculative", "codec-lookup", "speculative", 1.0, quick=False),
         Method("model / relaxed b=0.1", "model", "relaxed", 1.0, options=(("beta", 0.1),)),
+        Method("heads / speculative", "heads", "speculative", 1.0, k=4),
+        Method("heads / relaxed b=0.1", "heads", "relaxed", 1.0, k=4, options=(("beta", 0.1),), quick=False),
         Method("codec-lookup / relaxed b=0.1", "codec-lookup", "relaxed", 1.0, options=(("beta", 0.1),), quick=False),
     ),
     quality=mel_distance, quality_name="mel_distance_to_baseline",

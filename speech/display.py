@@ -19,6 +19,8 @@ DISPLAY = Display(
     component="Audio", value=player, component_options={"type": "numpy"},
     methods=(("model", "auto"), ("jacobi", "auto"), ("codec-lookup", "auto")),
     helps={
+        "heads": "an EAGLE layer on the target's own hidden state (zoo:speech-heads) guesses whole frames, "
+                 "all codebooks at once, for the cost of one small layer",
         "model": "a small draft codec LM guesses whole frames: wins on ordinary sentences (2+ frames per step)",
         "jacobi": "the target refines its own guessed frames: little gain on this small model",
         "codec-lookup": "training-free, guesses each codebook from its own history: helps on steady sounds",

@@ -13,8 +13,14 @@ from mmspec.cli import main
 
 @pytest.fixture(scope="module")
 def bench_out(tiny_models, tmp_path_factory):
+    from mmspec.heads import eagle_for, save_heads, target_info
+    from mmspec.text import TextTarget
+
     out = tmp_path_factory.mktemp("bench")
+    heads = save_heads(eagle_for(32, 32, 4, window=64), out / "heads",
+                       target_info(TextTarget.from_pretrained(tiny_models["llama"], device="cpu")))
     code = main(["bench", "--suite", "text", "--quick", "--out", str(out), "--target", tiny_models["llama"],
+                 "--heads", str(heads),
                  "--draft", tiny_models["llama-draft"], "--prompt", "def add(a, b):\n", "--prompt", "for i in range(",
                  "--max-new-tokens", "8", "--repeats", "1", "--device", "cpu"])
     assert code == 0

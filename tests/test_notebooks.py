@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "demos" / "notebooks"
-NAMES = ["01_text.ipynb", "02_image.ipynb", "03_speech.ipynb", "04_new_drafter.ipynb"]
+NAMES = ["01_text.ipynb", "02_image.ipynb", "03_speech.ipynb", "04_new_drafter.ipynb", "05_heads.ipynb"]
 KERNEL = "mmspec-test-python"
 
 

@@ -59,6 +59,11 @@ SUITE = Suite(
         Method("model tree=8", "model", tree=8, quick=False),
         Method("model dynamic tree=8", "model", tree=8, width=3, dynamic=True, quick=False),
         Method("prompt-lookup+model tree=8", "prompt-lookup+model", tree=8, quick=False),
+        # self-drafting: the zoo's EAGLE layer on the target's own hidden states (zoo:code-heads)
+        Method("heads", "heads", k=5),
+        Method("heads tree=8", "heads", tree=8, width=2, k=5, quick=False),
+        Method("heads+prompt-lookup tree=10", "heads+prompt-lookup", tree=10, k=5),
+        Method("heads / speculative T=1", "heads", "speculative", 1.0, k=5, quick=False),
     ),
 )
 

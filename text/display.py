@@ -40,6 +40,8 @@ DISPLAY = Display(
     component="HTML", value=code_block, live=highlighted, live_final=True,
     methods=(("prompt-lookup", "auto"), ("model", "auto"), ("lookahead", "auto")),
     helps={
+        "heads": "an EAGLE layer reads the target's own hidden state and guesses ahead (zoo:code-heads): the "
+                 "target's own features make it the most accurate drafter for its size",
         "prompt-lookup": "copies what followed the last few tokens earlier in the prompt or output: wins when the "
                          "output repeats text already there (lists, edits, boilerplate); no model at all",
         "model": "a small draft model guesses ahead: wins on ordinary code the draft predicts well",

@@ -41,8 +41,22 @@ def save_heads(module, folder: str | Path, info: dict, extra: dict | None = None
     return folder
 
 
+def resolve_heads(name: str | Path) -> Path:
+    """A heads folder: a path, or ``zoo:NAME`` in the zoo of whichever registered modality ships it."""
+    if not str(name).startswith("zoo:"):
+        return Path(name)
+    from ..modalities import get, names
+
+    zoos = [get(m).zoo for m in names() if get(m).zoo is not None]
+    for zoo in zoos:
+        if (Path(zoo) / str(name)[4:] / "config.json").is_file():
+            return Path(zoo) / str(name)[4:]
+    shipped = sorted(f"zoo:{p.parent.name}" for z in zoos for p in Path(z).glob("*heads*/config.json"))
+    raise ValueError(f"no zoo heads called {name!r}; shipped: {', '.join(shipped) or 'none'}")
+
+
 def read_heads_config(folder: str | Path) -> dict:
-    folder = Path(folder)
+    folder = resolve_heads(folder)
     if not (folder / "config.json").is_file() or not (folder / "model.safetensors").is_file():
         raise ValueError(f"{str(folder)!r} is not a heads folder (config.json + model.safetensors)")
     config = json.loads((folder / "config.json").read_text())
@@ -72,7 +86,7 @@ _LOADED: dict = {}  # (folder, file mtime, target id) -> the module, so repeated
 
 
 def load_heads(folder: str | Path, target, tree: int | None = None, width: int = 2):
-    """The drafter saved in ``folder`` for ``target``: a ``MedusaDrafter`` (a static tree of each head's
+    """The drafter saved in ``folder`` (or ``zoo:NAME``) for ``target``: a ``MedusaDrafter`` (a static tree of each head's
     top-``width`` under ``tree`` nodes) or an ``EagleDrafter`` (an EAGLE-2 dynamic tree of ``tree`` nodes,
     ``width`` children per expanded node), on the target's device in float32 (CPU) or its dtype; ``tree``
     None: a chain. ValueError for a missing folder, an unknown kind, or heads of another target."""
@@ -81,7 +95,7 @@ def load_heads(folder: str | Path, target, tree: int | None = None, width: int =
 
     config = read_heads_config(folder)
     check_target(config, target, folder)
-    module = _module(Path(folder), config, target)
+    module = _module(resolve_heads(folder), config, target)
     vocab = torch.tensor(config["draft_vocab"], dtype=torch.long) if config.get("draft_vocab") else None
     if config["kind"] == "medusa":
         return MedusaDrafter(module, tree=tree, width=width, vocab=vocab)
