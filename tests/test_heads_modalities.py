@@ -128,3 +128,27 @@ def test_cli_heads_drafter(tiny_models, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(argv + ["--drafter", "heads+prompt-lookup", "--heads", str(tmp_path / "h"), "--tree", "8"]) == 0
     assert json.loads(capsys.readouterr().out)["token_ids"] == base
+
+
+def test_train_command_refuses_bad_input(tmp_path, capsys):
+    from mmspec.cli import main
+
+    assert main(["heads", "train", "--target", "zoo:code-target", "--kind", "hydra", "--out", str(tmp_path)]) == 2
+    assert "invalid choice: 'hydra'" in capsys.readouterr().err
+    assert main(["heads", "train", "--target", str(tmp_path / "none"), "--kind", "eagle", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "could not load --target" in err and "text:" in err and "image:" in err and "speech:" in err
+    assert main(["heads", "train", "--target", "zoo:shapes", "--modality", "video", "--kind", "eagle",
+                 "--out", str(tmp_path)]) == 2
+    assert "unknown modality 'video'" in capsys.readouterr().err
+
+
+def test_bench_skips_heads_without_heads_for_another_target(tiny_models, tmp_path, capsys):
+    from mmspec.cli import main
+
+    assert main(["bench", "--suite", "text", "--quick", "--out", str(tmp_path), "--target", tiny_models["llama"],
+                 "--prompt", "def add(a, b):\n", "--max-new-tokens", "6", "--repeats", "1",
+                 "--methods", "prompt-lookup,heads", "--device", "cpu"]) == 0
+    assert "skipping the self-drafting methods" in capsys.readouterr().err
+    (suite,) = json.loads((tmp_path / "results.json").read_text())["suites"]
+    assert [m["drafter"] for m in suite["methods"]] == ["none", "prompt-lookup"]
