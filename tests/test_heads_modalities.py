@@ -152,3 +152,21 @@ def test_bench_skips_heads_without_heads_for_another_target(tiny_models, tmp_pat
     assert "skipping the self-drafting methods" in capsys.readouterr().err
     (suite,) = json.loads((tmp_path / "results.json").read_text())["suites"]
     assert [m["drafter"] for m in suite["methods"]] == ["none", "prompt-lookup"]
+
+
+def test_fine_tuning_on_greedy_outputs(speech_folders, tmp_path):
+    """``--init`` starts from saved heads; ``--temperature 0`` trains on the target's greedy outputs."""
+    from safetensors.torch import load_file
+
+    from mmspec.heads.cli import main
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    common = ["--target", speech_folders["target"], "--kind", "eagle", "--seq-len", "16", "--batch", "2",
+              "--device", "cpu", "--max-tokens", "128"]
+    assert main([*common, "--out", str(first), "--time-budget", "4"]) == 0
+    assert main([*common, "--out", str(second), "--time-budget", "4", "--init", str(first), "--temperature", "0"]) == 0
+    assert "temperature 0" in json.loads((second / "config.json").read_text())["training"]["data_description"]
+    a, b = load_file(str(first / "model.safetensors")), load_file(str(second / "model.safetensors"))
+    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)  # trained further
+    with pytest.raises(ValueError, match="holds eagle heads, not medusa"):
+        main([*common, "--out", str(tmp_path / "third"), "--init", str(first), "--kind", "medusa"])

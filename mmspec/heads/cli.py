@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=4, help="windows per optimizer step (default 4)")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 1e-3 medusa, 3e-4 eagle)")
     p.add_argument("--max-tokens", type=int, default=4_000_000, help="training tokens to cache at most (default 4M)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="image/speech: sample the training data at this temperature (0: the target's greedy outputs, "
+                        "for heads that serve greedy decoding; default 1)")
+    p.add_argument("--init", default=None, metavar="DIR", help="start from these heads (same kind and target): fine-tuning")
     p.add_argument("--draft-vocab", type=int, default=None, metavar="N",
                    help="draft only the N most frequent training ids (EAGLE-3's reduced vocabulary; 0: all; default "
                         "2048 for a single-codebook vocabulary above 4096, else all)")
@@ -70,6 +74,20 @@ def build_module(args, target):
     return eagle_for(H, E, getattr(getattr(model, "config", None), "num_attention_heads", None), window=args.seq_len)
 
 
+def start_from(args, module, target, device):
+    """The weights of ``--init`` (heads of the same kind, trained for this target) in ``module``."""
+    from safetensors.torch import load_file
+
+    from .store import check_target, read_heads_config, resolve_heads
+
+    config = read_heads_config(args.init)
+    check_target(config, target, args.init)
+    if config["kind"] != args.kind:
+        raise ValueError(f"--init {args.init!r} holds {config['kind']} heads, not {args.kind}")
+    module.load_state_dict({k: v.float() for k, v in load_file(str(resolve_heads(args.init) / "model.safetensors")).items()})
+    return module.to(device)
+
+
 def cache(args, modality, target, info, clock, held_out: bool = False):
     """Stage 1 (and 3's data): the cached hidden states of the training (held-out) data."""
     from . import data
@@ -83,7 +101,8 @@ def cache(args, modality, target, info, clock, held_out: bool = False):
         key = {"fingerprint": info["fingerprint"], "data": what, "seq_len": args.seq_len}
         shards = data.cache_states(target.model, data.windows(ids, args.seq_len), folder, key, deadline, bar=bar)
     else:  # the target's own samples
-        what = f"{modality.name} target samples at temperature 1 ({'held-out' if held_out else 'training'} prompts)"
+        what = (f"{modality.name} target samples at temperature {args.temperature:g} "
+                f"({'held-out' if held_out else 'training'} prompts)")
         key = {"fingerprint": info["fingerprint"], "data": what, "seq_len": args.seq_len, "seed": args.seed}
         limit = max(1, (200_000 if held_out else args.max_tokens) // args.seq_len)
 
@@ -91,10 +110,12 @@ def cache(args, modality, target, info, clock, held_out: bool = False):
             prompts = itertools.islice(modality.heads_prompts(target, held_out), limit)
             seed = args.seed + (10**6 if held_out else 0) + 1000 * done
             return data.sampled_windows(target, prompts, args.seq_len, args.batch * 4, seed,
-                                        modality.length(None, target))
+                                        modality.length(None, target), args.temperature)
         shards = data.cache_sampled(make, folder, key, deadline, bar=bar)
     bar.close()
     print(f"[heads] {what}: {shards} shards in {folder}", flush=True)
+    if not held_out:
+        args.described = what
     return data.load_shards(folder) if shards else None
 
 
@@ -117,6 +138,8 @@ def main(argv=None) -> int:
     clock = training.Clock(args.time_budget, reserve=min(30.0, 0.1 * args.time_budget),
                            shares={"cache": 1.0, "train": 2.0})
     module = build_module(args, target).to(device)
+    if args.init:
+        module = start_from(args, module, target, device)
     head, embed = reader(target), target.input_embeddings()
     train_data = cache(args, modality, target, info, clock)
     if train_data is None:
@@ -128,7 +151,8 @@ def main(argv=None) -> int:
     if val is not None:
         stats["held_out_top1"] = round(agreement(args.kind, module.eval(), head, embed, val, device), 4)
     stats.update(hardware=training.hardware(device), seq_len=args.seq_len, windows=int(train_data[0].shape[0]),
-                 data=modality.name if modality.heads_prompts is not None else (args.data or "default corpus"))
+                 data=modality.name if modality.heads_prompts is not None else (args.data or "default corpus"),
+                 data_description=getattr(args, "described", None), init=args.init)
     size = args.draft_vocab if args.draft_vocab is not None else (2048 if target.num_codebooks == 1 and target.vocab_size > 4096 else 0)
     vocab = draft_vocab(train_data[0], target.vocab_size, size) if target.num_codebooks == 1 else []
     if vocab and val is not None:

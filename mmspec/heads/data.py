@@ -147,10 +147,11 @@ def states_along(target, prompts: list, frames: Tensor, lengths: Tensor) -> list
     return [(frames[b, : min(int(n), T)].cpu(), hidden[b, : min(int(n), T)]) for b, n in enumerate(lengths.tolist())]
 
 
-def sampled_windows(target, prompts: Iterator, length: int, batch: int, seed: int, max_new: int) -> Iterator[tuple[Tensor, Tensor]]:
-    """Windows ``(frames [S, K], hidden [S, H])`` of the target's own samples at temperature 1 (its exact
-    distribution: the drafter learns what it will be asked to guess), ``batch`` prompts per generation,
-    rows concatenated and cut every ``length`` pairs."""
+def sampled_windows(target, prompts: Iterator, length: int, batch: int, seed: int, max_new: int,
+                    temperature: float = 1.0) -> Iterator[tuple[Tensor, Tensor]]:
+    """Windows ``(frames [S, K], hidden [S, H])`` of the target's own outputs at ``temperature`` (1: its exact
+    distribution; 0: its greedy outputs, what a drafter for greedy decoding is asked to guess), ``batch``
+    prompts per generation, rows concatenated and cut every ``length`` pairs."""
     from .. import accept
     from ..loop import generate
     from ..types import Sampling
@@ -160,7 +161,8 @@ def sampled_windows(target, prompts: Iterator, length: int, batch: int, seed: in
         chunk = [p for _, p in zip(range(batch), prompts)]
         if not chunk:
             return
-        out = generate(target, None, chunk, max_new_tokens=max_new, rule=accept.speculative, sampling=Sampling(temperature=1.0),
+        rule = accept.greedy if temperature == 0 else accept.speculative
+        out = generate(target, None, chunk, max_new_tokens=max_new, rule=rule, sampling=Sampling(temperature=temperature),
                        seed=seed + i)
         i += 1
         for f, h in states_along(target, chunk, out.tokens, out.lengths):
