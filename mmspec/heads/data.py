@@ -86,6 +86,22 @@ def cache_states(model, seqs: Iterator[list[int]], folder: Path, key: dict, dead
     """Write shards ``shard_NNNNN.safetensors`` (``tokens [n, S]``, ``hidden [n, S, H]`` fp16) into ``folder``
     until ``seqs`` runs out or ``deadline`` (``time.time()``); resumes after the shards already there when
     ``key`` (target fingerprint, data, window) matches ``meta.json``. Returns the number of shards."""
+    device = next(model.parameters()).device
+
+    def batches(done: int):
+        for _ in range(done * shard):  # the sequences already cached
+            next(seqs, None)
+        while batch := [s for _, s in zip(range(shard), seqs)]:
+            ids = torch.tensor(batch, dtype=torch.long, device=device)  # [n, S]
+            yield ids.cpu(), states_of(model, ids).to(torch.float16).cpu(), len(batch) == shard
+
+    return write_shards(batches, folder, key, deadline, bar)
+
+
+def write_shards(make_batches, folder: Path, key: dict, deadline: float, bar=None) -> int:
+    """The shard writer of both caches: ``make_batches(shards_done)`` yields ``(tokens, hidden, full)`` per
+    shard (``full`` False: the data ended inside it); it runs until the data ends or ``deadline`` passes
+    (always writing at least one shard), after the shards already there when ``key`` matches."""
     import time
 
     from safetensors.torch import save_file
@@ -97,26 +113,23 @@ def cache_states(model, seqs: Iterator[list[int]], folder: Path, key: dict, dead
         for old in folder.glob("shard_*.safetensors"):
             old.unlink()
         meta = {"key": key, "shards": 0, "complete": False}
-    done = meta["shards"]
-    for _ in range(done * shard):  # the sequences already cached
-        next(seqs, None)
-    device = next(model.parameters()).device
-    while not meta["complete"] and time.time() < deadline:
-        batch = [s for _, s in zip(range(shard), seqs)]
-        if len(batch) < shard:
+    done = first = meta["shards"]
+    batches = make_batches(done)
+    while not meta["complete"] and (time.time() < deadline or done == first == 0):
+        item = next(batches, None)
+        if item is None:
             meta["complete"] = True
-            if not batch:
-                break
-        ids = torch.tensor(batch, dtype=torch.long, device=device)  # [n, S]
-        hidden = states_of(model, ids).to(torch.float16).cpu().contiguous()  # [n, S, H]
+            meta_path.write_text(json.dumps(meta))
+            break
+        tokens, hidden, full = item
         tmp = folder / f"shard_{done:05d}.tmp"
-        save_file({"tokens": ids.cpu().contiguous(), "hidden": hidden}, str(tmp))
+        save_file({"tokens": tokens.contiguous(), "hidden": hidden.contiguous()}, str(tmp))
         os.replace(tmp, folder / f"shard_{done:05d}.safetensors")
         done += 1
-        meta["shards"] = done
+        meta.update(shards=done, complete=not full)
         meta_path.write_text(json.dumps(meta))
         if bar is not None:
-            bar.update(len(batch))
+            bar.update(tokens.shape[0])
     return done
 
 
@@ -179,33 +192,10 @@ def cache_sampled(make_windows, folder: Path, key: dict, deadline: float, shard:
     """``cache_states`` for sampled windows: shards of ``tokens [n, S, K]`` and ``hidden [n, S, H]`` (fp16),
     resumable when ``key`` matches; ``make_windows(shards_done)`` starts the window stream (a resumed run
     passes the shards already cached, so its samples are new ones)."""
-    import time
+    def batches(done: int):
+        windows = make_windows(done)
+        while got := [w for _, w in zip(range(shard), windows)]:
+            yield (torch.stack([f for f, _ in got]), torch.stack([h for _, h in got]).to(torch.float16),
+                   len(got) == shard)
 
-    from safetensors.torch import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    meta_path = folder / "meta.json"
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
-    if meta.get("key") != key:
-        for old in folder.glob("shard_*.safetensors"):
-            old.unlink()
-        meta = {"key": key, "shards": 0, "complete": False}
-    done = first = meta["shards"]
-    windows = make_windows(done)
-    while not meta["complete"] and (time.time() < deadline or done == first == 0):  # at least one shard
-        got = [w for _, w in zip(range(shard), windows)]
-        if len(got) < shard:
-            meta["complete"] = True
-            if not got:
-                break
-        tokens = torch.stack([f for f, _ in got]).contiguous()
-        hidden = torch.stack([h for _, h in got]).to(torch.float16).contiguous()
-        tmp = folder / f"shard_{done:05d}.tmp"
-        save_file({"tokens": tokens, "hidden": hidden}, str(tmp))
-        os.replace(tmp, folder / f"shard_{done:05d}.safetensors")
-        done += 1
-        meta["shards"] = done
-        meta_path.write_text(json.dumps(meta))
-        if bar is not None:
-            bar.update(len(got))
-    return done
+    return write_shards(batches, folder, key, deadline, bar)
