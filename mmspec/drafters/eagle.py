@@ -34,12 +34,15 @@ from ..types import Draft, Step, count
 class EagleDrafter:
     """``EagleDrafter(layer, tree=None, width=4, vocab=None)``: ``layer`` a ``mmspec.heads.EagleLayer``; a chain
     of up to k frames, or (``tree`` N) a dynamic tree of at most N nodes and depth k, ``width`` children per
-    node; ``vocab`` (token ids) a reduced draft vocabulary (``heads.DraftVocab``)."""
+    node; ``vocab`` (token ids) a reduced draft vocabulary (``heads.DraftVocab``); ``depth`` caps how deep it
+    drafts whatever k the loop asks for (useful in a mixture whose other part wants a longer window)."""
 
     wants_hidden = True
 
-    def __init__(self, layer, tree: int | None = None, width: int = 4, vocab: Tensor | None = None):
+    def __init__(self, layer, tree: int | None = None, width: int = 4, vocab: Tensor | None = None,
+                 depth: int | None = None):
         self.layer, self.vocab = layer.eval(), vocab
+        self.depth = None if depth is None else count(depth, "depth")
         self.tree = None if tree is None else count(tree, "tree (node budget)")
         self.width = count(width, "width")
 
@@ -55,6 +58,7 @@ class EagleDrafter:
 
     @torch.inference_mode()
     def propose(self, last: Tensor, k: int) -> Draft:
+        k = k if self.depth is None else min(k, self.depth)
         room = self.layer.window - self.keys.shape[2]  # positions left in the layer's window
         k = min(k, room + 1 if self.tree is None else room // self.width + 1)
         if k < 1:
