@@ -192,3 +192,13 @@ def test_load_refuses_heads_of_another_target(tiny_models, tmp_path):
         load_heads(tmp_path / "h", llama)
     with pytest.raises(ValueError, match="not a heads folder"):
         load_heads(tmp_path / "missing", llama)
+
+
+def test_eagle_depth_caps_the_draft(tiny_models):
+    target = text_target(tiny_models)
+    torch.manual_seed(0)
+    gen = mmspec.generate(target, EagleDrafter(eagle_for(32, 32, 4, window=64), depth=2), PROMPTS, max_new_tokens=12, k=5)
+    assert max(s.n_drafted for s in gen.steps) == 2
+    assert torch.equal(gen.tokens, mmspec.autoregressive(target, PROMPTS, max_new_tokens=12).tokens)
+    with pytest.raises(ValueError, match="depth"):
+        EagleDrafter(eagle_for(32, 32, 4, window=64), depth=0)
