@@ -202,3 +202,21 @@ def test_eagle_depth_caps_the_draft(tiny_models):
     assert torch.equal(gen.tokens, mmspec.autoregressive(target, PROMPTS, max_new_tokens=12).tokens)
     with pytest.raises(ValueError, match="depth"):
         EagleDrafter(eagle_for(32, 32, 4, window=64), depth=0)
+
+
+def test_int8_head_reads_close_to_the_head():
+    from mmspec.drafters.heads import DraftVocab, Int8Head
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(64, 500, bias=False)
+    fast = Int8Head.of(head)
+    x = torch.randn(3, 7, 64)
+    with torch.inference_mode():
+        exact, approx = head(x), fast(x)
+    assert isinstance(fast, Int8Head) and approx.shape == exact.shape and approx.dtype == torch.float32
+    assert (approx - exact).abs().max() < 0.05 * exact.abs().max()
+    assert (approx.argmax(-1) == exact.argmax(-1)).float().mean() > 0.9
+    sub = Int8Head.of(DraftVocab(head, torch.arange(0, 500, 5), 500))  # a draft vocabulary reads int8 too
+    assert isinstance(sub.sub, Int8Head) and torch.isinf(sub(x)[..., 1]).all()
+    assert Int8Head.of(torch.nn.Linear(64, 10)) is not None  # a head with a bias stays as it is
+    assert not isinstance(Int8Head.of(torch.nn.Linear(64, 10)), Int8Head)

@@ -34,12 +34,47 @@ def attach(drafter, target: Target, sampler: Sampler, hidden_size: int) -> None:
     if size != hidden_size:
         raise ValueError(f"these heads were built for hidden size {hidden_size}, the target's is {size}")
     drafter.target, drafter.sampler = target, sampler
-    drafter.head = target.output_head()
+    head = target.output_head()
     vocab = getattr(drafter, "vocab", None)
     if vocab is not None:
         if target.num_codebooks != 1 or int(vocab.max()) >= target.vocab_size:
             raise ValueError(f"a draft vocabulary needs a single-codebook target with ids below {target.vocab_size}")
-        drafter.head = DraftVocab(drafter.head, vocab.to(target.device), target.vocab_size)
+        head = DraftVocab(head, vocab.to(target.device), target.vocab_size)
+    drafter.head = Int8Head.of(head) if target.device.type == "cpu" else head
+
+
+class Int8Head(torch.nn.Module):
+    """A CPU copy of an output head with int8 weights (one scale per row), read with bfloat16 activations:
+    on a CPU a head read is bound by the bytes of its weight, and this reads a quarter of them. The drafter
+    only guesses; the target verifies with its own full-precision head, so output stays exact (a guess that
+    rounding changed is just rejected). ``of`` falls back to the head itself where the kernel is missing."""
+
+    def __init__(self, weight: Tensor):
+        super().__init__()
+        w = weight.detach().float()
+        self.scales = (w.abs().amax(1) / 127).clamp(min=1e-12)  # [V]
+        self.q = (w / self.scales[:, None]).round().clamp(-127, 127).to(torch.int8).contiguous()  # [V, H]
+        self.scales = self.scales.to(torch.bfloat16)
+        self.anchor = torch.nn.Parameter(torch.zeros(0, dtype=torch.float32), requires_grad=False)  # dtype probe
+
+    @classmethod
+    def of(cls, head: torch.nn.Module) -> torch.nn.Module:
+        if isinstance(head, DraftVocab):
+            head.sub = cls.of(head.sub)
+            return head
+        weight = getattr(head, "weight", None)
+        if weight is None or getattr(getattr(head, "linear", head), "bias", None) is not None:
+            return head
+        try:
+            fast = cls(weight)
+            fast(torch.zeros(1, weight.shape[1]))  # the kernel exists on this build
+        except (RuntimeError, AttributeError):
+            return head
+        return fast
+
+    def forward(self, x: Tensor) -> Tensor:
+        flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+        return torch._weight_int8pack_mm(flat, self.q, self.scales).float().reshape(*x.shape[:-1], -1)
 
 
 class DraftVocab(torch.nn.Module):
@@ -55,7 +90,7 @@ class DraftVocab(torch.nn.Module):
         self.sub.weight.data = head.weight.detach()[rows].contiguous()  # [Vd, H]
 
     def forward(self, x: Tensor) -> Tensor:
-        small = self.sub(x.to(self.sub.weight.dtype))  # [..., Vd]
+        small = self.sub(x.float())  # [..., Vd]
         full = small.new_full((*small.shape[:-1], self.V), float("-inf"))
         return full.index_copy_(-1, self.rows, small)
 
