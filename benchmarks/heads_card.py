@@ -21,6 +21,7 @@ def main(argv=None) -> int:
     p.add_argument("--method", required=True, help="the bench label of the heads method")
     p.add_argument("--draft-method", default=None, help="the bench label of the draft-model method to compare")
     p.add_argument("--train-command", default="", help="the command that trained the heads")
+    p.add_argument("--hardware", default=None, help="a readable name of the machine (default: from the bench run)")
     args = p.parse_args(argv)
     report = json.loads(Path(args.bench).read_text())
     (suite,) = report["suites"]
@@ -28,7 +29,7 @@ def main(argv=None) -> int:
     if args.method not in rows:
         raise SystemExit(f"no method {args.method!r} in {args.bench}; there are: {', '.join(rows)}")
     env = report["environment"]
-    hardware = f"{env['processor']} ({env['cpu_count']} cores, torch {env['torch_threads']} threads)"
+    hardware = f"{args.hardware or env['processor']} ({env['cpu_count']} cores, torch {env['torch_threads']} threads)"
 
     def measured(m: dict) -> dict:
         return {"mean_accepted": m["mean_accepted"], "speedup": m["speedup"], "rule": m["rule"]}

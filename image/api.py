@@ -113,7 +113,7 @@ SUITE = Suite(
         Method("model tree=8 / speculative", "model", "speculative", 1.0, k=4, tree=8, quick=False),
         # self-drafting: the zoo's EAGLE layer on the target's conditional hidden state (zoo:shapes-heads)
         Method("heads / speculative", "heads", "speculative", 1.0, k=6),
-        Method("heads+jacobi tree=16 / speculative", "heads+jacobi", "speculative", 1.0, k=6, tree=16),
+        Method("heads+jacobi tree=16 / speculative", "heads+jacobi", "speculative", 1.0, k=8, tree=16, quick=False),
         Method("heads / lantern", "heads", "lantern", 1.0, k=6, quick=False),
     ),
     quality=class_accuracy, quality_name="class_accuracy",

@@ -26,7 +26,7 @@ def partial_grid(target, frames, from_draft):
 
 DISPLAY = Display(
     component="Image", value=enlarged, component_options={"type": "pil", "height": 200}, live=partial_grid,
-    methods=(("jacobi", "auto"), ("model", "auto"), ("lookahead", "auto")),
+    methods=(("jacobi", "auto"), ("heads", "auto"), ("model", "auto")),
     helps={
         "heads": "an EAGLE layer on the target's own hidden state (zoo:shapes-heads) guesses the next codes; "
                  "mixes with Jacobi guesses in one tree (heads+jacobi)",

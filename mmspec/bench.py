@@ -81,6 +81,15 @@ def run_once(modality, method: Method, target, draft, prompt, max_new: int, k: i
                      tree=method.tree, width=method.width, dynamic=method.dynamic, heads=heads)
 
 
+def picked(method: Method, names: list[str] | None, suite: Suite) -> bool:
+    """``--methods``: a name that is a method's label picks that method; any other name picks every method
+    with that drafter (none given: all)."""
+    if not names:
+        return True
+    labels = {m.label for m in suite.methods}
+    return method.label in names or (method.drafter in names and method.drafter not in labels)
+
+
 def uses_heads(method: Method) -> bool:
     return "heads" in named.parts_of(method.drafter)
 
@@ -150,7 +159,7 @@ def run_suite(name: str, *, quick: bool, repeats: int, seed: int = 0, target_nam
     except (ImportError, OSError, ValueError) as err:
         print(f"mmspec bench: skipping suite {name!r}: {type(err).__name__}: {err}", file=sys.stderr)
         return {"suite": name, "skipped": f"{type(err).__name__}: {err}", "methods": []}
-    chosen = [m for m in suite.methods if (not quick or m.quick) and (not methods or m.label in methods or m.drafter in methods)]
+    chosen = [m for m in suite.methods if (not quick or m.quick) and picked(m, methods, suite)]
     chosen = with_tree(chosen, modality, tree, width)
     chosen, heads = heads_for(modality, chosen, target_name, heads)
     needs_draft = any(named.needs_draft(m.drafter) for m in chosen)

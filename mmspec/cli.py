@@ -102,7 +102,9 @@ def build_parser(modality: str = "text") -> argparse.ArgumentParser:
                        help="use this prompt instead of the suite's prompt set (repeat for several)")
     bench.add_argument("--max-new-tokens", type=int, default=None, help="frames per prompt (default: the suite's)")
     bench.add_argument("--k", type=int, default=None, help="drafted frames per step (default: the suite's)")
-    bench.add_argument("--methods", default=None, help="comma-separated method labels or drafter names to keep")
+    bench.add_argument("--methods", default=None,
+                       help="comma-separated method labels (a label picks that method) or drafter names (every method "
+                            "of that drafter)")
     bench.add_argument("--tree", type=int, default=0, metavar="NODES",
                        help="give every method whose drafter branches this node budget per step (0: as the suite says)")
     bench.add_argument("--tree-width", type=int, default=None, metavar="W", help="children per expanded tree node")

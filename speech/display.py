@@ -17,7 +17,7 @@ def player(output) -> tuple[int, "object"]:
 
 DISPLAY = Display(
     component="Audio", value=player, component_options={"type": "numpy"},
-    methods=(("model", "auto"), ("jacobi", "auto"), ("codec-lookup", "auto")),
+    methods=(("model", "auto"), ("heads", "auto"), ("codec-lookup", "auto")),
     helps={
         "heads": "an EAGLE layer on the target's own hidden state (zoo:speech-heads) guesses whole frames, "
                  "all codebooks at once, for the cost of one small layer",

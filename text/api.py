@@ -60,10 +60,10 @@ SUITE = Suite(
         Method("model dynamic tree=8", "model", tree=8, width=3, dynamic=True, quick=False),
         Method("prompt-lookup+model tree=8", "prompt-lookup+model", tree=8, quick=False),
         # self-drafting: the zoo's EAGLE layer on the target's own hidden states (zoo:code-heads)
-        Method("heads", "heads", k=5),
-        Method("heads tree=8", "heads", tree=8, width=2, k=5, quick=False),
-        Method("heads+prompt-lookup tree=10", "heads+prompt-lookup", tree=10, k=5),
-        Method("heads / speculative T=1", "heads", "speculative", 1.0, k=5, quick=False),
+        Method("heads", "heads", k=6),
+        Method("heads tree=12", "heads", tree=12, width=3, k=6, quick=False),
+        Method("prompt-lookup+heads tree=12", "prompt-lookup+heads", tree=12, k=6),  # prompt lookup's nodes first
+        Method("heads / speculative T=1", "heads", "speculative", 1.0, k=6, quick=False),
     ),
 )
 

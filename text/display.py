@@ -38,7 +38,7 @@ def highlighted(target, frames, from_draft) -> str:
 
 DISPLAY = Display(
     component="HTML", value=code_block, live=highlighted, live_final=True,
-    methods=(("prompt-lookup", "auto"), ("model", "auto"), ("lookahead", "auto")),
+    methods=(("prompt-lookup", "auto"), ("heads", "auto"), ("model", "auto")),
     helps={
         "heads": "an EAGLE layer reads the target's own hidden state and guesses ahead (zoo:code-heads): the "
                  "target's own features make it the most accurate drafter for its size",

@@ -38,6 +38,7 @@ def write_card(folder: str | Path, measured: dict | None = None, command: str = 
         "hidden states cached once; loss: feature regression + KL to the target's next-frame distribution"
         + (" (with a second pass on the layer's own predicted features)" if config["kind"] == "eagle" else "") + ".",
         f"- {t.get('steps')} optimizer steps in {t.get('train_seconds')} s on {t.get('hardware')}.",
+        *([f"- Started from: {t['init']}."] if t.get("init") else []),
         f"- Command: `{command or 'mmspec heads train'}`", "",
         "## Evaluation", "",
         "| metric | value |", "|---|---|",
