@@ -21,6 +21,7 @@ position of attention, not a pass over the window.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -29,6 +30,9 @@ from torch import Tensor
 from .. import tree as trees
 from ..sampling import Sampler
 from ..types import Draft, Step, count
+
+
+_INT8: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # layer -> (weight versions, int8 copy)
 
 
 class EagleDrafter:
@@ -49,7 +53,18 @@ class EagleDrafter:
     def start(self, target, sampler: Sampler, prompt: Any, max_new_tokens: int) -> None:
         from .heads import attach
 
+        from .heads import int8_copy
+
         attach(self, target, sampler, self.layer.sizes["hidden_size"])
+        self.net = self.layer
+        if target.device.type == "cpu" and self.layer.fc.weight.dtype == torch.float32:
+            # on a CPU the layer's products run on int8 weights (a guess only), quantized once per layer
+            # and again only when its weights have changed since (training steps bump their versions)
+            version = tuple(p._version for p in self.layer.parameters())
+            made = _INT8.get(self.layer)
+            if made is None or made[0] != version:
+                made = _INT8[self.layer] = (version, int8_copy(self.layer))
+            self.net = made[1]
         self.embed = target.input_embeddings()
         self.K = target.num_codebooks
         self.keys = self.values = None  # [B, heads, S, d] of the committed (feature, frame) pairs in the window
@@ -72,14 +87,14 @@ class EagleDrafter:
         """New pairs ``(feats [B, T, H], frames [B, T, K])`` at ``positions [B or 1, T]`` after ``keys/values``:
         their outputs ``[B, T, H]`` and the keys and values with theirs appended; ``mask [B, T, S + T]``
         (None: each new pair sees everything before it and itself)."""
-        dtype = next(self.layer.parameters()).dtype
-        x = self.layer.project(feats.to(dtype), self.embed(frames).to(dtype))  # [B, T, H]
-        q, k, v = self.layer.qkv(x, positions)
+        dtype = self.keys.dtype
+        x = self.net.project(feats.to(dtype), self.embed(frames).to(dtype))  # [B, T, H]
+        q, k, v = self.net.qkv(x, positions)
         keys, values = torch.cat([keys, k], 2), torch.cat([values, v], 2)
         if mask is None:
             B, T, S = x.shape[0], x.shape[1], keys.shape[2]
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T).expand(B, T, S)
-        return self.layer.attend(x, q, keys, values, mask), keys, values
+        return self.net.attend(x, q, keys, values, mask), keys, values
 
     def _chain(self, k: int) -> Draft:
         from .heads import choose, read
@@ -173,7 +188,7 @@ class EagleDrafter:
         frames = step.frames.clamp(min=0)  # [B, n, K]: the frame each state predicted
         if self.keys is None:
             heads, d = self.layer.layer.self_attn.config.num_attention_heads, self.layer.layer.self_attn.head_dim
-            self.keys = self.values = feats.new_zeros(feats.shape[0], heads, 0, d, dtype=next(self.layer.parameters()).dtype)
+            self.keys = self.values = feats.new_zeros(feats.shape[0], heads, 0, d, dtype=self.layer.fc.weight.dtype)
         n = feats.shape[1]
         positions = torch.arange(self.P, self.P + n, device=feats.device)[None]  # [1, n]
         out, keys, values = self._step(feats, frames, positions, self.keys, self.values, None)

@@ -44,17 +44,19 @@ def attach(drafter, target: Target, sampler: Sampler, hidden_size: int) -> None:
 
 
 class Int8Head(torch.nn.Module):
-    """A CPU copy of an output head with int8 weights (one scale per row), read with bfloat16 activations:
-    on a CPU a head read is bound by the bytes of its weight, and this reads a quarter of them. The drafter
-    only guesses; the target verifies with its own full-precision head, so output stays exact (a guess that
-    rounding changed is just rejected). ``of`` falls back to the head itself where the kernel is missing."""
+    """A CPU copy of a linear map (an output head, or a drafter's own layer) with int8 weights, one scale per
+    row, applied to bfloat16 activations: on a CPU these small products are bound by the bytes of their
+    weights, and this reads a quarter of them. A drafter only guesses; the target verifies with its own
+    full-precision weights, so output stays exact (a guess that rounding changed is just rejected).
+    ``of`` returns the module itself where the kernel is missing or the module is not a plain linear map."""
 
-    def __init__(self, weight: Tensor):
+    def __init__(self, weight: Tensor, bias: Tensor | None = None):
         super().__init__()
         w = weight.detach().float()
-        self.scales = (w.abs().amax(1) / 127).clamp(min=1e-12)  # [V]
-        self.q = (w / self.scales[:, None]).round().clamp(-127, 127).to(torch.int8).contiguous()  # [V, H]
-        self.scales = self.scales.to(torch.bfloat16)
+        scales = (w.abs().amax(1) / 127).clamp(min=1e-12)  # [V]
+        self.q = (w / scales[:, None]).round().clamp(-127, 127).to(torch.int8).contiguous()  # [V, H]
+        self.scales = scales.to(torch.bfloat16)
+        self.bias = None if bias is None else bias.detach().float()
         self.anchor = torch.nn.Parameter(torch.zeros(0, dtype=torch.float32), requires_grad=False)  # dtype probe
 
     @classmethod
@@ -62,11 +64,13 @@ class Int8Head(torch.nn.Module):
         if isinstance(head, DraftVocab):
             head.sub = cls.of(head.sub)
             return head
+        inner = getattr(head, "linear", head)  # a target's Projection wraps its linear head
         weight = getattr(head, "weight", None)
-        if weight is None or getattr(getattr(head, "linear", head), "bias", None) is not None:
+        if weight is None or weight.dim() != 2 or not isinstance(inner, torch.nn.Linear) or \
+                (inner is not head and inner.bias is not None):  # a sliced head's bias: keep it exact and simple
             return head
         try:
-            fast = cls(weight)
+            fast = cls(weight, inner.bias if inner is head else None)
             fast(torch.zeros(1, weight.shape[1]))  # the kernel exists on this build
         except (RuntimeError, AttributeError):
             return head
@@ -74,7 +78,20 @@ class Int8Head(torch.nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-        return torch._weight_int8pack_mm(flat, self.q, self.scales).float().reshape(*x.shape[:-1], -1)
+        out = torch._weight_int8pack_mm(flat, self.q, self.scales).float().reshape(*x.shape[:-1], -1)
+        return out if self.bias is None else out + self.bias
+
+
+def int8_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` whose ``nn.Linear`` layers are ``Int8Head`` maps (for drafting on a CPU)."""
+    import copy
+
+    out = copy.deepcopy(module)
+    for name, child in list(out.named_modules()):
+        for attr, sub in list(child.named_children()):
+            if isinstance(sub, torch.nn.Linear):
+                setattr(child, attr, Int8Head.of(sub))
+    return out
 
 
 class DraftVocab(torch.nn.Module):
