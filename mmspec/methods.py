@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from . import accept
 from .accept import Rule, RuleSpec
-from .drafters import JacobiDrafter, LookaheadDrafter, MixedDrafter, ModelDrafter, PromptLookupDrafter
+from .drafters import CascadeDrafter, JacobiDrafter, LookaheadDrafter, MixedDrafter, ModelDrafter, PromptLookupDrafter
 from .loop import generate
 from .modalities import Modality, Models
 from .protocols import Drafter, Target
@@ -38,8 +38,13 @@ def rule_specs(modality: Modality) -> dict[str, RuleSpec]:
 
 
 def parts_of(name: str) -> list[str]:
-    """The drafters a name stands for: ``"prompt-lookup+model"`` -> ``["prompt-lookup", "model"]``."""
-    return name.split("+") if isinstance(name, str) else [name]
+    """The drafters a name stands for: ``"prompt-lookup+model"`` (a mixture: one trie) or
+    ``"prompt-lookup|heads"`` (a cascade: the first that drafts) -> ``["prompt-lookup", ...]``."""
+    return name.replace("|", "+").split("+") if isinstance(name, str) else [name]
+
+
+def is_cascade(name: str) -> bool:
+    return isinstance(name, str) and "|" in name
 
 
 def needs_draft(name: str) -> bool:
@@ -58,7 +63,7 @@ def budget_for(name: str, modality: Modality, tree: int | None) -> int | None:
 def branches_any(name: str, modality: Modality) -> bool:
     """Whether a drafter name can take a node budget: one that branches, or a mixture (one shared trie)."""
     parts = parts_of(name)
-    return len(parts) > 1 or branches(parts[0], modality)
+    return (len(parts) > 1 and not is_cascade(name)) or any(branches(p, modality) for p in parts)
 
 
 def branches(name: str, modality: Modality) -> bool:
@@ -74,19 +79,23 @@ def check_drafter(name: str, modality: Modality, *, init: str | Callable = "rand
     before any model loads."""
     parts, allowed = parts_of(name), drafter_names(modality)
     if len(parts) > 1:
+        if "+" in name and "|" in name:
+            raise ValueError(f"drafter {name!r}: use either A+B (one trie) or A|B (the first that drafts), not both")
         for part in parts:
             if part not in allowed or part == "none":
-                raise ValueError(f"drafter {name!r}: unknown part {part!r}; parts of A+B are: "
+                raise ValueError(f"drafter {name!r}: unknown part {part!r}; parts of A+B and A|B are: "
                                  f"{', '.join(d for d in allowed if d != 'none')}")
         if len(set(parts)) < len(parts):
             raise ValueError(f"drafter {name!r} names a part twice")
     elif name not in allowed:
-        raise ValueError(f"unknown drafter {name!r} for {modality.name}; allowed: {', '.join(allowed)}, or A+B")
+        raise ValueError(f"unknown drafter {name!r} for {modality.name}; allowed: {', '.join(allowed)}, or A+B, A|B")
     if isinstance(init, str) and init not in init_names(modality):
         raise ValueError(f"unknown init {init!r}; allowed: {', '.join(init_names(modality))}")
     if ngram is not None:
         count(ngram, "ngram (n-gram length)", minimum=2 if "lookahead" in parts else 1)
     _check_tree(parts, modality, tree, width, dynamic)
+    if is_cascade(name) and tree is not None and not any(branches(p, modality) for p in parts):
+        raise ValueError(f"no part of {name!r} can draft a tree: leave tree unset")
 
 
 def _check_tree(parts: list[str], modality: Modality, tree, width, dynamic) -> None:
@@ -113,13 +122,16 @@ def make_drafter(name: str, modality: Modality, *, target: Target | None = None,
 
     ``tree`` (node budget N) makes the drafters that branch draft token trees (``width`` children per
     node and ``dynamic`` EAGLE-2 trees for the model drafter); ``"A+B"`` is a ``MixedDrafter`` of the
-    parts under the node budget ``tree`` (parts that branch get the same budget; None: chains merged)."""
+    parts under the node budget ``tree`` (parts that branch get the same budget; None: chains merged);
+    ``"A|B"`` a ``CascadeDrafter``: the first part with a guess drafts the step (prompt lookup there drafts
+    only after a match of the full n-gram length, so the other steps fall through)."""
     check_drafter(name, modality, init=init, ngram=ngram, tree=tree, width=width, dynamic=dynamic)
     parts = parts_of(name)
     if len(parts) > 1:
         made = [_make_one(part, modality, target, draft, init, ngram, options,
-                          tree if branches(part, modality) else None, width, dynamic, heads) for part in parts]
-        return MixedDrafter(made, nodes=tree)
+                          tree if branches(part, modality) else None, width, dynamic, heads,
+                          strict=is_cascade(name)) for part in parts]
+        return CascadeDrafter(made) if is_cascade(name) else MixedDrafter(made, nodes=tree)
     return _make_one(name, modality, target, draft, init, ngram, options, tree, width, dynamic, heads)
 
 
@@ -136,7 +148,8 @@ def heads_folder(modality: Modality, heads: str | None) -> str:
     return resolve(name, modality.zoo, "config.json", f"{modality.name} heads", hub=False)
 
 
-def _make_one(name, modality, target, draft, init, ngram, options, tree, width, dynamic, heads=None) -> Drafter | None:
+def _make_one(name, modality, target, draft, init, ngram, options, tree, width, dynamic, heads=None,
+              strict=False) -> Drafter | None:
     """One drafter by name (already checked)."""
     if name == "heads":
         from .heads import load_heads
@@ -155,7 +168,8 @@ def _make_one(name, modality, target, draft, init, ngram, options, tree, width, 
             raise ValueError("drafter 'model' needs a draft model (--draft NAME_OR_PATH)")
         return ModelDrafter(draft, tree=tree, width=width, dynamic=dynamic)
     if name == "prompt-lookup":
-        return PromptLookupDrafter(max_ngram=ngram or NGRAM[name], tree=tree)
+        n = ngram or NGRAM[name]
+        return PromptLookupDrafter(max_ngram=n, min_ngram=n if strict else 1, tree=tree)
     if name == "jacobi":
         return JacobiDrafter(init=init)
     return LookaheadDrafter(ngram=ngram or NGRAM[name], init=init, tree=tree)

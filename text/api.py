@@ -60,7 +60,8 @@ SUITE = Suite(
         Method("model dynamic tree=8", "model", tree=8, width=3, dynamic=True, quick=False),
         Method("prompt-lookup+model tree=8", "prompt-lookup+model", tree=8, quick=False),
         # self-drafting: the zoo's EAGLE layer on the target's own hidden states (zoo:code-heads)
-        Method("heads", "heads", k=6),
+        Method("heads", "heads", k=8),
+        Method("prompt-lookup|heads", "prompt-lookup|heads", k=8),  # prompt lookup on a 3-gram match, else heads
         Method("heads tree=12", "heads", tree=12, width=3, k=6, quick=False),
         Method("prompt-lookup+heads tree=12", "prompt-lookup+heads", tree=12, k=6),  # prompt lookup's nodes first
         Method("heads / speculative T=1", "heads", "speculative", 1.0, k=6, quick=False),

@@ -1,4 +1,5 @@
 """Drafters: one file per family, each implementing ``start / propose / observe``."""
+from .cascade import CascadeDrafter
 from .jacobi import JacobiDrafter
 from .lookahead import LookaheadDrafter
 from .mixed import MixedDrafter
@@ -7,4 +8,4 @@ from .ngram import PromptLookupDrafter
 
 NAMES = ("none", "model", "prompt-lookup", "jacobi", "lookahead")
 
-__all__ = ["JacobiDrafter", "LookaheadDrafter", "MixedDrafter", "ModelDrafter", "PromptLookupDrafter", "NAMES"]
+__all__ = ["CascadeDrafter", "JacobiDrafter", "LookaheadDrafter", "MixedDrafter", "ModelDrafter", "PromptLookupDrafter", "NAMES"]

@@ -39,13 +39,18 @@ class EagleDrafter:
     """``EagleDrafter(layer, tree=None, width=4, vocab=None)``: ``layer`` a ``mmspec.heads.EagleLayer``; a chain
     of up to k frames, or (``tree`` N) a dynamic tree of at most N nodes and depth k, ``width`` children per
     node; ``vocab`` (token ids) a reduced draft vocabulary (``heads.DraftVocab``); ``depth`` caps how deep it
-    drafts whatever k the loop asks for (useful in a mixture whose other part wants a longer window)."""
+    drafts whatever k the loop asks for (useful in a mixture whose other part wants a longer window); a
+    chain stops early where the layer's top probability falls below ``confidence`` in every row (the first
+    frame is always drafted), so the target does not verify guesses that are likely wrong."""
 
     wants_hidden = True
 
     def __init__(self, layer, tree: int | None = None, width: int = 4, vocab: Tensor | None = None,
-                 depth: int | None = None):
+                 depth: int | None = None, confidence: float = 0.0):
         self.layer, self.vocab = layer.eval(), vocab
+        if not isinstance(confidence, (int, float)) or not 0 <= confidence < 1:
+            raise ValueError(f"confidence must be a probability in [0, 1), got {confidence!r}")
+        self.confidence = float(confidence)
         self.depth = None if depth is None else count(depth, "depth")
         self.tree = None if tree is None else count(tree, "tree (node budget)")
         self.width = count(width, "width")
@@ -103,7 +108,10 @@ class EagleDrafter:
         feat, keys, values = self.next_feat, self.keys, self.values
         # Each round: read a frame from the newest predicted feature, then predict the feature after it.
         for i in range(k):
-            frame, q = choose(self.sampler, read(self.head, feat, self.K), self.target.pos + 1 + i)  # [B, 1, K]
+            logits = read(self.head, feat, self.K)  # [B, 1, K, V]
+            if i and self.confidence and bool((logits.softmax(-1).amax(-1).amin(-1) < self.confidence).all()):
+                break  # every row is unsure of this frame: verifying it would likely cost more than it saves
+            frame, q = choose(self.sampler, logits, self.target.pos + 1 + i)  # [B, 1, K]
             drafted.append(frame)
             probs.append(q)
             if i + 1 < k:

@@ -88,7 +88,8 @@ _LOADED: dict = {}  # (folder, file mtime, target id) -> the module, so repeated
 def load_heads(folder: str | Path, target, tree: int | None = None, width: int = 2):
     """The drafter saved in ``folder`` (or ``zoo:NAME``) for ``target``: a ``MedusaDrafter`` (a static tree of
     each head's top-``width`` under ``tree`` nodes) or an ``EagleDrafter`` (an EAGLE-2 dynamic tree of ``tree``
-    nodes, ``width`` children per expanded node; its config's ``depth``, when set, caps the draft depth), on
+    nodes, ``width`` children per expanded node; its config's ``depth`` caps the draft depth and its
+    ``confidence`` stops a chain where the layer is unsure, both when set), on
     the target's device in float32 (CPU) or its dtype; ``tree`` None: a chain. ValueError for a missing
     folder, an unknown kind, or heads of another target."""
     from ..drafters.eagle import EagleDrafter
@@ -100,7 +101,8 @@ def load_heads(folder: str | Path, target, tree: int | None = None, width: int =
     vocab = torch.tensor(config["draft_vocab"], dtype=torch.long) if config.get("draft_vocab") else None
     if config["kind"] == "medusa":
         return MedusaDrafter(module, tree=tree, width=width, vocab=vocab)
-    return EagleDrafter(module, tree=tree, width=width, vocab=vocab, depth=config.get("depth"))
+    return EagleDrafter(module, tree=tree, width=width, vocab=vocab, depth=config.get("depth"),
+                        confidence=config.get("confidence", 0.0))
 
 
 def draft_vocab(tokens: torch.Tensor, vocab_size: int, size: int) -> list[int]:
