@@ -225,3 +225,15 @@ def test_int8_head_reads_close_to_the_head():
 
     sliced = Projection(biased, 2, 5)  # a target head sliced to its code rows, with a bias: left as it is
     assert Int8Head.of(sliced) is sliced
+
+
+def test_eagle_confidence_stops_unsure_chains(tiny_models):
+    target = text_target(tiny_models)
+    torch.manual_seed(0)
+    layer = eagle_for(32, 32, 4, window=64)
+    sure = mmspec.generate(target, EagleDrafter(layer), PROMPTS, max_new_tokens=16, k=5)
+    unsure = mmspec.generate(target, EagleDrafter(layer, confidence=0.9), PROMPTS, max_new_tokens=16, k=5)
+    assert torch.equal(unsure.tokens, sure.tokens)  # output never changes
+    assert max(s.n_drafted for s in unsure.steps) < max(s.n_drafted for s in sure.steps) == 5
+    with pytest.raises(ValueError, match="confidence must be a probability"):
+        EagleDrafter(layer, confidence=1.5)

@@ -31,17 +31,17 @@ from .. import tree as trees
 from ..sampling import Sampler
 from ..types import Draft, Step, count
 
-
 _INT8: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # layer -> (weight versions, int8 copy)
 
 
 class EagleDrafter:
-    """``EagleDrafter(layer, tree=None, width=4, vocab=None)``: ``layer`` a ``mmspec.heads.EagleLayer``; a chain
-    of up to k frames, or (``tree`` N) a dynamic tree of at most N nodes and depth k, ``width`` children per
-    node; ``vocab`` (token ids) a reduced draft vocabulary (``heads.DraftVocab``); ``depth`` caps how deep it
-    drafts whatever k the loop asks for (useful in a mixture whose other part wants a longer window); a
-    chain stops early where the layer's top probability falls below ``confidence`` in every row (the first
-    frame is always drafted), so the target does not verify guesses that are likely wrong."""
+    """``EagleDrafter(layer, tree=None, width=4, vocab=None, depth=None, confidence=0)``: ``layer`` a
+    ``mmspec.heads.EagleLayer``; a chain of up to k frames, or (``tree`` N) a dynamic tree of at most N
+    nodes and depth k, ``width`` children per node; ``vocab`` (token ids) a reduced draft vocabulary
+    (``heads.DraftVocab``); ``depth`` caps how deep it drafts whatever k the loop asks for (useful in a
+    mixture whose other part wants a longer window); a chain stops early where the layer's top probability
+    falls below ``confidence`` in every row (the first frame is always drafted), so the target does not
+    verify guesses that are likely wrong."""
 
     wants_hidden = True
 
@@ -56,9 +56,7 @@ class EagleDrafter:
         self.width = count(width, "width")
 
     def start(self, target, sampler: Sampler, prompt: Any, max_new_tokens: int) -> None:
-        from .heads import attach
-
-        from .heads import int8_copy
+        from .heads import attach, int8_copy
 
         attach(self, target, sampler, self.layer.sizes["hidden_size"])
         self.net = self.layer
