@@ -305,7 +305,7 @@ def cmd_methods(args) -> int:
             continue
         modality = modalities.get(name)
         print(f"[{name}] unit: {modality.unit}; default length: {modality.max_new_tokens or 'the target’s full length'}")
-        print(f"  drafters: {', '.join(named.drafter_names(modality))}")
+        print(f"  drafters: {', '.join(named.drafter_names(modality))}; A+B (one trie), A|B (the first that drafts)")
         print(f"  inits:    {', '.join(named.init_names(modality))}")
         for rule, spec in named.rule_specs(modality).items():
             print(f"  rule {rule:13} {'lossless' if spec.lossless else 'LOSSY: ' + spec.bound}")
