@@ -82,7 +82,8 @@ class HiddenTarget(Target, Protocol):
         """The frozen output projection: hidden ``[..., H]`` -> logits ``[..., K * V]`` (K = 1: ``[..., V]``)."""
 
     def input_embeddings(self) -> torch.nn.Module:
-        """The frozen token embedding: ids ``[...]`` -> ``[..., E]``."""
+        """The frozen embedding of whole frames: ``[..., K]`` ids -> ``[..., E]`` (the sum over codebooks, as
+        the target embeds a frame)."""
 
 
 def has_hidden(target) -> bool:

@@ -6,6 +6,8 @@ predecessor is the verify frame of the last committed node (a chain: frame ``n -
 the last committed path node; the first step: the prefill's last frame). Its tokens are read through the
 target's frozen output head. Under greedy rules a draft is the argmax (q = None); under sampling rules it
 is sampled and q is kept (chains), so the rules, which verify with the target's own distribution, stay exact.
+On a CPU the head is read with int8 weights (``Int8Head``), optionally on a reduced vocabulary
+(``DraftVocab``): both change only the guesses, never what the target accepts.
 """
 from __future__ import annotations
 
