@@ -88,7 +88,29 @@ def build_parser(modality: str = "text") -> argparse.ArgumentParser:
     meth = sub.add_parser("methods", help="list each modality's drafters, Jacobi inits and accept rules",
                           formatter_class=fmt)
     meth.add_argument("--modality", default=None, help="one modality (default: all)")
-    bench = sub.add_parser("bench", help="benchmark suites (see BENCHMARKS.md)", formatter_class=fmt)
+    _add_bench(sub.add_parser("bench", help="benchmark suites (see BENCHMARKS.md)", formatter_class=fmt))
+    zoo = sub.add_parser("zoo", add_help=False,  # --help goes to the recipe: `mmspec zoo train text --help`
+                         help="train the offline zoo models (`mmspec zoo ACTION MODALITY --help` for options)")
+    zoo.add_argument("action", choices=["train", "evaluate", "prepare", "distill"],
+                     help="distill: retrain the draft against the finished target (where the recipe has it)")
+    zoo.add_argument("zoo_modality", metavar="modality", help=f"one of: {', '.join(modalities.names())}")
+    heads = sub.add_parser("heads", add_help=False, help="train self-drafting heads (medusa, eagle) for a target "
+                           "(`mmspec heads train --help`)")
+    heads.add_argument("action", choices=["train"])
+    demo = sub.add_parser("demo", help="start the Gradio app", formatter_class=fmt)
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=7860)
+    demo.add_argument("--share", action="store_true")
+    demo.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
+    demo.add_argument("--model", action="append", default=[], metavar="MODALITY=NAME_OR_PATH",
+                      help="also serve this model in the app (repeatable); by default only each modality's zoo pair")
+    demo.add_argument("--allow-any-model", action="store_true",
+                      help="let any folder path or hub id typed into the app load (local use only; off by default)")
+    return parser
+
+
+def _add_bench(bench: argparse.ArgumentParser) -> None:
+    """``mmspec bench``'s options (read by ``mmspec.bench.main``)."""
     bench.add_argument("--suite", default="text", help=f"one of: {', '.join(modalities.names())}, or all")
     bench.add_argument("--out", default="bench-out")
     bench.add_argument("--quick", action="store_true")
@@ -112,24 +134,6 @@ def build_parser(modality: str = "text") -> argparse.ArgumentParser:
     bench.add_argument("--device", default=None, help="cpu or cuda (default: the adapter's)")
     bench.add_argument("--dtype", default=None, help="model dtype (default: the adapter's)")
     bench.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    zoo = sub.add_parser("zoo", add_help=False,  # --help goes to the recipe: `mmspec zoo train text --help`
-                         help="train the offline zoo models (`mmspec zoo ACTION MODALITY --help` for options)")
-    zoo.add_argument("action", choices=["train", "evaluate", "prepare", "distill"],
-                     help="distill: retrain the draft against the finished target (where the recipe has it)")
-    zoo.add_argument("zoo_modality", metavar="modality", help=f"one of: {', '.join(modalities.names())}")
-    heads = sub.add_parser("heads", add_help=False, help="train self-drafting heads (medusa, eagle) for a target "
-                           "(`mmspec heads train --help`)")
-    heads.add_argument("action", choices=["train"])
-    demo = sub.add_parser("demo", help="start the Gradio app", formatter_class=fmt)
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=7860)
-    demo.add_argument("--share", action="store_true")
-    demo.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
-    demo.add_argument("--model", action="append", default=[], metavar="MODALITY=NAME_OR_PATH",
-                      help="also serve this model in the app (repeatable); by default only each modality's zoo pair")
-    demo.add_argument("--allow-any-model", action="store_true",
-                      help="let any folder path or hub id typed into the app load (local use only; off by default)")
-    return parser
 
 
 def _parse(argv: list[str] | None):

@@ -237,3 +237,18 @@ def test_eagle_confidence_stops_unsure_chains(tiny_models):
     assert max(s.n_drafted for s in unsure.steps) < max(s.n_drafted for s in sure.steps) == 5
     with pytest.raises(ValueError, match="confidence must be a probability"):
         EagleDrafter(layer, confidence=1.5)
+
+
+def test_int8_copies_are_made_once_and_remade_after_training(tiny_models):
+    target = text_target(tiny_models)
+    torch.manual_seed(0)
+    layer = eagle_for(32, 32, 4, window=64)
+    first, second = EagleDrafter(layer), EagleDrafter(layer)
+    for drafter in (first, second):
+        mmspec.generate(target, drafter, PROMPTS[0], max_new_tokens=4, k=2)
+    assert first.head is second.head and first.net is second.net  # quantized once, not in every run
+    with torch.no_grad():
+        layer.fc.weight.add_(1.0)  # a training step changes the weights in place
+    third = EagleDrafter(layer)
+    mmspec.generate(target, third, PROMPTS[0], max_new_tokens=4, k=2)
+    assert third.net is not first.net and third.head is first.head  # the layer is requantized, the head is not

@@ -21,22 +21,15 @@ from torch import Tensor
 from ..protocols import Drafter, Target
 from ..sampling import Sampler
 from ..types import Draft, Step
+from .mixed import checked_parts
 
 
 class CascadeDrafter:
     """``CascadeDrafter([drafter_a, drafter_b, ...])``: each step, the first part with a non-empty draft."""
 
     def __init__(self, drafters: Sequence[Drafter]):
-        parts = list(drafters) if isinstance(drafters, (list, tuple)) else None
-        if not parts or len(parts) < 2:
-            raise ValueError(f"drafters must be a list of at least two drafters, got {drafters!r}")
-        for part in parts:
-            if not isinstance(part, Drafter):
-                raise ValueError(f"drafters: every part must implement start/propose/observe, got {type(part).__name__}")
-        if len({id(p) for p in parts}) < len(parts):
-            raise ValueError("drafters: the same drafter object appears twice (each part keeps its own state)")
-        self.parts = parts
-        self.wants_hidden = any(getattr(p, "wants_hidden", False) for p in parts)  # a self-drafter part
+        self.parts = checked_parts(drafters, "a list of at least two drafters", least=2)
+        self.wants_hidden = any(getattr(p, "wants_hidden", False) for p in self.parts)  # a self-drafter part
         self.chosen: list[int] = []  # which part drafted each step (for statistics)
 
     def start(self, target: Target, sampler: Sampler, prompt: Any, max_new_tokens: int) -> None:

@@ -21,7 +21,6 @@ position of attention, not a pass over the window.
 """
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import torch
@@ -30,8 +29,6 @@ from torch import Tensor
 from .. import tree as trees
 from ..sampling import Sampler
 from ..types import Draft, Step, count
-
-_INT8: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # layer -> (weight versions, int8 copy)
 
 
 class EagleDrafter:
@@ -56,18 +53,13 @@ class EagleDrafter:
         self.width = count(width, "width")
 
     def start(self, target, sampler: Sampler, prompt: Any, max_new_tokens: int) -> None:
-        from .heads import attach, int8_copy
+        from .heads import attach, int8_copy, made_once
 
         attach(self, target, sampler, self.layer.sizes["hidden_size"])
         self.net = self.layer
         if target.device.type == "cpu" and self.layer.fc.weight.dtype == torch.float32:
             # on a CPU the layer's products run on int8 weights (a guess only), quantized once per layer
-            # and again only when its weights have changed since (training steps bump their versions)
-            version = tuple(p._version for p in self.layer.parameters())
-            made = _INT8.get(self.layer)
-            if made is None or made[0] != version:
-                made = _INT8[self.layer] = (version, int8_copy(self.layer))
-            self.net = made[1]
+            self.net = made_once(self.layer, "int8", lambda: int8_copy(self.layer))
         self.embed = target.input_embeddings()
         self.K = target.num_codebooks
         self.keys = self.values = None  # [B, heads, S, d] of the committed (feature, frame) pairs in the window

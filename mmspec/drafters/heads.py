@@ -11,6 +11,8 @@ On a CPU the head is read with int8 weights (``Int8Head``), optionally on a redu
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import Tensor
 
@@ -42,7 +44,32 @@ def attach(drafter, target: Target, sampler: Sampler, hidden_size: int) -> None:
         if target.num_codebooks != 1 or int(vocab.max()) >= target.vocab_size:
             raise ValueError(f"a draft vocabulary needs a single-codebook target with ids below {target.vocab_size}")
         head = DraftVocab(head, vocab.to(target.device), target.vocab_size)
-    drafter.head = Int8Head.of(head) if target.device.type == "cpu" else head
+    drafter.head = head
+    if target.device.type == "cpu" and vocab is not None:
+        drafter.head = Int8Head.of(head)
+    elif target.device.type == "cpu":  # the target's own head is quantized once, not in every run
+        key = ("int8", getattr(head, "start", 0), getattr(head, "size", None))
+        fast = made_once(getattr(head, "linear", head), key, lambda: _int8_only(head))
+        drafter.head = head if fast is None else fast  # None: no int8 kernel here, read the head itself
+
+
+def _int8_only(head: torch.nn.Module) -> "Int8Head | None":
+    """The int8 copy of ``head``, or None (never ``head`` itself, which a cache must not hold on to)."""
+    fast = Int8Head.of(head)
+    return fast if isinstance(fast, Int8Head) else None
+
+
+_MADE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # module -> {key: (weight versions, made)}
+
+
+def made_once(owner: torch.nn.Module, key, make):
+    """``make()`` (a derived copy of ``owner``, e.g. its int8 weights) once per ``owner`` and ``key``, and again
+    only when ``owner``'s weights have changed since (in-place updates bump their versions)."""
+    version = tuple(p._version for p in owner.parameters())
+    entries = _MADE.setdefault(owner, {})
+    if key not in entries or entries[key][0] != version:
+        entries[key] = (version, make())
+    return entries[key][1]
 
 
 class Int8Head(torch.nn.Module):

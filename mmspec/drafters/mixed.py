@@ -32,22 +32,29 @@ from ..types import Draft, Step, count
 from .trie import Trie, stack
 
 
+def checked_parts(drafters: Sequence[Drafter], what: str, least: int = 1) -> list[Drafter]:
+    """The parts of a combination of drafters (``MixedDrafter``, ``CascadeDrafter``) as a list: at least
+    ``least`` of them (else a ValueError saying they must be ``what``), each a Drafter, no object twice."""
+    parts = list(drafters) if isinstance(drafters, (list, tuple)) else None
+    if not parts or len(parts) < least:
+        raise ValueError(f"drafters must be {what}, got {drafters!r}")
+    for part in parts:
+        if not isinstance(part, Drafter):
+            raise ValueError(f"drafters: every part must implement start/propose/observe, got {type(part).__name__}")
+    if len({id(p) for p in parts}) < len(parts):
+        raise ValueError("drafters: the same drafter object appears twice (each part keeps its own state)")
+    return parts
+
+
 class MixedDrafter:
     """``MixedDrafter([drafter_a, drafter_b, ...], nodes=N)``: one deduplicated trie of at most N nodes
     (None: every distinct node of every part) from the parts' drafts; see the module docstring."""
 
     def __init__(self, drafters: Sequence[Drafter], nodes: int | None = None):
-        parts = list(drafters) if isinstance(drafters, (list, tuple)) else None
-        if not parts:
-            raise ValueError(f"drafters must be a non-empty list of drafters, got {drafters!r}")
-        for part in parts:
-            if not isinstance(part, Drafter):
-                raise ValueError(f"drafters: every part must implement start/propose/observe, got {type(part).__name__}")
-        if len({id(p) for p in parts}) < len(parts):
-            raise ValueError("drafters: the same drafter object appears twice (each part keeps its own state)")
-        self.parts = parts
+        self.parts = checked_parts(drafters, "a non-empty list of drafters")
         self.nodes = None if nodes is None else count(nodes, "nodes (node budget)")
-        self.wants_hidden = any(getattr(p, "wants_hidden", False) for p in parts)  # a self-drafter part
+        self.wants_hidden = any(getattr(p, "wants_hidden", False) for p in self.parts)  # a self-drafter part
+
     def start(self, target: Target, sampler: Sampler, prompt: Any, max_new_tokens: int) -> None:
         self.vocab_size = target.vocab_size
         self.maps: list[Tensor] | None = None  # per part: its nodes' nodes in the merged tree [B, N_part] (-1: dropped)

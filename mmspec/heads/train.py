@@ -62,13 +62,13 @@ def eagle_loss(layer, head, embed, hidden: Tensor, tokens: Tensor, unroll: bool 
 
 
 def reader(target):
-    """The target's frozen output head as ``hidden [..., H] -> logits [..., K, V]`` (one row per codebook)."""
-    head, K = target.output_head(), target.num_codebooks
+    """The target's frozen output head as ``hidden [..., H] -> logits [..., K, V]`` (one row per codebook),
+    read as the drafters read it (``mmspec.drafters.heads.read``)."""
+    from functools import partial
 
-    def read(x: Tensor) -> Tensor:
-        logits = head(x)
-        return logits.view(*logits.shape[:-1], K, -1)
-    return read
+    from ..drafters.heads import read
+
+    return partial(read, target.output_head(), K=target.num_codebooks)
 
 
 def frames_of(tokens: Tensor) -> Tensor:
