@@ -183,6 +183,10 @@ def test_load_refuses_heads_of_another_target(tiny_models, tmp_path):
     assert isinstance(load_heads(tmp_path / "h", llama), MedusaDrafter)
     with pytest.raises(ValueError, match="trained for another target.*fingerprint"):
         load_heads(tmp_path / "h", gpt2)  # same sizes, another output head
+    from mmspec.text import TextTarget
+
+    half = TextTarget.from_pretrained(tiny_models["llama"], device="cpu", dtype="bfloat16")
+    assert isinstance(load_heads(tmp_path / "h", half), MedusaDrafter)  # the same target in another dtype
     config = json.loads((tmp_path / "h" / "config.json").read_text())
     (tmp_path / "h" / "config.json").write_text(json.dumps({**config, "hidden_size": 64}))
     with pytest.raises(ValueError, match="hidden_size"):
@@ -225,6 +229,23 @@ def test_int8_head_reads_close_to_the_head():
 
     sliced = Projection(biased, 2, 5)  # a target head sliced to its code rows, with a bias: left as it is
     assert Int8Head.of(sliced) is sliced
+
+
+def test_fused_int8_layer_computes_the_eagle_layer():
+    from mmspec.drafters.heads import FusedInt8Eagle, int8_copy
+
+    torch.manual_seed(0)
+    layer = eagle_for(64, 48, 4, window=64)
+    for p in layer.parameters():  # weights of a trained layer's size, not the tiny init
+        p.data.normal_(0, 0.1)
+    fused, plain = FusedInt8Eagle.of(layer), int8_copy(layer)
+    feats, emb = torch.randn(2, 9, 64), torch.randn(2, 9, 48)
+    positions = torch.arange(5, 14)[None]
+    with torch.inference_mode():
+        exact, fast, slow = (m(feats, emb, positions=positions) for m in (layer, fused, plain))
+    assert isinstance(fused, FusedInt8Eagle) and fast.shape == exact.shape
+    assert torch.allclose(fast, slow, atol=1e-3)  # the same int8 products, fused
+    assert (fast - exact).abs().max() < 0.05 * exact.abs().max()
 
 
 def test_eagle_confidence_stops_unsure_chains(tiny_models):

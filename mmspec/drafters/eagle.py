@@ -53,13 +53,13 @@ class EagleDrafter:
         self.width = count(width, "width")
 
     def start(self, target, sampler: Sampler, prompt: Any, max_new_tokens: int) -> None:
-        from .heads import attach, int8_copy, made_once
+        from .heads import FusedInt8Eagle, attach, int8_copy, made_once
 
         attach(self, target, sampler, self.layer.sizes["hidden_size"])
         self.net = self.layer
         if target.device.type == "cpu" and self.layer.fc.weight.dtype == torch.float32:
             # on a CPU the layer's products run on int8 weights (a guess only), quantized once per layer
-            self.net = made_once(self.layer, "int8", lambda: int8_copy(self.layer))
+            self.net = made_once(self.layer, "int8", lambda: FusedInt8Eagle.of(self.layer) or int8_copy(self.layer))
         self.embed = target.input_embeddings()
         self.K = target.num_codebooks
         self.keys = self.values = None  # [B, heads, S, d] of the committed (feature, frame) pairs in the window
@@ -86,7 +86,7 @@ class EagleDrafter:
         x = self.net.project(feats.to(dtype), self.embed(frames).to(dtype))  # [B, T, H]
         q, k, v = self.net.qkv(x, positions)
         keys, values = torch.cat([keys, k], 2), torch.cat([values, v], 2)
-        if mask is None:
+        if mask is None and x.shape[1] > 1:  # one new pair sees everything: no mask at all
             B, T, S = x.shape[0], x.shape[1], keys.shape[2]
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T).expand(B, T, S)
         return self.net.attend(x, q, keys, values, mask), keys, values

@@ -123,6 +123,84 @@ def int8_copy(module: torch.nn.Module) -> torch.nn.Module:
     return out
 
 
+class FusedInt8Eagle(torch.nn.Module):
+    """An ``EagleLayer`` for drafting on a CPU: the same computation (``project`` / ``qkv`` / ``attend``) on
+    int8 weights (``Int8Head``) with the query/key/value maps fused into one product and the MLP's gate and
+    up maps into another, so a drafted frame runs five small products instead of nine. Each drafted frame
+    costs a few hundred microseconds, most of it per-call overhead, which this halves. Only the drafter
+    rounds, so output stays exact. ``of`` returns None where the int8 kernel is missing."""
+
+    def __init__(self, layer):
+        super().__init__()
+        block, attn = layer.layer, layer.layer.self_attn
+        self.heads, self.head_dim, self.scaling = attn.config.num_attention_heads, attn.head_dim, attn.scaling
+        self.kv_heads = attn.config.num_key_value_heads
+        if self.kv_heads != self.heads:
+            raise ValueError("FusedInt8Eagle expects as many key/value heads as attention heads")
+
+        def fused(*maps):
+            weight = torch.cat([m.weight for m in maps])
+            biases = [m.bias for m in maps]
+            bias = None if all(b is None for b in biases) else torch.cat(
+                [torch.zeros(m.weight.shape[0]) if m.bias is None else m.bias for m in maps])
+            return Int8Head(weight, bias)
+
+        self.fc = Int8Head(layer.fc.weight, layer.fc.bias)
+        self.qkv_map = fused(attn.q_proj, attn.k_proj, attn.v_proj)
+        self.o = fused(attn.o_proj)
+        self.gate_up = fused(block.mlp.gate_proj, block.mlp.up_proj)
+        self.down = fused(block.mlp.down_proj)
+        self.act = block.mlp.act_fn
+        self.norms = [(n.weight.detach().float(), n.variance_epsilon)
+                      for n in (block.input_layernorm, block.post_attention_layernorm)]
+        self.inv_freq = layer.rotary.inv_freq.detach().float()  # [d / 2]
+        self.rope_scale = float(getattr(layer.rotary, "attention_scaling", 1.0))
+
+    @classmethod
+    def of(cls, layer) -> "FusedInt8Eagle | None":
+        try:
+            fast = cls(layer)
+            fast.fc(torch.zeros(1, layer.fc.weight.shape[1]))  # the kernel exists on this build
+        except (RuntimeError, AttributeError, ValueError):
+            return None
+        return fast
+
+    @staticmethod
+    def _norm(x: Tensor, weight_eps) -> Tensor:
+        weight, eps = weight_eps
+        return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+    def project(self, feats: Tensor, emb: Tensor) -> Tensor:
+        return self.fc(torch.cat([feats, emb.to(feats.dtype)], dim=-1))
+
+    def qkv(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        B, T = x.shape[:2]
+        q, k, v = self.qkv_map(self._norm(x, self.norms[0])).view(B, T, 3, self.heads, self.head_dim).unbind(2)
+        angles = positions[..., None].float() * self.inv_freq  # [B or 1, T, d / 2]
+        angles = torch.cat([angles, angles], -1)[:, None]  # [B or 1, 1, T, d]
+        cos, sin = angles.cos() * self.rope_scale, angles.sin() * self.rope_scale
+
+        def rotate(t: Tensor) -> Tensor:  # [B, heads, T, d], rotate-half RoPE as Llama applies it
+            half = t.shape[-1] // 2
+            return t * cos + torch.cat([-t[..., half:], t[..., :half]], -1) * sin
+
+        return rotate(q.transpose(1, 2)), rotate(k.transpose(1, 2)), v.transpose(1, 2)
+
+    def attend(self, x: Tensor, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None) -> Tensor:
+        import torch.nn.functional as F
+
+        mask = None if mask is None else mask[:, None]  # None: every query sees every key
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling)
+        h = x + self.o(out.transpose(1, 2).reshape(*x.shape[:2], -1))
+        gate, up = self.gate_up(self._norm(h, self.norms[1])).chunk(2, dim=-1)
+        return h + self.down(self.act(gate) * up)
+
+    def forward(self, feats: Tensor, emb: Tensor, mask: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
+        from ..heads.modules import EagleLayer
+
+        return EagleLayer.forward(self, feats, emb, mask, positions)
+
+
 class DraftVocab(torch.nn.Module):
     """The target's output head read on a subset of its vocabulary (EAGLE-3's reduced draft vocabulary):
     logits ``[..., V]`` with -inf outside ``rows``. The drafter can only guess those tokens (the most

@@ -79,11 +79,12 @@ class EagleLayer(nn.Module):
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
         return q, k, v
 
-    def attend(self, x: Tensor, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor) -> Tensor:
+    def attend(self, x: Tensor, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None) -> Tensor:
         """The outputs ``[B, T, H]`` of inputs ``x`` with queries ``q`` over ``keys``/``values`` ``[B, h, S, d]``,
-        ``mask [B, T, S]`` (True: may attend): attention, residual, MLP, residual, as a Llama layer does."""
+        ``mask [B, T, S]`` (True: may attend; None: all): attention, residual, MLP, residual, as a Llama layer does."""
         attn = self.layer.self_attn
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask[:, None], scale=attn.scaling)
+        mask = None if mask is None else mask[:, None]  # None: every query sees every key
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=attn.scaling)
         h = x + attn.o_proj(out.transpose(1, 2).reshape(*x.shape[:2], -1))
         return h + self.layer.mlp(self.layer.post_attention_layernorm(h))
 

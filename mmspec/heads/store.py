@@ -23,7 +23,9 @@ def target_info(target, name: str = "") -> dict:
     if not has_hidden(target):
         raise ValueError(f"{type(target).__name__} does not expose hidden states; self-drafters need them")
     weight = target.output_head().weight.detach()
-    digest = hashlib.sha256(weight.float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+    # of the weights rounded to bfloat16, so one target loaded in float32, float16 or bfloat16 keeps its heads
+    rounded = weight.to(torch.bfloat16).view(torch.int16).cpu().contiguous()
+    digest = hashlib.sha256(rounded.numpy().tobytes()).hexdigest()[:16]
     return {"target": str(name), "hidden_size": int(weight.shape[1]), "vocab_size": int(target.vocab_size),
             "num_codebooks": int(target.num_codebooks), "fingerprint": digest}
 
