@@ -187,6 +187,13 @@ def test_load_refuses_heads_of_another_target(tiny_models, tmp_path):
 
     half = TextTarget.from_pretrained(tiny_models["llama"], device="cpu", dtype="bfloat16")
     assert isinstance(load_heads(tmp_path / "h", half), MedusaDrafter)  # the same target in another dtype
+    from mmspec.heads.store import _legacy_fingerprint
+
+    config = json.loads((tmp_path / "h" / "config.json").read_text())
+    (tmp_path / "h" / "config.json").write_text(json.dumps({**config, "fingerprint": _legacy_fingerprint(llama)}))
+    assert isinstance(load_heads(tmp_path / "h", llama), MedusaDrafter)  # heads saved by an earlier version
+    with pytest.raises(ValueError, match="fingerprint"):
+        load_heads(tmp_path / "h", gpt2)
     config = json.loads((tmp_path / "h" / "config.json").read_text())
     (tmp_path / "h" / "config.json").write_text(json.dumps({**config, "hidden_size": 64}))
     with pytest.raises(ValueError, match="hidden_size"):

@@ -30,6 +30,12 @@ def target_info(target, name: str = "") -> dict:
             "num_codebooks": int(target.num_codebooks), "fingerprint": digest}
 
 
+def _legacy_fingerprint(target) -> str:
+    """The fingerprint that heads saved by earlier mmspec versions carry: the float32 bytes of the output head."""
+    weight = target.output_head().weight.detach()
+    return hashlib.sha256(weight.float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
 def save_heads(module, folder: str | Path, info: dict, extra: dict | None = None) -> Path:
     """Write ``module`` (``MedusaHeads`` or ``EagleLayer``) as fp16 safetensors + config.json into ``folder``."""
     from safetensors.torch import save_file
@@ -70,6 +76,8 @@ def read_heads_config(folder: str | Path) -> dict:
 def check_target(config: dict, target, folder) -> None:
     """Refuse heads trained for another target (sizes, vocabulary, codebooks or output head differ)."""
     info = target_info(target)
+    if config.get("fingerprint") == _legacy_fingerprint(target):  # heads saved before dtype-free fingerprints
+        info["fingerprint"] = config["fingerprint"]
     for key in ("hidden_size", "vocab_size", "num_codebooks", "fingerprint"):
         if config.get(key) != info[key]:
             raise ValueError(f"the heads in {str(folder)!r} were trained for another target "
