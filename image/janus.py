@@ -9,7 +9,10 @@ Janus generates image tokens with its language model fed by *generation* embeddi
 * CFG with a doubled batch: conditional rows get the prompt, unconditional rows the same ids with every
   token except BOS and BOI replaced by the pad token; logits = u + s * (c - u) (HF applies it for s > 1);
 * V = the VQ codebook size (the generation head's outputs), K = 1, ``max_frames`` = prompt + image tokens;
-* committed codes decode through ``decode_image_tokens`` to a ``PIL.Image``.
+* committed codes decode through ``decode_image_tokens`` to a ``PIL.Image``;
+* self-drafters (``mmspec.protocols.HiddenTarget``): ``hidden()`` is the language model's final-norm state
+  of the conditional rows, read through the generation head (``output_head``) and fed the generation
+  embedding + aligner (``input_embeddings``), the very modules the forward uses.
 
 Batches are left-padded; ``pos`` counts each row's real tokens, as in the text adapter. Cache, rollback,
 padding, guidance and the device/dtype policy are ``mmspec.hf``'s.
@@ -29,7 +32,7 @@ from .target import grid_codes
 DEFAULT_GUIDANCE = 5.0  # Janus-Pro's own, when the saved generation config names none
 
 
-class JanusTarget(hf.HFTarget):
+class JanusTarget(hf.HiddenStates, hf.HFTarget):
     num_codebooks = 1
 
     def __init__(self, model, processor=None, *, guidance_scale: float | None = None, guidance_interval=None,
@@ -141,7 +144,9 @@ class JanusTarget(hf.HFTarget):
             mask, positions = self.cache.grow(T), hf.position_ids(pos, T)  # [B|2B, S + T], [B|2B, T]
         out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
                       **{self._cache_arg: self.cache.kv})
+        # last_hidden_state [B|2B, T, H] is after the final norm (a base model returns it always)
         hidden = out.last_hidden_state[:, -1:] if keep_last else out.last_hidden_state
+        self._record_hidden(out, hidden.shape[1], rows=self.B)  # the conditional half (see output_head)
         logits = self.model.model.generation_head(hidden).float()  # [B|2B, T', V]
         if self.guided:
             # the input at position pos + t (a tree: depth - 1 after pos) predicts grid index pos + t + 1 - first
@@ -174,6 +179,61 @@ class JanusTarget(hf.HFTarget):
     def codebook(self) -> Tensor:
         """L2-normalised VQ codebook ``[V, E]`` (Janus looks codes up normalised), for LANTERN."""
         return F.normalize(self.model.model.vqmodel.quantize.embedding.weight.detach().float(), dim=-1)
+
+    # -- self-drafter capability (``mmspec.protocols.HiddenTarget``) ------------------------------
+    def output_head(self) -> torch.nn.Module:
+        """The generation head (an MLP, not the text ``lm_head``): hidden ``[..., H]`` -> code logits ``[..., V]``,
+        the forward's logits before guidance.
+
+        Under guidance ``hidden()`` is the conditional rows' state, so a self-drafter guesses the conditional
+        distribution, not the guided mix ``u + s * (c - u)``; that costs acceptance, never exactness: the
+        rules verify every draft with the target's guided logits. The unconditional rows are fed the same
+        committed codes by the same forward and keep their cache, so they need nothing from the drafter."""
+        return GenerationHead(self.model.model.generation_head)
+
+    def input_embeddings(self) -> torch.nn.Module:
+        """Code frames ``[..., 1]`` -> ``[..., H]``: the generation embedding then the aligner, as ``forward``
+        embeds a code (``prepare_embeddings_for_image_generation``)."""
+        return CodeEmbedding(self.model.model.generation_embeddings, self.model.model.generation_aligner)
+
+
+class GenerationHead(torch.nn.Module):
+    """Janus's frozen generation head as a self-drafter reads it: hidden ``[..., H]`` -> ``[..., V]`` (the
+    target's own module: ``proj_out``, activation, ``vision_head``).
+
+    ``weight`` is ``proj_out``'s ``[P, H]``, the map that reads the hidden state: what the heads' store reads
+    the hidden size and the fingerprint from. The head is not one linear map, so ``Int8Head.of`` returns it
+    unchanged (it has no ``linear`` and is no ``nn.Linear``)."""
+
+    def __init__(self, head: torch.nn.Module):
+        super().__init__()
+        self.mlp = head
+
+    @property
+    def weight(self) -> Tensor:
+        return self.mlp.proj_out.weight  # [P, H]
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return self.mlp(hidden)  # [..., V]
+
+
+class CodeEmbedding(torch.nn.Module):
+    """Janus's frozen embedding of image codes: frames ``[..., 1]`` -> ``aligner(table[code])`` ``[..., H]``.
+
+    ``weight`` is the aligner's output map transposed, ``[P', H]``: an embedding's ``weight.shape[1]`` is the
+    size of what it returns (the table itself is ``[V, e]``, with e the small VQ embedding size)."""
+
+    def __init__(self, table: torch.nn.Module, aligner: torch.nn.Module):
+        super().__init__()
+        self.table, self.aligner = table, aligner
+
+    @property
+    def weight(self) -> Tensor:
+        last = [m for m in self.aligner.modules() if isinstance(m, torch.nn.Linear)][-1]
+        return last.weight.T  # [P', H]
+
+    def forward(self, frames: Tensor) -> Tensor:
+        return self.aligner(self.table(frames[..., 0].clamp(min=0)))  # [..., H]
 
 
 def _saved_boi(path: str) -> int | None:

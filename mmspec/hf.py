@@ -278,9 +278,23 @@ class HiddenStates:
         """Keep the last layer's state of the last ``T`` frames (of the first ``rows`` batch rows: the
         conditional half of a guided batch)."""
         if self.hidden_wanted:
-            h = getattr(out, "hidden", None)
-            h = out.hidden_states[-1] if h is None else h
-            self._hidden = h[:rows, -T:]  # [B, T, H]
+            self._hidden = last_hidden(out)[:rows, -T:]  # [B, T, H]
+
+
+def last_hidden(out) -> Tensor:
+    """The final-norm state ``[R, T, H]`` in a model's output: ``hidden`` (mmspec's own models),
+    ``last_hidden_state`` (a base model, returned always), else the last entry of ``decoder_hidden_states``
+    (an encoder-decoder model) or ``hidden_states`` (a model with a head), which transformers ties to the
+    final norm's output; those two need ``output_hidden_states=True``."""
+    for name in ("hidden", "last_hidden_state"):
+        h = getattr(out, name, None)
+        if h is not None:
+            return h
+    for name in ("decoder_hidden_states", "hidden_states"):
+        states = getattr(out, name, None)
+        if states:
+            return states[-1]
+    raise ValueError(f"{type(out).__name__} holds no hidden state: run the model with output_hidden_states=True")
 
 
 class Projection(torch.nn.Module):

@@ -22,6 +22,10 @@ input embeddings: it takes no position ids) and the delay constraint at step fir
 The codebooks of one step come from K parallel heads over one hidden state, so per-codebook acceptance
 is exact (see ``speech/target.py``). ``decode`` reverts the delay (``speech/delay.py``) and decodes only
 complete frames with the model's own ``audio_encoder`` (EnCodec).
+
+Self-drafters (``mmspec.protocols.HiddenTarget``): ``hidden()`` is the decoder's final-norm state of the
+conditional rows, read through the K ``lm_heads`` (``output_head``) and fed frames embedded as the decoder
+embeds them, the sum of its K codebook tables (``input_embeddings``).
 """
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ from .target import texts_of
 DEFAULT_GUIDANCE = 3.0  # when the model's generation config names no guidance scale
 
 
-class MusicgenTarget(hf.HFTarget):
+class MusicgenTarget(hf.HiddenStates, hf.HFTarget):
     """Target over a mono ``MusicgenForConditionalGeneration`` and its tokenizer (or processor).
 
     ``guidance_scale=None``: the model's own ``generation_config.guidance_scale`` (3.0 if it has none).
@@ -132,8 +136,11 @@ class MusicgenTarget(hf.HFTarget):
         first = self.cache.length  # decoder steps in the cache = the step the first logits predict (BOS: step 0)
         inputs = {"decoder_input_ids": ids} if parents is None else self._tree_inputs(ids, parents)
         out = self.model(encoder_outputs=BaseModelOutput(last_hidden_state=self.encoded), attention_mask=self.enc_mask,
-                         use_cache=True, **inputs, **{self._cache_arg: self.cache.kv})
+                         use_cache=True, output_hidden_states=self.hidden_wanted, **inputs,
+                         **{self._cache_arg: self.cache.kv})
         self.cache.kv = out.cache if self._cache_arg == "cache" else out.past_key_values
+        # the decoder's last state [R, T, H] (one row per batch row, not per codebook): the conditional half
+        self._record_hidden(out, T, rows=B)
         logits = out.logits.float()  # [R * K, T, V_dec]
         # 2. Guidance, as ClassifierFreeGuidanceLogitsProcessor: uncond + scale * (cond - uncond).
         if self.guided:
@@ -151,7 +158,7 @@ class MusicgenTarget(hf.HFTarget):
         decoder = self.model.decoder.model.decoder
         R, T = ids.shape[0] // self.num_codebooks, ids.shape[1]
         codes = ids.view(R, self.num_codebooks, T)
-        embeds = sum(decoder.embed_tokens[k](codes[:, k]) for k in range(self.num_codebooks))  # [R, T, H]
+        embeds = self.input_embeddings()(codes.transpose(1, 2))  # [R, T, H]
         pos = self.pos.repeat(R // self.pos.shape[0])  # [R] decoder steps in the cache
         mask, positions = self.cache.tree(parents, pos, embeds.dtype)  # [R, 1, T, S + T], [R, T]
         table = decoder.embed_positions.weights
@@ -195,6 +202,24 @@ class MusicgenTarget(hf.HFTarget):
         codes = logits.masked_fill(delayed[..., None], float("-inf"))
         return torch.cat([codes, pad_col.to(logits.dtype)], dim=-1)
 
+    # -- self-drafter capability (``mmspec.protocols.HiddenTarget``) ------------------------------
+    def output_head(self) -> torch.nn.Module:
+        """The K ``lm_heads`` as one map: hidden ``[..., H]`` -> ``[..., K * V]`` (codebook k's logits at ``k * V``,
+        ``V = vocab_size``), the forward's logits before guidance and the delay constraint; the pad column,
+        which no head predicts (the constraint forces it), is the lowest finite logit (``CodebookHeads``).
+
+        Under guidance ``hidden()`` is the conditional rows' state, so a self-drafter guesses the conditional
+        distribution, not the guided mix ``u + s * (c - u)``, and never guesses a delay pad; both cost
+        acceptance, never exactness: the rules verify every draft with the target's guided, constrained
+        logits. The unconditional rows are fed the same committed frames by the same forward and keep their
+        cache, so they need nothing from the drafter."""
+        return CodebookHeads(self.model.decoder.lm_heads)
+
+    def input_embeddings(self) -> torch.nn.Module:
+        """Frames ``[..., K]`` -> ``[..., H]``: the sum of the decoder's K codebook tables (the pad id has its own
+        row), as the decoder embeds a frame before it adds the position."""
+        return CodebookEmbedding(self.model.decoder.model.decoder.embed_tokens)
+
     # -- pairing ---------------------------------------------------------------------------------
     def check_draft(self, draft) -> None:
         """A MusicGen draft (e.g. musicgen-small for musicgen-medium) must share codec and tokenizer."""
@@ -203,3 +228,45 @@ class MusicgenTarget(hf.HFTarget):
         if (draft.vocab_size, draft.num_codebooks, draft.sample_rate) != (self.vocab_size, self.num_codebooks,
                                                                           self.sample_rate):
             raise ValueError("draft MusicGen uses a different codec (codebooks, codes or sample rate)")
+
+
+class CodebookHeads(torch.nn.Module):
+    """MusicGen's frozen K output heads as one map: hidden ``[..., H]`` -> ``[..., K * (V_dec + 1)]``, codebook
+    major (``view(..., K, V_dec + 1)`` gives codebook k's logits), each head's ``V_dec`` code logits then the
+    delay pad's column. No head predicts the pad id (the adapter's constraint forces it where delayed), so
+    its column is the dtype's lowest finite value: probability 0, yet log-softmax and KL stay finite.
+
+    ``weight`` is the heads' weights stacked, ``[K * V_dec, H]`` (a copy: for the hidden size and the
+    fingerprint only; ``forward`` reads the heads themselves). The module is not one linear map, so
+    ``Int8Head.of`` returns it unchanged (it has no ``linear`` and is no ``nn.Linear``)."""
+
+    def __init__(self, heads: torch.nn.ModuleList):
+        super().__init__()
+        self.heads = heads
+
+    @property
+    def weight(self) -> Tensor:
+        return torch.cat([head.weight for head in self.heads])  # [K * V_dec, H]
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        logits = torch.stack([head(hidden) for head in self.heads], dim=-2)  # [..., K, V_dec]
+        pad = logits.new_full((*logits.shape[:-1], 1), torch.finfo(logits.dtype).min)  # [..., K, 1]
+        return torch.cat([logits, pad], dim=-1).flatten(-2)  # [..., K * (V_dec + 1)]
+
+
+class CodebookEmbedding(torch.nn.Module):
+    """MusicGen's frozen frame embedding: frames ``[..., K]`` -> ``sum_k tables[k](frame[k])`` ``[..., H]`` (ids
+    ``0 .. V_dec``, the pad id included; a negative id reads row 0). ``weight``: the tables stacked,
+    ``[K * (V_dec + 1), H]`` (a copy, for sizes only)."""
+
+    def __init__(self, tables: torch.nn.ModuleList):
+        super().__init__()
+        self.tables = tables
+
+    @property
+    def weight(self) -> Tensor:
+        return torch.cat([table.weight for table in self.tables])  # [K * (V_dec + 1), H]
+
+    def forward(self, frames: Tensor) -> Tensor:
+        frames = frames.clamp(min=0)
+        return sum(table(frames[..., k]) for k, table in enumerate(self.tables))  # [..., H]

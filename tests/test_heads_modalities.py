@@ -1,7 +1,8 @@
 """Self-drafters on the image target (guided: two CFG halves) and the speech target (K codebooks, delay
-pattern): the hidden state a target records is the one its output head turns into the forward's logits,
-greedy self-drafting (Medusa and EAGLE, chains and trees, batch 2) reproduces greedy decoding frame for
-frame, the training command runs end to end on each target's own samples, and ``--drafter heads`` finds
+pattern), and on the Hugging Face Janus (guided, MLP generation head) and MusicGen (guided, K heads, delay
+pattern) adapters: the hidden state a target records is the one its output head turns into the forward's
+logits, greedy self-drafting (Medusa and EAGLE, chains and trees, batch 2) reproduces greedy decoding frame
+for frame, the training command runs end to end on each target's own samples, and ``--drafter heads`` finds
 its folder or says why not."""
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 
 import mmspec
 from mmspec.drafters.heads import EagleDrafter, MedusaDrafter, read
-from mmspec.heads import MedusaHeads, eagle_for, load_heads
+from mmspec.heads import MedusaHeads, eagle_for, load_heads, target_info
 
 KINDS = ["medusa", "medusa-tree", "eagle", "eagle-tree"]
 
@@ -74,6 +75,80 @@ def test_greedy_self_drafting_is_greedy_decoding(case, kind):
     gen = mmspec.generate(target, drafter_of(kind, H), prompts, max_new_tokens=n, k=3)
     assert torch.equal(gen.tokens, base.tokens) and torch.equal(gen.lengths, base.lengths)
     assert max(s.n_drafted for s in gen.steps) == {"medusa": 3, "eagle": 3}.get(kind, 7 if kind == "medusa-tree" else 8)
+
+
+# -- Hugging Face adapters: Janus and MusicGen (tiny random models from tests/builders.py) -------------
+
+@pytest.fixture(params=["janus", "musicgen"])
+def hf_case(request):
+    """``(make(guidance_scale) -> target, prompts, frames to generate)`` of one Hugging Face adapter."""
+    if request.param == "janus":
+        from mmspec.image.janus import JanusTarget
+
+        model = request.getfixturevalue("janus_models")[0]
+        return (lambda scale: JanusTarget(model, guidance_scale=scale)), [[2, 10, 11, 12, 5], [2, 20, 5]], 16
+    from mmspec.speech import MusicgenTarget
+
+    model, tokenizer = request.getfixturevalue("musicgen_models")[0], request.getfixturevalue("tokenizer")
+    return (lambda scale: MusicgenTarget(model, tokenizer, guidance_scale=scale)), ["hello world", "for i in range"], 14
+
+
+@torch.inference_mode()
+def test_hf_hidden_state_is_the_conditional_half_under_its_head(hf_case):
+    """Guided: ``hidden()`` is the conditional rows' state; through ``output_head`` it gives the unguided
+    forward's logits (codes; MusicGen's pad column is never predicted), and the head and embedding are the
+    target's own modules, left as they are by ``Int8Head.of`` and fingerprinted by ``target_info``."""
+    from mmspec.drafters.heads import Int8Head
+
+    make, prompts, n = hf_case
+    guided, plain = make(3.0), make(1.0)
+    frames = mmspec.autoregressive(guided, prompts, max_new_tokens=n).tokens.clamp(min=0)[:, :-1]  # [B, n - 1, K]
+    guided.track_hidden(True)
+    guided.start(prompts, n)
+    guided_logits = guided.forward(frames)  # [B, n - 1, K, V]
+    hidden = guided.hidden()  # [B, n - 1, H]
+    plain.start(prompts, n)
+    logits = plain.forward(frames)  # [B, n - 1, K, V] unguided: the conditional rows' own logits
+    head = guided.output_head()
+    assert hidden.shape == (*frames.shape[:2], head.weight.shape[1])
+    mine = read(head, hidden, guided.num_codebooks)  # [B, n - 1, K, V]
+    codes = guided.vocab_size - (1 if guided.num_codebooks > 1 else 0)  # MusicGen: the last id is the delay pad
+    finite = logits[..., :codes].isfinite()  # MusicGen masks what the delay pattern forbids
+    assert finite.float().mean() > 0.5
+    error = float((mine - logits)[..., :codes][finite].abs().max())
+    assert error < 1e-4
+    # not the guided mix, nor the unconditional half (u = c - (guided - c) / (s - 1) is as far from c)
+    assert float((mine - guided_logits)[..., :codes][finite].abs().max()) > max(1e-3, 10 * error)
+    if codes < guided.vocab_size:  # the pad column: the lowest finite logit, never a draft
+        assert bool((mine[..., codes:] == torch.finfo(mine.dtype).min).all())
+    # the prefill records its last frame only
+    guided.start(prompts, n)
+    assert guided.hidden().shape == (len(prompts), 1, hidden.shape[-1])
+    # frozen modules of the target, not copies; no int8 rewrite of a head that is not one linear map
+    assert all(any(p is q for q in guided.model.parameters()) for p in head.parameters())
+    assert Int8Head.of(head) is head
+    info = target_info(guided)
+    assert info["hidden_size"] == hidden.shape[-1] and info["num_codebooks"] == guided.num_codebooks
+    embed = guided.input_embeddings()
+    assert embed(frames).shape == (*frames.shape[:2], embed.weight.shape[1])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_hf_greedy_self_drafting_is_greedy_decoding(hf_case, kind):
+    make, prompts, n = hf_case
+    target = make(3.0)
+    base = mmspec.autoregressive(target, prompts, max_new_tokens=n)
+    H, E = target.output_head().weight.shape[1], target.input_embeddings().weight.shape[1]
+    torch.manual_seed(2)
+    if kind.startswith("medusa"):
+        heads = MedusaHeads(H, 3, zero_init=False)
+        drafter = MedusaDrafter(heads, tree=7, width=3) if kind.endswith("tree") else MedusaDrafter(heads)
+    else:  # MusicGen's H = 16 gives an MLP of 40: maps the CPU int8 kernel cannot take stay in float
+        layer = eagle_for(H, E, 4, window=64)
+        drafter = EagleDrafter(layer, tree=7, width=3) if kind.endswith("tree") else EagleDrafter(layer)
+    gen = mmspec.generate(target, drafter, prompts, max_new_tokens=n, k=3)
+    assert torch.equal(gen.tokens, base.tokens) and torch.equal(gen.lengths, base.lengths)
+    assert max(s.n_drafted for s in gen.steps) == (7 if kind.endswith("tree") else 3)
 
 
 @pytest.mark.parametrize("modality", ["image", "speech"])
