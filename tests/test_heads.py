@@ -236,6 +236,21 @@ def test_int8_head_reads_close_to_the_head():
 
     sliced = Projection(biased, 2, 5)  # a target head sliced to its code rows, with a bias: left as it is
     assert Int8Head.of(sliced) is sliced
+    narrow = torch.nn.Linear(40, 640)  # torch's int8 kernel crashes on widths not divisible by 16
+    assert Int8Head.of(narrow) is narrow
+    from mmspec.drafters.heads import FusedInt8Eagle, int8_copy
+
+    layer = eagle_for(16, 16, 4, window=16)  # MLP width 40: the fused copy refuses, the plain copy keeps it float
+    assert FusedInt8Eagle.of(layer) is None
+    assert isinstance(int8_copy(layer).layer.mlp.down_proj, torch.nn.Linear)
+    with torch.inference_mode():
+        int8_copy(layer)(torch.randn(2, 5, 16), torch.randn(2, 5, 16))  # several rows: no crash
+    mlp = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU(), torch.nn.Linear(64, 500))  # not one map
+    rows = torch.arange(0, 500, 7)
+    picked = DraftVocab(mlp, rows, 500)
+    with torch.inference_mode():
+        full, small = mlp(x), picked(x)
+    assert torch.equal(small[..., rows], full[..., rows]) and torch.isinf(small[..., 1]).all()
 
 
 def test_fused_int8_layer_computes_the_eagle_layer():

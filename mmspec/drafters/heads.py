@@ -81,6 +81,8 @@ class Int8Head(torch.nn.Module):
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None):
         super().__init__()
+        if weight.shape[1] % 16:  # torch's CPU kernel crashes (a segfault, not an error) on other widths
+            raise ValueError(f"the int8 kernel needs an input size divisible by 16, got {weight.shape[1]}")
         w = weight.detach().float()
         scales = (w.abs().amax(1) / 127).clamp(min=1e-12)  # [V]
         self.q = (w / scales[:, None]).round().clamp(-127, 127).to(torch.int8).contiguous()  # [V, H]
@@ -101,7 +103,7 @@ class Int8Head(torch.nn.Module):
         try:
             fast = cls(weight, inner.bias if inner is head else None)
             fast(torch.zeros(1, weight.shape[1]))  # the kernel exists on this build
-        except (RuntimeError, AttributeError):
+        except (RuntimeError, AttributeError, ValueError):
             return head
         return fast
 
@@ -210,13 +212,28 @@ class DraftVocab(torch.nn.Module):
     def __init__(self, head: torch.nn.Module, rows: Tensor, vocab_size: int):
         super().__init__()
         self.rows, self.V = rows, vocab_size
-        self.sub = torch.nn.Linear(head.weight.shape[1], len(rows), bias=False).to(head.weight)
-        self.sub.weight.data = head.weight.detach()[rows].contiguous()  # [Vd, H]
+        inner = getattr(head, "linear", head)
+        if isinstance(inner, torch.nn.Linear) and inner.bias is None:  # the head's rows: a smaller linear map
+            self.sub = torch.nn.Linear(head.weight.shape[1], len(rows), bias=False).to(head.weight)
+            self.sub.weight.data = head.weight.detach()[rows].contiguous()  # [Vd, H]
+        else:  # any other head (an MLP, a biased map): run it whole and keep the rows
+            self.sub = _Rows(head, rows)
 
     def forward(self, x: Tensor) -> Tensor:
         small = self.sub(x.float())  # [..., Vd]
         full = small.new_full((*small.shape[:-1], self.V), float("-inf"))
         return full.index_copy_(-1, self.rows, small)
+
+
+class _Rows(torch.nn.Module):
+    """``head(x)[..., rows]``: a draft vocabulary of a head that is not one linear map."""
+
+    def __init__(self, head: torch.nn.Module, rows: Tensor):
+        super().__init__()
+        self.head, self.rows = head, rows
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(x).index_select(-1, self.rows)
 
 
 def committed_states(target, step: Step) -> Tensor:
