@@ -173,6 +173,25 @@ def test_train_command_on_the_targets_own_samples(request, tmp_path, modality):
     assert torch.equal(gen.tokens, base.tokens)
 
 
+def test_train_command_on_a_musicgen_folder(musicgen_models, tokenizer, tmp_path):
+    """A Hugging Face MusicGen folder trains through the same command (its own samples) and drafts exactly."""
+    from mmspec.heads.cli import main
+    from mmspec.speech import MusicgenTarget
+
+    folder = tmp_path / "musicgen"
+    musicgen_models[0].save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    out = tmp_path / "heads"
+    assert main(["--target", str(folder), "--kind", "eagle", "--out", str(out), "--time-budget", "6", "--seq-len",
+                 "16", "--batch", "2", "--device", "cpu", "--max-tokens", "128"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["training"]["steps"] > 0 and config["num_codebooks"] == musicgen_models[0].decoder.num_codebooks
+    target = MusicgenTarget.from_pretrained(str(folder), device="cpu")
+    base = mmspec.autoregressive(target, ["hello world"], max_new_tokens=12)
+    gen = mmspec.generate(target, load_heads(out, target), ["hello world"], max_new_tokens=12, k=3)
+    assert torch.equal(gen.tokens, base.tokens)
+
+
 def test_heads_folder_is_found_or_refused(tmp_path):
     from mmspec.methods import heads_folder
     from mmspec.modalities import get
