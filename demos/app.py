@@ -83,12 +83,14 @@ def _method_slots(mod) -> list:
     """Three (drafter, accept rule, tree nodes) slots, then one line per drafter on when it helps."""
     display, picks = mod.display, []
     drafters = [OFF, *[d for d in methods.drafter_names(mod) if d != "none"]]
+    drafters += [d for d, _ in display.methods if d not in drafters]  # the tab's combinations (A|B, A+B)
     specs = methods.rule_specs(mod)
     rules = [AUTO, *specs]
     for j in range(3):
         d, r = display.methods[j] if j < len(display.methods) else (OFF, AUTO)
         with gr.Row():
-            picks.append(gr.Dropdown(drafters, value=d, label=f"Method {j + 1}: drafter", elem_id=f"drafter-{mod.name}-{j}"))
+            picks.append(gr.Dropdown(drafters, value=d, label=f"Method {j + 1}: drafter (or type A+B, A|B)",
+                                     allow_custom_value=True, elem_id=f"drafter-{mod.name}-{j}"))
             picks.append(gr.Dropdown(rules, value=r, label="accept rule (auto: greedy at T=0)"))
             picks.append(gr.Number(value=0, precision=0, minimum=0, maximum=MAX_TREE, label="tree nodes (0 = chain)",
                                    elem_id=f"tree-{mod.name}-{j}"))
@@ -101,7 +103,7 @@ def _method_slots(mod) -> list:
 def _knobs(mod, limit: int, value: int) -> list:
     """k, init, sampling, seed, the modality's own knobs, then the max-new slider on a row of its own."""
     with gr.Row():
-        k = gr.Slider(1, 16, value=4, step=1, label="k / window")
+        k = gr.Slider(1, 16, value=mod.display.k, step=1, label="k / window")
         init = gr.Dropdown(methods.init_names(mod), value=mod.display.init, label="Jacobi init")
     with gr.Row():
         temperature = gr.Slider(0, 2, value=0.0, step=0.05, label="temperature (0 = greedy)")

@@ -159,7 +159,7 @@ class Display:
     ``live_final`` (text: the accepted-draft highlighting). ``methods`` are the tab's default
     ``(drafter, rule)`` slots (rule ``"auto"``: greedy at temperature 0, else speculative); ``helps`` one line
     per drafter on when it helps; ``examples`` ``(prompt, drafter, why)`` rows where that drafter clearly
-    wins; ``init`` the default Jacobi init; ``knobs`` modality options as number boxes; ``choices(target)``
+    wins; ``init`` the default Jacobi init; ``k`` the default draft length; ``knobs`` modality options as number boxes; ``choices(target)``
     (optional) the prompts a target accepts (class names), shown as a dropdown.
     """
 
@@ -172,5 +172,6 @@ class Display:
     helps: Mapping[str, str] = field(default_factory=dict)
     examples: tuple[tuple[str, str, str], ...] = ()
     init: str = "random"
+    k: int = 4
     knobs: tuple[Knob, ...] = ()
     choices: Callable[[Target], list] | None = None

@@ -80,8 +80,9 @@ def test_text_tab_streams_highlighted_code_and_identical_greedy_outputs():
     for head, view, _ in cols[1:]:
         assert "lossless" in head and "identical to baseline" in head
         assert pre_text(view) == base_text  # greedy exact methods: the same text
-    # the model drafter accepts some drafts on the zoo pair, and says so in the highlighting
-    assert '<mark class="mm-draft">' in cols[2][1]
+    # the zoo heads (third slot) accept some drafts on the zoo target, and say so in the highlighting
+    assert [m for m, _ in modalities.get("text").display.methods][2] == "heads"
+    assert '<mark class="mm-draft">' in cols[3][1]
 
 
 def test_code_block_keeps_indentation_blank_lines_and_identifiers():
@@ -185,7 +186,7 @@ def test_lossy_rule_says_so_with_its_bound():
     ("text", {"temperature": 0.5, "methods": [("jacobi", "greedy")]}, "temperature 0"),
     ("text", {"target": "/nonexistent/model/folder"}, "does not serve"),
     ("text", {"target": "gpt2"}, "does not serve"),
-    ("text", {"draft": "/tmp"}, "does not serve"),
+    ("text", {"draft": "/tmp", "methods": [("model", "auto")]}, "does not serve"),
     ("text", {"init": "sideways"}, "unknown init"),
     ("image", {"prompt": "purple elephant"}, "unknown class"),
     ("speech", {"prompt": ""}, "prompt is empty"),

@@ -38,7 +38,8 @@ def highlighted(target, frames, from_draft) -> str:
 
 DISPLAY = Display(
     component="HTML", value=code_block, live=highlighted, live_final=True,
-    methods=(("prompt-lookup", "auto"), ("heads", "auto"), ("model", "auto")),
+    methods=(("prompt-lookup|heads", "auto"), ("prompt-lookup", "auto"), ("heads", "auto")),
+    k=8,  # the self-drafter's chains pay at 8 (BENCHMARKS.md); prompt lookup drafts only what it matched
     helps={
         "heads": "an EAGLE layer reads the target's own hidden state and guesses ahead (zoo:code-heads): the "
                  "target's own features make it the most accurate drafter for its size",
