@@ -48,6 +48,7 @@ SUITE = Suite(
     prompts=held_out, n_prompts=(20, 4), max_new=(128, 48), k=4,
     methods=(
         Method("prompt-lookup", "prompt-lookup"),
+        Method("prompt-lookup k=16", "prompt-lookup", k=16, quick=False),  # drafts only what it matched, up to 16
         Method("model", "model"),
         Method("jacobi", "jacobi"),
         Method("lookahead", "lookahead"),
@@ -62,6 +63,8 @@ SUITE = Suite(
         # self-drafting: the zoo's EAGLE layer on the target's own hidden states (zoo:code-heads)
         Method("heads", "heads", k=8),
         Method("prompt-lookup|heads", "prompt-lookup|heads", k=8),  # prompt lookup on a 3-gram match, else heads
+        # the same with prompt lookup's matches up to 16 long (the heads stop at their config's depth, 8)
+        Method("prompt-lookup|heads k=16", "prompt-lookup|heads", k=16, quick=False),
         Method("heads tree=12", "heads", tree=12, width=3, k=6, quick=False),
         Method("prompt-lookup+heads tree=12", "prompt-lookup+heads", tree=12, k=6),  # prompt lookup's nodes first
         Method("heads / speculative T=1", "heads", "speculative", 1.0, k=6, quick=False),

@@ -128,9 +128,10 @@ def int8_copy(module: torch.nn.Module) -> torch.nn.Module:
 class FusedInt8Eagle(torch.nn.Module):
     """An ``EagleLayer`` for drafting on a CPU: the same computation (``project`` / ``qkv`` / ``attend``) on
     int8 weights (``Int8Head``) with the query/key/value maps fused into one product and the MLP's gate and
-    up maps into another, so a drafted frame runs five small products instead of nine. Each drafted frame
-    costs a few hundred microseconds, most of it per-call overhead, which this halves. Only the drafter
-    rounds, so output stays exact. ``of`` returns None where the int8 kernel is missing."""
+    up maps into another, so a drafted frame runs five small products instead of eight. A drafted frame
+    costs a few hundred microseconds on a CPU, much of it per-call overhead: fusing took the zoo text
+    layer's from about 0.50 to 0.41 ms on one thread. Only the drafter rounds, so output stays exact.
+    ``of`` returns None where the int8 kernel is missing or refuses a width."""
 
     def __init__(self, layer):
         super().__init__()
