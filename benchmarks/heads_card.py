@@ -20,6 +20,8 @@ def main(argv=None) -> int:
     p.add_argument("--heads", required=True, help="the heads folder to write README.md into")
     p.add_argument("--method", required=True, help="the bench label of the heads method")
     p.add_argument("--draft-method", default=None, help="the bench label of the draft-model method to compare")
+    p.add_argument("--also", action="append", default=[], metavar="LABEL",
+                   help="another method of the run to list on the card (repeatable), e.g. a cascade with the heads")
     p.add_argument("--train-command", default="", help="the command that trained the heads")
     p.add_argument("--hardware", default=None, help="a readable name of the machine (default: from the bench run)")
     args = p.parse_args(argv)
@@ -35,8 +37,12 @@ def main(argv=None) -> int:
         return {"mean_accepted": m["mean_accepted"], "speedup": m["speedup"], "rule": m["rule"]}
 
     out = {**measured(rows[args.method]), "hardware": hardware, "command": report.get("command") or "mmspec bench"}
+    for label in [args.draft_method, *args.also]:
+        if label and label not in rows:
+            raise SystemExit(f"no method {label!r} in {args.bench}; there are: {', '.join(rows)}")
     if args.draft_method:
         out["draft_model"] = measured(rows[args.draft_method])
+    out["also"] = {label: measured(rows[label]) for label in args.also}
     card = write_card(args.heads, out, args.train_command)
     config = json.loads((Path(args.heads) / "config.json").read_text())
     t = config["training"]

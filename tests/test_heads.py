@@ -295,3 +295,16 @@ def test_int8_copies_are_made_once_and_remade_after_training(tiny_models):
     third = EagleDrafter(layer)
     mmspec.generate(target, third, PROMPTS[0], max_new_tokens=4, k=2)
     assert third.net is not first.net and third.head is first.head  # the layer is requantized, the head is not
+
+
+def test_model_card_names_the_drafting_settings_and_extra_methods(tmp_path):
+    from mmspec.heads import save_heads
+    from mmspec.heads.card import write_card
+
+    info = {"target": "zoo:t", "hidden_size": 32, "vocab_size": 300, "num_codebooks": 1, "fingerprint": "ab"}
+    save_heads(eagle_for(32, 32, 4, window=64), tmp_path, info, {"confidence": 0.2, "depth": 8,
+                                                                  "training": {"held_out_top1": 0.5}})
+    run = {"mean_accepted": 3.0, "speedup": 1.5, "rule": "greedy"}
+    card = write_card(tmp_path, {**run, "also": {"prompt-lookup|heads": {**run, "speedup": 2.0}}}).read_text()
+    assert "top probability is below 0.2" in card and "at most 8 frames" in card
+    assert "| `prompt-lookup\\|heads`, same run: mean accepted / speedup | 3.00 / 2.00x |" in card

@@ -9,7 +9,8 @@ from pathlib import Path
 
 def write_card(folder: str | Path, measured: dict | None = None, command: str = "") -> Path:
     """Write ``folder/README.md`` from its ``config.json`` and ``measured`` (keys: ``mean_accepted``,
-    ``speedup``, ``rule``, ``hardware``, ``command``, ``draft_model`` {same keys}, optional)."""
+    ``speedup``, ``rule``, ``hardware``, ``command``, ``draft_model`` {same keys}, ``also`` {method label: same
+    keys}, optional)."""
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text())
     t = config.get("training", {})
@@ -29,6 +30,11 @@ def write_card(folder: str | Path, measured: dict | None = None, command: str = 
         f"- Trained for target fingerprint `{config['fingerprint']}` (its output head); `load_heads` refuses any "
         "other target.",
     ]
+    stops = [f"chains stop where the layer's top probability is below {config['confidence']}" if config.get("confidence")
+             else "", f"it drafts at most {config['depth']} frames a step" if config.get("depth") else ""]
+    if any(stops):
+        lines.append(f"- Drafting ({', '.join(s for s in stops if s)}): from `config.json`, "
+                     "used whenever the folder loads.")
     if config.get("draft_vocab"):
         lines.append(f"- Reduced draft vocabulary (EAGLE-3): the {len(config['draft_vocab'])} most frequent training "
                      f"ids; they cover {t.get('draft_vocab_coverage', float('nan')):.1%} of held-out tokens.")
@@ -52,6 +58,9 @@ def write_card(folder: str | Path, measured: dict | None = None, command: str = 
             d = measured["draft_model"]
             lines += [f"| the zoo draft model, same run: mean accepted / speedup | {d['mean_accepted']:.2f} / "
                       f"{d['speedup']:.2f}x |"]
+        for name, m in measured.get("also", {}).items():
+            cell = name.replace("|", "\\|")  # a cascade's bar would end the table cell
+            lines += [f"| `{cell}`, same run: mean accepted / speedup | {m['mean_accepted']:.2f} / {m['speedup']:.2f}x |"]
         lines += ["", f"Measured on {measured.get('hardware', 'this CPU')} with `{measured.get('command', '')}`."]
     (folder / "README.md").write_text("\n".join(lines) + "\n")
     return folder / "README.md"
