@@ -34,7 +34,8 @@ def main(argv=None) -> int:
     hardware = f"{args.hardware or env['processor']} ({env['cpu_count']} cores, torch {env['torch_threads']} threads)"
 
     def measured(m: dict) -> dict:
-        return {"mean_accepted": m["mean_accepted"], "speedup": m["speedup"], "rule": m["rule"]}
+        return {"mean_accepted": m["mean_accepted"], "speedup": m["speedup"], "rule": m["rule"],
+                "lossless": m.get("lossless", True)}
 
     out = {**measured(rows[args.method]), "hardware": hardware, "command": report.get("command") or "mmspec bench"}
     for label in [args.draft_method, *args.also]:

@@ -60,7 +60,9 @@ def write_card(folder: str | Path, measured: dict | None = None, command: str = 
                       f"{d['speedup']:.2f}x |"]
         for name, m in measured.get("also", {}).items():
             cell = name.replace("|", "\\|")  # a cascade's bar would end the table cell
-            lines += [f"| `{cell}`, same run: mean accepted / speedup | {m['mean_accepted']:.2f} / {m['speedup']:.2f}x |"]
+            lossy = "" if m.get("lossless", True) else " (a lossy rule)"
+            lines += [f"| `{cell}`{lossy}, same run: mean accepted / speedup | {m['mean_accepted']:.2f} / "
+                      f"{m['speedup']:.2f}x |"]
         lines += ["", f"Measured on {measured.get('hardware', 'this CPU')} with `{measured.get('command', '')}`."]
     (folder / "README.md").write_text("\n".join(lines) + "\n")
     return folder / "README.md"
