@@ -24,16 +24,18 @@ def target_info(target, name: str = "") -> dict:
         raise ValueError(f"{type(target).__name__} does not expose hidden states; self-drafters need them")
     weight = target.output_head().weight.detach()
     # of the weights rounded to bfloat16, so one target loaded in float32, float16 or bfloat16 keeps its heads
-    rounded = weight.to(torch.bfloat16).view(torch.int16).cpu().contiguous()
-    digest = hashlib.sha256(rounded.numpy().tobytes()).hexdigest()[:16]
+    digest = _digest(weight.to(torch.bfloat16).view(torch.int16))
     return {"target": str(name), "hidden_size": int(weight.shape[1]), "vocab_size": int(target.vocab_size),
             "num_codebooks": int(target.num_codebooks), "fingerprint": digest}
 
 
+def _digest(weight: torch.Tensor) -> str:
+    return hashlib.sha256(weight.cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
 def _legacy_fingerprint(target) -> str:
     """The fingerprint that heads saved by earlier mmspec versions carry: the float32 bytes of the output head."""
-    weight = target.output_head().weight.detach()
-    return hashlib.sha256(weight.float().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+    return _digest(target.output_head().weight.detach().float())
 
 
 def save_heads(module, folder: str | Path, info: dict, extra: dict | None = None) -> Path:
@@ -76,8 +78,8 @@ def read_heads_config(folder: str | Path) -> dict:
 def check_target(config: dict, target, folder) -> None:
     """Refuse heads trained for another target (sizes, vocabulary, codebooks or output head differ)."""
     info = target_info(target)
-    if config.get("fingerprint") == _legacy_fingerprint(target):  # heads saved before dtype-free fingerprints
-        info["fingerprint"] = config["fingerprint"]
+    if config.get("fingerprint") != info["fingerprint"] and config.get("fingerprint") == _legacy_fingerprint(target):
+        info["fingerprint"] = config["fingerprint"]  # heads saved before dtype-free fingerprints
     for key in ("hidden_size", "vocab_size", "num_codebooks", "fingerprint"):
         if config.get(key) != info[key]:
             raise ValueError(f"the heads in {str(folder)!r} were trained for another target "
