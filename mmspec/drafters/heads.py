@@ -153,11 +153,9 @@ class FusedInt8Eagle(torch.nn.Module):
         self.o = fused(attn.o_proj)
         self.gate_up = fused(block.mlp.gate_proj, block.mlp.up_proj)
         self.down = fused(block.mlp.down_proj)
-        self.act = block.mlp.act_fn
-        self.norms = [(n.weight.detach().float(), n.variance_epsilon)
-                      for n in (block.input_layernorm, block.post_attention_layernorm)]
-        self.inv_freq = layer.rotary.inv_freq.detach().float()  # [d / 2]
-        self.rope_scale = float(getattr(layer.rotary, "attention_scaling", 1.0))
+        # the layer's own norms, activation and rotary embedding (no products to fuse there)
+        self.act, self.rotary = block.mlp.act_fn, layer.rotary
+        self.norm_in, self.norm_mlp = block.input_layernorm, block.post_attention_layernorm
 
     @classmethod
     def of(cls, layer) -> "FusedInt8Eagle | None":
@@ -168,26 +166,17 @@ class FusedInt8Eagle(torch.nn.Module):
             return None
         return fast
 
-    @staticmethod
-    def _norm(x: Tensor, weight_eps) -> Tensor:
-        weight, eps = weight_eps
-        return weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
-
     def project(self, feats: Tensor, emb: Tensor) -> Tensor:
         return self.fc(torch.cat([feats, emb.to(feats.dtype)], dim=-1))
 
     def qkv(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
         B, T = x.shape[:2]
-        q, k, v = self.qkv_map(self._norm(x, self.norms[0])).view(B, T, 3, self.heads, self.head_dim).unbind(2)
-        angles = positions[..., None].float() * self.inv_freq  # [B or 1, T, d / 2]
-        angles = torch.cat([angles, angles], -1)[:, None]  # [B or 1, 1, T, d]
-        cos, sin = angles.cos() * self.rope_scale, angles.sin() * self.rope_scale
-
-        def rotate(t: Tensor) -> Tensor:  # [B, heads, T, d], rotate-half RoPE as Llama applies it
-            half = t.shape[-1] // 2
-            return t * cos + torch.cat([-t[..., half:], t[..., :half]], -1) * sin
-
-        return rotate(q.transpose(1, 2)), rotate(k.transpose(1, 2)), v.transpose(1, 2)
+        q, k, v = self.qkv_map(self.norm_in(x)).view(B, T, 3, self.heads, self.head_dim).transpose(1, 3).unbind(2)
+        cos, sin = self.rotary(x, positions)
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        return q, k, v  # each [B, heads, T, head_dim]
 
     def attend(self, x: Tensor, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None) -> Tensor:
         import torch.nn.functional as F
@@ -195,7 +184,7 @@ class FusedInt8Eagle(torch.nn.Module):
         mask = None if mask is None else mask[:, None]  # None: every query sees every key
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling)
         h = x + self.o(out.transpose(1, 2).reshape(*x.shape[:2], -1))
-        gate, up = self.gate_up(self._norm(h, self.norms[1])).chunk(2, dim=-1)
+        gate, up = self.gate_up(self.norm_mlp(h)).chunk(2, dim=-1)
         return h + self.down(self.act(gate) * up)
 
     def forward(self, feats: Tensor, emb: Tensor, mask: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
