@@ -28,8 +28,9 @@ def main(argv=None) -> int:
     report = json.loads(Path(args.bench).read_text())
     (suite,) = report["suites"]
     rows = {m["method"]: m for m in suite["methods"]}
-    if args.method not in rows:
-        raise SystemExit(f"no method {args.method!r} in {args.bench}; there are: {', '.join(rows)}")
+    for label in [args.method, args.draft_method, *args.also]:
+        if label and label not in rows:
+            raise SystemExit(f"no method {label!r} in {args.bench}; there are: {', '.join(rows)}")
     env = report["environment"]
     hardware = f"{args.hardware or env['processor']} ({env['cpu_count']} cores, torch {env['torch_threads']} threads)"
 
@@ -38,9 +39,6 @@ def main(argv=None) -> int:
                 "lossless": m.get("lossless", True)}
 
     out = {**measured(rows[args.method]), "hardware": hardware, "command": report.get("command") or "mmspec bench"}
-    for label in [args.draft_method, *args.also]:
-        if label and label not in rows:
-            raise SystemExit(f"no method {label!r} in {args.bench}; there are: {', '.join(rows)}")
     if args.draft_method:
         out["draft_model"] = measured(rows[args.draft_method])
     out["also"] = {label: measured(rows[label]) for label in args.also}

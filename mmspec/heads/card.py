@@ -30,11 +30,13 @@ def write_card(folder: str | Path, measured: dict | None = None, command: str = 
         f"- Trained for target fingerprint `{config['fingerprint']}` (its output head); `load_heads` refuses any "
         "other target.",
     ]
-    stops = [f"chains stop where the layer's top probability is below {config['confidence']}" if config.get("confidence")
-             else "", f"it drafts at most {config['depth']} frames a step" if config.get("depth") else ""]
-    if any(stops):
-        lines.append(f"- Drafting ({', '.join(s for s in stops if s)}): from `config.json`, "
-                     "used whenever the folder loads.")
+    stops = []
+    if config.get("confidence"):
+        stops.append(f"chains stop where the layer's top probability is below {config['confidence']}")
+    if config.get("depth"):
+        stops.append(f"it drafts at most {config['depth']} frames a step")
+    if stops:
+        lines.append(f"- Drafting ({', '.join(stops)}): from `config.json`, used whenever the folder loads.")
     if config.get("draft_vocab"):
         lines.append(f"- Reduced draft vocabulary (EAGLE-3): the {len(config['draft_vocab'])} most frequent training "
                      f"ids; they cover {t.get('draft_vocab_coverage', float('nan')):.1%} of held-out tokens.")
