@@ -238,10 +238,9 @@ def test_int8_head_reads_close_to_the_head():
     assert Int8Head.of(sliced) is sliced
     narrow = torch.nn.Linear(40, 640)  # torch's int8 kernel crashes on widths not divisible by 16
     assert Int8Head.of(narrow) is narrow
-    from mmspec.drafters.heads import FusedInt8Eagle, int8_copy
+    from mmspec.drafters.heads import int8_copy
 
-    layer = eagle_for(16, 16, 4, window=16)  # MLP width 40: the fused copy refuses, the plain copy keeps it float
-    assert FusedInt8Eagle.of(layer) is None
+    layer = eagle_for(16, 16, 4, window=16)  # MLP width 40: the int8 copy keeps that map in float
     assert isinstance(int8_copy(layer).layer.mlp.down_proj, torch.nn.Linear)
     with torch.inference_mode():
         int8_copy(layer)(torch.randn(2, 5, 16), torch.randn(2, 5, 16))  # several rows: no crash
@@ -251,23 +250,6 @@ def test_int8_head_reads_close_to_the_head():
     with torch.inference_mode():
         full, small = mlp(x), picked(x)
     assert torch.equal(small[..., rows], full[..., rows]) and torch.isinf(small[..., 1]).all()
-
-
-def test_fused_int8_layer_computes_the_eagle_layer():
-    from mmspec.drafters.heads import FusedInt8Eagle, int8_copy
-
-    torch.manual_seed(0)
-    layer = eagle_for(64, 48, 4, window=64)
-    for p in layer.parameters():  # weights of a trained layer's size, not the tiny init
-        p.data.normal_(0, 0.1)
-    fused, plain = FusedInt8Eagle.of(layer), int8_copy(layer)
-    feats, emb = torch.randn(2, 9, 64), torch.randn(2, 9, 48)
-    positions = torch.arange(5, 14)[None]
-    with torch.inference_mode():
-        exact, fast, slow = (m(feats, emb, positions=positions) for m in (layer, fused, plain))
-    assert isinstance(fused, FusedInt8Eagle) and fast.shape == exact.shape
-    assert torch.allclose(fast, slow, atol=1e-3)  # the same int8 products, fused
-    assert (fast - exact).abs().max() < 0.05 * exact.abs().max()
 
 
 def test_eagle_confidence_stops_unsure_chains(tiny_models):

@@ -53,13 +53,13 @@ class EagleDrafter:
         self.width = count(width, "width")
 
     def start(self, target, sampler: Sampler, prompt: Any, max_new_tokens: int) -> None:
-        from .heads import FusedInt8Eagle, attach, int8_copy, made_once
+        from .heads import attach, int8_copy, made_once
 
         attach(self, target, sampler, self.layer.sizes["hidden_size"])
         self.net = self.layer
         if target.device.type == "cpu" and self.layer.fc.weight.dtype == torch.float32:
             # on a CPU the layer's products run on int8 weights (a guess only), quantized once per layer
-            self.net = made_once(self.layer, "int8", lambda: FusedInt8Eagle.of(self.layer) or int8_copy(self.layer))
+            self.net = made_once(self.layer, "int8", lambda: int8_copy(self.layer))
         self.embed = target.input_embeddings()
         self.K = target.num_codebooks
         self.keys = self.values = None  # [B, heads, S, d] of the committed (feature, frame) pairs in the window
