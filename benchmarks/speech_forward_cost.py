@@ -62,7 +62,7 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     ap.add_argument("--device", default=None, help="cpu or cuda (default: the speech adapter's, cuda when available)")
     args = ap.parse_args()
-    target, draft = api.load(api.DEFAULT_TARGET, device=args.device), api.load(api.DEFAULT_DRAFT, device=args.device)
+    target, draft = api.load(api.MODALITY.default_target, device=args.device), api.load(api.MODALITY.default_draft, device=args.device)
     heads = target.model.heads.weight  # [K * V, H]
     result = {"environment": environment(), "device": str(target.device), "dtype": str(heads.dtype),
               "forward_ms": {}, "heads_linear_us": {}}
