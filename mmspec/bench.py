@@ -181,7 +181,8 @@ def run_suite(name: str, *, quick: bool, repeats: int, seed: int = 0, target_nam
               "target": target_name or modality.default_target,
               "draft": (draft_name or modality.default_draft) if draft else None, "heads": heads,
               "device": str(target.device), "threads": env["threads"], "load_1min": env["load_1min"],
-              "quality": suite.quality_name or None}
+              "quality": suite.quality_name or None, "path": getattr(target, "path", "eager"),
+              "setup_s": getattr(getattr(target, "fast", None), "setup_s", None)}
     return {"suite": name, "modality": name, "config": config, "prompts": [_short(p) for p in prompts],
             "methods": results}
 
@@ -336,7 +337,8 @@ def table(results: list[dict], env: dict | None = None) -> str:
             continue
         c = s["config"]
         lines.append(f"[{s['suite']}] {c['n_prompts']} prompts x {c['max_new']} frames, k={c['k']}, "
-                     f"repeats={c['repeats']} (interleaved), device={c['device']}, threads={c.get('threads')}")
+                     f"repeats={c['repeats']} (interleaved), device={c['device']}, threads={c.get('threads')}, "
+                     f"forward={c.get('path', 'eager')}" + (f" (set-up {c['setup_s']:.1f} s)" if c.get("setup_s") else ""))
         q = c.get("quality") or "quality"
         lines.append(f"{'method':34} {'speedup [min-max]':>18} {'tok/fwd':>7} {'acc.rate':>8} {'tok/s':>7} "
                      f"{'wall_s':>7} {'x_rt':>5} {'same':>5} {'lossless':>8} {q:>8}")
@@ -380,7 +382,7 @@ def main(args, rest=None) -> int:
     if getattr(args, "tree", 0) < 0:
         raise ValueError(f"--tree (node budget) must be 0 or >= 1, got {args.tree}")
     methods = [m.strip() for m in (getattr(args, "methods", None) or "").split(",") if m.strip()] or None
-    opts = {key: val for key in ("device", "dtype") if (val := getattr(args, key, None)) is not None}
+    opts = {key: val for key in ("device", "dtype", "fast") if (val := getattr(args, key, None)) is not None}
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     # 2. run every suite

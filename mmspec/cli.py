@@ -133,6 +133,9 @@ def _add_bench(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--device", default=None, help="cpu or cuda (default: the adapter's)")
     bench.add_argument("--dtype", default=None, help="model dtype (default: the adapter's)")
+    bench.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
+                       help="the fast path (static cache + prepacked products, mmspec.fast) for every model of the run; "
+                            "default: on where it measured faster (a CPU, float32/bfloat16)")
     bench.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
@@ -251,7 +254,7 @@ def cmd_compare(args, modality) -> int:
             bar.update()
 
         results = timing.interleave(runs, repeats, progress=progress)
-    env = timing.machine(target.device)
+    env = dict(timing.machine(target.device), forward=getattr(target, "path", "eager"))  # both sides ran this path
     table = [_compare_row(name, plan[name][1], gens, results["autoregressive"], modality, repeats, env)
              for name, gens in results.items()]
     if args.json:
@@ -287,7 +290,8 @@ def _compare_report(args, modality, env, repeats, base, table) -> str:
              f"{modality.name}: target {args.target}, k={args.k}, "
              f"max_new_tokens={args.max_new_tokens or 'full length'}, temperature={args.temperature}, "
              f"seed={args.seed}, {repeats} interleaved rounds after a warm-up",
-             f"device {env['device']}, {env['threads']} torch threads, {env['cpu_count']} cores, load {load}",
+             f"device {env['device']}, {env['threads']} torch threads, {env['cpu_count']} cores, load {load}, "
+             f"forward {env['forward']} (every row)",
              "baseline output:", out if isinstance(out, str) else repr(out), "",
              f"speedup = autoregressive time / method time per round: median [min-max]; tok/fwd = {modality.unit} "
              "per target forward (machine-independent); same = identical output to the baseline", "",

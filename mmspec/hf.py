@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import warnings
 from typing import Any, Sequence
 
 import torch
@@ -178,20 +179,43 @@ class KVCache:
         may attend: every cached position that is not padding, its ancestors and itself; the dtype's min
         elsewhere) and ``position_ids [R, T]`` = ``pos + depth - 1``. Call it before ``grow``.
         """
+        return self.inputs(parents.shape[-1], pos, parents, dtype)
+
+    def inputs(self, T: int, pos: Tensor, parents: Tensor | None, dtype: torch.dtype,
+               new_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """The one input builder for a chain or a tree of ``T`` new frames: an additive ``mask [R, 1, T, S + T]``
+        and ``positions [R, T]`` (``pos [R]``: the position of the first new frame, padding offset applied).
+
+        A chain (``parents`` None): frame t sees the cached positions that are not padding and new frames
+        <= t, at ``pos + t`` (clamped at 0: a row's left padding); ``new_mask [R, T]`` (1 = real) hides new
+        padding frames (a prefill). A tree: see ``tree``. Call it before ``grow``."""
         R, S = pos.shape[0], self.length
-        p = rows_of(parents, R)  # [R, T]
-        seen = tree.ancestors(p)  # [R, T, T]
-        cached = torch.ones(R, S, dtype=torch.bool, device=p.device) if self.mask is None else self.mask[:, :S].bool()
-        visible = torch.cat([cached[:, None, :].expand(R, p.shape[1], S), seen], dim=-1)  # [R, T, S + T]
-        mask = torch.zeros(visible.shape, dtype=dtype, device=p.device).masked_fill(~visible, torch.finfo(dtype).min)
-        return mask[:, None], (pos[:, None] + tree.depths(p) - 1).clamp(min=0)  # [R, 1, T, S + T], [R, T]
+        device = pos.device
+        if parents is None:
+            seen = torch.ones(T, T, dtype=torch.bool, device=device).tril()[None].expand(R, T, T)
+            if new_mask is not None:
+                eye = torch.eye(T, dtype=torch.bool, device=device)
+                seen = seen & (new_mask.bool()[:, None, :] | eye)  # a padding frame still sees itself
+            positions = pos[:, None] + torch.arange(T, device=device)[None]
+        else:
+            p = rows_of(parents, R)  # [R, T]
+            seen = tree.ancestors(p)  # [R, T, T]
+            positions = pos[:, None] + tree.depths(p) - 1
+        cached = torch.ones(R, S, dtype=torch.bool, device=device) if self.mask is None else self.mask[:, :S].bool()
+        visible = torch.cat([cached[:, None, :].expand(R, T, S), seen], dim=-1)  # [R, T, S + T]
+        mask = torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill(~visible, torch.finfo(dtype).min)
+        return mask[:, None], positions.clamp(min=0)  # [R, 1, T, S + T], [R, T]
 
     def keep_path(self, T: int, path: Tensor) -> None:
         """After a forward of ``T`` frames: its frames at ``path [B, m]`` (rows may differ, same count) move
         to the front of those T, in order, and the rest are dropped: every layer's keys and values (the
         self-attention cache of an encoder-decoder model; the cross-attention cache is fixed), the mask and
         the fed frames. Rows of a doubled batch (``R = 2B``) keep their row's path."""
-        layers = getattr(self.kv, "self_attention_cache", self.kv).layers
+        if hasattr(self.kv, "keep_tail"):  # a static cache gathers in place (mmspec.fast.StaticKV)
+            self.kv.keep_tail(T, rows_of(path, self.kv.keys.shape[1]))
+            layers = []
+        else:
+            layers = getattr(self.kv, "self_attention_cache", self.kv).layers
         for layer in layers:
             if getattr(layer, "is_sliding", False) or not isinstance(getattr(layer, "keys", None), Tensor):
                 raise ValueError(f"a {type(layer).__name__} cache layer cannot keep a tree path (parents); "
@@ -241,6 +265,34 @@ class HFTarget:
             now = self.pos - T + path.shape[1]
         self.cache.rollback(now, pos, type(self).__name__)
         self.pos = pos.clone()
+
+
+def fast_decoder(backbone: torch.nn.Module, fast: bool | None, who: str):
+    """The fast path (``mmspec.fast.FastDecoder``) over ``backbone`` or None (the eager forward).
+
+    ``fast``: True (on; a model the fast path cannot run falls back to eager with a warning naming why), False
+    (eager), None (the default: on where it measured faster, a CPU with float32 or bfloat16 weights)."""
+    from . import fast as fastpath
+
+    if fast is not None and not isinstance(fast, bool):
+        raise ValueError(f"fast must be True, False or None (on where measured faster), got {fast!r}")
+    weight = next(backbone.parameters())
+    if fast is False or (fast is None and (weight.device.type != "cpu" or weight.dtype == torch.float16)):
+        return None
+    reason = fastpath.why_not(backbone)
+    if reason is not None:
+        if fast:
+            warnings.warn(f"{who}: the fast path is off for this model ({reason}); running the eager forward",
+                          stacklevel=3)
+        return None
+    return fastpath.FastDecoder(backbone)
+
+
+def fast_head(linear: torch.nn.Module):
+    """A model's output head on the fast path: its weight (and bias) prepacked (``mmspec.fast.PackedLinear``)."""
+    from .fast import PackedLinear
+
+    return PackedLinear([linear.weight], [getattr(linear, "bias", None)])
 
 
 class HiddenStates:

@@ -33,10 +33,13 @@ def hf_greedy(target: TextTarget, prompts, n):
     return rows
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "eager"])
 @pytest.mark.parametrize("arch", ["llama", "gpt2", "qwen2"])
 @pytest.mark.parametrize("batch", [1, 2])
-def test_greedy_equivalence(tiny_models, arch, batch):
-    target = TextTarget.from_pretrained(tiny_models[arch])
+def test_greedy_equivalence(tiny_models, arch, batch, fast):
+    """On both forward paths: speculative == autoregressive == HF generate (GPT-2 has no fast path: eager twice)."""
+    target = TextTarget.from_pretrained(tiny_models[arch], fast=fast and arch != "gpt2")
+    assert target.path == ("fast" if fast and arch != "gpt2" else "eager")
     prompts = PROMPTS[:batch] if batch > 1 else PROMPTS[0]
     base = mmspec.autoregressive(target, prompts, max_new_tokens=24)
     assert base.token_ids() == hf_greedy(target, [prompts] if batch == 1 else prompts, 24)
@@ -59,8 +62,9 @@ def test_speculation_saves_forwards_with_a_good_draft(tiny_models):
     assert gen.stats["steps"] < base.stats["steps"] / 3
 
 
-def test_rollback_equals_fresh_prefill(tiny_models):
-    target = TextTarget.from_pretrained(tiny_models["llama"])
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "eager"])
+def test_rollback_equals_fresh_prefill(tiny_models, fast):
+    target = TextTarget.from_pretrained(tiny_models["llama"], fast=fast)
     a = torch.tensor([[5, 6, 7, 8]])[..., None]
     b = torch.tensor([[9, 10, 11]])[..., None]
     target.start(PROMPTS[0], 8)
@@ -68,7 +72,7 @@ def test_rollback_equals_fresh_prefill(tiny_models):
     target.forward(a)
     target.keep(p0)
     got = target.forward(b)
-    fresh = TextTarget.from_pretrained(tiny_models["llama"])
+    fresh = TextTarget.from_pretrained(tiny_models["llama"], fast=fast)
     fresh.start(PROMPTS[0], 8)
     want = fresh.forward(b)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

@@ -93,13 +93,14 @@ def hf_greedy(target, prompts, n):
 
 # -- text: Llama and GPT-2, eager and sdpa, batch 1 and 2 -----------------------------------------
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "llama-eager", "gpt2"])
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_text_tree_is_greedy(tiny_models, arch, batch, shape):
     from mmspec.text import TextTarget
 
-    target = TextTarget.from_pretrained(tiny_models[arch], device="cpu")
+    target = TextTarget.from_pretrained(tiny_models[arch.split("-")[0]], device="cpu", fast=arch == "llama")
+    assert target.path == ("fast" if arch == "llama" else "eager")
     prompts = PROMPTS[:batch]  # two prompts of different lengths: left padding
     base = tree_matches_greedy(target, prompts, 24, shape)
     assert base.token_ids() == hf_greedy(target, prompts, 24)
@@ -109,7 +110,7 @@ def test_text_tree_is_greedy(tiny_models, arch, batch, shape):
 def test_text_tree_under_both_attention_kernels(tiny_models, attn):
     from mmspec.text import TextTarget
 
-    target = TextTarget.from_pretrained(tiny_models["qwen2"], device="cpu")
+    target = TextTarget.from_pretrained(tiny_models["qwen2"], device="cpu", fast=False)  # the HF kernels
     target.model.set_attn_implementation(attn)
     tree_matches_greedy(target, PROMPTS, 20, (3, 3, 2))
 

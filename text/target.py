@@ -47,7 +47,8 @@ class TextTarget(hf.HiddenStates, hf.HFTarget):
 
     num_codebooks = 1
 
-    def __init__(self, model, tokenizer, *, chat: bool = False, device: str | torch.device | None = None):
+    def __init__(self, model, tokenizer, *, chat: bool = False, device: str | torch.device | None = None,
+                 fast: bool | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.chat = chat
@@ -61,6 +62,16 @@ class TextTarget(hf.HiddenStates, hf.HFTarget):
         self.eos_ids = torch.tensor([e for e in (eos if isinstance(eos, list) else [eos]) if e is not None], dtype=torch.long)
         self.pos = torch.zeros(1, dtype=torch.long)
         self._cache_arg = hf.cache_arg(model)
+        # the fast path (mmspec.fast): a static cache and prepacked products; None = the eager HF forward
+        self.fast = hf.fast_decoder(model.base_model, fast, type(self).__name__)
+        if self.fast is not None:
+            self._embed = model.get_input_embeddings()
+            self._head = hf.fast_head(model.get_output_embeddings())
+
+    @property
+    def path(self) -> str:
+        """``"fast"`` or ``"eager"``: which forward this target runs (bench and compare rows say it)."""
+        return "eager" if self.fast is None else "fast"
 
     @classmethod
     def from_pretrained(
@@ -72,12 +83,14 @@ class TextTarget(hf.HiddenStates, hf.HFTarget):
         device_map: str | None = None,
         trust_remote_code: bool = False,
         chat: bool = False,
+        fast: bool | None = None,
     ) -> "TextTarget":
         """Load model and tokenizer by hub name, local path or ``zoo:NAME``.
 
         ``dtype`` and ``device`` follow ``mmspec.hf.resolve_dtype`` / ``resolve_device`` ("auto" keeps the
         saved dtype); ``device_map="auto"`` spreads a model larger than one GPU through accelerate. The
-        folder must hold a causal LM config (checked before anything is built).
+        folder must hold a causal LM config (checked before anything is built). ``fast``: the static-cache forward
+        on prepacked weights (``mmspec.fast``; None = on where it measured faster: a CPU, float32 or bfloat16).
         """
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -93,7 +106,7 @@ class TextTarget(hf.HiddenStates, hf.HFTarget):
         if device_map is None:
             model = model.to(device)
         tokenizer = _load(AutoTokenizer, path, trust_remote_code=trust_remote_code)
-        return cls(model, tokenizer, chat=chat, device=None if device_map else device)
+        return cls(model, tokenizer, chat=chat, device=None if device_map else device, fast=fast)
 
     # -- prompts ---------------------------------------------------------------------------------
     def encode(self, prompt: str | Sequence[str]) -> tuple[Tensor, Tensor]:
@@ -119,7 +132,9 @@ class TextTarget(hf.HiddenStates, hf.HFTarget):
         ids, self.pads = self.encode(prompt)  # [B, L], [B]
         self.prompt, self.prompt_ids = prompt, ids
         self.padded = bool(self.pads.any())  # unpadded batches run without mask and positions, as HF does
-        self.cache = hf.KVCache(mask=hf.padding_mask(self.pads, ids.shape[1]) if self.padded else None)  # [B, L]
+        mask = hf.padding_mask(self.pads, ids.shape[1]) if self.padded else None  # [B, L]
+        kv = "new" if self.fast is None else self.fast.new_cache(ids.shape[0], ids.shape[1] + max_new_tokens + 64)
+        self.cache = hf.KVCache(mask=mask, kv=kv)
         self.pos = -self.pads  # so that pos counts real tokens after the prefill
         return self.forward(ids[..., None], keep_last=True)  # [B, 1, 1, V]
 
@@ -128,6 +143,8 @@ class TextTarget(hf.HiddenStates, hf.HFTarget):
 
     @torch.inference_mode()
     def forward(self, frames: Tensor, parents: Tensor | None = None, keep_last: bool = False) -> Tensor:
+        if self.fast is not None:
+            return self._fast_forward(frames[..., 0], parents, keep_last)
         T = frames.shape[1]
         ids = frames[..., 0]  # [B, T]
         kwargs = {}
@@ -146,6 +163,23 @@ class TextTarget(hf.HiddenStates, hf.HFTarget):
         self._record_hidden(out, out.logits.shape[1])
         self.pos = self.pos + T
         return out.logits[:, :, None, :]  # [B, T, 1, V]
+
+    def _fast_forward(self, ids: Tensor, parents: Tensor | None, keep_last: bool) -> Tensor:
+        """The fast path's forward over ``ids [B, T]`` (a chain, or a tree with ``parents``): logits ``[B, T, 1, V]``."""
+        T = ids.shape[1]
+        prefill = self.cache.length == 0 and self.padded
+        mask, positions = self.cache.inputs(T, self.pos, parents, self.fast.dtype,
+                                            new_mask=self.cache.mask if prefill else None)
+        if T == 1 and not self.padded:
+            mask = None  # one frame, no padding: it sees every cached position
+        self.cache.grow(T)
+        hidden = self.fast(self._embed(ids), positions, mask, self.cache.kv)  # [B, T, H]
+        if keep_last:
+            hidden = hidden[:, -1:]
+        if self.hidden_wanted:
+            self._hidden = hidden
+        self.pos = self.pos + T
+        return self._head(hidden)[:, :, None, :]  # [B, T, 1, V]
 
     def finished(self, frames: Tensor) -> Tensor:
         return torch.isin(frames[..., 0], self.eos_ids.to(frames.device))  # [B, T]

@@ -1,0 +1,253 @@
+"""The fast path: a static key/value cache and a lean forward over prepacked weights, for Llama-family decoders.
+
+Why (measured, ``benchmarks/forward_profile.py``; BENCHMARKS.md "Fast path"): on a CPU a one-frame forward of the
+Hugging Face eager model spends most of its time in matrix products whose weights stream from memory, and the
+default float32 product kernel gets slower, not faster per row, from one row to several; the dynamic cache then
+concatenates every layer's keys and values on every step. Here:
+
+* **Prepacked products** (``PackedLinear``): on a CPU each weight is reordered once into oneDNN's blocked layout
+  (``torch.ops.mkldnn._reorder_linear_weight``) and applied with ``_linear_pointwise``; q/k/v and gate/up are one
+  product each. A verify over 2-8 frames then costs about what one frame costs (the weights are read once).
+  Elsewhere (CUDA, or a dtype/kernel the CPU build lacks) the plain ``F.linear`` on the fused weights.
+* **A static cache** (``StaticKV``): keys and values preallocated ``[R, Hkv, S, D]`` per layer, written in place at
+  the cache's length; rolling back moves the length (nothing is copied: rejected entries are overwritten later);
+  a tree's accepted path is gathered to the front of the tail in place.
+* **A lean forward** (``FastDecoder``): RMSNorm, rotary tables computed once by the model's own rotary module,
+  scaled-dot-product attention with one additive mask per forward. Greedy output equals the eager path's except
+  where float rounding of different kernels flips a near tie (README "Exactness"; measured on the bench prompts).
+
+Supported backbones: Llama, Mistral (no sliding window), Qwen2 (q/k/v biases), Qwen3 (q/k norms): anything whose
+decoder layers have that structure. ``why_not(backbone)`` names what stops another model; adapters then run eager.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
+PACK_ROWS = 4  # rows the packed layout is tuned for; measured as fast as a one-row layout for 1..8 rows
+
+
+def why_not(backbone: torch.nn.Module) -> str | None:
+    """None if ``backbone`` (a ``LlamaModel``-like module: ``layers``, ``norm``, ``rotary_emb``) runs on the fast
+    path; else the reason, for the message of the eager fallback."""
+    config = getattr(backbone, "config", None)
+    kind = getattr(config, "model_type", None)
+    if kind not in SUPPORTED:
+        return f"the fast path supports {', '.join(SUPPORTED)} decoders, not {kind!r}"
+    if getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", kind == "mistral"):
+        if int(config.sliding_window) < int(getattr(config, "max_position_embeddings", 0) or 0):
+            return "a sliding attention window is not on the fast path"
+    if getattr(config, "hidden_act", "silu") != "silu":
+        return f"the fast path's MLP is SiLU-gated, this model's activation is {config.hidden_act!r}"
+    for name in ("layers", "norm", "rotary_emb"):
+        if not hasattr(backbone, name):
+            return f"{type(backbone).__name__} has no {name!r} (not a Llama-family decoder)"
+    layer = backbone.layers[0]
+    attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
+    needs = [(attn, ("q_proj", "k_proj", "v_proj", "o_proj")), (mlp, ("gate_proj", "up_proj", "down_proj"))]
+    if any(part is None or not all(isinstance(getattr(part, n, None), torch.nn.Linear) for n in names)
+           for part, names in needs):
+        return f"{type(layer).__name__} is not a Llama-family decoder layer (q/k/v/o and gate/up/down products)"
+    return None
+
+
+class PackedLinear:
+    """``y = x W^T + b`` with ``W`` prepacked once (CPU, float32/bfloat16) or as is (elsewhere).
+
+    ``weights``: the ``[out_i, in]`` matrices to apply as ONE product (concatenated along out, e.g. q, k, v);
+    ``biases``: theirs or None. The packed copy is owned here; the model's own parameters are not changed."""
+
+    def __init__(self, weights: list[Tensor], biases: list[Tensor | None] | None = None):
+        weight = torch.cat([w.detach() for w in weights]) if len(weights) > 1 else weights[0].detach()
+        self.out_features, self.in_features = weight.shape
+        bias = None
+        if biases is not None and any(b is not None for b in biases):
+            bias = torch.cat([b.detach() if b is not None else weight.new_zeros(w.shape[0])
+                              for w, b in zip(weights, biases)])
+        self.bias = bias
+        self.packed = _pack(weight)
+        self.weight = weight if self.packed is None else None
+
+    def __call__(self, x: Tensor) -> Tensor:  # [..., in] -> [..., out]
+        if self.packed is None:
+            return F.linear(x, self.weight, self.bias)
+        flat = x.reshape(-1, self.in_features)
+        y = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
+        return y.view(*x.shape[:-1], self.out_features)
+
+
+def _pack(weight: Tensor) -> Tensor | None:
+    """oneDNN's blocked copy of ``weight [out, in]`` on a CPU, or None where that path is not available."""
+    if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.bfloat16):
+        return None
+    if not (torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available()):
+        return None
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), PACK_ROWS)
+        probe = torch.zeros(1, weight.shape[1], dtype=weight.dtype)
+        torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], "")
+    except (RuntimeError, AttributeError):
+        return None
+    return packed
+
+
+class StaticKV:
+    """Keys and values of every layer, preallocated: ``keys[l] [R, Hkv, S, D]`` (``values`` alike).
+
+    ``length``: slots in use, the same for every row (rows differ by their left padding, which the adapter's
+    mask hides). ``get_seq_length`` / ``crop(-n)`` mirror a ``DynamicCache``, so ``hf.KVCache`` rolls both back the
+    same way; here rolling back only moves ``length``."""
+
+    def __init__(self, layers: int, rows: int, kv_heads: int, slots: int, head_dim: int, dtype, device):
+        shape = (layers, rows, kv_heads, slots, head_dim)
+        self.keys = torch.zeros(shape, dtype=dtype, device=device)
+        self.values = torch.zeros(shape, dtype=dtype, device=device)
+        self.length = 0
+
+    @property
+    def slots(self) -> int:
+        return self.keys.shape[3]
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def crop(self, n: int) -> None:
+        """``crop(-n)``: forget the last n positions (negative count, as ``DynamicCache.crop`` takes it)."""
+        if n >= 0:
+            raise ValueError(f"StaticKV.crop takes a negative count of positions to remove, got {n}")
+        self.length = max(0, self.length + n)
+
+    def reserve(self, T: int) -> None:
+        """Room for ``T`` more positions: grows the buffers (a copy, rare: the adapter sizes them for the run)."""
+        need = self.length + T
+        if need <= self.slots:
+            return
+        grow = max(need, 2 * self.slots) - self.slots
+        pad = (0, 0, 0, grow)
+        self.keys, self.values = F.pad(self.keys, pad), F.pad(self.values, pad)
+
+    def write(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store ``k, v [R, Hkv, T, D]`` at ``length`` (the forward's new positions); return the layer's keys and
+        values up to and including them ``[R, Hkv, length + T, D]``. ``advance`` moves ``length`` after the forward."""
+        T = k.shape[2]
+        self.keys[layer, :, :, self.length: self.length + T] = k
+        self.values[layer, :, :, self.length: self.length + T] = v
+        end = self.length + T
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    @torch.inference_mode()
+    def keep_tail(self, T: int, index: Tensor) -> None:
+        """Of the last ``T`` positions, those at ``index [R, m]`` (per row, in order) move to the front of the tail
+        and the rest are dropped (a tree's accepted path)."""
+        start = self.length - T
+        m = index.shape[1]
+        for buf in (self.keys, self.values):  # [L, R, Hkv, S, D]
+            tail = buf[:, :, :, start: self.length]
+            gather = index.to(buf.device)[None, :, None, :, None].expand(buf.shape[0], -1, buf.shape[2], -1, buf.shape[4])
+            buf[:, :, :, start: start + m] = tail.gather(3, gather)
+        self.length = start + m
+
+
+class FastDecoder:
+    """A Llama-family decoder stack (``backbone``: ``LlamaModel``-like) run over a ``StaticKV``.
+
+    ``embeds [R, T, E]`` at ``positions [R, T]`` with an additive ``mask [R, 1, T, S + T]`` (None: every cached
+    position and the new frames causally are visible, which only a one-frame forward without padding may use)
+    -> the final-norm hidden state ``[R, T, H]``; the cache's ``length`` grows by T."""
+
+    def __init__(self, backbone: torch.nn.Module):
+        reason = why_not(backbone)
+        if reason is not None:
+            raise ValueError(f"cannot build the fast path: {reason}")
+        started = time.perf_counter()
+        config = backbone.config
+        self.layers = [_Layer(layer, config) for layer in backbone.layers]
+        self.norm = (backbone.norm.weight.detach(), _eps(backbone.norm))
+        first = backbone.layers[0].self_attn
+        self.head_dim = self.layers[0].head_dim
+        self.kv_heads = self.layers[0].kv_heads
+        self.dtype, self.device = first.q_proj.weight.dtype, first.q_proj.weight.device
+        self.rotary = backbone.rotary_emb
+        self.max_positions = int(getattr(config, "max_position_embeddings", 4096) or 4096)
+        self._rope(self.max_positions)
+        self.setup_s = time.perf_counter() - started  # packing the weights: the fast path's one-time cost
+
+    def _rope(self, positions: int) -> None:
+        """cos/sin tables ``[P, D]`` from the model's own rotary module (any rope scaling it implements)."""
+        probe = torch.zeros(1, 1, self.head_dim, dtype=self.dtype, device=self.device)
+        index = torch.arange(positions, device=self.device)[None]
+        cos, sin = self.rotary(probe, index)
+        self.cos, self.sin = cos[0], sin[0]
+
+    def new_cache(self, rows: int, slots: int) -> StaticKV:
+        return StaticKV(len(self.layers), rows, self.kv_heads, max(1, slots), self.head_dim, self.dtype, self.device)
+
+    @torch.inference_mode()
+    def __call__(self, embeds: Tensor, positions: Tensor, mask: Tensor | None, cache: StaticKV) -> Tensor:
+        T = embeds.shape[1]
+        if int(positions.max()) >= self.cos.shape[0]:
+            self._rope(2 * int(positions.max()) + 1)
+        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # [R, 1, T, D]
+        cache.reserve(T)
+        x = embeds.to(self.dtype)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, mask, cache, i)
+        cache.length += T
+        weight, eps = self.norm
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)  # [R, T, H]
+
+
+def _eps(norm: torch.nn.Module) -> float:
+    return float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
+
+
+class _Layer:
+    """One decoder layer's weights, packed: attention (q/k/v fused) and the SiLU-gated MLP (gate/up fused)."""
+
+    def __init__(self, layer: torch.nn.Module, config):
+        attn, mlp = layer.self_attn, layer.mlp
+        self.heads = int(config.num_attention_heads)
+        self.kv_heads = int(getattr(config, "num_key_value_heads", None) or self.heads)
+        self.head_dim = int(getattr(attn, "head_dim", None) or config.hidden_size // self.heads)
+        self.scale = float(getattr(attn, "scaling", self.head_dim ** -0.5))
+        projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+        self.qkv = PackedLinear([p.weight for p in projections], [p.bias for p in projections])
+        self.o = PackedLinear([attn.o_proj.weight], [attn.o_proj.bias])
+        self.gate_up = PackedLinear([mlp.gate_proj.weight, mlp.up_proj.weight])
+        self.down = PackedLinear([mlp.down_proj.weight])
+        self.inter = mlp.gate_proj.weight.shape[0]
+        self.norms = [(n.weight.detach(), _eps(n)) for n in (layer.input_layernorm, layer.post_attention_layernorm)]
+        self.qk_norms = None
+        if hasattr(attn, "q_norm") and hasattr(attn, "k_norm"):  # Qwen3: RMSNorm per head on q and k
+            self.qk_norms = [(n.weight.detach(), _eps(n)) for n in (attn.q_norm, attn.k_norm)]
+
+    def __call__(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: StaticKV, i: int) -> Tensor:
+        R, T, H = x.shape
+        # 1. attention: q/k/v in one product, rotary positions, this forward's keys/values into the cache
+        (w, eps) = self.norms[0]
+        qkv = self.qkv(F.rms_norm(x, (H,), w, eps))  # [R, T, (heads + 2 kv_heads) * D]
+        D = self.head_dim
+        q, k, v = qkv.view(R, T, -1, D).transpose(1, 2).split([self.heads, self.kv_heads, self.kv_heads], dim=1)
+        if self.qk_norms is not None:
+            q = F.rms_norm(q, (D,), *self.qk_norms[0])
+            k = F.rms_norm(k, (D,), *self.qk_norms[1])
+        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)  # [R, heads|kv_heads, T, D]
+        keys, values = cache.write(i, k, v)  # [R, kv_heads, S + T, D]
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale,
+                                             enable_gqa=self.kv_heads != self.heads)
+        x = x + self.o(out.transpose(1, 2).reshape(R, T, self.heads * D))
+        # 2. the SiLU-gated MLP: gate and up in one product
+        (w, eps) = self.norms[1]
+        gate, up = self.gate_up(F.rms_norm(x, (H,), w, eps)).split(self.inter, dim=-1)
+        return x + self.down(F.silu(gate) * up)
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary embedding (the rotate-half convention): ``x [R, h, T, D]``, ``cos/sin [R, 1, T, D]``."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
