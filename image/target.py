@@ -56,7 +56,7 @@ class ImageTarget(hf.HiddenStates, hf.HFTarget):
 
     def __init__(self, model, vqvae, meta: dict, *, guidance_scale: float | None = None,
                  guidance_interval: tuple[float, float] | None = None, image_size: int | None = None,
-                 path: str = "", device: str | torch.device | None = None):
+                 path: str = "", device: str | torch.device | None = None, fast: bool | None = None):
         self.model = model.eval()
         self.vqvae = vqvae.eval() if vqvae is not None else None
         self.meta, self.path = meta, path
@@ -81,6 +81,11 @@ class ImageTarget(hf.HiddenStates, hf.HFTarget):
             default if guidance_scale is None else guidance_scale, guidance_interval)
         self._cache_arg = hf.cache_arg(model)
         self.pos = torch.zeros(1, dtype=torch.long)
+        # 3. the fast path (mmspec.fast); its head holds the code rows only
+        self.fast = hf.fast_decoder(model.base_model, fast, type(self).__name__)
+        if self.fast is not None:
+            self._embed = model.get_input_embeddings()
+            self._head = hf.fast_head(model.get_output_embeddings(), self.code_offset, self.vocab_size)
 
     def _check_layout(self) -> None:
         """Refuse a model whose vocabulary, context or VQ grid does not match the layout."""
@@ -101,11 +106,12 @@ class ImageTarget(hf.HiddenStates, hf.HFTarget):
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, guidance_scale: float | None = None, guidance_interval=None,
                         image_size: int | None = None, device: str | torch.device | None = None,
-                        dtype: str | torch.dtype | None = None) -> "ImageTarget":
+                        dtype: str | torch.dtype | None = None, fast: bool | None = None) -> "ImageTarget":
         """Load a zoo folder (``mmspec_image.json`` + ``transformer/`` + ``vqvae/``) by path or ``zoo:NAME``.
 
         ``device`` / ``dtype``: ``mmspec.hf``'s policy ("auto" = the policy's default here: the zoo loader
         casts). The meta file and a Llama ``transformer/config.json`` are checked before anything is built.
+        ``fast``: the static-cache forward on prepacked weights (``mmspec.fast``; None = on for a CPU).
         """
         from .models import load_zoo
 
@@ -117,7 +123,7 @@ class ImageTarget(hf.HiddenStates, hf.HFTarget):
         dtype = hf.resolve_dtype(dtype, device)
         zoo = load_zoo(path, device=device, dtype=hf.resolve_dtype(None, device) if dtype == "auto" else dtype)
         return cls(zoo.transformer, zoo.vqvae, zoo.meta, guidance_scale=guidance_scale,
-                   guidance_interval=guidance_interval, image_size=image_size, path=path, device=device)
+                   guidance_interval=guidance_interval, image_size=image_size, path=path, device=device, fast=fast)
 
     # -- prompts ---------------------------------------------------------------------------------
     @property
@@ -143,7 +149,8 @@ class ImageTarget(hf.HiddenStates, hf.HFTarget):
         # 1. conditional rows, then unconditional rows prompted by the null class
         if self.guided:
             ids = torch.cat([ids, torch.full_like(ids, self.null_id)])  # [2B]
-        self.cache = hf.KVCache()  # no padding: every prompt is one class token
+        kv = "new" if self.fast is None else self.fast.new_cache(ids.shape[0], self.max_frames + 64)
+        self.cache = hf.KVCache(kv=kv)  # no padding: every prompt is one class token
         self.pos = torch.zeros(self.B, dtype=torch.long, device=self.device)
         return self._run(ids[:, None])  # [B, 1, 1, V]
 
@@ -162,15 +169,10 @@ class ImageTarget(hf.HiddenStates, hf.HFTarget):
         """Model forward over ``ids [B or 2B, T]`` at ``pos`` (a token tree with ``parents [T] or [B, T]``);
         guided code logits ``[B, T, 1, V]``; pos += T."""
         T = ids.shape[1]
-        kwargs = {self._cache_arg: self.cache.kv}
         step = torch.arange(T, device=self.device)[None, :]  # [1, T] frames after pos (a tree: depth - 1)
-        if parents is not None:  # each node sees its ancestors and sits at pos + depth - 1
-            rows = self.pos.repeat(ids.shape[0] // self.B)  # [B|2B]
-            kwargs["attention_mask"], kwargs["position_ids"] = self.cache.tree(parents, rows, self.model.dtype)
+        if parents is not None:
             step = tree.depths(hf.rows_of(parents, self.B)) - 1  # [B, T]
-        out = self.model(input_ids=ids, use_cache=True, output_hidden_states=self.hidden_wanted, **kwargs)
-        self._record_hidden(out, T, rows=self.B)  # a self-drafter reads the conditional half (see output_head)
-        logits = out.logits[..., self.code_offset: self.code_offset + self.vocab_size].float()  # [B|2B, T, V]
+        logits = self._model(ids, parents)  # [B|2B, T, V] code logits
         if self.guided:
             # 2. guide only where the predicted grid index (= position) lies inside the interval
             index = self.pos[:1, None] + step  # [1 or B, T] grid index predicted at each input
@@ -178,6 +180,24 @@ class ImageTarget(hf.HiddenStates, hf.HFTarget):
             logits = hf.guide(logits[: self.B], logits[self.B:], self.guidance_scale, inside)
         self.pos = self.pos + T
         return logits[:, :, None, :]  # [B, T, 1, V]
+
+    def _model(self, ids: Tensor, parents: Tensor | None) -> Tensor:
+        """The transformer over ``ids [R, T]`` at ``pos`` (each half of a guided batch at the same positions; a
+        tree: each node sees its ancestors at pos + depth - 1): float code logits ``[R, T, V]``."""
+        T, rows = ids.shape[1], self.pos.repeat(ids.shape[0] // self.B)  # [R]
+        if self.fast is not None:
+            mask, positions = self.cache.inputs(T, rows, parents, self.fast.dtype)
+            self.cache.grow(T)
+            hidden = self.fast(self._embed(ids), positions, None if T == 1 else mask, self.cache.kv)  # [R, T, H]
+            if self.hidden_wanted:
+                self._hidden = hidden[: self.B]
+            return self._head(hidden).float()
+        kwargs = {self._cache_arg: self.cache.kv}
+        if parents is not None:
+            kwargs["attention_mask"], kwargs["position_ids"] = self.cache.tree(parents, rows, self.model.dtype)
+        out = self.model(input_ids=ids, use_cache=True, output_hidden_states=self.hidden_wanted, **kwargs)
+        self._record_hidden(out, T, rows=self.B)  # a self-drafter reads the conditional half (see output_head)
+        return out.logits[..., self.code_offset: self.code_offset + self.vocab_size].float()
 
     def finished(self, frames: Tensor) -> Tensor:
         """Images end at the full grid (``max_frames``), never at a token."""

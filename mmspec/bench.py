@@ -181,7 +181,7 @@ def run_suite(name: str, *, quick: bool, repeats: int, seed: int = 0, target_nam
               "target": target_name or modality.default_target,
               "draft": (draft_name or modality.default_draft) if draft else None, "heads": heads,
               "device": str(target.device), "threads": env["threads"], "load_1min": env["load_1min"],
-              "quality": suite.quality_name or None, "path": getattr(target, "path", "eager"),
+              "quality": suite.quality_name or None, "forward": getattr(target, "forward_path", "eager"),
               "setup_s": getattr(getattr(target, "fast", None), "setup_s", None)}
     return {"suite": name, "modality": name, "config": config, "prompts": [_short(p) for p in prompts],
             "methods": results}
@@ -338,7 +338,7 @@ def table(results: list[dict], env: dict | None = None) -> str:
         c = s["config"]
         lines.append(f"[{s['suite']}] {c['n_prompts']} prompts x {c['max_new']} frames, k={c['k']}, "
                      f"repeats={c['repeats']} (interleaved), device={c['device']}, threads={c.get('threads')}, "
-                     f"forward={c.get('path', 'eager')}" + (f" (set-up {c['setup_s']:.1f} s)" if c.get("setup_s") else ""))
+                     f"forward={c.get('forward', 'eager')}" + (f" (set-up {c['setup_s']:.1f} s)" if c.get("setup_s") else ""))
         q = c.get("quality") or "quality"
         lines.append(f"{'method':34} {'speedup [min-max]':>18} {'tok/fwd':>7} {'acc.rate':>8} {'tok/s':>7} "
                      f"{'wall_s':>7} {'x_rt':>5} {'same':>5} {'lossless':>8} {q:>8}")

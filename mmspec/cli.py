@@ -254,7 +254,7 @@ def cmd_compare(args, modality) -> int:
             bar.update()
 
         results = timing.interleave(runs, repeats, progress=progress)
-    env = dict(timing.machine(target.device), forward=getattr(target, "path", "eager"))  # both sides ran this path
+    env = dict(timing.machine(target.device), forward=getattr(target, "forward_path", "eager"))  # both sides ran this path
     table = [_compare_row(name, plan[name][1], gens, results["autoregressive"], modality, repeats, env)
              for name, gens in results.items()]
     if args.json:

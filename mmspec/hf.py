@@ -142,6 +142,15 @@ class KVCache:
         """Positions held (for an encoder-decoder cache: the decoder's self-attention positions)."""
         return 0 if self.kv is None else int(self.kv.get_seq_length())
 
+    @property
+    def rows(self) -> int:
+        """Rows held (a guided batch: both halves), 0 before the first forward."""
+        if hasattr(self.kv, "keep_tail"):
+            return int(self.kv.keys.shape[1])
+        layers = getattr(getattr(self.kv, "self_attention_cache", self.kv), "layers", None) or []
+        keys = getattr(layers[0], "keys", None) if layers else None
+        return 0 if keys is None else int(keys.shape[0])
+
     def grow(self, T: int, frames: Tensor | None = None) -> Tensor | None:
         """Before a forward of ``T`` new positions: extend the mask with ones to cover them and remember
         ``frames [R, T, K]``; returns the mask the forward takes."""
@@ -254,6 +263,12 @@ class HFTarget:
 
     cache: KVCache
     pos: Tensor
+    fast = None  # the fast path's decoder (``mmspec.fast.FastDecoder``), None for the eager HF forward
+
+    @property
+    def forward_path(self) -> str:
+        """``"fast"`` or ``"eager"``: which forward this target runs (bench and compare rows say it)."""
+        return "eager" if self.fast is None else "fast"
 
     def keep(self, pos: Tensor, path: Tensor | None = None) -> None:
         """Forget everything after ``pos [B]``: the cache, its mask and fed frames, then ``pos``. With
@@ -288,11 +303,14 @@ def fast_decoder(backbone: torch.nn.Module, fast: bool | None, who: str):
     return fastpath.FastDecoder(backbone)
 
 
-def fast_head(linear: torch.nn.Module):
-    """A model's output head on the fast path: its weight (and bias) prepacked (``mmspec.fast.PackedLinear``)."""
+def fast_head(linear: torch.nn.Module, start: int = 0, size: int | None = None):
+    """A model's output head on the fast path: the rows ``[start, start + size)`` (all: ``size`` None) of its weight
+    (and bias) prepacked (``mmspec.fast.PackedLinear``): hidden ``[..., H]`` -> logits ``[..., size]``."""
     from .fast import PackedLinear
 
-    return PackedLinear([linear.weight], [getattr(linear, "bias", None)])
+    rows = slice(start, None if size is None else start + size)
+    bias = getattr(linear, "bias", None)
+    return PackedLinear([linear.weight[rows]], [None if bias is None else bias[rows]])
 
 
 class HiddenStates:

@@ -41,10 +41,13 @@ def methods(models, target):
 
 # -- equivalence ---------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "eager"])
 @pytest.mark.parametrize("batch", [1, 2])
 @pytest.mark.parametrize("cfg", [3.0, 1.0])
-def test_greedy_equivalence_every_method(models, batch, cfg):
-    target = target_of(models, guidance_scale=cfg)
+def test_greedy_equivalence_every_method(models, batch, cfg, fast):
+    """On both forward paths: every drafter == autoregressive == the reference sampler over the HF model."""
+    target = target_of(models, guidance_scale=cfg, fast=fast)
+    assert target.forward_path == ("fast" if fast else "eager")
     prompts = CLASSES[:batch]
     base = mmspec.autoregressive(target, prompts, max_new_tokens=64)
     assert base.tokens.shape == (batch, GRID * GRID, 1)  # stops at the full grid
@@ -84,7 +87,7 @@ def test_guidance_one_is_the_unguided_model(models):
     got = torch.cat([first, rest], dim=1)[:, :, 0]
     want = model(input_ids=torch.cat([target.encode(["red ring", "green disk"])[:, None], codes[:, :5]], 1)).logits
     torch.testing.assert_close(got, want[..., :N_CODES].float(), atol=1e-4, rtol=1e-4)
-    assert target.cache.length == 6 and target.cache.kv.layers[0].keys.shape[0] == 2  # B rows, no uncond half
+    assert target.cache.length == 6 and target.cache.rows == 2  # B rows, no uncond half
 
 
 def test_guided_logits_match_the_reference(models):
@@ -109,7 +112,7 @@ def test_rollback_of_both_guidance_halves_equals_a_fresh_prefill(models):
     fresh.start(CLASSES[:2], 16)
     want = fresh.forward(codes)[:, 4:]
     torch.testing.assert_close(after, want, atol=1e-5, rtol=1e-5)
-    assert target.cache.kv.layers[0].keys.shape[0] == 4  # cond + uncond rows, cropped together
+    assert target.cache.rows == 4  # cond + uncond rows, cropped together
 
 
 def test_constraint_keeps_every_code_in_range(models):

@@ -39,7 +39,7 @@ def hf_greedy(target: TextTarget, prompts, n):
 def test_greedy_equivalence(tiny_models, arch, batch, fast):
     """On both forward paths: speculative == autoregressive == HF generate (GPT-2 has no fast path: eager twice)."""
     target = TextTarget.from_pretrained(tiny_models[arch], fast=fast and arch != "gpt2")
-    assert target.path == ("fast" if fast and arch != "gpt2" else "eager")
+    assert target.forward_path == ("fast" if fast and arch != "gpt2" else "eager")
     prompts = PROMPTS[:batch] if batch > 1 else PROMPTS[0]
     base = mmspec.autoregressive(target, prompts, max_new_tokens=24)
     assert base.token_ids() == hf_greedy(target, [prompts] if batch == 1 else prompts, 24)

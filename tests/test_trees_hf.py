@@ -100,7 +100,7 @@ def test_text_tree_is_greedy(tiny_models, arch, batch, shape):
     from mmspec.text import TextTarget
 
     target = TextTarget.from_pretrained(tiny_models[arch.split("-")[0]], device="cpu", fast=arch == "llama")
-    assert target.path == ("fast" if arch == "llama" else "eager")
+    assert target.forward_path == ("fast" if arch == "llama" else "eager")
     prompts = PROMPTS[:batch]  # two prompts of different lengths: left padding
     base = tree_matches_greedy(target, prompts, 24, shape)
     assert base.token_ids() == hf_greedy(target, prompts, 24)

@@ -68,11 +68,6 @@ class TextTarget(hf.HiddenStates, hf.HFTarget):
             self._embed = model.get_input_embeddings()
             self._head = hf.fast_head(model.get_output_embeddings())
 
-    @property
-    def path(self) -> str:
-        """``"fast"`` or ``"eager"``: which forward this target runs (bench and compare rows say it)."""
-        return "eager" if self.fast is None else "fast"
-
     @classmethod
     def from_pretrained(
         cls,
