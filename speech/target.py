@@ -65,7 +65,7 @@ class SpeechTarget(hf.HiddenStates, hf.HFTarget):
     """Target over a ``SpeechLM``; ``codec`` (any ``speech.codec.Codec``) is only needed to decode."""
 
     def __init__(self, model: SpeechLM, codec=None, *, voices: Sequence[str] = (), voice: int | str | None = None,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, fast: bool | None = None):
         config = model.config
         self.model = model.eval()
         self.codec = codec
@@ -79,6 +79,10 @@ class SpeechTarget(hf.HiddenStates, hf.HFTarget):
         self.voice = self.voice_index(voice)
         self.sample_rate = int(codec.sample_rate) if codec is not None else None
         self.pos = torch.zeros(1, dtype=torch.long)
+        # the fast path (mmspec.fast) over the LM's Llama backbone; the K heads packed as one product
+        self.fast = hf.fast_decoder(model.backbone, fast, type(self).__name__)
+        if self.fast is not None:
+            self._head = hf.fast_head(model.heads)
 
     def voice_index(self, voice: int | str | None) -> int:
         """A voice name or index -> index; unknown voices are a ValueError listing the known ones."""
@@ -93,11 +97,12 @@ class SpeechTarget(hf.HiddenStates, hf.HFTarget):
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, voice: int | str | None = None,
                         device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
-                        load_codec: bool = True) -> "SpeechTarget":
+                        load_codec: bool = True, fast: bool | None = None) -> "SpeechTarget":
         """Load a recipe folder (``mmspec_speech.json`` + ``lm/`` + the codec it names) or ``zoo:NAME``.
 
         ``device`` / ``dtype``: ``mmspec.hf``'s policy ("auto" = as saved, float16). The meta file and the
         LM's ``config.json`` (``model_type: mmspec_speech_lm``) are checked before anything is built.
+        ``fast``: the static-cache forward on prepacked weights (``mmspec.fast``; None = on for a CPU).
         """
         from .codec import ZooCodec
 
@@ -110,7 +115,7 @@ class SpeechTarget(hf.HiddenStates, hf.HFTarget):
         codec = None
         if load_codec and meta.get("codec"):
             codec = ZooCodec.from_pretrained((folder / meta["codec"]).resolve(), device=device)
-        return cls(model, codec, voices=meta.get("voices", ()), voice=voice, device=device)
+        return cls(model, codec, voices=meta.get("voices", ()), voice=voice, device=device, fast=fast)
 
     # -- prompts ---------------------------------------------------------------------------------
     def encode(self, prompt: str | Sequence[str]) -> tuple[Tensor, Tensor]:
@@ -130,13 +135,19 @@ class SpeechTarget(hf.HiddenStates, hf.HFTarget):
         self.prompt = prompt
         bos = torch.full((B, 1, self.num_codebooks), self.pad_id, dtype=torch.long, device=self.device)
         # fed [B, 1 + steps fed, K]: every audio frame in the cache; mask [B, L + 1]
-        self.cache = hf.KVCache(mask=hf.padding_mask(pads, L + 1), fed=bos)
-        out = self.model(text_ids=ids, audio_frames=bos, attention_mask=self.cache.mask, past_key_values=self.cache.kv,
-                         use_cache=True)
-        self._record_hidden(out, 1)
+        kv = "new" if self.fast is None else self.fast.new_cache(B, L + 1 + max_new_tokens + 64)
+        self.cache = hf.KVCache(mask=hf.padding_mask(pads, L + 1), fed=bos, kv=kv)
+        if self.fast is not None:
+            self.pos = -pads
+            logits = self._fast_run(self.model.embed(ids, bos), None, prefill=True)  # [B, 1, K, V]
+        else:
+            out = self.model(text_ids=ids, audio_frames=bos, attention_mask=self.cache.mask,
+                             past_key_values=self.cache.kv, use_cache=True)
+            self._record_hidden(out, 1)
+            logits = out.logits[:, -1:]
         self.pos = (L - pads) + 1
         # 2. Constrain the first step.
-        return self._constrain(out.logits[:, -1:].float(), first_step=0)  # [B, 1, K, V]
+        return self._constrain(logits.float(), first_step=0)  # [B, 1, K, V]
 
     def prompt_frames(self) -> list[Tensor]:
         """Per row the BOS frame ``[1, K]``: the audio prompt is empty (drafters match the output)."""
@@ -146,6 +157,11 @@ class SpeechTarget(hf.HiddenStates, hf.HFTarget):
     def forward(self, frames: Tensor, parents: Tensor | None = None) -> Tensor:
         T = frames.shape[1]
         first = self.cache.fed.shape[1]  # the step the first returned logits predict
+        if self.fast is not None:
+            logits = self._fast_run(self.model.embed(None, frames), parents)  # [B, T, K, V]
+            self.cache.grow(T, frames)
+            self.pos = self.pos + T
+            return self._constrain(logits.float(), first_step=first, parents=parents)
         kwargs = {}
         if parents is not None:  # a token tree: each node sees its ancestors and sits at pos + depth - 1
             kwargs["attention_mask"], kwargs["position_ids"] = self.cache.tree(parents, self.pos, self.model.dtype)
@@ -156,6 +172,20 @@ class SpeechTarget(hf.HiddenStates, hf.HFTarget):
         self._record_hidden(out, T)
         self.pos = self.pos + T
         return self._constrain(out.logits.float(), first_step=first, parents=parents)  # [B, T, K, V]
+
+    def _fast_run(self, embeds: Tensor, parents: Tensor | None, prefill: bool = False) -> Tensor:
+        """The fast path over ``embeds [B, T, H]`` at ``pos`` (a chain, a tree, or the prefill with its padding
+        mask): logits ``[B, T, K, V]`` (the prefill: its last frame's, ``[B, 1, K, V]``); the static cache grows by T (the caller updates ``pos`` and ``fed``)."""
+        B, T = embeds.shape[:2]
+        new_mask = self.cache.mask if prefill else None
+        mask, positions = self.cache.inputs(T, self.pos, parents, self.fast.dtype, new_mask=new_mask)
+        padded = self.cache.mask is not None and not bool(self.cache.mask.all())
+        hidden = self.fast(embeds, positions, None if T == 1 and not padded else mask, self.cache.kv)  # [B, T, H]
+        if prefill:
+            hidden = hidden[:, -1:]  # the BOS frame's state predicts step 0
+        if self.hidden_wanted:
+            self._hidden = hidden
+        return self._head(hidden).view(B, hidden.shape[1], self.num_codebooks, self.vocab_size)
 
     def finished(self, frames: Tensor) -> Tensor:
         """The step whose last codebook holds its EOS ends the row (K - 1 steps after codebook 0's)."""

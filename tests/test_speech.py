@@ -49,10 +49,16 @@ def methods(folders):
 
 # -- equivalence ---------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "eager"])
 @pytest.mark.parametrize("batch", [1, 2])
-def test_greedy_equivalence_every_method(folders, target, batch):
+def test_greedy_equivalence_every_method(folders, target, batch, fast):
+    """On both forward paths; the two paths' autoregressive outputs agree too."""
+    eager = SpeechTarget.from_pretrained(folders["target"], fast=False)
+    assert target.forward_path == "fast" and eager.forward_path == "eager"
     prompt = TEXTS[0] if batch == 1 else TEXTS
     base = mmspec.autoregressive(target, prompt, max_new_tokens=40)
+    assert torch.equal(base.tokens, mmspec.autoregressive(eager, prompt, max_new_tokens=40).tokens)
+    target = target if fast else eager
     assert base.tokens.shape[-1] == K and int(base.lengths.min()) > K
     for name, make in methods(folders).items():
         for k in (1, 4):
