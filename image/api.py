@@ -17,7 +17,7 @@ from .display import DISPLAY
 from .inits import SpatialInit
 from .target import META_FILE, ZOO, resolve
 
-LOAD_OPTIONS = ("guidance_scale", "guidance_interval", "image_size", "device", "dtype")
+LOAD_OPTIONS = ("guidance_scale", "guidance_interval", "image_size", "device", "dtype", "fast")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

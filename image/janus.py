@@ -61,11 +61,13 @@ class JanusTarget(hf.HiddenStates, hf.HFTarget):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, guidance_scale=None, guidance_interval=None, device=None,
-                        dtype=None) -> "JanusTarget":
+                        dtype=None, fast: bool | None = None) -> "JanusTarget":
         """Load a Janus / Janus-Pro folder or hub id; its ``config.json`` must say ``model_type: janus``
-        (checked before anything is built). ``device`` / ``dtype``: ``mmspec.hf``'s policy."""
+        (checked before anything is built). ``device`` / ``dtype``: ``mmspec.hf``'s policy. ``fast``: Janus runs
+        the eager forward (``fast=True`` warns so)."""
         from transformers import AutoProcessor, JanusForConditionalGeneration
 
+        hf.eager_only(fast, cls.__name__, "the fast path does not cover Janus' generation embedding yet")
         device = hf.resolve_device(device)
         dtype = hf.resolve_dtype(dtype, device)
         hf.check_model_type(name_or_path, ("janus",), "a Janus model")

@@ -64,6 +64,13 @@ def _common(p: argparse.ArgumentParser, modality) -> None:
     p.add_argument("--batch", type=int, default=1, help="rows generated together (the same prompt)")
     p.add_argument("--out", default=None, help=f"output file, e.g. out{modality.extension}; a batch is numbered")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_fast(p)
+
+
+def _add_fast(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
+                        help="the fast path (static cache + prepacked products, mmspec.fast) for every model of the "
+                             "run; default: on where it measured faster (Llama-family models on a CPU, float32/bfloat16)")
 
 
 def build_parser(modality: str = "text") -> argparse.ArgumentParser:
@@ -133,9 +140,7 @@ def _add_bench(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("--seed", type=int, default=0)
     bench.add_argument("--device", default=None, help="cpu or cuda (default: the adapter's)")
     bench.add_argument("--dtype", default=None, help="model dtype (default: the adapter's)")
-    bench.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
-                       help="the fast path (static cache + prepacked products, mmspec.fast) for every model of the run; "
-                            "default: on where it measured faster (a CPU, float32/bfloat16)")
+    _add_fast(bench)
     bench.add_argument("--threads", type=int, default=None, help="torch CPU threads")
 
 
@@ -198,7 +203,7 @@ def _tree(args, modality, drafter: str) -> int | None:
 
 
 def _load(modality, args, need_draft: bool):
-    opts = modality.options(args)
+    opts = dict(modality.options(args), **({} if args.fast is None else {"fast": args.fast}))
     target = modality.load(args.target, **opts)
     draft = modality.load(args.draft, **opts) if need_draft else None
     return target, draft

@@ -292,15 +292,22 @@ def fast_decoder(backbone: torch.nn.Module, fast: bool | None, who: str):
     if fast is not None and not isinstance(fast, bool):
         raise ValueError(f"fast must be True, False or None (on where measured faster), got {fast!r}")
     weight = next(backbone.parameters())
-    if fast is False or (fast is None and (weight.device.type != "cpu" or weight.dtype == torch.float16)):
+    if fast is not True and (fast is False or weight.device.type != "cpu" or weight.dtype == torch.float16):
+        eager_only(fast, who, "")
         return None
     reason = fastpath.why_not(backbone)
     if reason is not None:
-        if fast:
-            warnings.warn(f"{who}: the fast path is off for this model ({reason}); running the eager forward",
-                          stacklevel=3)
+        eager_only(fast, who, reason)
         return None
     return fastpath.FastDecoder(backbone)
+
+
+def eager_only(fast: bool | None, who: str, why: str) -> None:
+    """For an adapter without the fast path: ``fast=True`` warns that it runs eager (and why); None/False are silent."""
+    if fast is not None and not isinstance(fast, bool):
+        raise ValueError(f"fast must be True, False or None (on where measured faster), got {fast!r}")
+    if fast:
+        warnings.warn(f"{who}: the fast path is off for this model ({why}); running the eager forward", stacklevel=3)
 
 
 def fast_head(linear: torch.nn.Module, start: int = 0, size: int | None = None):

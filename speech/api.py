@@ -54,7 +54,7 @@ def _is_musicgen(name: str) -> bool:
     return "musicgen" in name.lower() and not name.startswith("zoo:")
 
 
-def load(name: str, *, voice=None, dtype=None, device=None, guidance_scale: float | None = None, **_):
+def load(name: str, *, voice=None, dtype=None, device=None, guidance_scale: float | None = None, fast=None, **_):
     """``zoo:NAME`` / recipe folder -> ``SpeechTarget``; MusicGen folder or hub id -> ``MusicgenTarget``."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"speech model must be zoo:NAME, a folder or a MusicGen hub id, got {name!r}")
@@ -63,10 +63,10 @@ def load(name: str, *, voice=None, dtype=None, device=None, guidance_scale: floa
 
         if voice is not None:
             raise ValueError("MusicGen has no voices; drop --voice")
-        return MusicgenTarget.from_pretrained(name, guidance_scale=guidance_scale, dtype=dtype, device=device)
+        return MusicgenTarget.from_pretrained(name, guidance_scale=guidance_scale, dtype=dtype, device=device, fast=fast)
     if guidance_scale is not None:
         raise ValueError("the zoo speech model has no guidance; --guidance-scale is for MusicGen")
-    return SpeechTarget.from_pretrained(name, voice=voice, dtype=dtype, device=device)
+    return SpeechTarget.from_pretrained(name, voice=voice, dtype=dtype, device=device, fast=fast)
 
 
 def prompts(prompt, batch: int) -> list[str]:

@@ -79,12 +79,14 @@ class MusicgenTarget(hf.HiddenStates, hf.HFTarget):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, guidance_scale: float | None = None, dtype=None,
-                        device: str | torch.device | None = None) -> "MusicgenTarget":
+                        device: str | torch.device | None = None, fast: bool | None = None) -> "MusicgenTarget":
         """Load model and processor/tokenizer by hub id (``facebook/musicgen-small``) or local folder; its
         ``config.json`` must say ``model_type: musicgen`` (checked before anything is built).
-        ``device`` / ``dtype``: ``mmspec.hf``'s policy; ``guidance_scale=None``: the model's own."""
+        ``device`` / ``dtype``: ``mmspec.hf``'s policy; ``guidance_scale=None``: the model's own. ``fast``: MusicGen runs
+        the eager forward (``fast=True`` warns so)."""
         from transformers import AutoProcessor, AutoTokenizer, MusicgenForConditionalGeneration
 
+        hf.eager_only(fast, cls.__name__, "an encoder-decoder with cross-attention is not a Llama-family decoder")
         device = hf.resolve_device(device)
         dtype = hf.resolve_dtype(dtype, device)
         path = os.path.expanduser(str(name_or_path))

@@ -17,16 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--device-map", default=None, help="'auto' spreads a large model over GPUs (accelerate)")
     group.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     group.add_argument("--trust-remote-code", action="store_true", help="allow a hub model's own code to run")
-    group.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
-                       help="static cache + prepacked products (mmspec.fast); default: on for CPU float32/bfloat16")
 
 
 def options(args: argparse.Namespace) -> dict:
     keys = ("dtype", "device", "device_map", "chat", "trust_remote_code")
-    opts = {key: getattr(args, key) for key in keys if getattr(args, key, None) not in (None, False)}
-    if getattr(args, "fast", None) is not None:
-        opts["fast"] = args.fast
-    return opts
+    return {key: getattr(args, key) for key in keys if getattr(args, key, None) not in (None, False)}
 
 
 def load(name: str, *, dtype=None, device=None, device_map=None, chat: bool = False, trust_remote_code: bool = False,

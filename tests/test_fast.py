@@ -1,0 +1,84 @@
+"""The fast path (mmspec.fast): packed products, the static cache, and logits equal to the eager HF forward."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mmspec
+from mmspec import fast
+from mmspec.text import TextTarget
+
+PROMPTS = ["def add(a, b):", "class Stack:\n    def"]
+
+
+def test_packed_product_equals_the_plain_product():
+    torch.manual_seed(0)
+    q, k = torch.randn(12, 16), torch.randn(6, 16)
+    bias_q = torch.randn(12)
+    packed = fast.PackedLinear([q, k], [bias_q, None])  # one product for both, k without a bias
+    x = torch.randn(3, 5, 16)
+    want = torch.cat([F.linear(x, q, bias_q), F.linear(x, k)], dim=-1)
+    torch.testing.assert_close(packed(x), want, rtol=1e-5, atol=1e-5)
+    half = fast.PackedLinear([q.half()])  # no packed kernel for float16: the plain product
+    assert half.packed is None and torch.equal(half(x.half()), F.linear(x.half(), q.half()))
+
+
+def test_static_cache_rolls_back_by_length_and_keeps_a_path_in_place():
+    kv = fast.StaticKV(layers=1, rows=2, kv_heads=1, slots=2, head_dim=1, dtype=torch.float32, device="cpu")
+    with torch.inference_mode():
+        kv.reserve(6)  # grows (a copy) to hold 6
+        assert kv.slots >= 6
+        kv.write(0, *(torch.arange(6.0).view(1, 1, 6, 1).expand(2, 1, 6, 1),) * 2)
+        kv.length = 6
+    kv.crop(-2)
+    assert kv.get_seq_length() == 4  # nothing copied: the last two slots are overwritten later
+    kv.keep_tail(3, torch.tensor([[0, 2], [1, 2]]))  # of slots 1..3 keep (1, 3) in row 0 and (2, 3) in row 1
+    assert kv.length == 3
+    assert kv.keys[0, :, 0, :3, 0].tolist() == [[0.0, 1.0, 3.0], [0.0, 2.0, 3.0]]
+    with pytest.raises(ValueError, match="negative"):
+        kv.crop(2)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_fast_logits_equal_the_eager_forward(tiny_models, arch):
+    """Prefill (left-padded), a chain and a tree: the two paths' logits agree to float rounding."""
+    eager = TextTarget.from_pretrained(tiny_models[arch], fast=False)
+    quick = TextTarget.from_pretrained(tiny_models[arch], fast=True)
+    assert quick.forward_path == "fast" and eager.forward_path == "eager"
+    chain = torch.tensor([[5, 6, 7], [8, 9, 10]])[..., None]  # [2, 3, 1]
+    nodes = torch.tensor([[11, 12, 13, 14], [15, 16, 17, 18]])[..., None]  # [2, 4, 1]
+    parents = torch.tensor([-1, -1, 0, 1])
+    got, want = [], []
+    for target, out in ((quick, got), (eager, want)):
+        out.append(target.start(PROMPTS, 16))
+        out.append(target.forward(chain))
+        out.append(target.forward(nodes, parents))
+        target.keep(target.pos - 4 + 2, torch.tensor([[1, 3], [0, 2]]))  # a different path per row
+        out.append(target.forward(chain[:, :1]))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_fast_path_greedy_equals_hf_generate_with_a_model_drafter(tiny_models):
+    target = TextTarget.from_pretrained(tiny_models["llama"], fast=True)
+    draft = TextTarget.from_pretrained(tiny_models["llama-draft"], fast=True)
+    assert draft.forward_path == "fast"
+    ids, pads = target.encode(PROMPTS)
+    mask = (torch.arange(ids.shape[1])[None, :] >= pads[:, None]).long()
+    hf = target.model.generate(ids, attention_mask=mask, max_new_tokens=20, do_sample=False, pad_token_id=1)
+    base = mmspec.autoregressive(target, PROMPTS, max_new_tokens=20)
+    gen = mmspec.generate(target, mmspec.ModelDrafter(draft), PROMPTS, max_new_tokens=20, k=4)
+    assert gen.token_ids() == base.token_ids()
+    for row, ref in zip(base.token_ids(), hf[:, ids.shape[1]:].tolist()):
+        assert row == ref[: len(row)]
+
+
+def test_models_off_the_fast_path_say_why(tiny_models):
+    gpt2 = TextTarget.from_pretrained(tiny_models["gpt2"])  # the default: silently eager
+    assert gpt2.forward_path == "eager"
+    with pytest.warns(UserWarning, match="fast path is off.*gpt2"):
+        assert TextTarget.from_pretrained(tiny_models["gpt2"], fast=True).forward_path == "eager"
+    assert fast.why_not(gpt2.model.base_model) is not None
+    with pytest.raises(ValueError, match="fast must be True, False or None"):
+        TextTarget.from_pretrained(tiny_models["llama"], fast="yes")
