@@ -1,12 +1,14 @@
 """mmspec against Hugging Face ``generate`` on the same model pair, prompts and machine.
 
-    python benchmarks/text_vs_hf.py --target zoo:code-target --draft zoo:code-draft --prompts 20 --new 128
+    python benchmarks/text_vs_hf.py --target zoo:code-target --draft zoo:code-draft --prompts 20 --new 128 [--no-fast]
 
 Rows: HF greedy vs mmspec autoregressive; HF prompt lookup (prompt_lookup_num_tokens=k) vs mmspec
 prompt lookup at the same k; HF assisted generation (assistant_model, its default dynamic draft length)
 vs mmspec draft-model speculation (adaptive draft length up to --k, or exactly k with --fixed-k; with
 --confidence c, mmspec also stops drafting once the draft token's probability falls below c, as HF's
 assistant does with its default assistant_confidence_threshold = 0.4).
+"autoregressive static" is HF ``generate(cache_implementation="static")`` (compiled where HF compiles) against
+the same mmspec row. mmspec runs its fast path (``mmspec.fast``) unless ``--no-fast``; HF runs its own forward.
 Every pair is checked for identical tokens. Each measurement is warmed up once and repeated; the
 median wall time over prompts x repeats is reported with the hardware.
 """
@@ -94,16 +96,20 @@ def main(argv=None):
     ap.add_argument("--dynamic", action="store_true", help="draft model tree: EAGLE-2 expansion")
     ap.add_argument("--tree-depth", type=int, default=4, help="deepest draft of the draft model tree")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
+                    help="mmspec's fast path (default: on where it measured faster)")
     ap.add_argument("--json", default=None, help="write results here")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    target = TextTarget.from_pretrained(args.target, device="cpu")
-    draft = TextTarget.from_pretrained(args.draft, device="cpu")
+    target = TextTarget.from_pretrained(args.target, device="cpu", fast=args.fast)
+    draft = TextTarget.from_pretrained(args.draft, device="cpu", fast=args.fast)
     prompts = held_out_prompts(args.prompts)
     pairs = {
         "autoregressive": (lambda p: hf_run(target, p, args.new),
                            lambda p: mm_run(target, None, p, args.new, 1)),
+        "autoregressive static": (lambda p: hf_run(target, p, args.new, cache_implementation="static"),
+                                  lambda p: mm_run(target, None, p, args.new, 1)),
         "prompt lookup": (lambda p: hf_run(target, p, args.new, prompt_lookup_num_tokens=args.lookup_k),
                           lambda p: mm_run(target, mmspec.PromptLookupDrafter(max_ngram=2), p, args.new, args.lookup_k)),
         "draft model": (lambda p: hf_run(target, p, args.new, assistant_model=draft.model),
@@ -124,7 +130,7 @@ def main(argv=None):
             raise SystemExit(f"--pairs: unknown {unknown or args.pairs!r}; allowed: {', '.join(pairs)}")
         pairs = {n: pairs[n] for n in keep}
     results = {name: measure(name, hf, mm, prompts, args.repeats) for name, (hf, mm) in pairs.items()}
-    meta = {"hardware": _cpu_name(), "cpu_threads": torch.get_num_threads(),
+    meta = {"hardware": _cpu_name(), "cpu_threads": torch.get_num_threads(), "mmspec_forward": target.forward_path,
             "torch": torch.__version__, "transformers": transformers.__version__, "prompts": len(prompts),
             "new_tokens": args.new, "k": args.k, "adaptive": not args.fixed_k, "confidence": args.confidence,
             "lookup_k": args.lookup_k, "tree": args.tree, "width": args.width, "dynamic": args.dynamic,

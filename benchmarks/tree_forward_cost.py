@@ -7,7 +7,10 @@ about one over a single frame. For a loaded target (default: the modality's zoo 
 median of the repeats after a warm-up, each relative to a one-frame forward.
 
     python benchmarks/tree_forward_cost.py [--modality text|image|speech] [--target zoo:code-target]
-        [--device cuda] [--dtype float16] [--repeats 30] [--json benchmarks/results/tree_forward_cost.json]
+        [--device cuda] [--dtype float16] [--repeats 30] [--fast | --no-fast] [--json benchmarks/results/tree_forward_cost.json]
+
+``--fast`` / ``--no-fast``: the static-cache forward on prepacked products (``mmspec.fast``) or the eager HF forward
+(default: the adapter's choice, fast on a CPU); the printout names the path.
 """
 from __future__ import annotations
 
@@ -68,11 +71,12 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None)
     args = ap.parse_args()
     # 1. Load the target and fill its cache: the prompt, then a prefix of frames.
     modality = modalities.get(args.modality)
     name = args.target or modality.default_target
-    target = modality.load(name, device=args.device, dtype=args.dtype)
+    target = modality.load(name, device=args.device, dtype=args.dtype, fast=args.fast)
     target.start(modality.prompts(modality.default_prompt, 1), 1)
     room = int(target.max_frames - target.pos.max())
     prefix = max(0, min(args.prefix, room - max(SIZES) - 1))
@@ -83,7 +87,9 @@ def main() -> None:
     with torch.inference_mode():
         ms = measure(target, sizes, args.repeats, args.warmup)
     one = ms[("one", 1)]
-    print(f"{args.modality} target {name} on {target.device}; one-frame forward {one:.2f} ms (median of {args.repeats})")
+    path = getattr(target, "forward_path", "eager")
+    print(f"{args.modality} target {name} on {target.device}, {path} forward; one-frame forward {one:.2f} ms "
+          f"(median of {args.repeats})")
     print(f"{'N':>4} {'chain ms':>9} {'tree ms':>8} {'chain / 1':>10} {'tree / 1':>9}")
     rows = {}
     for n in sizes:
@@ -92,6 +98,7 @@ def main() -> None:
         print(f"{n:4d} {c:9.2f} {t:8.2f} {c / one:10.2f} {t / one:9.2f}")
     if args.json:
         result = {"environment": environment(), "modality": args.modality, "target": name, "device": str(target.device),
+                  "forward": path,
                   "prefix": prefix, "repeats": args.repeats, "warmup": args.warmup, "one_frame_ms": round(one, 3),
                   "sizes": rows}
         with open(args.json, "w") as f:

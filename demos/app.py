@@ -241,6 +241,9 @@ def add_serving_arguments(p: argparse.ArgumentParser) -> None:
                    help="also serve this model (repeatable); by default only each modality's zoo pair is served")
     p.add_argument("--allow-any-model", action="store_true",
                    help="let any folder path or hub id typed into the app load (local use only; off by default)")
+    p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
+                   help="the fast path for every model (static cache + prepacked products; default: on where it "
+                        "measured faster)")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -49,6 +49,7 @@ class Server:
 
     extra_models: dict[str, set[str]] = field(default_factory=dict)  # modality -> names from --model
     allow_any: bool = False
+    fast: bool | None = None  # the fast path for every model loaded (None: on where it measured faster)
     models: Models = field(default_factory=lambda: Models(max_models=6))
     locks: ModelLocks = field(default_factory=ModelLocks)
     max_prompt_chars: int = 500
@@ -65,7 +66,8 @@ class Server:
                 raise ValueError(f"--model takes MODALITY=NAME_OR_PATH with MODALITY one of "
                                  f"{', '.join(modalities.names())}; got {spec!r}")
             extra.setdefault(name, set()).add(path.strip())
-        return cls(extra_models=extra, allow_any=bool(getattr(args, "allow_any_model", False)))
+        return cls(extra_models=extra, allow_any=bool(getattr(args, "allow_any_model", False)),
+                   fast=getattr(args, "fast", None))
 
     def served(self, mod: Modality) -> list[str]:
         return [mod.default_target, mod.default_draft, *sorted(self.extra_models.get(mod.name, ()))]
@@ -82,6 +84,7 @@ class Server:
 
     def load(self, mod: Modality, name: str, options: dict):
         """A served model from the cache, warmed up on first use."""
+        options = options if self.fast is None else dict(options, fast=self.fast)
         target = self.models.get(mod, self.check_model(mod, name), **options)
         if target not in self.capacities:
             self.capacities[target] = self._warm_up(mod, target)

@@ -113,6 +113,7 @@ def build_parser(modality: str = "text") -> argparse.ArgumentParser:
                       help="also serve this model in the app (repeatable); by default only each modality's zoo pair")
     demo.add_argument("--allow-any-model", action="store_true",
                       help="let any folder path or hub id typed into the app load (local use only; off by default)")
+    _add_fast(demo)
     return parser
 
 
