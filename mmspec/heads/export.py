@@ -63,7 +63,7 @@ def export(heads: str | Path, fmt: str, out: str | Path, dtype: str = "float16",
         tensors, engine_config = _eagle1(state, config, target_config, with_bias=fmt == "sglang")
     engine_config["torch_dtype"] = dtype
     tensors = {k: v.to(DTYPES[dtype]).contiguous() for k, v in tensors.items()}
-    card = _card(fmt, out, _target_path(target_name), config, dtype)
+    card = _card(fmt, out, target_path(target_name), config, dtype)
     # 3. Write.
     from safetensors.torch import save_file
 
@@ -100,7 +100,7 @@ def _refusal(config: dict, fmt: str) -> str:
     return ""
 
 
-def _target_path(name: str) -> str:
+def target_path(name: str) -> str:
     """The target as an engine names it: a zoo name resolved to its folder, a path or a hub id as given."""
     from mmspec.text.target import resolve
 
@@ -113,7 +113,7 @@ def _target_config(name: str, config: dict) -> dict:
 
     if not name:
         raise ValueError("the heads name no target: pass --target (the target's folder or hub id)")
-    target = hf.read_config(_target_path(name))
+    target = hf.read_config(target_path(name))
     if not target.get("max_position_embeddings"):
         raise ValueError(f"the target {name!r} names no max_position_embeddings (its context length) in config.json")
     for key in ("hidden_size", "vocab_size"):
@@ -129,7 +129,7 @@ def _target_head(name: str, config: dict, folder: Path) -> torch.Tensor:
 
     from .store import check_target
 
-    target = TextTarget.from_pretrained(_target_path(name), device="cpu", dtype="float32")
+    target = TextTarget.from_pretrained(target_path(name), device="cpu", dtype="float32")
     check_target(config, target, folder)
     linear = getattr(target.output_head(), "linear", target.output_head())
     if getattr(linear, "bias", None) is not None:
