@@ -95,18 +95,20 @@ def engine_eagle(cfg, w, embeds, hidden, positions):
     return residual + mlp  # hidden + residual, no final norm
 
 
-def engine_eagle_chain(cfg, w, model, ids, start, k):
+def engine_eagle_chain(cfg, w, model, ids, start, k, hot=None):
     """An engine's greedy EAGLE chain of ``k`` tokens after ``ids [n]``, its context the pairs from ``start``
-    (mmspec's: the last prompt token): pair t = (target state t, token t + 1) at position t."""
+    (mmspec's: the last prompt token): pair t = (target state t, token t + 1) at position t. ``hot``: SGLang's
+    token map (the shared head's rows at those ids; a draft index i is token hot[i])."""
     with torch.no_grad():
         hidden = model(ids[None], output_hidden_states=True).hidden_states[-1][0]  # [n, H] after the final norm
-        embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+        embed, head = model.get_input_embeddings(), model.get_output_embeddings().weight
+        head = head if hot is None else head[hot]  # [V or len(hot), H]
         feats, tokens, positions = hidden[start:-1], ids[start + 1:], torch.arange(start, len(ids) - 1)
         drafted, logits = [], []
         for _ in range(k):
             out = engine_eagle(cfg, w, embed(tokens), feats, positions)[-1]  # [H]
-            logits.append(head(out))
-            drafted.append(int(logits[-1].argmax()))
+            logits.append(F.linear(out, head))
+            drafted.append(int(logits[-1].argmax()) if hot is None else int(hot[logits[-1].argmax()]))
             feats, tokens = torch.cat([feats, out[None]]), torch.cat([tokens, torch.tensor(drafted[-1:])])
             positions = torch.arange(start, start + len(tokens))
     return drafted, torch.stack(logits)
@@ -144,6 +146,20 @@ def committed_ids(target, gen):
     return torch.cat([target.prompt_ids[0], gen.tokens[0, : int(gen.lengths[0]), 0]])
 
 
+def assert_same_chains(target, drafter, cfg, w, hot=None):
+    """Generate with ``drafter`` (recording), and check every chain it drafted against the engine's; returns
+    the committed ids."""
+    drafter.record = []
+    gen = mmspec.generate(target, drafter, PROMPT, max_new_tokens=16, k=3)
+    assert not any("Int8" in type(m).__name__ for m in [*drafter.net.modules(), *drafter.head.modules()])  # float32
+    ids, start = committed_ids(target, gen), target.prompt_ids.shape[1] - 1
+    assert len(drafter.record) >= 4
+    for pos, tokens in drafter.record:
+        engine_tokens, _ = engine_eagle_chain(cfg, w, target.model, ids[: pos + 1], start, len(tokens), hot)
+        assert engine_tokens == tokens  # greedy draft tokens identical
+    return ids
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 @pytest.mark.parametrize("fmt,dtype", [("vllm", "float16"), ("sglang", "bfloat16")])
 def test_eagle_export_drafts_as_mmspec_drafts(targets, tmp_path, arch, fmt, dtype):
@@ -154,14 +170,7 @@ def test_eagle_export_drafts_as_mmspec_drafts(targets, tmp_path, arch, fmt, dtyp
     cfg, w = load_export(export(heads, fmt, tmp_path / "out", dtype))
     assert (w["fc.bias"] == 0).all() if fmt == "sglang" else "fc.bias" not in w
     drafter = RecordingEagle(load_heads(heads, target).layer)  # the loaded layer, recording its proposals
-    drafter.record = []
-    gen = mmspec.generate(target, drafter, PROMPT, max_new_tokens=16, k=3)
-    assert not any("Int8" in type(m).__name__ for m in [*drafter.net.modules(), drafter.head])  # float32 maps
-    ids, start = committed_ids(target, gen), target.prompt_ids.shape[1] - 1
-    assert len(drafter.record) >= 4
-    for pos, tokens in drafter.record:
-        engine_tokens, engine_logits = engine_eagle_chain(cfg, w, target.model, ids[: pos + 1], start, len(tokens))
-        assert engine_tokens == tokens  # greedy draft tokens identical
+    ids = assert_same_chains(target, drafter, cfg, w)
     # logits: the drafter's layer on the same pairs (its project / qkv / attend path), through the target's head
     with torch.no_grad():
         hidden = target.model(ids[None], output_hidden_states=True).hidden_states[-1]  # [1, n, H]
@@ -171,6 +180,23 @@ def test_eagle_export_drafts_as_mmspec_drafts(targets, tmp_path, arch, fmt, dtyp
                                                                    torch.arange(len(ids) - 1)))
     assert torch.allclose(ours, theirs, atol=1e-4, rtol=1e-4)  # float32 on both sides, the same rounded weights
     assert torch.equal(ours.argmax(-1), theirs.argmax(-1))
+
+
+def test_sglang_token_map_drafts_as_the_draft_vocabulary(targets, tmp_path):
+    target = target_of(targets["llama"])
+    torch.manual_seed(7)
+    vocab = list(range(2, target.vocab_size, 3))
+    heads = saved_heads(Eagle1Layer(H, H, HEADS, FFN, window=64), tmp_path / "heads", target, targets["llama"],
+                        draft_vocab=vocab)
+    out = export(heads, "sglang", tmp_path / "out")
+    hot = torch.load(out / "hot_token_map.pt", weights_only=True)
+    assert hot.tolist() == vocab and f"--speculative-token-map {(out / 'hot_token_map.pt').resolve()}" in \
+        (out / "README.md").read_text()
+    cfg, w = load_export(out)
+    loaded = load_heads(heads, target)
+    drafter = RecordingEagle(loaded.layer, vocab=loaded.vocab)
+    assert_same_chains(target, drafter, cfg, w, hot)
+    assert all(t in vocab for _, tokens in drafter.record for t in tokens)
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])

@@ -10,7 +10,8 @@ Formats (key names and config fields read from the engines' model code):
   ``layers.0.post_attention_layernorm``; no input norm, no final norm, no embedding, no output head (the
   target's are shared).
 * ``sglang``: the same weights with ``fc.bias`` (zeros: the engines' layout has none to train) and
-  ``architectures: ["LlamaForCausalLMEagle"]`` (``python/sglang/srt/models/llama_eagle.py``).
+  ``architectures: ["LlamaForCausalLMEagle"]`` (``python/sglang/srt/models/llama_eagle.py``); a reduced
+  draft vocabulary becomes ``hot_token_map.pt`` (``--speculative-token-map``: the shared head's rows at those ids).
 * ``medusa``: vLLM's ``medusa.py``: ``blocks.{h}.layers.0.{weight,bias}`` (``h + silu(W h + b)``) and
   ``lm_heads.{h}.weight`` (copies of the target's output head), ``model_type: medusa``.
 * ``eagle3``: refused for every kind today (see ``_refusal``).
@@ -29,6 +30,7 @@ from .store import read_heads_config, resolve_heads
 
 FORMATS = ("vllm", "sglang", "eagle3", "medusa")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+TOKEN_MAP = "hot_token_map.pt"  # a reduced draft vocabulary, for SGLang's --speculative-token-map
 KIND_OF = {"vllm": "eagle1", "sglang": "eagle1", "medusa": "medusa1"}  # the one kind each format holds
 
 
@@ -71,6 +73,8 @@ def export(heads: str | Path, fmt: str, out: str | Path, dtype: str = "float16",
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(engine_config, indent=1) + "\n")
     (out / "README.md").write_text(card)
+    if config.get("draft_vocab"):  # SGLang's hot token map: the draft reads the head's rows at these ids only
+        torch.save(torch.tensor(config["draft_vocab"], dtype=torch.long), out / TOKEN_MAP)
     return out
 
 
@@ -78,10 +82,11 @@ def _refusal(config: dict, fmt: str) -> str:
     """Why ``fmt`` cannot hold these heads ('' when it can)."""
     kind = config["kind"]
     if fmt == "eagle3":
-        return ("EAGLE-3 drafts from three intermediate hidden states of the target (fc [H, 3H], default layers 2, "
-                "L//2 and L-3), normalizes embedding and fused state separately (input_layernorm, hidden_norm) "
-                "and has its own final norm and lm_head; every mmspec kind reads the target's last, final-normed "
-                "state, which that layout cannot take in. Export as vllm or sglang (EAGLE-1) instead")
+        return ("EAGLE-3's layer is another function: it fuses three intermediate hidden states of the target "
+                "(fc [H, 3H], default layers 2, L//2 and L-3), normalizes the embedding and the fused state "
+                "separately (input_layernorm, hidden_norm), attends over their concatenation (q/k/v over 2H) and "
+                "has a final norm and its own lm_head with a d2t map; no mmspec kind computes that. Export as "
+                "vllm or sglang (EAGLE-1) instead")
     if kind == "eagle" and fmt in ("vllm", "sglang"):
         return ("the eagle kind normalizes the layer's attention input (input_layernorm) and has an fc bias over "
                 "[feature, embedding]; the engines' EAGLE-1 layer 0 has no input norm" +
@@ -92,9 +97,9 @@ def _refusal(config: dict, fmt: str) -> str:
                 "Train with `mmspec heads train --kind medusa1`")
     if kind != KIND_OF[fmt]:
         return f"the {fmt} format holds heads of kind {KIND_OF[fmt]!r} only"
-    if config.get("draft_vocab"):
+    if config.get("draft_vocab") and fmt != "sglang":  # SGLang takes it as --speculative-token-map
         return (f"the heads draft from a reduced vocabulary ({len(config['draft_vocab'])} ids), which the {fmt} "
-                "layout has no field for; retrain with --draft-vocab 0")
+                "layout has no field for; export as sglang (a token map) or retrain with --draft-vocab 0")
     if config.get("num_codebooks", 1) != 1:
         return "the engines serve text models (one token per frame); these heads draft frames of several codebooks"
     return ""
@@ -184,7 +189,8 @@ def _card(fmt: str, out: Path, target: str, config: dict, dtype: str) -> str:
     if fmt == "sglang":
         lines += ["```bash", f"python -m sglang.launch_server --model-path {target} --speculative-algorithm EAGLE "
                   f"--speculative-draft-model-path {out.resolve()} --speculative-num-steps {k} "
-                  f"--speculative-eagle-topk 1 --speculative-num-draft-tokens {k + 1}", "```"]
+                  f"--speculative-eagle-topk 1 --speculative-num-draft-tokens {k + 1}" +
+                  (f" --speculative-token-map {(out / TOKEN_MAP).resolve()}" if config.get("draft_vocab") else ""), "```"]
     else:
         lines += ["```python", "from vllm import LLM", "",
                   f"llm = LLM(model={target!r}, speculative_config={spec})", "```", "", "```bash",
