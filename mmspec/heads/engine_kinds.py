@@ -34,7 +34,11 @@ class Eagle1Layer(EagleLayer):
         self.layer.input_layernorm = nn.Identity()  # the engines skip layer 0's input norm
 
     def config(self) -> dict:
-        return {**super().config(), "kind": "eagle1"}
+        """The sizes, plus the norm epsilon and RoPE base the export writes into the engines' config."""
+        llama = self.layer.self_attn.config
+        rope = getattr(llama, "rope_parameters", None) or {"rope_theta": llama.rope_theta}
+        return {**super().config(), "kind": "eagle1", "rms_norm_eps": llama.rms_norm_eps,
+                "rope_theta": float(rope["rope_theta"])}
 
     def project(self, feats: Tensor, emb: Tensor) -> Tensor:
         """``fc([embedding, feature])``: the layer's input ``[B, T, H]``."""
