@@ -83,10 +83,11 @@ def _refusal(config: dict, fmt: str) -> str:
     kind = config["kind"]
     if fmt == "eagle3":
         return ("EAGLE-3's layer is another function: it fuses three intermediate hidden states of the target "
-                "(fc [H, 3H], default layers 2, L//2 and L-3), normalizes the embedding and the fused state "
-                "separately (input_layernorm, hidden_norm), attends over their concatenation (q/k/v over 2H) and "
-                "has a final norm and its own lm_head with a d2t map; no mmspec kind computes that. Export as "
-                "vllm or sglang (EAGLE-1) instead")
+                "(fc [H, 3H], default layers 2, L//2 and L-3; or takes the last one when eagle_config sets "
+                "use_aux_hidden_state false), normalizes the embedding and that state separately (input_layernorm, "
+                "hidden_norm), attends over their concatenation (q/k/v over 2H), reads tokens through a final norm "
+                "and its own lm_head with a d2t map while feeding back the state before that norm; no mmspec kind "
+                "computes that. Export as vllm or sglang (EAGLE-1) instead")
     if kind == "eagle" and fmt in ("vllm", "sglang"):
         return ("the eagle kind normalizes the layer's attention input (input_layernorm) and has an fc bias over "
                 "[feature, embedding]; the engines' EAGLE-1 layer 0 has no input norm" +
