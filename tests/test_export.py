@@ -255,7 +255,7 @@ def test_keys_shapes_and_configs_of_each_format(targets, tmp_path):
             assert (f'speculative_config={{"method": "eagle", "model": "{out.resolve()}"' in card) == (fmt == "vllm")
 
 
-def test_refusals_name_the_reason_and_write_nothing(targets, tmp_path):
+def test_refusals_name_the_reason_and_write_nothing(targets, tiny_models, tmp_path):
     from mmspec.heads import MedusaHeads, eagle_for
 
     target = target_of(targets["llama"])
@@ -276,8 +276,11 @@ def test_refusals_name_the_reason_and_write_nothing(targets, tmp_path):
         assert not (tmp_path / "out").exists()  # never a partial or silent file
     with pytest.raises(ValueError, match="unknown dtype 'float32'"):
         export(folders["eagle1"], "vllm", tmp_path / "out", "float32")
-    with pytest.raises(ValueError, match="is the heads folder itself"):
+    with pytest.raises(ValueError, match="is the heads folder itself or a file"):
         export(folders["eagle1"], "vllm", folders["eagle1"])
+    with pytest.raises(ValueError, match="hidden_size 32, the heads were trained for 36"):
+        export(folders["eagle1"], "vllm", tmp_path / "out", target=tiny_models["llama"])  # another target
+    assert not (tmp_path / "out").exists()
 
 
 def test_cli_exit_codes(targets, tmp_path, capsys):

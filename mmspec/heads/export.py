@@ -38,8 +38,9 @@ def export(heads: str | Path, fmt: str, out: str | Path, dtype: str = "float16",
     """Write the heads in ``heads`` (a folder or ``zoo:NAME``) as ``fmt`` into ``out``; returns ``out``.
 
     ``target``: the target's folder, ``zoo:NAME`` or hub id (default: the one the heads were trained for);
-    its config gives the context length, and the ``medusa`` format copies its output head. ValueError (and
-    nothing written) for an unknown format or dtype, or heads the format cannot represent."""
+    its config gives the context length (and must match the heads' sizes), and the ``medusa`` format copies
+    its output head (checked by fingerprint). ValueError (and nothing written) for an unknown format or dtype,
+    or heads the format cannot represent."""
     # 1. Everything that can refuse, before any file is touched.
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; formats: {', '.join(FORMATS)}")
@@ -51,8 +52,8 @@ def export(heads: str | Path, fmt: str, out: str | Path, dtype: str = "float16",
     if reason:
         raise ValueError(f"cannot export {str(heads)!r} (kind {config['kind']!r}) as {fmt}: {reason}")
     out = Path(out)
-    if out.resolve() == folder.resolve():
-        raise ValueError(f"--out {str(out)!r} is the heads folder itself; export into another folder")
+    if out.resolve() == folder.resolve() or (out.exists() and not out.is_dir()):
+        raise ValueError(f"--out {str(out)!r} is the heads folder itself or a file; export into another folder")
     target_name = target or config.get("target") or ""
     target_config = _target_config(target_name, config)
     # 2. The engine's tensors, config and card, in memory.
@@ -75,6 +76,8 @@ def export(heads: str | Path, fmt: str, out: str | Path, dtype: str = "float16",
     (out / "README.md").write_text(card)
     if config.get("draft_vocab"):  # SGLang's hot token map: the draft reads the head's rows at these ids only
         torch.save(torch.tensor(config["draft_vocab"], dtype=torch.long), out / TOKEN_MAP)
+    elif (out / TOKEN_MAP).exists():  # left by an earlier export into this folder: it would shrink the vocabulary
+        (out / TOKEN_MAP).unlink()
     return out
 
 

@@ -90,10 +90,12 @@ def check_target(config: dict, target, folder) -> None:
 def build(config: dict):
     from .engine_kinds import Eagle1Layer, Medusa1Heads
 
-    if config["kind"] in ("medusa", "medusa1"):
-        return (MedusaHeads if config["kind"] == "medusa" else Medusa1Heads)(config["hidden_size"], config["num_heads"])
-    return (EagleLayer if config["kind"] == "eagle" else Eagle1Layer)(config["hidden_size"], config["embed_dim"], config["num_attention_heads"],
-                      config["intermediate_size"], config["window"])
+    kind = config["kind"]
+    if kind in ("medusa", "medusa1"):
+        return {"medusa": MedusaHeads, "medusa1": Medusa1Heads}[kind](config["hidden_size"], config["num_heads"])
+    layer = {"eagle": EagleLayer, "eagle1": Eagle1Layer}[kind]
+    return layer(config["hidden_size"], config["embed_dim"], config["num_attention_heads"], config["intermediate_size"],
+                 config["window"])
 
 
 _LOADED: dict = {}  # (folder, file mtime, target id) -> the module, so repeated runs skip reading the file
