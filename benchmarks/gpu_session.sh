@@ -9,13 +9,15 @@
 # On the device tool (wheels: see BENCHMARKS.md, "GPU"):
 #   text:   carry [".whl", ".gpu/text"], command: OUT=$OUT bash benchmarks/gpu_session.sh text
 #   speech: carry [".whl"],              command: OUT=$OUT bash benchmarks/gpu_session.sh speech
+#   engines: carry [".whl"],            command: OUT=$OUT bash benchmarks/gpu_session.sh engines  (issue 22; vLLM must be
+#           installed on the device for its half, else engine_compare.py says so)
 # Smoke test on a CPU (tiny, seconds): DEVICE=cpu QUICK=1 OUT=/tmp/gpu-out bash benchmarks/gpu_session.sh text
 #
 # Back here, for `text`: copy model.safetensors and config.json into text/zoo/code-draft/ and
 # train_log.json into text/zoo/, then `python -m mmspec.text.recipe evaluate` and the text benchmarks
 # (BENCHMARKS.md) on the CPU.
 set -euo pipefail
-part=${1:?usage: gpu_session.sh text|speech}
+part=${1:?usage: gpu_session.sh text|speech|engines}
 OUT=${OUT:?set OUT to the folder that receives the results}
 DEVICE=${DEVICE:-cuda}
 ROOT=$PWD
@@ -56,7 +58,17 @@ speech)
     python3 benchmarks/speech_forward_cost.py --device "$DEVICE" --repeats 100 \
         --json "$OUT/speech_forward_cost_gpu.json" | tee "$OUT/speech_forward_cost.log"
     ;;
+engines)
+    # 4. Issue 22: an eagle1 layer (the engines' EAGLE-1 layout) for the zoo target, trained here, then vLLM and
+    #    mmspec on the same prompts (benchmarks/engine_compare.py; it says so and exits 0 without vLLM).
+    heads=/tmp/heads-eagle1
+    python3 -m mmspec.cli heads train --target zoo:code-target --kind eagle1 --out "$heads" --device "$DEVICE" \
+        --time-budget "${BUDGET:-300}" --max-tokens 2500000 --batch 16 2>&1 | tr '\r' '\n' | grep -v 'it/s\]$' | tee "$OUT/eagle1_train.log"
+    mkdir -p "$OUT/code-heads-eagle1" && cp "$heads/model.safetensors" "$heads/config.json" "$OUT/code-heads-eagle1/"
+    python3 benchmarks/engine_compare.py --heads "$heads" --prompts 20 --new 128 --json "$OUT/engine_compare.json" \
+        2>&1 | tee "$OUT/engine_compare.log"
+    ;;
 *)
-    echo "unknown part '$part': text or speech"; exit 2 ;;
+    echo "unknown part '$part': text, speech or engines"; exit 2 ;;
 esac
 ls -la "$OUT"

@@ -101,9 +101,9 @@ def build_parser(modality: str = "text") -> argparse.ArgumentParser:
     zoo.add_argument("action", choices=["train", "evaluate", "prepare", "distill"],
                      help="distill: retrain the draft against the finished target (where the recipe has it)")
     zoo.add_argument("zoo_modality", metavar="modality", help=f"one of: {', '.join(modalities.names())}")
-    heads = sub.add_parser("heads", add_help=False, help="train self-drafting heads (medusa, eagle) for a target "
-                           "(`mmspec heads train --help`)")
-    heads.add_argument("action", choices=["train"])
+    heads = sub.add_parser("heads", add_help=False, help="train self-drafting heads (medusa, eagle) for a target, "
+                           "export them for vLLM / SGLang (`mmspec heads train|export --help`)")
+    heads.add_argument("action", choices=["train", "export"])
     demo = sub.add_parser("demo", help="start the Gradio app", formatter_class=fmt)
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=7860)
@@ -327,10 +327,10 @@ def cmd_methods(args) -> int:
 
 
 def cmd_heads(args, rest) -> int:
-    """``mmspec heads train ...``: ``mmspec.heads.cli.main`` (its own options and --help)."""
+    """``mmspec heads train|export ...``: ``mmspec.heads.cli.main`` / ``export_main`` (own options and --help)."""
     from .heads import cli as heads_cli
 
-    return _delegate(heads_cli.main, rest)
+    return _delegate(heads_cli.export_main if args.action == "export" else heads_cli.main, rest)
 
 
 def cmd_zoo(args, rest) -> int:

@@ -158,7 +158,7 @@ def test_sampled_self_drafting_keeps_the_distribution(tiny_models, kind):
         assert accepted and all(f % 2 == 0 for f in accepted)
 
 
-@pytest.mark.parametrize("kind", ["medusa", "eagle"])
+@pytest.mark.parametrize("kind", ["medusa", "eagle", "medusa1", "eagle1"])  # *1: the engines' layouts
 def test_train_command_end_to_end(tiny_models, tmp_path, kind):
     from mmspec.heads.cli import main
 

@@ -4,13 +4,18 @@
     train("zoo:code-target", "eagle", "out/eagle", time_budget=600)   # the CLI's stages, from Python
     drafter = load_heads("out/eagle", target)          # refuses heads trained for another target
     mmspec.generate(target, drafter, prompt, k=4)
+
+Kinds ``eagle1`` and ``medusa1`` are the layouts vLLM and SGLang compute; ``mmspec.heads.export.export``
+(``mmspec heads export``) writes them as those engines' checkpoints.
 """
 from pathlib import Path
 
+from .engine_kinds import Eagle1Layer, Medusa1Heads
 from .modules import EagleLayer, MedusaHeads, eagle_for
 from .store import load_heads, save_heads, target_info
 
-__all__ = ["EagleLayer", "MedusaHeads", "eagle_for", "load_heads", "save_heads", "target_info", "train"]
+__all__ = ["EagleLayer", "MedusaHeads", "Eagle1Layer", "Medusa1Heads", "eagle_for", "load_heads", "save_heads",
+           "target_info", "train"]
 
 
 def train(target: str, kind: str, out: str | Path, *, time_budget: float = 600.0, **options) -> Path:

@@ -18,14 +18,15 @@ from pathlib import Path
 
 from .. import training
 
-LR = {"medusa": 1e-3, "eagle": 3e-4}
+LR = {"medusa": 1e-3, "eagle": 3e-4, "medusa1": 1e-3, "eagle1": 3e-4}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmspec heads train", description=__doc__.split("\n\n")[0])
     p.add_argument("--target", required=True, help="the target: zoo:NAME, a local folder or a hub id (text)")
     p.add_argument("--modality", default="auto", help="the target's modality (default: the first that loads it)")
-    p.add_argument("--kind", required=True, choices=["medusa", "eagle"])
+    p.add_argument("--kind", required=True, choices=["medusa", "eagle", "medusa1", "eagle1"],
+                   help="eagle1/medusa1: the layouts vLLM and SGLang load (`mmspec heads export`)")
     p.add_argument("--out", required=True, help="folder for the heads (and the cache and checkpoint)")
     p.add_argument("--data", default=None, help="text: a text file or a prepared data folder (default: the "
                    "zoo's prepared corpus if present, else the standard library's non-held-out sources); other "
@@ -64,14 +65,16 @@ def load_target(args, device):
 
 
 def build_module(args, target):
-    from .modules import MedusaHeads, eagle_for
+    from .engine_kinds import Eagle1Layer, Medusa1Heads
+    from .modules import EagleLayer, MedusaHeads, eagle_for
 
     H = target.output_head().weight.shape[1]
-    if args.kind == "medusa":
-        return MedusaHeads(H, args.num_heads)
+    if args.kind in ("medusa", "medusa1"):
+        return (MedusaHeads if args.kind == "medusa" else Medusa1Heads)(H, args.num_heads)
     E = target.input_embeddings().weight.shape[1]
     model = getattr(target, "model", None)
-    return eagle_for(H, E, getattr(getattr(model, "config", None), "num_attention_heads", None), window=args.seq_len)
+    return eagle_for(H, E, getattr(getattr(model, "config", None), "num_attention_heads", None), window=args.seq_len,
+                     layer_class=EagleLayer if args.kind == "eagle" else Eagle1Layer)
 
 
 def start_from(args, module, target, device):
@@ -158,6 +161,31 @@ def main(argv=None) -> int:
         stats["draft_vocab_coverage"] = round(float(torch.isin(val[0], torch.tensor(vocab)).float().mean()), 4)
     save_heads(module, args.out, info, {"training": stats, "draft_vocab": vocab})
     print(f"[heads] saved {args.kind} to {args.out}: {json.dumps(stats)}", flush=True)
+    return 0
+
+
+# -- `mmspec heads export`: the engines' checkpoint layouts (mmspec.heads.export) ------------------------
+def export_main(argv=None) -> int:
+    """``mmspec heads export DIR --format vllm|sglang|eagle3|medusa --out OUT``; exit code 2 on bad input."""
+    import sys
+
+    from .export import DTYPES, FORMATS, export
+
+    p = argparse.ArgumentParser(prog="mmspec heads export", description="write trained heads as a checkpoint that "
+                                "vLLM / SGLang load (config.json, model.safetensors, README.md with the serve lines)")
+    p.add_argument("heads", metavar="DIR", help="heads folder from `mmspec heads train` (--kind eagle1 or medusa1), "
+                   "or zoo:NAME")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--out", required=True, help="folder for the exported checkpoint")
+    p.add_argument("--dtype", default="float16", choices=list(DTYPES))
+    p.add_argument("--target", default=None, help="the target's folder or hub id (default: the heads' own)")
+    args = p.parse_args(argv)
+    try:
+        out = export(args.heads, args.format, args.out, args.dtype, args.target)
+    except ValueError as err:
+        print(f"mmspec heads export: error: {err}", file=sys.stderr)
+        return 2
+    print(f"[heads] exported {args.heads} as {args.format} into {out}; serve it as {out / 'README.md'} says")
     return 0
 
 

@@ -101,7 +101,9 @@ class EagleLayer(nn.Module):
         return self.attend(x, q, k, v, mask.expand(x.shape[0], T, T))
 
 
-def eagle_for(hidden: int, embed_dim: int, heads: int | None = None, window: int = 128) -> EagleLayer:
-    """An ``EagleLayer`` sized after the target: its attention heads (else ``hidden // 64``), MLP 2.5 x hidden."""
+def eagle_for(hidden: int, embed_dim: int, heads: int | None = None, window: int = 128,
+              layer_class: type = EagleLayer) -> EagleLayer:
+    """An ``EagleLayer`` (or ``layer_class``, e.g. ``Eagle1Layer``) sized after the target: its attention heads
+    (else ``hidden // 64``), MLP 2.5 x hidden."""
     heads = heads if heads and hidden % heads == 0 else max(1, hidden // 64)
-    return EagleLayer(hidden, embed_dim, heads, (5 * hidden // 2 + 7) // 8 * 8, window)
+    return layer_class(hidden, embed_dim, heads, (5 * hidden // 2 + 7) // 8 * 8, window)

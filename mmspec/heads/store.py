@@ -15,7 +15,7 @@ import torch
 from ..protocols import has_hidden
 from .modules import EagleLayer, MedusaHeads
 
-KINDS = ("medusa", "eagle")
+KINDS = ("medusa", "eagle", "medusa1", "eagle1")  # *1: the engines' layouts (engine_kinds.py)
 
 
 def target_info(target, name: str = "") -> dict:
@@ -88,10 +88,14 @@ def check_target(config: dict, target, folder) -> None:
 
 
 def build(config: dict):
-    if config["kind"] == "medusa":
-        return MedusaHeads(config["hidden_size"], config["num_heads"])
-    return EagleLayer(config["hidden_size"], config["embed_dim"], config["num_attention_heads"],
-                      config["intermediate_size"], config["window"])
+    from .engine_kinds import Eagle1Layer, Medusa1Heads
+
+    kind = config["kind"]
+    if kind in ("medusa", "medusa1"):
+        return {"medusa": MedusaHeads, "medusa1": Medusa1Heads}[kind](config["hidden_size"], config["num_heads"])
+    layer = {"eagle": EagleLayer, "eagle1": Eagle1Layer}[kind]
+    return layer(config["hidden_size"], config["embed_dim"], config["num_attention_heads"], config["intermediate_size"],
+                 config["window"])
 
 
 _LOADED: dict = {}  # (folder, file mtime, target id) -> the module, so repeated runs skip reading the file
@@ -111,7 +115,7 @@ def load_heads(folder: str | Path, target, tree: int | None = None, width: int =
     check_target(config, target, folder)
     module = _module(resolve_heads(folder), config, target)
     vocab = torch.tensor(config["draft_vocab"], dtype=torch.long) if config.get("draft_vocab") else None
-    if config["kind"] == "medusa":
+    if config["kind"] in ("medusa", "medusa1"):
         return MedusaDrafter(module, tree=tree, width=width, vocab=vocab)
     return EagleDrafter(module, tree=tree, width=width, vocab=vocab, depth=config.get("depth"),
                         confidence=config.get("confidence", 0.0))

@@ -77,7 +77,7 @@ def frames_of(tokens: Tensor) -> Tensor:
 
 
 def loss_fn(kind: str, module, head, embed):
-    if kind == "medusa":
+    if kind.startswith("medusa"):  # medusa, medusa1
         return lambda h, t: medusa_loss(module, head, h, t)
     return lambda h, t: eagle_loss(module, head, embed, h, t)
 
