@@ -260,7 +260,8 @@ def cmd_compare(args, modality) -> int:
             bar.update()
 
         results = timing.interleave(runs, repeats, progress=progress)
-    env = dict(timing.machine(target.device), forward=getattr(target, "forward_path", "eager"))  # both sides ran this path
+    env = dict(timing.machine(target.device), forward=getattr(target, "forward_path", "eager"),  # both sides ran it
+               setup_s=getattr(getattr(target, "fast", None), "setup_s", None))  # the fast path's packing, once
     table = [_compare_row(name, plan[name][1], gens, results["autoregressive"], modality, repeats, env)
              for name, gens in results.items()]
     if args.json:
@@ -297,7 +298,7 @@ def _compare_report(args, modality, env, repeats, base, table) -> str:
              f"max_new_tokens={args.max_new_tokens or 'full length'}, temperature={args.temperature}, "
              f"seed={args.seed}, {repeats} interleaved rounds after a warm-up",
              f"device {env['device']}, {env['threads']} torch threads, {env['cpu_count']} cores, load {load}, "
-             f"forward {env['forward']} (every row)",
+             f"forward {env['forward']} (every row)" + (f", set up in {env['setup_s']:.1f} s at load" if env["setup_s"] else ""),
              "baseline output:", out if isinstance(out, str) else repr(out), "",
              f"speedup = autoregressive time / method time per round: median [min-max]; tok/fwd = {modality.unit} "
              "per target forward (machine-independent); same = identical output to the baseline", "",
