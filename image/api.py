@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--dtype", default=None, help="float32 (CPU default), float16, bfloat16")
     group.add_argument("--delta", type=float, default=0.1, help="rule lantern (LOSSY): per-token TV bound delta")
     group.add_argument("--neighbours", type=int, default=1000, help="rule lantern: codebook neighbours per code")
+    group.add_argument("--lantern-cache", default=None, metavar="DIR",
+                       help="rule lantern: folder for the computed neighbour tables (default: ~/.cache/mmspec/lantern)")
 
 
 def interval(text):
@@ -45,7 +47,7 @@ def interval(text):
 
 
 def options(args: argparse.Namespace) -> dict:
-    opts = {key: getattr(args, key, None) for key in (*LOAD_OPTIONS, "delta", "neighbours")}
+    opts = {key: getattr(args, key, None) for key in (*LOAD_OPTIONS, "delta", "neighbours", "lantern_cache")}
     opts["guidance_interval"] = interval(opts["guidance_interval"])
     return {key: value for key, value in opts.items() if value is not None}
 
@@ -70,11 +72,12 @@ def prompts(prompt, batch: int) -> list:
     return [prompt] * batch
 
 
-def lantern(target, delta: float = 0.1, neighbours: int = 1000):
-    """The LOSSY LANTERN rule for ``target``'s VQ codebook (see ``mmspec.image.lantern``)."""
+def lantern(target, delta: float = 0.1, neighbours: int = 1000, lantern_cache: str | None = None):
+    """The LOSSY LANTERN rule for ``target``'s VQ codebook (see ``mmspec.image.lantern``); its neighbour table is
+    kept in the folder ``lantern_cache`` (default: the user's cache)."""
     from .lantern import lantern_rule, neighbours_for
 
-    return lantern_rule(neighbours_for(target, neighbours), delta=delta)
+    return lantern_rule(neighbours_for(target, neighbours, lantern_cache), delta=delta)
 
 
 def class_prompts(n: int, target) -> list[str]:
@@ -98,7 +101,7 @@ def class_accuracy(target, prompts: list, outputs: list, baseline: list) -> floa
 
 
 LANTERN = accept.RuleSpec(
-    "lantern", lossless=False, build=lantern, options=("delta", "neighbours"),
+    "lantern", lossless=False, build=lantern, options=("delta", "neighbours", "lantern_cache"),
     bound="relaxed target within total variation delta of p per drafted token (--delta, default 0.1)")
 
 SUITE = Suite(

@@ -177,13 +177,13 @@ def _check(args, modality, drafters: list[str], rules: list[str]) -> None:
         writable(args.out)
 
 
-def run_method(modality, target, drafter: str, rule: str, args, draft=None):
-    """One generation with a named drafter and rule; returns the Generation."""
+def run_method(modality, target, drafter: str, rule: str, args, draft=None, cache: dict | None = None):
+    """One generation with a named drafter and rule; returns the Generation (loaded heads kept in ``cache``)."""
     return named.run(modality, target, args.prompt, drafter=drafter, rule=rule, draft=draft, batch=args.batch,
                      k=args.k, init=args.init, ngram=args.ngram, max_new_tokens=args.max_new_tokens,
                      sampling=_sampling(args), seed=args.seed, options=modality.options(args),
                      tree=_tree(args, modality, drafter), width=args.tree_width,
-                     dynamic=args.dynamic_tree and named.needs_draft(drafter), heads=args.heads)
+                     dynamic=args.dynamic_tree and named.needs_draft(drafter), heads=args.heads, cache=cache)
 
 
 def _tree(args, modality, drafter: str) -> int | None:
@@ -244,7 +244,9 @@ def cmd_compare(args, modality) -> int:
     keyed = any(r == "reproducible" for _, r in methods)
     base_rule = "greedy" if args.temperature == 0 else ("reproducible" if keyed else "speculative")
     plan = {"autoregressive": ("none", base_rule), **{named.label(d, r): (d, r) for d, r in methods}}
-    runs = {name: functools.partial(run_method, modality, target, d, r, args, draft=draft) for name, (d, r) in plan.items()}
+    cache: dict = {}  # the heads are read once for every round
+    runs = {name: functools.partial(run_method, modality, target, d, r, args, draft=draft, cache=cache)
+            for name, (d, r) in plan.items()}
     with tqdm(total=len(runs) * (repeats + 1), desc="compare", file=sys.stderr, leave=False) as bar:
         def progress(name, round_):
             bar.set_postfix_str(f"{name}, {'warm-up' if round_ == 0 else f'round {round_}/{repeats}'}")

@@ -111,7 +111,9 @@ def unavailable(name: str) -> str | None:
 class Models:
     """Loaded models by (modality, name, options): the ``max_models`` most recently used are kept.
 
-    The app and the notebook helpers hold one of these instead of a module-level dict.
+    The app and the notebook helpers hold one of these instead of a module-level dict. ``cache`` is a dict
+    for what is built from these models and worth keeping between runs (a target's loaded self-drafter
+    heads: ``methods.run(cache=...)``); it goes with this object, so whoever owns the models owns it.
     """
 
     def __init__(self, max_models: int = 4):
@@ -119,6 +121,7 @@ class Models:
             raise ValueError(f"max_models must be an integer >= 1, got {max_models!r}")
         self.max_models = max_models
         self._models: OrderedDict[tuple, Target] = OrderedDict()
+        self.cache: dict = {}
 
     def get(self, modality: Modality, name: str, **options) -> Target:
         key = (modality.name, str(name), tuple(sorted((k, repr(v)) for k, v in options.items())))
