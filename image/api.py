@@ -137,6 +137,7 @@ MODALITY = Modality(
     add_arguments=add_arguments, options=options,
     inits={"left": SpatialInit("left"), "above": SpatialInit("above")},  # JacobiDrafter binds them to the grid
     rules={"lantern": LANTERN}, suite=SUITE, extension=".png",
+    suffixes=(".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"),  # formats PIL saves
     display=DISPLAY, default_heads="zoo:shapes-heads", zoo=ZOO, heads_prompts=heads_prompts,
     notes="Class-conditional image-token model (8x8 VQ codes -> 32x32 pixels), or Janus by folder or hub id.",
 )

@@ -62,7 +62,8 @@ def _common(p: argparse.ArgumentParser, modality) -> None:
     p.add_argument("--top-p", type=float, default=None, help="sample from the smallest set holding mass p")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
     p.add_argument("--batch", type=int, default=1, help="rows generated together (the same prompt)")
-    p.add_argument("--out", default=None, help=f"output file, e.g. out{modality.extension}; a batch is numbered")
+    p.add_argument("--out", default=None, help=f"output file ending in {', '.join(modality.suffixes or (modality.extension,))}"
+                   f"; a batch is numbered")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -174,7 +175,7 @@ def _check(args, modality, drafters: list[str], rules: list[str]) -> None:
     if args.out:
         from .files import writable
 
-        writable(args.out)
+        writable(args.out, modality.suffixes or (modality.extension,))
 
 
 def run_method(modality, target, drafter: str, rule: str, args, draft=None, cache: dict | None = None):

@@ -33,7 +33,9 @@ class Modality:
     (``mmspec.bench.Suite``); ``display`` is the app's view of an output (``demos/app.py``).
     ``default_heads`` names the zoo self-drafter of ``default_target`` (``--drafter heads`` without
     ``--heads``) and ``zoo`` the folder ``zoo:NAME`` names live in; ``heads_prompts(target, held_out)`` yields the prompts whose samples a self-drafter trains
-    on (None: a text corpus, ``mmspec.heads.data``).
+    on (None: a text corpus, ``mmspec.heads.data``). ``extension`` is the suffix an output is saved with by
+    default and ``suffixes`` every suffix it can be saved as (``--out`` is checked against them before a run;
+    empty: ``extension`` only).
     """
 
     name: str
@@ -57,6 +59,7 @@ class Modality:
     zoo: Any = None
     heads_prompts: Callable[[Target, bool], Any] | None = None
     extension: str = ".txt"
+    suffixes: tuple[str, ...] = ()
     notes: str = ""
 
     @property

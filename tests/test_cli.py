@@ -158,3 +158,31 @@ def test_tree_flags_and_the_mixed_drafter(capsys, tiny_models):
     assert code == 2 and "cannot draft a tree" in err
     code, _, err = run(capsys, "generate", *base, "--drafter", "model", "--tree", "-1")
     assert code == 2 and "--tree" in err
+
+
+@pytest.mark.parametrize("modality, out, word", [
+    ("text", "/proc/x.txt", "cannot write"), ("text", "/proc/nowhere/x.txt", "cannot create the folder"),
+    ("text", "out.png", "must end in .txt"), ("image", "/proc/x.png", "cannot write"),
+    ("image", "out.wav", "must end in .png"), ("image", "out", "must end in .png"),
+    ("speech", "/proc/x.wav", "cannot write"), ("speech", "out.mp3", "must end in .wav"),
+])
+def test_out_is_checked_before_anything_loads(capsys, monkeypatch, modality, out, word):
+    import mmspec.cli
+
+    def never(*args, **kwargs):
+        raise AssertionError("a model loaded before --out was checked")
+
+    monkeypatch.setattr(mmspec.cli, "_load", never)
+    code, _, err = run(capsys, "generate", "--modality", modality, "--out", out)
+    assert code == 2 and err.strip().splitlines() == [err.strip()] and word in err and "Traceback" not in err
+
+
+def test_out_accepts_each_modalitys_own_suffixes(tmp_path):
+    from mmspec import modalities
+    from mmspec.files import writable
+
+    for name in modalities.names():
+        mod = modalities.get(name)
+        for suffix in mod.suffixes or (mod.extension,):
+            assert writable(tmp_path / name / f"out{suffix.upper()}", mod.suffixes) == str(tmp_path / name / f"out{suffix.upper()}")
+    assert not list((tmp_path / "text").iterdir())  # the check leaves nothing behind

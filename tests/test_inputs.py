@@ -170,6 +170,9 @@ def test_generation_save_checks_the_path_first(tmp_path):
     blocker.write_text("x")
     with pytest.raises(ValueError, match="cannot create the folder"):
         gen.save(str(blocker / "out.txt"))
+    with pytest.raises(ValueError, match="cannot write to '/proc'"):  # writable by permission bits for root
+        gen.save("/proc/out.txt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder", "new"]  # nothing else was written
 
 
 # -- adapters: prompts, guidance, devices ------------------------------------------------------------
