@@ -138,6 +138,7 @@ MODALITY = Modality(
     inits={"left": SpatialInit("left"), "above": SpatialInit("above")},  # JacobiDrafter binds them to the grid
     rules={"lantern": LANTERN}, suite=SUITE, extension=".png",
     suffixes=(".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"),  # formats PIL saves
+    compare=("prompt-lookup", "jacobi", "lookahead", "model", "heads"),
     display=DISPLAY, default_heads="zoo:shapes-heads", zoo=ZOO, heads_prompts=heads_prompts,
     notes="Class-conditional image-token model (8x8 VQ codes -> 32x32 pixels), or Janus by folder or hub id.",
 )

@@ -82,8 +82,9 @@ def build_parser(modality: str = "text") -> argparse.ArgumentParser:
                      "temperature 0, else speculative; `mmspec methods` says which are lossless)")
     cmp_ = sub.add_parser("compare", help="baseline and several methods on the same prompt", formatter_class=fmt)
     _common(cmp_, mod)
-    cmp_.add_argument("--methods", default="prompt-lookup,jacobi,lookahead,model",
-                      help="comma-separated drafter[:rule] list, e.g. model:speculative,jacobi")
+    cmp_.add_argument("--methods", default=None,
+                      help=f"comma-separated drafter[:rule] list, e.g. model:speculative,jacobi (default: "
+                      f"{','.join(mod.compare)}; the heads methods only on the default target or with --heads)")
     cmp_.add_argument("--repeats", type=int, default=5, help="timed rounds after one warm-up; the methods take turns "
                       "in every round")
     meth = sub.add_parser("methods", help="list each modality's drafters, Jacobi inits and accept rules",
@@ -229,8 +230,15 @@ def cmd_generate(args, modality) -> int:
 
 
 def _methods(args, modality) -> list[tuple[str, str]]:
+    """``--methods`` as (drafter, rule) pairs; by default the modality's ``compare`` list, less the methods that
+    need heads when there are none for this target (another target and no --heads)."""
+    if args.methods is not None:
+        items = [m.strip() for m in args.methods.split(",") if m.strip()]
+    else:
+        heads = args.heads is not None or (args.target == modality.default_target and modality.default_heads is not None)
+        items = [m for m in modality.compare if heads or "heads" not in named.parts_of(m.partition(":")[0])]
     out = []
-    for item in [m.strip() for m in args.methods.split(",") if m.strip()]:
+    for item in items:
         drafter, _, rule = item.partition(":")
         out.append((drafter, rule or named.default_rule(args.temperature)))
     return out

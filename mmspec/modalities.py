@@ -35,7 +35,8 @@ class Modality:
     ``--heads``) and ``zoo`` the folder ``zoo:NAME`` names live in; ``heads_prompts(target, held_out)`` yields the prompts whose samples a self-drafter trains
     on (None: a text corpus, ``mmspec.heads.data``). ``extension`` is the suffix an output is saved with by
     default and ``suffixes`` every suffix it can be saved as (``--out`` is checked against them before a run;
-    empty: ``extension`` only).
+    empty: ``extension`` only). ``compare`` is ``mmspec compare``'s default method list (``drafter[:rule]``):
+    the classic methods and the modality's fastest lossless ones.
     """
 
     name: str
@@ -60,6 +61,7 @@ class Modality:
     heads_prompts: Callable[[Target, bool], Any] | None = None
     extension: str = ".txt"
     suffixes: tuple[str, ...] = ()
+    compare: tuple[str, ...] = ("prompt-lookup", "jacobi", "lookahead", "model")
     notes: str = ""
 
     @property

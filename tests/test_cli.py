@@ -186,3 +186,20 @@ def test_out_accepts_each_modalitys_own_suffixes(tmp_path):
         for suffix in mod.suffixes or (mod.extension,):
             assert writable(tmp_path / name / f"out{suffix.upper()}", mod.suffixes) == str(tmp_path / name / f"out{suffix.upper()}")
     assert not list((tmp_path / "text").iterdir())  # the check leaves nothing behind
+
+
+@pytest.mark.parametrize("name, fastest", [("text", {"heads", "prompt-lookup|heads"}), ("image", {"heads"}),
+                                           ("speech", {"heads"})])
+def test_compare_defaults_show_the_fastest_lossless_methods_next_to_the_classic_ones(name, fastest):
+    from mmspec import modalities
+    from mmspec.cli import _methods, build_parser
+
+    mod = modalities.get(name)
+
+    def drafters(*extra):
+        return {d for d, _ in _methods(build_parser(name).parse_args(["compare", "--modality", name, *extra]), mod)}
+
+    assert drafters() == {"prompt-lookup", "jacobi", "lookahead", "model"} | fastest
+    assert drafters("--target", "some/model") == {"prompt-lookup", "jacobi", "lookahead", "model"}  # no heads for it
+    assert drafters("--target", "some/model", "--heads", "my-heads") == drafters()
+    assert drafters("--methods", "jacobi") == {"jacobi"}
