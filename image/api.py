@@ -12,6 +12,7 @@ import os
 from mmspec import accept
 from mmspec.bench import Method, Suite
 from mmspec.modalities import Modality
+from mmspec.renamed import RenamedOption, check_keywords
 
 from .display import DISPLAY
 from .inits import SpatialInit
@@ -26,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="classifier-free guidance scale, >= 0; 1 = unguided (default: the model's own)")
     group.add_argument("--guidance-interval", default=None,
                        help="guide only for grid fractions LO,HI (e.g. 0,0.5); default: everywhere")
+    group.add_argument("--cfg", action=RenamedOption)  # renamed in 0.2.0: an error naming the new option
+    group.add_argument("--cfg-interval", action=RenamedOption)
     group.add_argument("--image-size", type=int, default=None, help="expected image size in pixels (checked)")
     group.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     group.add_argument("--dtype", default=None, help="float32 (CPU default), float16, bfloat16")
@@ -54,6 +57,7 @@ def options(args: argparse.Namespace) -> dict:
 
 def load(name: str, **opts):
     """An ``ImageTarget`` (mmspec image folder / ``zoo:NAME``) or a ``JanusTarget`` (anything else)."""
+    check_keywords(opts, "image options")
     opts = {k: v for k, v in opts.items() if k in LOAD_OPTIONS}
     path = resolve(name)
     if os.path.exists(os.path.join(path, META_FILE)):

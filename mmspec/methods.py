@@ -7,7 +7,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-from . import accept
+from . import accept, renamed
 from .accept import Rule, RuleSpec
 from .drafters import CascadeDrafter, JacobiDrafter, LookaheadDrafter, MixedDrafter, ModelDrafter, PromptLookupDrafter
 from .loop import generate
@@ -224,6 +224,9 @@ def generate_with(modality: str | Modality, prompt: Any = None, drafter: str = "
     """
     from .modalities import get
 
+    renamed.check_method(kwargs)
+    renamed.check_keywords(kwargs, "generate")
+    renamed.check_keywords(options or {}, "options")
     mod = get(modality) if isinstance(modality, str) else modality
     models = Models(max_models=2) if models is None else models
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p)
