@@ -124,7 +124,7 @@ def test_drafter_options_are_checked():
         mmspec.generate(ToyTarget(vocab_size=5), mmspec.JacobiDrafter(init=bad_init), PROMPT, max_new_tokens=4)
 
 
-def test_a_broken_rule_is_named():
+def test_a_broken_rules_own_error_surfaces_and_it_is_never_called_lossless():
     def broken(draft, target_logits, sampler, pos):
         raise RuntimeError("boom")
 
