@@ -188,8 +188,7 @@ def test_lossy_rule_says_so_with_its_bound():
     ("speech", {"prompt": ""}, "prompt is empty"),
 ])
 def test_bad_input_is_refused_with_a_readable_error(modality, kwargs, needle):
-    if modality == "image":
-        outs = run(modality, **kwargs)
+    outs = run(modality, **kwargs)
     status = outs[-1][0]
     assert status.startswith("**Error:**") and needle in status, status
     assert "Traceback" not in status
