@@ -20,7 +20,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from mmspec import methods
     from mmspec.drafters.heads import int8_copy
     from mmspec.heads.store import load_heads
     from mmspec.modalities import get
@@ -28,7 +27,7 @@ def main(argv=None) -> int:
     from mmspec.types import Sampling
 
     mod = get("text")
-    target = methods.DEFAULT_MODELS.get(mod, mod.default_target)
+    target = mod.load(mod.default_target)
     drafter = load_heads("zoo:code-heads", target)
     target.track_hidden(True)
     target.start(mod.suite.prompts(1, target), 64)

@@ -34,7 +34,8 @@ def run_tab(server: Server, name: str, inputs: Inputs, progress=None, stop: thre
         if draft is not None:
             target.check_draft(draft)
         for drafter, rule, tree in todo:  # every name and rule builds before the long part
-            methods.make_drafter(drafter, mod, target=target, draft=draft, init=inputs.init, options=opts, tree=tree)
+            methods.make_drafter(drafter, mod, target=target, draft=draft, init=inputs.init, options=opts, tree=tree,
+                                 cache=server.models.cache)
             methods.make_rule(rule, mod, target, opts)
         yield from _run_plan(server, mod, target, draft, todo, prompts, opts, sampling, inputs, progress, stop)
     except Exception as err:  # noqa: BLE001 - bad names, paths, values or a model the adapter refuses: say so
@@ -51,7 +52,7 @@ def _run_plan(server, mod: Modality, target, draft, todo, prompts, opts, samplin
         col = Column(drafter_name, rule_name, tree)
         cols.append(col)
         drafter = methods.make_drafter(drafter_name, mod, target=target, draft=draft, init=inputs.init, options=opts,
-                                       tree=tree)
+                                       tree=tree, cache=server.models.cache)
         rule = methods.make_rule(rule_name, mod, target, opts)
         last = 0.0
         for _ in run_column(server, col, target, drafter, draft, prompts, rule=rule, sampling=sampling,
@@ -85,7 +86,7 @@ def _time_rounds(server, mod, target, draft, cols, prompts, opts, sampling, inpu
     def call(col):
         def once():
             drafter = methods.make_drafter(col.drafter, mod, target=target, draft=draft, init=inputs.init,
-                                           options=opts, tree=col.tree)
+                                           options=opts, tree=col.tree, cache=server.models.cache)
             with server.locks.hold(target, draft):
                 return generate(target, drafter, prompts, max_new_tokens=int(inputs.max_new), k=int(inputs.k),
                                 rule=methods.make_rule(col.rule, mod, target, opts), sampling=sampling,

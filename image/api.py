@@ -12,6 +12,7 @@ import os
 from mmspec import accept
 from mmspec.bench import Method, Suite
 from mmspec.modalities import Modality
+from mmspec.renamed import RenamedOption, check_keywords
 
 from .display import DISPLAY
 from .inits import SpatialInit
@@ -26,11 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="classifier-free guidance scale, >= 0; 1 = unguided (default: the model's own)")
     group.add_argument("--guidance-interval", default=None,
                        help="guide only for grid fractions LO,HI (e.g. 0,0.5); default: everywhere")
+    group.add_argument("--cfg", action=RenamedOption)  # renamed in 0.2.0: an error naming the new option
+    group.add_argument("--cfg-interval", action=RenamedOption)
     group.add_argument("--image-size", type=int, default=None, help="expected image size in pixels (checked)")
     group.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     group.add_argument("--dtype", default=None, help="float32 (CPU default), float16, bfloat16")
     group.add_argument("--delta", type=float, default=0.1, help="rule lantern (LOSSY): per-token TV bound delta")
     group.add_argument("--neighbours", type=int, default=1000, help="rule lantern: codebook neighbours per code")
+    group.add_argument("--lantern-cache", default=None, metavar="DIR",
+                       help="rule lantern: folder for the computed neighbour tables (default: ~/.cache/mmspec/lantern)")
 
 
 def interval(text):
@@ -45,13 +50,14 @@ def interval(text):
 
 
 def options(args: argparse.Namespace) -> dict:
-    opts = {key: getattr(args, key, None) for key in (*LOAD_OPTIONS, "delta", "neighbours")}
+    opts = {key: getattr(args, key, None) for key in (*LOAD_OPTIONS, "delta", "neighbours", "lantern_cache")}
     opts["guidance_interval"] = interval(opts["guidance_interval"])
     return {key: value for key, value in opts.items() if value is not None}
 
 
 def load(name: str, **opts):
     """An ``ImageTarget`` (mmspec image folder / ``zoo:NAME``) or a ``JanusTarget`` (anything else)."""
+    check_keywords(opts, "image options")
     opts = {k: v for k, v in opts.items() if k in LOAD_OPTIONS}
     path = resolve(name)
     if os.path.exists(os.path.join(path, META_FILE)):
@@ -70,11 +76,12 @@ def prompts(prompt, batch: int) -> list:
     return [prompt] * batch
 
 
-def lantern(target, delta: float = 0.1, neighbours: int = 1000):
-    """The LOSSY LANTERN rule for ``target``'s VQ codebook (see ``mmspec.image.lantern``)."""
+def lantern(target, delta: float = 0.1, neighbours: int = 1000, lantern_cache: str | None = None):
+    """The LOSSY LANTERN rule for ``target``'s VQ codebook (see ``mmspec.image.lantern``); its neighbour table is
+    kept in the folder ``lantern_cache`` (default: the user's cache)."""
     from .lantern import lantern_rule, neighbours_for
 
-    return lantern_rule(neighbours_for(target, neighbours), delta=delta)
+    return lantern_rule(neighbours_for(target, neighbours, lantern_cache), delta=delta)
 
 
 def class_prompts(n: int, target) -> list[str]:
@@ -98,7 +105,7 @@ def class_accuracy(target, prompts: list, outputs: list, baseline: list) -> floa
 
 
 LANTERN = accept.RuleSpec(
-    "lantern", lossless=False, build=lantern, options=("delta", "neighbours"),
+    "lantern", lossless=False, build=lantern, options=("delta", "neighbours", "lantern_cache"),
     bound="relaxed target within total variation delta of p per drafted token (--delta, default 0.1)")
 
 SUITE = Suite(
@@ -134,6 +141,8 @@ MODALITY = Modality(
     add_arguments=add_arguments, options=options,
     inits={"left": SpatialInit("left"), "above": SpatialInit("above")},  # JacobiDrafter binds them to the grid
     rules={"lantern": LANTERN}, suite=SUITE, extension=".png",
+    suffixes=(".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"),  # formats PIL saves
+    compare=("prompt-lookup", "jacobi", "lookahead", "model", "heads"),
     display=DISPLAY, default_heads="zoo:shapes-heads", zoo=ZOO, heads_prompts=heads_prompts,
     notes="Class-conditional image-token model (8x8 VQ codes -> 32x32 pixels), or Janus by folder or hub id.",
 )

@@ -42,19 +42,18 @@ def neighbour_table(codebook: Tensor, k_nb: int) -> Tensor:
 
 
 def cache_dir() -> str:
-    """Where computed tables are kept: ``$MMSPEC_CACHE``, else the user's cache folder (never the package)."""
-    root = os.environ.get("MMSPEC_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "mmspec")
-    return os.path.join(root, "lantern")
+    """The default folder for computed tables: ``~/.cache/mmspec/lantern`` (the user's, never the package);
+    ``neighbours_for(folder=...)`` (``--lantern-cache`` on the command line) names another."""
+    return os.path.join(os.path.expanduser("~"), ".cache", "mmspec", "lantern")
 
 
-def neighbours_for(target, k_nb: int = 1000) -> Tensor:
-    """The neighbour table of ``target.codebook()``, cached on disk in the user cache (``cache_dir()``) under a
-    hash of the codebook, so a table is computed once per codebook. ``k_nb`` is capped at V - 1."""
+def neighbours_for(target, k_nb: int = 1000, folder: str | None = None) -> Tensor:
+    """The neighbour table of ``target.codebook()``, cached on disk in ``folder`` (default ``cache_dir()``) under
+    a hash of the codebook, so a table is computed once per codebook. ``k_nb`` is capped at V - 1."""
     book = target.codebook()  # [V, E]
     k_nb = min(k_nb, book.shape[0] - 1)
     digest = hashlib.sha256(book.detach().float().cpu().numpy().tobytes()).hexdigest()[:16]
-    file = os.path.join(cache_dir(), f"{digest}_k{k_nb}.pt")
+    file = os.path.join(cache_dir() if folder is None else os.path.expanduser(str(folder)), f"{digest}_k{k_nb}.pt")
     if os.path.exists(file):
         table = torch.load(file, map_location="cpu", weights_only=True)
         if table.shape == (book.shape[0], k_nb):

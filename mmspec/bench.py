@@ -73,12 +73,14 @@ def suite_names() -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ running
-def run_once(modality, method: Method, target, draft, prompt, max_new: int, k: int, seed: int, heads=None):
-    """One timed generation (a fresh drafter each run: drafters keep state)."""
+def run_once(modality, method: Method, target, draft, prompt, max_new: int, k: int, seed: int, heads=None,
+             cache: dict | None = None):
+    """One timed generation (a fresh drafter each run: drafters keep state; loaded heads kept in ``cache``)."""
     return named.run(modality, target, prompt, drafter=method.drafter, rule=method.rule, draft=draft,
                      k=method.k or k, init=method.init, max_new_tokens=max_new, seed=seed,
                      sampling=Sampling(temperature=method.temperature), options=dict(method.options),
-                     tree=method.tree, width=method.width, dynamic=method.dynamic, heads=heads)
+                     tree=method.tree, width=method.width, dynamic=method.dynamic, heads=heads,
+                     cache=cache)
 
 
 def picked(method: Method, names: list[str] | None, suite: Suite) -> bool:
@@ -127,8 +129,9 @@ def measure(modality, plan: list[Method], target, draft, prompts, max_new, k, se
     """Per prompt: every method warmed up once, then ``repeats`` interleaved rounds (``mmspec.timing``); a row
     per (method, prompt) with the median wall time and every round's time."""
     rows: dict[str, list] = {m.label: [] for m in plan}
+    cache: dict = {}  # the heads are read once for all runs
     for i, prompt in enumerate(prompts):
-        runs = {m.label: functools.partial(run_once, modality, m, target, draft, prompt, max_new, k, seed, heads)
+        runs = {m.label: functools.partial(run_once, modality, m, target, draft, prompt, max_new, k, seed, heads, cache)
                 for m in plan}
         timed = timing.interleave(runs, repeats, progress=lambda name, r: bar.update())
         for label, gens in timed.items():

@@ -62,7 +62,8 @@ def _common(p: argparse.ArgumentParser, modality) -> None:
     p.add_argument("--top-p", type=float, default=None, help="sample from the smallest set holding mass p")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
     p.add_argument("--batch", type=int, default=1, help="rows generated together (the same prompt)")
-    p.add_argument("--out", default=None, help=f"output file, e.g. out{modality.extension}; a batch is numbered")
+    p.add_argument("--out", default=None, help=f"output file ending in {', '.join(modality.suffixes or (modality.extension,))}"
+                   f"; a batch is numbered")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_fast(p)
 
@@ -88,8 +89,9 @@ def build_parser(modality: str = "text") -> argparse.ArgumentParser:
                      "temperature 0, else speculative; `mmspec methods` says which are lossless)")
     cmp_ = sub.add_parser("compare", help="baseline and several methods on the same prompt", formatter_class=fmt)
     _common(cmp_, mod)
-    cmp_.add_argument("--methods", default="prompt-lookup,jacobi,lookahead,model",
-                      help="comma-separated drafter[:rule] list, e.g. model:speculative,jacobi")
+    cmp_.add_argument("--methods", default=None,
+                      help=f"comma-separated drafter[:rule] list, e.g. model:speculative,jacobi (default: "
+                      f"{','.join(mod.compare)}; the heads methods only on the default target or with --heads)")
     cmp_.add_argument("--repeats", type=int, default=5, help="timed rounds after one warm-up; the methods take turns "
                       "in every round")
     meth = sub.add_parser("methods", help="list each modality's drafters, Jacobi inits and accept rules",
@@ -183,16 +185,16 @@ def _check(args, modality, drafters: list[str], rules: list[str]) -> None:
     if args.out:
         from .files import writable
 
-        writable(args.out)
+        writable(args.out, modality.suffixes or (modality.extension,))
 
 
-def run_method(modality, target, drafter: str, rule: str, args, draft=None):
-    """One generation with a named drafter and rule; returns the Generation."""
+def run_method(modality, target, drafter: str, rule: str, args, draft=None, cache: dict | None = None):
+    """One generation with a named drafter and rule; returns the Generation (loaded heads kept in ``cache``)."""
     return named.run(modality, target, args.prompt, drafter=drafter, rule=rule, draft=draft, batch=args.batch,
                      k=args.k, init=args.init, ngram=args.ngram, max_new_tokens=args.max_new_tokens,
                      sampling=_sampling(args), seed=args.seed, options=modality.options(args),
                      tree=_tree(args, modality, drafter), width=args.tree_width,
-                     dynamic=args.dynamic_tree and named.needs_draft(drafter), heads=args.heads)
+                     dynamic=args.dynamic_tree and named.needs_draft(drafter), heads=args.heads, cache=cache)
 
 
 def _tree(args, modality, drafter: str) -> int | None:
@@ -237,8 +239,15 @@ def cmd_generate(args, modality) -> int:
 
 
 def _methods(args, modality) -> list[tuple[str, str]]:
+    """``--methods`` as (drafter, rule) pairs; by default the modality's ``compare`` list, less the methods that
+    need heads when there are none for this target (another target and no --heads)."""
+    if args.methods is not None:
+        items = [m.strip() for m in args.methods.split(",") if m.strip()]
+    else:
+        heads = args.heads is not None or (args.target == modality.default_target and modality.default_heads is not None)
+        items = [m for m in modality.compare if heads or "heads" not in named.parts_of(m.partition(":")[0])]
     out = []
-    for item in [m.strip() for m in args.methods.split(",") if m.strip()]:
+    for item in items:
         drafter, _, rule = item.partition(":")
         out.append((drafter, rule or named.default_rule(args.temperature)))
     return out
@@ -253,7 +262,9 @@ def cmd_compare(args, modality) -> int:
     keyed = any(r == "reproducible" for _, r in methods)
     base_rule = "greedy" if args.temperature == 0 else ("reproducible" if keyed else "speculative")
     plan = {"autoregressive": ("none", base_rule), **{named.label(d, r): (d, r) for d, r in methods}}
-    runs = {name: functools.partial(run_method, modality, target, d, r, args, draft=draft) for name, (d, r) in plan.items()}
+    cache: dict = {}  # the heads are read once for every round
+    runs = {name: functools.partial(run_method, modality, target, d, r, args, draft=draft, cache=cache)
+            for name, (d, r) in plan.items()}
     with tqdm(total=len(runs) * (repeats + 1), desc="compare", file=sys.stderr, leave=False) as bar:
         def progress(name, round_):
             bar.set_postfix_str(f"{name}, {'warm-up' if round_ == 0 else f'round {round_}/{repeats}'}")

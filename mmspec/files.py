@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 
 
@@ -41,13 +42,18 @@ def numbered(path: str, count: int) -> list[str]:
     return [f"{stem}_{i}.{ext}" if dot else f"{path}_{i}" for i in range(count)]
 
 
-def writable(path) -> str:
-    """Check, before any work, that a file can be written at ``path`` (creating its missing folders).
+def writable(path, suffixes: tuple[str, ...] = ()) -> str:
+    """Check, before any work, that a file can be written at ``path`` (creating its missing folders) and, when
+    ``suffixes`` are given (``(".png", ".jpg")``), that its name ends in one of them.
 
-    Returns the path as a string; a folder, an unwritable place or an empty name is a ValueError."""
+    Returns the path as a string; a folder, an unwritable place, another suffix or an empty name is a
+    ValueError. Writability is tried, not guessed from permission bits (root passes those everywhere): a
+    temporary file is created in the folder and removed."""
     if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
         raise ValueError(f"output path must be a file name such as out.png, got {path!r}")
     path = os.path.expanduser(str(path))
+    if suffixes and os.path.splitext(path)[1].lower() not in suffixes:
+        raise ValueError(f"output file {path!r} must end in {', '.join(suffixes)} (what this output saves as)")
     if os.path.isdir(path):
         raise ValueError(f"output path {path!r} is a folder; give a file name inside it")
     folder = os.path.dirname(os.path.abspath(path))
@@ -55,6 +61,11 @@ def writable(path) -> str:
         os.makedirs(folder, exist_ok=True)
     except OSError as err:
         raise ValueError(f"cannot create the folder for {path!r}: {err.strerror}") from None
-    if not os.access(folder, os.W_OK):
-        raise ValueError(f"cannot write to {folder!r} (permission denied)")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".mmspec-check-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"cannot write to {folder!r}: {err.strerror or err}") from None
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise ValueError(f"cannot overwrite {path!r} (permission denied)")
     return path

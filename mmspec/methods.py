@@ -7,7 +7,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable
 
-from . import accept
+from . import accept, renamed
 from .accept import Rule, RuleSpec
 from .drafters import CascadeDrafter, JacobiDrafter, LookaheadDrafter, MixedDrafter, ModelDrafter, PromptLookupDrafter
 from .loop import generate
@@ -115,10 +115,11 @@ def _check_tree(parts: list[str], modality: Modality, tree, width, dynamic) -> N
 def make_drafter(name: str, modality: Modality, *, target: Target | None = None, draft: Target | None = None,
                  init: str | Callable = "random", ngram: int | None = None, options: dict | None = None,
                  tree: int | None = None, width: int = 2, dynamic: bool = False,
-                 heads: str | None = None) -> Drafter | None:
+                 heads: str | None = None, cache: dict | None = None) -> Drafter | None:
     """``none`` -> None (plain decoding); ``model`` needs ``draft``; ``jacobi``/``lookahead`` take ``init``;
     ``heads`` loads the self-drafter in the folder ``heads`` (default: the modality's zoo heads) for
-    ``target``; a modality's own drafters are built by their factory from ``target`` and ``options``.
+    ``target`` (kept in ``cache``, a dict the caller holds between runs, when given: ``Models.cache``);
+    a modality's own drafters are built by their factory from ``target`` and ``options``.
 
     ``tree`` (node budget N) makes the drafters that branch draft token trees (``width`` children per
     node and ``dynamic`` EAGLE-2 trees for the model drafter); ``"A+B"`` is a ``MixedDrafter`` of the
@@ -130,9 +131,9 @@ def make_drafter(name: str, modality: Modality, *, target: Target | None = None,
     if len(parts) > 1:
         made = [_make_one(part, modality, target, draft, init, ngram, options,
                           tree if branches(part, modality) else None, width, dynamic, heads,
-                          strict=is_cascade(name)) for part in parts]
+                          strict=is_cascade(name), cache=cache) for part in parts]
         return CascadeDrafter(made) if is_cascade(name) else MixedDrafter(made, nodes=tree)
-    return _make_one(name, modality, target, draft, init, ngram, options, tree, width, dynamic, heads)
+    return _make_one(name, modality, target, draft, init, ngram, options, tree, width, dynamic, heads, cache=cache)
 
 
 def heads_folder(modality: Modality, heads: str | None) -> str:
@@ -149,14 +150,14 @@ def heads_folder(modality: Modality, heads: str | None) -> str:
 
 
 def _make_one(name, modality, target, draft, init, ngram, options, tree, width, dynamic, heads=None,
-              strict=False) -> Drafter | None:
+              strict=False, cache=None) -> Drafter | None:
     """One drafter by name (already checked)."""
     if name == "heads":
         from .heads import load_heads
 
         if target is None:
             raise ValueError("drafter 'heads' reads the target's hidden states: pass the loaded target")
-        return load_heads(heads_folder(modality, heads), target, tree=tree, width=width)
+        return load_heads(heads_folder(modality, heads), target, tree=tree, width=width, cache=cache)
     if name in modality.drafters:
         shape = {} if tree is None else {"tree": tree, "width": width}
         return modality.drafters[name](target, **(options or {}), **shape)
@@ -193,12 +194,13 @@ def run(modality: Modality, target: Target, prompt: Any = None, *, drafter: str 
         draft: Target | None = None, batch: int = 1, k: int = 4, init: str | Callable = "random",
         ngram: int | None = None, max_new_tokens: int | None = None, sampling: Sampling = Sampling(),
         seed: int = 0, options: dict | None = None, tree: int | None = None, width: int = 2,
-        dynamic: bool = False, heads: str | None = None) -> Generation:
+        dynamic: bool = False, heads: str | None = None, cache: dict | None = None) -> Generation:
     """One generation with a named drafter and rule (fresh drafter: drafters keep state); ``tree`` is the
-    node budget of a branching drafter (None or 0: a chain), ``width`` its children per expanded node."""
+    node budget of a branching drafter (None or 0: a chain), ``width`` its children per expanded node;
+    ``cache`` a dict the caller keeps between runs (loaded heads are read once: ``make_drafter``)."""
     rule_obj = make_rule(rule or default_rule(sampling.temperature), modality, target, options)
     made = make_drafter(drafter, modality, target=target, draft=draft, init=init, ngram=ngram, options=options,
-                        tree=tree or None, width=width, dynamic=dynamic, heads=heads)
+                        tree=tree or None, width=width, dynamic=dynamic, heads=heads, cache=cache)
     prompt = modality.default_prompt if prompt is None else prompt
     if isinstance(prompt, (list, tuple)):  # one row per prompt
         prompts = [row for p in prompt for row in modality.prompts(p, 1)] if prompt else modality.prompts(None, 1)
@@ -206,10 +208,6 @@ def run(modality: Modality, target: Target, prompt: Any = None, *, drafter: str 
         prompts = modality.prompts(prompt, count(batch, "batch"))
     return generate(target, made, prompts, max_new_tokens=modality.length(max_new_tokens, target), k=k,
                     rule=rule_obj, sampling=sampling, seed=seed)
-
-
-DEFAULT_MODELS = Models(max_models=2)
-"""The models ``generate_with`` keeps between calls when no ``models`` is given (the two latest)."""
 
 
 def generate_with(modality: str | Modality, prompt: Any = None, drafter: str = "none", rule: str | None = None, *,
@@ -220,13 +218,17 @@ def generate_with(modality: str | Modality, prompt: Any = None, drafter: str = "
     one-liner, e.g. ``mmspec.image.generate("red ring", "jacobi", "speculative", temperature=1.0)``.
 
     ``drafter`` / ``rule`` take the CLI's names; ``options`` the modality's load and rule options;
-    other keywords (``k``, ``init``, ``ngram``, ``batch``, ``max_new_tokens``, ``seed``, ``tree``, ``width``,
+    ``models`` a ``Models`` the caller keeps to reuse loaded models (and heads) between calls (None: load
+    them for this call only); other keywords (``k``, ``init``, ``ngram``, ``batch``, ``max_new_tokens``, ``seed``, ``tree``, ``width``,
     ``heads``) go to ``run``.
     """
     from .modalities import get
 
+    renamed.check_method(kwargs)
+    renamed.check_keywords(kwargs, "generate")
+    renamed.check_keywords(options or {}, "options")
     mod = get(modality) if isinstance(modality, str) else modality
-    models = DEFAULT_MODELS if models is None else models
+    models = Models(max_models=2) if models is None else models
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p)
     check_drafter(drafter, mod, init=kwargs.get("init", "random"), ngram=kwargs.get("ngram"),
                   tree=kwargs.get("tree") or None, width=kwargs.get("width", 2), dynamic=kwargs.get("dynamic", False))
@@ -234,4 +236,5 @@ def generate_with(modality: str | Modality, prompt: Any = None, drafter: str = "
     opts = dict(options or {})
     tgt = models.get(mod, target or mod.default_target, **opts)
     dft = models.get(mod, draft or mod.default_draft, **opts) if needs_draft(drafter) else None
-    return run(mod, tgt, prompt, drafter=drafter, rule=rule, draft=dft, sampling=sampling, options=opts, **kwargs)
+    return run(mod, tgt, prompt, drafter=drafter, rule=rule, draft=dft, sampling=sampling, options=opts,
+               cache=models.cache, **kwargs)

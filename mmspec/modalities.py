@@ -33,7 +33,10 @@ class Modality:
     (``mmspec.bench.Suite``); ``display`` is the app's view of an output (``demos/app.py``).
     ``default_heads`` names the zoo self-drafter of ``default_target`` (``--drafter heads`` without
     ``--heads``) and ``zoo`` the folder ``zoo:NAME`` names live in; ``heads_prompts(target, held_out)`` yields the prompts whose samples a self-drafter trains
-    on (None: a text corpus, ``mmspec.heads.data``).
+    on (None: a text corpus, ``mmspec.heads.data``). ``extension`` is the suffix an output is saved with by
+    default and ``suffixes`` every suffix it can be saved as (``--out`` is checked against them before a run;
+    empty: ``extension`` only). ``compare`` is ``mmspec compare``'s default method list (``drafter[:rule]``):
+    the classic methods and the modality's fastest lossless ones.
     """
 
     name: str
@@ -57,6 +60,8 @@ class Modality:
     zoo: Any = None
     heads_prompts: Callable[[Target, bool], Any] | None = None
     extension: str = ".txt"
+    suffixes: tuple[str, ...] = ()
+    compare: tuple[str, ...] = ("prompt-lookup", "jacobi", "lookahead", "model")
     notes: str = ""
 
     @property
@@ -111,7 +116,9 @@ def unavailable(name: str) -> str | None:
 class Models:
     """Loaded models by (modality, name, options): the ``max_models`` most recently used are kept.
 
-    The app and the notebook helpers hold one of these instead of a module-level dict.
+    The app and the notebook helpers hold one of these instead of a module-level dict. ``cache`` is a dict
+    for what is built from these models and worth keeping between runs (a target's loaded self-drafter
+    heads: ``methods.run(cache=...)``); it goes with this object, so whoever owns the models owns it.
     """
 
     def __init__(self, max_models: int = 4):
@@ -119,6 +126,7 @@ class Models:
             raise ValueError(f"max_models must be an integer >= 1, got {max_models!r}")
         self.max_models = max_models
         self._models: OrderedDict[tuple, Target] = OrderedDict()
+        self.cache: dict = {}
 
     def get(self, modality: Modality, name: str, **options) -> Target:
         key = (modality.name, str(name), tuple(sorted((k, repr(v)) for k, v in options.items())))

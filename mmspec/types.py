@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .renamed import Stats
+
+
 def count(value, name: str, minimum: int = 1) -> int:
     """An integer parameter (Python or NumPy integer, not a bool) >= ``minimum``, else a ValueError."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
@@ -152,14 +155,15 @@ def stats_of(gen: Generation) -> dict:
     Every step is one target forward (the first is the prefill). ``mean_accepted`` is frames committed
     per target forward (1.0 for plain decoding); the ``acceptance_rate`` is accepted draft frames over
     drafted frames (tree nodes), per row, averaged; ``nodes_per_forward`` is the frames each verify
-    forward scored (``last`` + the drafted nodes), averaged over the steps after the prefill.
+    forward scored (``last`` + the drafted nodes), averaged over the steps after the prefill. A ``Stats``
+    dict: a renamed key (``target_forwards``) raises a KeyError naming its new name (``steps``).
     """
     new_tokens = int(gen.lengths.sum())
     forwards = len(gen.steps)
     frames_per_row = sum(s.frames.shape[1] for s in gen.steps)
     drafted = sum(s.n_drafted for s in gen.steps) * gen.tokens.shape[0]
     accepted = sum(int(s.n_accepted.sum()) for s in gen.steps)
-    return {
+    return Stats({
         "wall_s": gen.wall_s,
         "new_tokens": new_tokens,
         "tokens_per_s": new_tokens / gen.wall_s if gen.wall_s > 0 else 0.0,
@@ -168,7 +172,7 @@ def stats_of(gen: Generation) -> dict:
         "acceptance_rate": accepted / drafted if drafted else 0.0,
         "nodes_per_forward": sum(s.n_drafted + 1 for s in gen.steps[1:]) / max(1, len(gen.steps) - 1),
         "accepted_per_step": [s.frames.shape[1] for s in gen.steps],
-    }
+    })
 
 
 def check_frames(frames: Tensor, name: str = "frames") -> Tensor:

@@ -137,7 +137,8 @@ MODALITY = Modality(
     add_arguments=add_arguments, options=options,
     inits={"codec-lookup": lookup_init},
     drafters={"codec-lookup": lambda target, tree=None, width=2, **opts: CodecLookupDrafter(tree=tree, width=width)},  # training-free, per codebook
-    rules={"relaxed": RELAXED}, suite=SUITE, extension=".wav",
+    rules={"relaxed": RELAXED}, suite=SUITE, extension=".wav", suffixes=(".wav",),  # Audio.save writes WAV
+    compare=("prompt-lookup", "jacobi", "lookahead", "model", "heads"),
     display=DISPLAY, default_heads="zoo:speech-heads", zoo=ZOO, heads_prompts=heads_prompts,
     notes="Text-to-speech codec LM from the offline zoo (4 codebooks, 50 frames/s), or MusicGen by folder or hub id.",
 )

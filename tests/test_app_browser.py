@@ -38,7 +38,6 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def url():
-    pytest.importorskip("gradio")
     from mmspec.demos import app
 
     demo = app.build_app()

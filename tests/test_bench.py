@@ -96,7 +96,6 @@ def test_bad_suite_and_missing_model(tmp_path, capsys):
 
 def test_image_suite_on_the_zoo(tmp_path):
     """The image suite end to end on the zoo (a partial grid: 8 codes), with its class-accuracy proxy."""
-    pytest.importorskip("diffusers")
     code = main(["bench", "--suite", "image", "--out", str(tmp_path), "--prompt", "red ring", "--max-new-tokens", "8",
                  "--repeats", "1", "--methods", "jacobi,lantern", "--device", "cpu"])
     assert code == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,21 +23,26 @@ def test_generate_json_contract(capsys, tiny_models):
                        "--max-new-tokens", "8", "--batch", "2", "--json")
     assert code == 0
     result = json.loads(out)
-    assert set(result) >= {"outputs", "token_ids", "stats"}
+    assert set(result) >= {"outputs", "token_ids", "stats", "files", "method", "lossless", "bound", "sampling"}
+    assert result["method"] == "model / greedy" and result["lossless"] is True and result["files"] == []
+    assert result["sampling"]["temperature"] == 0.0
     assert len(result["outputs"]) == 2 and all(isinstance(o, str) for o in result["outputs"])
     assert result["token_ids"][0] == result["token_ids"][1]  # greedy: both rows alike
     assert set(result["stats"]) >= {"wall_s", "new_tokens", "tokens_per_s", "steps",
                                     "mean_accepted", "acceptance_rate"}
 
 
-def test_drafter_none_equals_every_drafter_under_greedy(capsys, tiny_models):
+def test_drafter_none_equals_every_drafter_but_heads_under_greedy(capsys, tiny_models):
+    """Every core drafter the CLI names (heads need heads trained for this target: tests/test_heads*.py)."""
+    from mmspec.methods import DRAFTERS
+
     ids = {}
-    for drafter in ("none", "prompt-lookup", "jacobi", "lookahead"):
-        code, out, _ = run(capsys, "generate", "--target", tiny_models["gpt2"], "--prompt", "for i in range(10):",
-                           "--drafter", drafter, "--max-new-tokens", "12", "--json")
+    for drafter in [d for d in DRAFTERS if d != "heads"]:
+        code, out, _ = run(capsys, "generate", "--target", tiny_models["gpt2"], "--draft", tiny_models["gpt2-draft"],
+                           "--prompt", "for i in range(10):", "--drafter", drafter, "--max-new-tokens", "12", "--json")
         assert code == 0
         ids[drafter] = json.loads(out)["token_ids"]
-    assert all(v == ids["none"] for v in ids.values())
+    assert "model" in ids and all(v == ids["none"] for v in ids.values())
 
 
 def test_compare_json(capsys, tiny_models):
@@ -108,8 +114,12 @@ def test_missing_model_path(capsys):
 
 
 def test_console_script_exit_code():
-    proc = subprocess.run([sys.executable, "-m", "mmspec.cli", "generate", "--k", "0"], capture_output=True, text=True)
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("mmspec: error:")
+    """The installed ``mmspec`` command (next to this Python) and ``python -m mmspec.cli`` exit 2 on bad input."""
+    script = Path(sys.executable).with_name("mmspec")
+    assert script.exists(), f"the console script is not installed next to {sys.executable}"
+    for command in ([str(script)], [sys.executable, "-m", "mmspec.cli"]):
+        proc = subprocess.run([*command, "generate", "--k", "0"], capture_output=True, text=True)
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith("mmspec: error:"), command
 
 
 def test_zoo_distill_of_image_is_a_clean_error(capsys):
@@ -123,12 +133,18 @@ def test_zoo_help_is_the_recipes_own(capsys):
 
 
 def test_methods_lists_every_modalitys_drafters_and_rule_bounds(capsys):
+    from mmspec import methods, modalities
+
     code, out, _ = run(capsys, "methods")
     assert code == 0
-    speech = out[out.index("[speech]"):]
-    assert "codec-lookup" in speech.splitlines()[1]  # the modality's own drafter is listed
-    assert "rule relaxed" in speech and "LOSSY: total variation" in speech  # a lossy rule shows its bound
-    assert "rule greedy        lossless" in out
+    sections = dict(zip(modalities.names(), ("\n" + out).split("\n[")[1:]))
+    assert set(sections) == set(modalities.names())
+    for name, text in sections.items():
+        mod = modalities.get(name)
+        assert text.startswith(f"{name}]") and all(d in text.splitlines()[1] for d in methods.drafter_names(mod))
+        for rule, spec in methods.rule_specs(mod).items():  # lossless, or LOSSY with the bound the rule states
+            assert f"rule {rule:13} {'lossless' if spec.lossless else 'LOSSY: ' + spec.bound}" in text, (name, rule)
+    assert "codec-lookup" in sections["speech"] and "LOSSY: total variation" in sections["speech"]
 
 
 def test_help_shows_the_modalitys_own_drafters_options_and_defaults(capsys):
@@ -158,3 +174,48 @@ def test_tree_flags_and_the_mixed_drafter(capsys, tiny_models):
     assert code == 2 and "cannot draft a tree" in err
     code, _, err = run(capsys, "generate", *base, "--drafter", "model", "--tree", "-1")
     assert code == 2 and "--tree" in err
+
+
+@pytest.mark.parametrize("modality, out, word", [
+    ("text", "/proc/x.txt", "cannot write"), ("text", "/proc/nowhere/x.txt", "cannot create the folder"),
+    ("text", "out.png", "must end in .txt"), ("image", "/proc/x.png", "cannot write"),
+    ("image", "out.wav", "must end in .png"), ("image", "out", "must end in .png"),
+    ("speech", "/proc/x.wav", "cannot write"), ("speech", "out.mp3", "must end in .wav"),
+])
+def test_out_is_checked_before_anything_loads(capsys, monkeypatch, modality, out, word):
+    import mmspec.cli
+
+    def never(*args, **kwargs):
+        raise AssertionError("a model loaded before --out was checked")
+
+    monkeypatch.setattr(mmspec.cli, "_load", never)
+    code, _, err = run(capsys, "generate", "--modality", modality, "--out", out)
+    assert code == 2 and err.strip().splitlines() == [err.strip()] and word in err and "Traceback" not in err
+
+
+def test_out_accepts_each_modalitys_own_suffixes(tmp_path):
+    from mmspec import modalities
+    from mmspec.files import writable
+
+    for name in modalities.names():
+        mod = modalities.get(name)
+        for suffix in mod.suffixes or (mod.extension,):
+            assert writable(tmp_path / name / f"out{suffix.upper()}", mod.suffixes) == str(tmp_path / name / f"out{suffix.upper()}")
+    assert not list((tmp_path / "text").iterdir())  # the check leaves nothing behind
+
+
+@pytest.mark.parametrize("name, fastest", [("text", {"heads", "prompt-lookup|heads"}), ("image", {"heads"}),
+                                           ("speech", {"heads"})])
+def test_compare_defaults_show_the_fastest_lossless_methods_next_to_the_classic_ones(name, fastest):
+    from mmspec import modalities
+    from mmspec.cli import _methods, build_parser
+
+    mod = modalities.get(name)
+
+    def drafters(*extra):
+        return {d for d, _ in _methods(build_parser(name).parse_args(["compare", "--modality", name, *extra]), mod)}
+
+    assert drafters() == {"prompt-lookup", "jacobi", "lookahead", "model"} | fastest
+    assert drafters("--target", "some/model") == {"prompt-lookup", "jacobi", "lookahead", "model"}  # no heads for it
+    assert drafters("--target", "some/model", "--heads", "my-heads") == drafters()
+    assert drafters("--methods", "jacobi") == {"jacobi"}

@@ -45,9 +45,22 @@ def test_greedy_equivalence_every_drafter(K, B):
 def test_jacobi_never_takes_more_steps_and_a_perfect_draft_takes_few():
     target = ToyTarget(vocab_size=6, seed=1, sharpness=4.0)
     base = mmspec.autoregressive(target, prompt(), max_new_tokens=30)
-    twin = mmspec.generate(target, mmspec.ModelDrafter(target.perturbed(0.0)), prompt(), max_new_tokens=30, k=5)
-    assert torch.equal(twin.tokens, base.tokens)
-    assert twin.stats["acceptance_rate"] == 1.0 and twin.stats["steps"] == 1 + 29 // 6 + (29 % 6 > 0)
+    for init in ("random", "pad", "repeat"):
+        gen = mmspec.generate(target, mmspec.JacobiDrafter(init), prompt(), max_new_tokens=30, k=5)
+        assert torch.equal(gen.tokens, base.tokens) and gen.stats["steps"] <= base.stats["steps"], init
+
+    def oracle(seq, n, shift=0):  # the n frames after seq (new frames so far + current guesses), from the answer
+        out = torch.zeros(seq.shape[0], n, seq.shape[2], dtype=torch.long)
+        known = base.tokens[:, seq.shape[1]: seq.shape[1] + n]
+        out[:, : known.shape[1]] = (known + shift) % 6
+        return out
+
+    perfect = mmspec.generate(target, mmspec.JacobiDrafter(oracle), prompt(), max_new_tokens=30, k=5)
+    assert torch.equal(perfect.tokens, base.tokens)
+    assert perfect.stats["acceptance_rate"] == 1.0 and perfect.stats["steps"] == 1 + 29 // 6 + (29 % 6 > 0)
+    wrong = mmspec.generate(target, mmspec.JacobiDrafter(lambda seq, n: oracle(seq, n, shift=1)), prompt(),
+                            max_new_tokens=30, k=5)  # negative control: every init guess off by one
+    assert torch.equal(wrong.tokens, base.tokens) and wrong.stats["steps"] > perfect.stats["steps"] + 3
 
 
 def test_stats_are_consistent():
@@ -144,15 +157,38 @@ def test_reproducible_rows_and_batches():
         assert torch.equal(mmspec.generate(target, drafter, prompt(2, 2), k=4, **kw).tokens, base.tokens)
     other = mmspec.autoregressive(target, prompt(2, 2), **{**kw, "seed": 12})
     assert not torch.equal(other.tokens, base.tokens)
+    alone = mmspec.generate(target, mmspec.JacobiDrafter(), prompt(2, 2)[:1], k=4, **kw)
+    assert torch.equal(alone.tokens, base.tokens[:1])  # a row's output does not depend on the batch around it
+    twins = mmspec.autoregressive(target, prompt(2, 2)[:1].expand(2, -1, -1).contiguous(), **kw)
+    assert not torch.equal(twins.tokens[0], twins.tokens[1])  # the noise is keyed by row: one prompt, two samples
+
+
+class OtherNoise(mmspec.ModelDrafter):
+    """The same draft model sampled with another seed's keyed noise: the same q, uncoupled from the target."""
+
+    def start(self, target, sampler, prompt, max_new_tokens):
+        other = Sampler(sampler.sampling, seed=sampler.seed + 1, device=sampler.device, keyed=sampler.keyed)
+        super().start(target, other, prompt, max_new_tokens)
 
 
 def test_coupled_model_draft_is_accepted_more_often_under_reproducible():
+    """Under the reproducible rule the draft model samples with the target's keyed noise (Gumbel coupling), so
+    its draft is accepted about as often as under classic speculative sampling; the same draft with other
+    noise (the negative control) rarely is. The output is the reproducible autoregressive one either way."""
     target = ToyTarget(vocab_size=8, seed=4, sharpness=1.0)
     draft = target.perturbed(0.3)
-    kw = dict(max_new_tokens=60, k=4, sampling=Sampling(temperature=1.0), seed=0)
-    coupled = mmspec.generate(target, mmspec.ModelDrafter(draft), prompt(), rule=accept.reproducible, **kw)
-    classic = mmspec.generate(target, mmspec.ModelDrafter(draft), prompt(), rule=accept.speculative, **kw)
-    assert coupled.stats["acceptance_rate"] > 0.5 and classic.stats["acceptance_rate"] > 0.3
+    rates = {"coupled": [], "uncoupled": [], "classic": []}
+    for seed in range(4):
+        kw = dict(max_new_tokens=60, sampling=Sampling(temperature=1.0), seed=seed)
+        base = mmspec.autoregressive(target, prompt(), rule=accept.reproducible, **kw)
+        for name, drafter, rule in (("coupled", mmspec.ModelDrafter(draft), accept.reproducible),
+                                    ("uncoupled", OtherNoise(draft), accept.reproducible),
+                                    ("classic", mmspec.ModelDrafter(draft), accept.speculative)):
+            gen = mmspec.generate(target, drafter, prompt(), k=4, rule=rule, **kw)
+            rates[name].append(gen.stats["acceptance_rate"])
+            assert rule is accept.speculative or torch.equal(gen.tokens, base.tokens), (name, seed)
+    coupled, uncoupled, classic = (sum(r) / len(r) for r in rates.values())
+    assert coupled > 0.6 and coupled > 3 * uncoupled and coupled > 0.8 * classic, rates
 
 
 # -- rules ---------------------------------------------------------------------------------------

@@ -124,7 +124,7 @@ def test_drafter_options_are_checked():
         mmspec.generate(ToyTarget(vocab_size=5), mmspec.JacobiDrafter(init=bad_init), PROMPT, max_new_tokens=4)
 
 
-def test_a_broken_rule_is_named():
+def test_a_broken_rules_own_error_surfaces_and_it_is_never_called_lossless():
     def broken(draft, target_logits, sampler, pos):
         raise RuntimeError("boom")
 
@@ -170,6 +170,9 @@ def test_generation_save_checks_the_path_first(tmp_path):
     blocker.write_text("x")
     with pytest.raises(ValueError, match="cannot create the folder"):
         gen.save(str(blocker / "out.txt"))
+    with pytest.raises(ValueError, match="cannot write to '/proc'"):  # writable by permission bits for root
+        gen.save("/proc/out.txt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "folder", "new"]  # nothing else was written
 
 
 # -- adapters: prompts, guidance, devices ------------------------------------------------------------

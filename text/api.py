@@ -76,7 +76,8 @@ MODALITY = Modality(
     default_target="zoo:code-target", default_draft="zoo:code-draft",
     examples=("def fibonacci(n):", "class Stack:\n    def __init__(self):", "import os\n\ndef list_files(path):"),
     load=load, prompts=prompts, max_new_tokens=64, max_new_limit=512,
-    add_arguments=add_arguments, options=options, suite=SUITE, extension=".txt",
+    add_arguments=add_arguments, options=options, suite=SUITE, extension=".txt", suffixes=(".txt", ".md", ".py"),
+    compare=("prompt-lookup", "jacobi", "lookahead", "model", "heads", "prompt-lookup|heads"),
     display=DISPLAY, default_heads="zoo:code-heads", zoo=ZOO,
     notes="Python code model from the offline zoo (23M target, 2M draft), or any Hugging Face causal LM.",
 )

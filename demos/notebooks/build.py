@@ -99,20 +99,23 @@ Decoding (SJD)** accepts sampled guesses with the speculative rule, so sampling 
     ("code", SETUP + '''
 import mmspec.image
 from IPython.display import display
+from mmspec.modalities import Models
+
+models = Models()  # yours to keep: every generate call below reuses the models it loaded
 
 def show(images, scale=4):
     for im in images:
         display(im.resize((im.width * scale, im.height * scale), 0))'''),
     ("md", "## Baseline: autoregressive sampling (temperature 1)"),
-    ("code", '''baseline = mmspec.image.generate("red ring", "none", "speculative", temperature=1.0, seed=0)
+    ("code", '''baseline = mmspec.image.generate("red ring", "none", "speculative", temperature=1.0, seed=0, models=models)
 show(baseline.outputs)
 print(baseline.stats["steps"], "target forwards,", round(baseline.stats["wall_s"], 2), "s")'''),
     ("md", "## SJD and Jacobi (greedy)"),
     ("code", '''runs = {
-    "sjd (init random)": mmspec.image.generate("red ring", "jacobi", "speculative", temperature=1.0, seed=0),
+    "sjd (init random)": mmspec.image.generate("red ring", "jacobi", "speculative", temperature=1.0, seed=0, models=models),
     "sjd (init left)": mmspec.image.generate("red ring", "jacobi", "speculative", temperature=1.0, init="left",
-                                         seed=0),
-    "jacobi (greedy)": mmspec.image.generate("red ring", "jacobi", "greedy", seed=0),
+                                         seed=0, models=models),
+    "jacobi (greedy)": mmspec.image.generate("red ring", "jacobi", "greedy", seed=0, models=models),
 }
 for name, gen in runs.items():
     print(name, "-", gen.stats["steps"], "target forwards")
@@ -121,14 +124,14 @@ for name, gen in runs.items():
     ("code", PLOT + '''
 
 plot_speedup({
-    "autoregressive": lambda: mmspec.image.generate("red ring", "none", "speculative", temperature=1.0, seed=0),
-    "sjd (init random)": lambda: mmspec.image.generate("red ring", "jacobi", "speculative", temperature=1.0, seed=0),
+    "autoregressive": lambda: mmspec.image.generate("red ring", "none", "speculative", temperature=1.0, seed=0, models=models),
+    "sjd (init random)": lambda: mmspec.image.generate("red ring", "jacobi", "speculative", temperature=1.0, seed=0, models=models),
     "sjd (init left)": lambda: mmspec.image.generate("red ring", "jacobi", "speculative", temperature=1.0,
-                                                     init="left", seed=0),
+                                                     init="left", seed=0, models=models),
 })'''),
     ("md", "## Several classes in one batch"),
     ("code", '''gen = mmspec.image.generate(["blue square", "green triangle", "yellow cross"], "jacobi", "speculative",
-                            temperature=1.0, seed=3)
+                            temperature=1.0, seed=3, models=models)
 show(gen.outputs)'''),
 ]
 

@@ -98,22 +98,21 @@ def build(config: dict):
                  config["window"])
 
 
-_LOADED: dict = {}  # (folder, file mtime, target id) -> the module, so repeated runs skip reading the file
-
-
-def load_heads(folder: str | Path, target, tree: int | None = None, width: int = 2):
+def load_heads(folder: str | Path, target, tree: int | None = None, width: int = 2, cache: dict | None = None):
     """The drafter saved in ``folder`` (or ``zoo:NAME``) for ``target``: a ``MedusaDrafter`` (a static tree of
     each head's top-``width`` under ``tree`` nodes) or an ``EagleDrafter`` (an EAGLE-2 dynamic tree of ``tree``
     nodes, ``width`` children per expanded node; its config's ``depth`` caps the draft depth and its
     ``confidence`` stops a chain where the layer is unsure, both when set), on
-    the target's device in float32 (CPU) or its dtype; ``tree`` None: a chain. ValueError for a missing
-    folder, an unknown kind, or heads of another target."""
+    the target's device in float32 (CPU) or its dtype; ``tree`` None: a chain. ``cache``: a dict the caller
+    keeps between runs (``Models.cache``), so repeated runs on one target read the file once (it holds one
+    target's heads at a time); None reads it every time. ValueError for a missing folder, an unknown kind,
+    or heads of another target."""
     from ..drafters.eagle import EagleDrafter
     from ..drafters.medusa import MedusaDrafter
 
     config = read_heads_config(folder)
     check_target(config, target, folder)
-    module = _module(resolve_heads(folder), config, target)
+    module = _module(resolve_heads(folder), config, target, {} if cache is None else cache)
     vocab = torch.tensor(config["draft_vocab"], dtype=torch.long) if config.get("draft_vocab") else None
     if config["kind"] in ("medusa", "medusa1"):
         return MedusaDrafter(module, tree=tree, width=width, vocab=vocab)
@@ -129,14 +128,18 @@ def draft_vocab(tokens: torch.Tensor, vocab_size: int, size: int) -> list[int]:
     return sorted(counts.topk(size).indices.tolist())
 
 
-def _module(folder: Path, config: dict, target):
+def _module(folder: Path, config: dict, target, cache: dict):
+    """The heads module in ``folder`` on ``target``'s device, from ``cache["heads"]`` when it holds this file
+    for this very target (the entry keeps the target, so its identity cannot pass to another object)."""
     from safetensors.torch import load_file
 
-    key = (str(folder.resolve()), (folder / "model.safetensors").stat().st_mtime_ns, id(target))
-    if key not in _LOADED:
-        module = build(config)
-        module.load_state_dict(load_file(str(folder / "model.safetensors")))
-        dtype = next(target.output_head().parameters()).dtype
-        _LOADED.clear()  # one target's heads at a time: a loaded module is small, but never a leak
-        _LOADED[key] = module.to(device=target.device, dtype=torch.float32 if target.device.type == "cpu" else dtype)
-    return _LOADED[key]
+    key = (str(folder.resolve()), (folder / "model.safetensors").stat().st_mtime_ns)
+    held = cache.get("heads")
+    if held is not None and held[0] == key and held[1] is target:
+        return held[2]
+    module = build(config)
+    module.load_state_dict(load_file(str(folder / "model.safetensors")))
+    dtype = next(target.output_head().parameters()).dtype
+    module = module.to(device=target.device, dtype=torch.float32 if target.device.type == "cpu" else dtype)
+    cache["heads"] = (key, target, module)  # one target's heads at a time: a loaded module is small, never a leak
+    return module
