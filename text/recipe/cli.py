@@ -12,20 +12,21 @@ wall-clock budget, and saves fp16 `save_pretrained` folders `code-target/` and `
 `evaluate` measures losses, greedy agreement and sample completions and writes the model cards.
 `distill` retrains only the drafter against the saved target, trying a few drafter shapes, and keeps the
 one that agrees with the target most.
+
+Every command reads and writes the folder `--out` names, by default `./zoo-out/text` in the working
+directory; the commands above (run from a checkout's root) rebuild the shipped zoo, `text/zoo`.
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
 from .data import DEFAULT_DATA, prepare
 from .distill import distill
 from .evaluate import evaluate
 from .models import DRAFT_VARIANTS
 from .train import train
 
-DEFAULT_OUT = str(Path(__file__).resolve().parent.parent / "zoo")
+DEFAULT_OUT = "zoo-out/text"  # in the working directory, never inside the installed package
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="source bytes per permissive package (0: standard library only)")
     t = sub.add_parser("train", help="train target + drafter (GPU; CPU fallback)")
     t.add_argument("--data", default=DEFAULT_DATA)
-    t.add_argument("--out", default=DEFAULT_OUT)
+    t.add_argument("--out", default=DEFAULT_OUT, help=f"folder for code-target/ and code-draft/ (default {DEFAULT_OUT})")
     t.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     t.add_argument("--time-budget", type=float, default=400.0, help="wall-clock seconds, whole command")
     t.add_argument("--quick", action="store_true", help="tiny models, ~20 steps each (smoke test)")
@@ -54,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     d = sub.add_parser("distill", help="retrain only the drafter against the saved target (GPU; CPU fallback)")
     d.add_argument("--data", default=DEFAULT_DATA)
-    d.add_argument("--out", default=DEFAULT_OUT, help="zoo folder holding code-target/ (code-draft/ is replaced)")
+    d.add_argument("--out", default=DEFAULT_OUT, help=f"zoo folder holding code-target/ (code-draft/ is replaced; default {DEFAULT_OUT})")
     d.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     d.add_argument("--time-budget", type=float, default=330.0, help="wall-clock seconds, all variants")
     d.add_argument("--variants", default=DRAFT_VARIANTS,
@@ -70,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0)
     e = sub.add_parser("evaluate", help="losses, agreement, samples, model cards (CPU)")
     e.add_argument("--data", default=DEFAULT_DATA)
-    e.add_argument("--out", default=DEFAULT_OUT)
+    e.add_argument("--out", default=DEFAULT_OUT, help=f"zoo folder to score and write cards into (default {DEFAULT_OUT})")
     e.add_argument("--device", default="cpu", choices=["auto", "cuda", "cpu"])
     e.add_argument("--max-tokens", type=int, default=24_576, help="held-out tokens to score")
     e.add_argument("--new-tokens", type=int, default=64)
