@@ -161,10 +161,10 @@ def set_lr(opt, lr: float) -> None:
         group["lr"] = lr
 
 
-def adamw(params, lr: float, betas=(0.9, 0.999), weight_decay: float = 0.0, matrices_only: bool = False,
+def adamw(params, lr: float, betas=(0.9, 0.999), weight_decay: float = 0.01, matrices_only: bool = False,
           fused: bool = False) -> torch.optim.AdamW:
-    """AdamW over ``params`` (a model's parameters); ``matrices_only``: weight decay on matrices only, not on
-    norms and biases."""
+    """AdamW over ``params`` (a model's parameters), torch's defaults unless given; ``matrices_only``: weight
+    decay on matrices only, not on norms and biases."""
     params = list(params)
     if matrices_only:
         params = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},

@@ -11,7 +11,11 @@ from .. import training
 KINDS = {"eagle": "EAGLE layer (one Llama decoder layer over [target feature, next-frame embedding], read "
                   "through the target's frozen output head)",
          "medusa": "{num_heads} Medusa heads (residual SiLU blocks on the target's last hidden state, read through "
-                   "its frozen output head)"}
+                   "its frozen output head)",
+         "eagle1": "EAGLE-1 layer in vLLM's and SGLang's layout (fc over [next-frame embedding, target feature], one "
+                   "Llama decoder layer without an input norm, read through the target's frozen output head)",
+         "medusa1": "{num_heads} Medusa heads in vLLM's layout (one residual SiLU block each, read through the "
+                    "target's frozen output head)"}
 
 
 def write_card(folder: str | Path, measured: dict | None = None, command: str = "") -> Path:
@@ -54,7 +58,7 @@ def _training(config: dict, command: str) -> list[str]:
     t = config.get("training", {})
     return [f"- Data: {t.get('data')} ({t.get('windows')} windows of {t.get('seq_len')}); the target is frozen, its "
             "hidden states cached once; loss: feature regression + KL to the target's next-frame distribution"
-            + (" (with a second pass on the layer's own predicted features)" if config["kind"] == "eagle" else "")
+            + (" (with a second pass on the layer's own predicted features)" if config["kind"].startswith("eagle") else "")
             + ".",
             f"- {t.get('steps')} optimizer steps in {t.get('train_seconds')} s on {t.get('hardware')}.",
             *([f"- Started from: {t['init']}."] if t.get("init") else []),

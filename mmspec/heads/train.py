@@ -93,7 +93,7 @@ def fit(kind, module, head, embed, data, seconds: float, ckpt, lr: float, batch:
         return {"loss": f"{loss.item():.3f}", "top1": f"{agree[0]:.3f}"}
 
     state = training.train_stage(training.Stage(
-        f"train {kind}", module, training.adamw(module.parameters(), lr), start,
+        f"train {kind}", module, training.adamw(module.parameters(), lr, weight_decay=0.0), start,
         training.Schedule(peak=lr, floor=0.1, warmup=0.05, warmup_start=0.1), seconds, checkpoint=ckpt,
         total="fixed", watch=watch, key={"kind": kind}))
     return {"steps": state["step"], "train_top1": agree[0], "train_seconds": round(state["elapsed"], 1)}
