@@ -77,6 +77,16 @@ def hardware(device) -> str:
     return f"{name} CPU, {os.cpu_count()} cores"
 
 
+def add_stage_options(parser, out: str, what: str, budget: float | None, budget_help: str,
+                      quick_help: str) -> None:
+    """``--out`` (a folder the user names; ``out`` lies in the working directory, never in the installed
+    package), ``--device``, ``--time-budget`` and ``--quick``: what every recipe's training command takes."""
+    parser.add_argument("--out", default=out, help=f"{what} (default {out})")
+    parser.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    parser.add_argument("--time-budget", type=float, default=budget, help=budget_help)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+
+
 # ------------------------------------------------------------------------------------------ budgets
 class Clock:
     """Wall-clock budget of a whole run (minus a reserve kept for saving), split among its stages.

@@ -187,3 +187,22 @@ def test_card_has_front_matter_title_and_sections(tmp_path):
     assert text == ("---\nlibrary_name: mmspec\n---\n\n# mmspec zoo: x\n\nintro\n\n## Model\n\n- a\n\n"
                     "## Scores\n\n| m | v |\n|---|---|\n| loss | 1.5 |\n")
     assert training.write_card(tmp_path, text).read_text() == text
+
+
+def test_recipes_write_to_the_working_directory_by_default():
+    """Every recipe's default output (and the speech data) is a relative folder, never inside the package."""
+    from pathlib import Path
+
+    from mmspec.image import recipe as image_recipe
+    from mmspec.speech import recipe as speech_recipe
+    from mmspec.text import recipe as text_recipe
+
+    text_args = [text_recipe.cli.build_parser().parse_args([cmd]) for cmd in ("train", "distill", "evaluate")]
+    speech = speech_recipe.cli.build_parser()
+    defaults = [a.out for a in text_args] + [image_recipe.DEFAULT_OUT, speech_recipe.DEFAULT_DATA,
+                                            speech.parse_args(["train"]).out, speech.parse_args(["evaluate"]).zoo,
+                                            speech.parse_args(["distill"]).out]
+    assert {str(d) for d in defaults} == {"zoo-out/text", "zoo-out/image", "zoo-out/speech", ".gpu/speech"}
+    assert not any(Path(d).is_absolute() for d in defaults)  # relative: resolved against the working directory
+    shipped = Path(speech_recipe.__file__).resolve().parent.parent / "zoo"
+    assert Path(speech.parse_args(["distill"]).zoo).resolve() == shipped  # the target it reads, not written

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 
+from mmspec.training import add_stage_options
+
 from .evaluate import evaluate
 from .train import train
 
@@ -27,10 +29,8 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mmspec.image.recipe", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train the shapes zoo (VQ, target, draft, classifier)")
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"zoo folder (gets shapes/ and shapes-draft/; default {DEFAULT_OUT})")
-    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    p.add_argument("--time-budget", type=float, default=None, help="wall-clock seconds for the whole run")
-    p.add_argument("--quick", action="store_true", help="tiny sizes: a ~1 minute CPU smoke run")
+    add_stage_options(p, DEFAULT_OUT, "zoo folder (gets shapes/ and shapes-draft/)", None,
+                      "wall-clock seconds for the whole run", "tiny sizes: a ~1 minute CPU smoke run")
     p.add_argument("--ckpt-dir", default=None, help="resumable checkpoints (default runs/image-zoo[-quick])")
     p.add_argument("--workers", type=int, default=None, help="data generation processes (default <= 8)")
     p.add_argument("--n-train", type=int, default=None, help="override the number of training images")

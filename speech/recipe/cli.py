@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from mmspec.training import add_stage_options
+
 from .data import DEFAULT_DATA, prepare
 from .distill import distill
 from .evaluate import evaluate
@@ -44,10 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     t = sub.add_parser("train", help="train codec, target LM and draft LM (GPU or CPU)")
     t.add_argument("--data", default=str(DEFAULT_DATA))
-    t.add_argument("--out", default=str(DEFAULT_OUT), help=f"folder for speech/ and speech-draft/ (default {DEFAULT_OUT})")
-    t.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    t.add_argument("--time-budget", type=float, default=None, help="seconds for the whole run (400; quick 60)")
-    t.add_argument("--quick", action="store_true", help="tiny models and data: a CPU smoke test")
+    add_stage_options(t, str(DEFAULT_OUT), "folder for speech/ and speech-draft/", None,
+                      "seconds for the whole run (400; quick 60)", "tiny models and data: a CPU smoke test")
     t.add_argument("--keep-checkpoints", action="store_true")
     t.add_argument("--seed", type=int, default=0)
     e = sub.add_parser("evaluate", help="metrics, samples and model cards (CPU)")
