@@ -346,7 +346,10 @@ def _resume(stage: Stage) -> dict:
     """The stage's state: fresh, or loaded with the weights (and optimizer, extra, best) of its checkpoint."""
     state = {"step": 0, "elapsed": 0.0, "done": False, **stage.state}
     blob = load_checkpoint(stage.checkpoint) if stage.checkpoint is not None and stage.resume else None
-    if blob is None or blob[0].get("key", {}) != stage.key:
+    if blob is None:
+        return state
+    if blob[0].get("key") != stage.key:  # other settings, or written before the stage loop was shared
+        print(f"[{stage.name}] {stage.checkpoint} was written by other settings; starting afresh", flush=True)
         return state
     saved, tensors = blob
     stage.model.load_state_dict(tensors["model"])

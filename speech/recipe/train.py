@@ -82,8 +82,8 @@ def train_codec(args, cfg, train_wavs, device, deadline, ckpt_dir: Path):
             return {k: f"{v.item():.3f}" for k, v in parts.items()}
         return None
 
-    state = train_stage(Stage("codec", codec, adamw(codec.parameters(), 1e-3, betas=(0.8, 0.99), weight_decay=0.01), start,
-                              Schedule(1e-3, warmup_steps=50), deadline - time.time(),
+    opt = adamw(codec.parameters(), 1e-3, betas=(0.8, 0.99), weight_decay=0.01)
+    state = train_stage(Stage("codec", codec, opt, start, Schedule(1e-3, warmup_steps=50), deadline - time.time(),
                               checkpoint=ckpt_dir / "codec.ckpt", watch=watch))
     print(f"codec: {state['step']} steps" + "".join(f", {k} {v.item():.4f}" for k, v in last.items()))
     return codec.eval(), state["step"]
