@@ -7,18 +7,21 @@
 ``train`` runs: data -> classifier -> VQ tokenizer -> encode data set -> AR target -> AR draft
 (distilled from the target). Each stage gets a share of the remaining wall-clock budget, stops
 cleanly when it runs out, and keeps resumable checkpoints in ``--ckpt-dir``. The zoo format is
-documented in :mod:`mmspec.image.models`.
+documented in :mod:`mmspec.image.models`. Both commands use the folder ``--out`` names, by default
+``./zoo-out/image`` in the working directory; the commands above (run from a checkout's root) rebuild the
+shipped zoo, ``image/zoo``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+
+from mmspec.training import add_stage_options
 
 from .evaluate import evaluate
 from .train import train
 
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "zoo")
+DEFAULT_OUT = "zoo-out/image"  # in the working directory, never inside the installed package
 
 
 def main(argv=None) -> None:
@@ -26,15 +29,13 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mmspec.image.recipe", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train the shapes zoo (VQ, target, draft, classifier)")
-    p.add_argument("--out", default=DEFAULT_OUT, help="zoo folder (gets shapes/ and shapes-draft/)")
-    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    p.add_argument("--time-budget", type=float, default=None, help="wall-clock seconds for the whole run")
-    p.add_argument("--quick", action="store_true", help="tiny sizes: a ~1 minute CPU smoke run")
+    add_stage_options(p, DEFAULT_OUT, "zoo folder (gets shapes/ and shapes-draft/)", None,
+                      "wall-clock seconds for the whole run", "tiny sizes: a ~1 minute CPU smoke run")
     p.add_argument("--ckpt-dir", default=None, help="resumable checkpoints (default runs/image-zoo[-quick])")
     p.add_argument("--workers", type=int, default=None, help="data generation processes (default <= 8)")
     p.add_argument("--n-train", type=int, default=None, help="override the number of training images")
     e = sub.add_parser("evaluate", help="score a trained zoo and write its model cards")
-    e.add_argument("--out", default=DEFAULT_OUT, help="zoo folder to evaluate (and write cards into)")
+    e.add_argument("--out", default=DEFAULT_OUT, help=f"zoo folder to evaluate (and write cards into; default {DEFAULT_OUT})")
     e.add_argument("--device", default="cpu", choices=["auto", "cuda", "cpu"])
     e.add_argument("--per-class", type=int, default=4, help="samples per class for each guidance scale")
     e.add_argument("--scales", default="1,2,3", help="guidance scales to sweep")

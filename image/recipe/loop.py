@@ -1,21 +1,19 @@
 """What every image zoo stage shares: sizes, the run (device, budget, checkpoints) and the training loop.
 
-The plumbing is ``mmspec.training``'s; this module only binds it to the image stages' step functions.
+The plumbing (the stage loop, checkpoints, schedule) is ``mmspec.training``'s; this module only binds it
+to the image stages' step functions and keeps their sizes.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
 import os
-import time
 
 import torch
 import torch.nn.functional as F
 
-from mmspec.training import (Clock, Schedule, StageClock, load_checkpoint, progress_bar, save_checkpoint,
-                             set_lr, setup_device, update)
+from mmspec.training import Clock, Schedule, Stage, adamw, autocast, setup_device, train_stage
 
 TRAIN_SEED, HELDOUT_SEED = 0, 1
 
@@ -49,9 +47,7 @@ class Run:
         self.log: dict = {"config": {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}}
 
     def autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.device)
 
     def stage_budget(self, name: str) -> float:
         """Seconds for ``name``: its share of what is left, among the stages still to run (at least 1 s)."""
@@ -60,75 +56,49 @@ class Run:
     def ckpt_path(self, name: str) -> str:
         return os.path.join(self.ckpt_dir, f"{name}.ckpt")
 
-    def load(self, name: str) -> tuple[dict, dict] | None:
-        """``(state, tensors)`` of a stage's checkpoint if it was written by the same configuration, else None."""
-        blob = load_checkpoint(self.ckpt_path(name))
-        return blob if blob is not None and blob[0].get("tag") == self.tag else None
-
-    def save(self, name: str, state: dict, **tensors) -> None:
-        save_checkpoint(self.ckpt_path(name), {**state, "tag": self.tag}, **tensors)
-
-
-def lr_at(progress: float, lr_max: float, warmup: float = 0.03) -> float:
-    """Linear warmup from 10%, then cosine decay to 10% of ``lr_max``; ``progress`` in [0, 1]."""
-    return Schedule(lr_max, floor=0.1, warmup=warmup, warmup_start=0.1)(progress)
-
 
 def train_loop(run: Run, name: str, model, step_fn, max_steps: int, lr_max: float, extra=None):
     """Optimise ``model`` with ``step_fn(step) -> loss`` until max_steps or the stage's time is up.
 
-    Resumes from ``<ckpt_dir>/<name>.ckpt``; a finished stage only reloads its weights. ``extra`` is a
-    dict of tensors saved alongside (e.g. the VQ code-usage statistics). Returns the stage log.
+    Runs on the shared stage loop (``mmspec.training.train_stage``). Resumes from ``<ckpt_dir>/<name>.ckpt``
+    when it was written by the same configuration; a finished stage only reloads its weights. ``extra``
+    is a dict of tensors saved alongside (e.g. the VQ code-usage statistics). Returns the stage log.
     """
-    opt = torch.optim.AdamW(model.parameters(), lr=lr_max, betas=(0.9, 0.95), weight_decay=0.05)
-    step, prev_elapsed, losses = 0, 0.0, []
-    if (blob := run.load(name)) is not None:  # 1. resume
-        state, tensors = blob
-        model.load_state_dict(tensors["model"])
-        if extra is not None:
-            for k, v in tensors["extra"].items():
-                extra[k].copy_(v)
-        if state["done"]:
-            return state["log"]
-        opt.load_state_dict(tensors["opt"])
-        step, prev_elapsed, losses = state["step"], state["elapsed"], state["log"]["losses"]
     budget = run.stage_budget(name)
-    clock, t_ckpt, running = StageClock(time.time() + budget, prev_elapsed), time.time(), None
-    schedule = Schedule(lr_max, floor=0.1, warmup=0.03, warmup_start=0.1)
-    model.train()
-    bar = progress_bar(f"{name} ({budget:.0f}s)", total=max_steps, initial=step)
-    while step < max_steps and clock.running():
-        # 2. schedule by progress in steps or in time, whichever is further
-        set_lr(opt, schedule(max(step / max_steps, clock.progress())))
-        # 3. one optimisation step
-        loss = step_fn(step)
-        update(model, opt, loss)
-        step += 1
-        running = loss.detach() if running is None else 0.98 * running + 0.02 * loss.detach()
-        if step % 50 == 0 or step == max_steps:  # one sync every 50 steps
-            losses.append([step, round(running.item(), 5)])
-            bar.set_postfix(loss=f"{losses[-1][1]:.4f}")
-        bar.update(1)
-        # 4. periodic checkpoint
-        if time.time() - t_ckpt > 60:
-            log = {"steps": step, "seconds": clock.elapsed(), "losses": losses}
-            run.save(name, {"step": step, "elapsed": log["seconds"], "log": log, "done": False},
-                     model=model.state_dict(), opt=opt.state_dict(), extra=extra or {})
-            t_ckpt = time.time()
-    bar.close()
-    return _finish(run, name, model, step, running, losses, clock, extra)
-
-
-def _finish(run: Run, name: str, model, step: int, running, losses: list, clock: StageClock, extra) -> dict:
-    """The stage log (with the final smoothed loss); a ``done`` checkpoint a rerun only reloads."""
-    if running is not None and (not losses or losses[-1][0] != step):
-        losses.append([step, round(running.item(), 5)])
-    log = {"steps": step, "seconds": round(clock.elapsed(), 1), "losses": losses,
-           "final_loss": losses[-1][1] if losses else None}
-    run.save(name, {"step": step, "elapsed": log["seconds"], "log": log, "done": True},
-             model=model.state_dict(), extra=extra or {})
+    smoothed = Smoothed(max_steps)
+    stage = Stage(name, model, adamw(model.parameters(), lr_max, betas=(0.9, 0.95), weight_decay=0.05),
+                  lambda start: lambda step, progress: (step_fn(step), None),
+                  Schedule(lr_max, floor=0.1, warmup=0.03, warmup_start=0.1), budget,
+                  checkpoint=run.ckpt_path(name), max_steps=max_steps, watch=smoothed, finish=smoothed.finish,
+                  state={"losses": []}, extra=extra or {}, key={"tag": run.tag}, mark_done=True,
+                  desc=f"{name} ({budget:.0f}s)", unit="it")
+    state = train_stage(stage)
     model.eval()
-    return log
+    return state["log"]
+
+
+class Smoothed:
+    """An image stage's loss log: a smoothed loss (EMA 0.98), one row ``[step, loss]`` every 50 steps."""
+
+    def __init__(self, max_steps: int):
+        self.max_steps, self.running = max_steps, None
+
+    def __call__(self, state: dict, loss, aux, progress: float, clock) -> dict | None:
+        loss = loss.detach()
+        self.running = loss if self.running is None else 0.98 * self.running + 0.02 * loss
+        if state["step"] % 50 == 0 or state["step"] == self.max_steps:  # one sync every 50 steps
+            state["losses"].append([state["step"], round(self.running.item(), 5)])
+            return {"loss": f"{state['losses'][-1][1]:.4f}"}
+        return None
+
+    def finish(self, state: dict, clock) -> None:
+        """The stage log (with the final smoothed loss), kept in the state a rerun reloads."""
+        losses, step = state["losses"], state["step"]
+        if self.running is not None and (not losses or losses[-1][0] != step):
+            losses.append([step, round(self.running.item(), 5)])
+        state["elapsed"] = round(clock.elapsed(), 1)
+        state["log"] = {"steps": step, "seconds": state["elapsed"], "losses": losses,
+                        "final_loss": losses[-1][1] if losses else None}
 
 
 def to_pixels(images_u8: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from mmspec.training import kl_loss
+
 from .. import shapes
 from ..models import ShapesClassifier, build_vqvae, decode_codes, encode_images
 from .loop import Run, maybe_flip, psnr, random_batch, to_pixels, train_loop
@@ -117,9 +119,7 @@ def train_ar(run: Run, name: str, model, codes: torch.Tensor, labels: torch.Tens
         if teacher is not None:
             with torch.no_grad(), run.autocast():
                 t_logits = teacher(input_ids=inp).logits[..., :num_codes]
-            t_logp = t_logits.float().log_softmax(-1)
-            kl = (t_logp.exp() * (t_logp - logits.log_softmax(-1))).sum(-1).mean()
-            loss = 0.5 * loss + 0.5 * kl
+            loss = 0.5 * loss + 0.5 * kl_loss(t_logits, logits)
         return loss
 
     return train_loop(run, name, model, step_fn, steps, lr)

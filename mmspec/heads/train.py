@@ -16,13 +16,6 @@ from torch import Tensor
 from .. import training
 
 
-def kl(teacher: Tensor, student: Tensor) -> Tensor:
-    """Mean over positions of KL(softmax(teacher) || softmax(student)), logits ``[..., V]``."""
-    p = teacher.float().log_softmax(-1)
-    return F.kl_div(student.float().log_softmax(-1).flatten(0, -2), p.flatten(0, -2), log_target=True,
-                    reduction="batchmean")
-
-
 def medusa_loss(heads, head, hidden: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor]:
     """Loss and head 1's top-1 agreement with the target's greedy token, on ``hidden [b, S, H]``."""
     x = heads(hidden[:, :-1])  # [b, S - 1, M, H]
@@ -32,7 +25,7 @@ def medusa_loss(heads, head, hidden: Tensor, tokens: Tensor) -> tuple[Tensor, Te
         if S <= 0:
             break
         teacher, student = head(hidden[:, 1 + i:]), head(x[:, :S, i])  # [b, S, V] each
-        loss = loss + 0.8 ** i * kl(teacher, student)
+        loss = loss + 0.8 ** i * training.kl_loss(teacher, student)
         if i == 0:
             agree = (teacher.argmax(-1) == student.argmax(-1)).all(-1).float().mean()  # whole frames
     return loss, agree
@@ -50,14 +43,14 @@ def eagle_loss(layer, head, embed, hidden: Tensor, tokens: Tensor, unroll: bool 
     teacher = head(goal)
     pred = layer(hidden[:, :-1], emb)  # [b, S - 1, H] ~ hidden[:, 1:]
     student = head(pred)
-    loss = F.smooth_l1_loss(pred, goal) + 0.1 * kl(teacher, student)
+    loss = F.smooth_l1_loss(pred, goal) + 0.1 * training.kl_loss(teacher, student)
     if unroll and hidden.shape[1] > 2:
         # position t's state replaced by the prediction of it made at t - 1 (pred[:, t - 1])
         mixed = hidden[:, 1:-1].clone()
         swap = torch.rand(mixed.shape[:2], device=mixed.device) < 0.5  # [b, S - 2]
         mixed[swap] = pred[:, :-1].detach()[swap]
         pred2 = layer(torch.cat([hidden[:, :1], mixed], 1), emb)
-        loss = loss + F.smooth_l1_loss(pred2, goal) + 0.1 * kl(teacher, head(pred2))
+        loss = loss + F.smooth_l1_loss(pred2, goal) + 0.1 * training.kl_loss(teacher, head(pred2))
     return loss, (teacher.argmax(-1) == student.argmax(-1)).all(-1).float().mean()  # whole frames
 
 
@@ -85,40 +78,25 @@ def loss_fn(kind: str, module, head, embed):
 def fit(kind, module, head, embed, data, seconds: float, ckpt, lr: float, batch: int, device) -> dict:
     """Train ``module`` on cached ``(tokens, hidden)`` for ``seconds`` (resuming from ``ckpt``); returns stats."""
     tokens, hidden = frames_of(data[0]), data[1]
-    opt = torch.optim.AdamW(module.parameters(), lr=lr, weight_decay=0.0)
-    state = {"step": 0, "spent": 0.0, "total": None}
-    saved = training.load_checkpoint(ckpt)
-    if saved is not None and saved[0].get("kind") == kind:
-        state = saved[0]
-        module.load_state_dict(saved[1]["model"])
-        opt.load_state_dict(saved[1]["opt"])
-    import time
+    compute, agree = loss_fn(kind, module, head, embed), [float("nan")]
 
-    clock = training.StageClock(time.time() + seconds, spent=state["spent"], total=state["total"])
-    schedule = training.Schedule(peak=lr, floor=0.1, warmup=0.05, warmup_start=0.1)
-    compute = loss_fn(kind, module, head, embed)
-    g = torch.Generator().manual_seed(state["step"])
-    bar, last_save, agree = training.progress_bar(f"train {kind}", unit="step"), time.time(), float("nan")
-    while clock.running():
-        rows = torch.randint(0, tokens.shape[0], (batch,), generator=g)
-        training.set_lr(opt, schedule(min(1.0, clock.progress()), state["step"]))
-        loss, acc = compute(hidden[rows].to(device).float(), tokens[rows].to(device))
-        training.update(module, opt, loss)
-        state["step"] += 1
-        agree = 0.9 * agree + 0.1 * acc.item() if agree == agree else acc.item()
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.3f}", top1=f"{agree:.3f}")
-        if time.time() - last_save > 60:
-            _save(ckpt, kind, state, clock, module, opt)
-            last_save = time.time()
-    bar.close()
-    _save(ckpt, kind, state, clock, module, opt)
-    return {"steps": state["step"], "train_top1": agree, "train_seconds": round(clock.elapsed(), 1)}
+    def start(step: int):
+        g = torch.Generator().manual_seed(step)
 
+        def step_fn(step: int, progress: float):
+            rows = torch.randint(0, tokens.shape[0], (batch,), generator=g)
+            return compute(hidden[rows].to(device).float(), tokens[rows].to(device))
+        return step_fn
 
-def _save(ckpt, kind, state, clock, module, opt) -> None:
-    state.update(kind=kind, spent=clock.elapsed(), total=clock.total)
-    training.save_checkpoint(ckpt, state, model=module.state_dict(), opt=opt.state_dict())
+    def watch(state: dict, loss: Tensor, acc: Tensor, progress: float, clock) -> dict:
+        agree[0] = 0.9 * agree[0] + 0.1 * acc.item() if agree[0] == agree[0] else acc.item()
+        return {"loss": f"{loss.item():.3f}", "top1": f"{agree[0]:.3f}"}
+
+    state = training.train_stage(training.Stage(
+        f"train {kind}", module, training.adamw(module.parameters(), lr, weight_decay=0.0), start,
+        training.Schedule(peak=lr, floor=0.1, warmup=0.05, warmup_start=0.1), seconds, checkpoint=ckpt,
+        total="fixed", watch=watch, key={"kind": kind}))
+    return {"steps": state["step"], "train_top1": agree[0], "train_seconds": round(state["elapsed"], 1)}
 
 
 @torch.no_grad()

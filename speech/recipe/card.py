@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mmspec.training import card, write_card
+
 
 def _sample_lines(report: dict) -> list[str]:
     """Model-card lines describing the generated samples by measured properties only."""
@@ -47,36 +49,37 @@ def write_cards(zoo: Path, report: dict, meta: dict) -> None:
         "then delayed codec frames; parallel heads, logits `[B, T, K, V]`).",
         "Load: `ZooCodec.from_pretrained(<zoo>/speech/codec)` (`mmspec.speech.codec`) and "
         "`SpeechLM.from_pretrained(<folder>/lm, dtype=torch.float32)` (`mmspec.speech.lm`); weights are fp16 "
-        "safetensors. Rebuild with `python -m mmspec.speech.recipe prepare|train|evaluate`.",
+        "safetensors. Rebuild the shipped zoo from a checkout's root with `python -m mmspec.speech.recipe prepare`, "
+        "`train --out speech/zoo` and `evaluate --zoo speech/zoo` (without them it writes ./zoo-out/speech).",
     ]
-    tgt = ["# mmspec speech zoo: target codec LM", "", hw, "", *common, "",
-           f"LM: Llama backbone, {report['target_params'] / 1e6:.2f}M parameters, "
-           f"{tr.get('target_steps', '?')} steps; held-out cross-entropy {report['target_valid_ce']} nats/token.", "",
-           "## Samples (not listened to: measured properties only)", "",
-           "Sampled with top-k 50, temperature 1, from held-out transcripts; the espeak reference is the "
-           "original held-out utterance. Voiced fraction = share of loud 40 ms frames with a periodic "
-           "(autocorrelation > 0.5) pitch between 60 and 400 Hz.", "", *_sample_lines(report), "",
-           "Limitations: a toy model trained for minutes on ~40 minutes of synthetic speech; intelligibility "
-           "is not measured and should not be assumed. Its purpose is to exercise speculative decoding of "
-           "codec LMs offline.", ""]
+    samples = ["Sampled with top-k 50, temperature 1, from held-out transcripts; the espeak reference is the "
+               "original held-out utterance. Voiced fraction = share of loud 40 ms frames with a periodic "
+               "(autocorrelation > 0.5) pitch between 60 and 400 Hz.", "", *_sample_lines(report), "",
+               "Limitations: a toy model trained for minutes on ~40 minutes of synthetic speech; intelligibility "
+               "is not measured and should not be assumed. Its purpose is to exercise speculative decoding of "
+               "codec LMs offline."]
+    tgt = card("mmspec speech zoo: target codec LM", [hw, "", *common, "",
+               f"LM: Llama backbone, {report['target_params'] / 1e6:.2f}M parameters, {tr.get('target_steps', '?')} "
+               f"steps; held-out cross-entropy {report['target_valid_ce']} nats/token."],
+               [("Samples (not listened to: measured properties only)", samples)])
     distilled = zoo / "speech-draft" / "distill_summary.json"
     then = ", then the `distill` stage below. On real espeak codes: held-out" if distilled.exists() else ". Held-out"
-    dft = ["# mmspec speech zoo: draft codec LM", "", hw, "", *common, "",
-           f"Draft LM: {report['draft_params'] / 1e6:.2f}M parameters, same vocabulary, codebooks and text "
-           f"format as the target (`../speech`), {tr.get('draft_steps', '?')} steps (cross-entropy, then "
-           f"distillation on the target's logits){then} cross-entropy {report['draft_valid_ce']} nats/token; "
-           f"teacher-forced top-1 agreement with the target {report['draft_target_top1_agreement']}.", "",
-           "The codec lives in `../speech/codec`.", ""]
-    if distilled.exists():
-        dft += distill_lines(json.loads(distilled.read_text()))
-    (zoo / "speech" / "README.md").write_text("\n".join(tgt))
-    (zoo / "speech-draft" / "README.md").write_text("\n".join(dft))
+    distill = [distill_section(json.loads(distilled.read_text()))] if distilled.exists() else []
+    dft = card("mmspec speech zoo: draft codec LM", [hw, "", *common, "",
+               f"Draft LM: {report['draft_params'] / 1e6:.2f}M parameters, same vocabulary, codebooks and text "
+               f"format as the target (`../speech`), {tr.get('draft_steps', '?')} steps (cross-entropy, then "
+               f"distillation on the target's logits){then} cross-entropy {report['draft_valid_ce']} nats/token; "
+               f"teacher-forced top-1 agreement with the target {report['draft_target_top1_agreement']}.", "",
+               "The codec lives in `../speech/codec`."], distill)
+    write_card(zoo / "speech", tgt)
+    write_card(zoo / "speech-draft", dft)
 
 
-DISTILL_HEADING = "## Distillation on the target's own greedy output"
+DISTILL_TITLE = "Distillation on the target's own greedy output"
+DISTILL_HEADING = f"## {DISTILL_TITLE}"
 
 
-def distill_lines(rec: dict) -> list[str]:
+def distill_section(rec: dict) -> tuple[str, list[str]]:
     """The draft card's section written by ``distill`` (and kept by ``evaluate``): one paragraph per stage."""
     stages = []
     while rec:
@@ -84,8 +87,7 @@ def distill_lines(rec: dict) -> list[str]:
         rec = rec.get("previous")
     data = stages[-1]
     kept = " and were kept" if data.get("kept", data["texts"]) != data["texts"] else ""
-    lines = [DISTILL_HEADING, "",
-             f"The target spoke {data['texts']} transcripts (every stdlib sentence, voices in turn; "
+    lines = [f"The target spoke {data['texts']} transcripts (every stdlib sentence, voices in turn; "
              f"{data['ended']} ended within the frame limit{kept}) with greedy decoding in "
              f"{data['generation_s']:.0f} s on {data['device']}: {data['steps_generated']:,} LM steps, "
              f"{data['valid_utterances']} transcripts held out. Speculative decoding only needs the draft to "
@@ -104,4 +106,4 @@ def distill_lines(rec: dict) -> list[str]:
                   f"{' + KL to the target logits' if st['kl'] else ''} on {st['device']}; held-out cross-entropy "
                   f"{st['valid_ce_on_target_greedy_before']} -> {st['valid_ce_on_target_greedy']} nats/token, "
                   f"agreement {st['greedy_top1_agreement_valid']}."]
-    return lines + [""]
+    return DISTILL_TITLE, lines

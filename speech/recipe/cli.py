@@ -11,18 +11,27 @@ Subcommands (``python -m mmspec.speech.recipe <cmd> --help``):
 * ``evaluate`` (CPU): codec mel distance and SI-SNR, LM validation losses, 3 utterances sampled by
   mmspec's own loop (``SpeechTarget``) written as WAVs, model cards.
 * ``distill``  (CPU or GPU): the draft trained on the target's own greedy output (no audio needed).
+
+``train`` writes, and ``evaluate`` reads and writes, the folder ``--out`` / ``--zoo`` names, by default
+``./zoo-out/speech`` in the working directory; ``distill`` reads the shipped zoo's target (``--zoo``) and
+writes ``<--out>/speech-draft`` (default the same ``./zoo-out/speech``). The data default is
+``./.gpu/speech``. To rebuild the shipped zoo, from a checkout's root: ``prepare``, ``train --out
+speech/zoo``, ``evaluate --zoo speech/zoo`` and ``distill --out speech/zoo``.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from mmspec.training import add_stage_options
+
 from .data import DEFAULT_DATA, prepare
 from .distill import distill
 from .evaluate import evaluate
 from .train import train
 
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "zoo"
+DEFAULT_OUT = Path("zoo-out/speech")  # in the working directory, never inside the installed package
+SHIPPED_ZOO = Path(__file__).resolve().parent.parent / "zoo"  # read only: the target distill trains against
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,15 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     t = sub.add_parser("train", help="train codec, target LM and draft LM (GPU or CPU)")
     t.add_argument("--data", default=str(DEFAULT_DATA))
-    t.add_argument("--out", default=str(DEFAULT_OUT))
-    t.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    t.add_argument("--time-budget", type=float, default=None, help="seconds for the whole run (400; quick 60)")
-    t.add_argument("--quick", action="store_true", help="tiny models and data: a CPU smoke test")
+    add_stage_options(t, str(DEFAULT_OUT), "folder for speech/ and speech-draft/", None,
+                      "seconds for the whole run (400; quick 60)", "tiny models and data: a CPU smoke test")
     t.add_argument("--keep-checkpoints", action="store_true")
     t.add_argument("--seed", type=int, default=0)
     e = sub.add_parser("evaluate", help="metrics, samples and model cards (CPU)")
     e.add_argument("--data", default=str(DEFAULT_DATA))
-    e.add_argument("--zoo", default=str(DEFAULT_OUT))
+    e.add_argument("--zoo", default=str(DEFAULT_OUT), help=f"zoo folder to score and write cards into (default {DEFAULT_OUT})")
     e.add_argument("--max-valid", type=int, default=24)
     e.add_argument("--samples", type=int, default=3)
     e.add_argument("--top-k", type=int, default=50)
@@ -56,9 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_distill(sub) -> None:
     d = sub.add_parser("distill", help="distil the draft on the target's own greedy output (CPU or GPU)")
-    d.add_argument("--zoo", default=str(DEFAULT_OUT), help="folder holding speech/ and speech-draft/")
-    d.add_argument("--out", default=str(DEFAULT_OUT), help="writes <out>/speech-draft")
-    d.add_argument("--init", default=str(DEFAULT_OUT / "speech-draft" / "lm"),
+    d.add_argument("--zoo", default=str(SHIPPED_ZOO), help="folder holding speech/ and speech-draft/ (read; default "
+                   "the shipped zoo)")
+    d.add_argument("--out", default=str(DEFAULT_OUT), help=f"writes <out>/speech-draft (default {DEFAULT_OUT})")
+    d.add_argument("--init", default=str(SHIPPED_ZOO / "speech-draft" / "lm"),
                    help="draft LM to start from; '' trains a fresh one of --hidden/--layers/--heads")
     d.add_argument("--grow-layers", type=int, default=None,
                    help="grow the --init draft to this many layers (new layers start as the identity)")

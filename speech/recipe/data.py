@@ -27,7 +27,7 @@ from mmspec.speech.metrics import SAMPLE_RATE
 from mmspec.training import progress_bar
 
 AUDIO_NAME = "audio.mulaw.xz"
-DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / ".gpu" / "speech"
+DEFAULT_DATA = Path(".gpu/speech")  # in the working directory, never inside the installed package
 # Each voice: espeak-ng voice (+variant), speed (words/min), pitch (0-99). The LM is conditioned on it.
 VOICES = [
     {"name": "us_male", "espeak": "en-us", "speed": 180, "pitch": 45},

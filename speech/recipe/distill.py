@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmspec.training import hardware, progress_bar, setup_device
+from mmspec.training import card_section, hardware, progress_bar, setup_device
 
-from .card import DISTILL_HEADING, distill_lines
+from .card import DISTILL_HEADING, distill_section
 from .data import split_of, stdlib_sentences
 from .tensors import draft_agreement, steps_tensors
 from .train import lm_eval_loss, save_lm, train_lm
@@ -140,7 +140,8 @@ def _save_draft(args, draft, zoo: Path, folder: Path, record: dict) -> None:
     card = folder / "README.md"
     source = card if card.exists() else zoo / "speech-draft" / "README.md"
     base = source.read_text() if source.exists() else "# mmspec speech zoo: draft codec LM\n"
-    card.write_text(base.split(DISTILL_HEADING)[0].rstrip("\n") + "\n\n" + "\n".join(distill_lines(record)))
+    card.write_text(base.split(DISTILL_HEADING)[0].rstrip("\n") + "\n\n"
+                    + "\n".join(card_section(*distill_section(record))))
 
 
 def grow_layers(model, layers: int):

@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mmspec.training import autocast, kl_loss
+
 
 def lm_tensors(items: list[dict], codes: list[np.ndarray], K: int, pad_id: int, eos_id: int) -> dict:
     """Whole data set as LM tensors: left-padded text ``[N, L]``, input frames / targets ``[N, S, K]``.
@@ -57,19 +59,17 @@ def lm_step_loss(model, batch, device, teacher=None):
     import torch.nn.functional as F
 
     text, mask, inp, tgt = batch
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with autocast(device):
         logits = model(text_ids=text, audio_frames=inp, attention_mask=mask).logits[:, text.shape[1]:]
     logits = logits.float()  # [B, S, K, V]
     V = logits.shape[-1]
     ce = F.cross_entropy(logits.reshape(-1, V), tgt.reshape(-1), ignore_index=-100)
     if teacher is None:
         return ce, ce
-    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+    with torch.no_grad(), autocast(device):
         t_logits = teacher(text_ids=text, audio_frames=inp, attention_mask=mask).logits[:, text.shape[1]:]
     valid = (tgt != -100).float()  # [B, S, K]
-    t_logp, logp = t_logits.float().log_softmax(-1), logits.log_softmax(-1)
-    kl = ((t_logp.exp() * (t_logp - logp)).sum(-1) * valid).sum() / valid.sum()
-    return 0.5 * ce + 0.5 * kl, ce
+    return 0.5 * ce + 0.5 * kl_loss(t_logits, logits, valid), ce
 
 
 @torch.no_grad()
@@ -81,7 +81,7 @@ def lm_eval_loss(model, data: dict, idx: np.ndarray, device, batch: int = 32) ->
     total, count = 0.0, 0
     for i in range(0, len(idx), batch):
         text, mask, inp, tgt = lm_batch(data, idx[i: i + batch], device)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with autocast(device):
             logits = model(text_ids=text, audio_frames=inp, attention_mask=mask).logits[:, text.shape[1]:]
         V = logits.shape[-1]
         total += F.cross_entropy(logits.float().reshape(-1, V), tgt.reshape(-1), ignore_index=-100,

@@ -1,7 +1,8 @@
 """`train`: the speech zoo's codec, the codes of every utterance, the target LM and the draft LM, in one budget.
 
-Each stage runs on the shared harness (``mmspec.training``): a share of the run's clock, the warmup +
-cosine schedule, atomic resumable checkpoints in ``OUT/checkpoints`` and a progress bar.
+Each stage runs on the shared stage loop (``mmspec.training.train_stage``): a share of the run's clock,
+the warmup + cosine schedule, atomic resumable checkpoints in ``OUT/checkpoints`` and a progress bar;
+this module keeps the data, the models, the losses and the stages' settings.
 """
 from __future__ import annotations
 
@@ -14,8 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mmspec.training import (Clock, Schedule, StageClock, load_checkpoint, progress_bar, save_checkpoint,
-                             set_lr, setup_device, update)
+from mmspec.training import Best, Clock, Schedule, Stage, adamw, setup_device, train_stage
 
 from .data import load_data
 from .tensors import lm_batch, lm_eval_loss, lm_step_loss, lm_tensors
@@ -64,38 +64,29 @@ def train_codec(args, cfg, train_wavs, device, deadline, ckpt_dir: Path):
 
     torch.manual_seed(args.seed)
     codec = ZooCodec(**cfg["codec"]).to(device).train()
-    opt = torch.optim.AdamW(codec.parameters(), lr=1e-3, betas=(0.8, 0.99))
     audio = torch.from_numpy(np.concatenate(train_wavs)).to(device)  # [N] all training audio
-    seg, B = cfg["segment"], cfg["codec_batch"]
-    step, spent, path = 0, 0.0, ckpt_dir / "codec.ckpt"
-    # 1. Resume (weights, optimizer, step, time already spent).
-    if (blob := load_checkpoint(path, map_location=device)) is not None:
-        (state, tensors) = blob
-        codec.model.load_state_dict(tensors["model"]), opt.load_state_dict(tensors["opt"])
-        step, spent = state["step"], state["spent"]
-    mels, clock, last_save = mel_losses(codec.sample_rate, device), StageClock(deadline, spent), time.time()
-    schedule, bar = Schedule(1e-3, warmup_steps=50), progress_bar("codec", initial=step, unit="step")
-    gen = torch.Generator(device="cpu").manual_seed(args.seed + step)
-    while clock.running():
-        # 2. A batch of random segments.
-        offs = torch.randint(0, len(audio) - seg, (B,), generator=gen).to(device)
-        wav = audio[offs[:, None] + torch.arange(seg, device=device)].unsqueeze(1)  # [B, 1, S]
-        # 3. One optimizer step with a time-based cosine schedule.
-        set_lr(opt, schedule(clock.progress(), step))
-        loss, parts = codec_loss(codec, mels, wav)
-        update(codec, opt, loss)
-        step += 1
-        bar.update(1)
-        if step % 25 == 0:  # (the only host syncs besides encodec's dead-code check)
-            bar.set_postfix({k: f"{v.item():.3f}" for k, v in parts.items()})
-        # 4. Checkpoint every minute.
-        if time.time() - last_save > 60:
-            save_checkpoint(path, {"step": step, "spent": clock.elapsed()}, model=codec.model.state_dict(),
-                            opt=opt.state_dict())
-            last_save = time.time()
-    bar.close()
-    print(f"codec: {step} steps" + "".join(f", {k} {v.item():.4f}" for k, v in (parts if step else {}).items()))
-    return codec.eval(), step
+    seg, B, mels, last = cfg["segment"], cfg["codec_batch"], mel_losses(codec.sample_rate, device), {}
+
+    def start(step: int):
+        gen = torch.Generator(device="cpu").manual_seed(args.seed + step)
+
+        def step_fn(step: int, progress: float):
+            offs = torch.randint(0, len(audio) - seg, (B,), generator=gen).to(device)
+            wav = audio[offs[:, None] + torch.arange(seg, device=device)].unsqueeze(1)  # [B, 1, S]
+            return codec_loss(codec, mels, wav)
+        return step_fn
+
+    def watch(state: dict, loss, parts: dict, progress: float, clock) -> dict | None:
+        last.update(parts)
+        if state["step"] % 25 == 0:  # (the only host syncs besides encodec's dead-code check)
+            return {k: f"{v.item():.3f}" for k, v in parts.items()}
+        return None
+
+    opt = adamw(codec.parameters(), 1e-3, betas=(0.8, 0.99), weight_decay=0.01)
+    state = train_stage(Stage("codec", codec, opt, start, Schedule(1e-3, warmup_steps=50), deadline - time.time(),
+                              checkpoint=ckpt_dir / "codec.ckpt", watch=watch))
+    print(f"codec: {state['step']} steps" + "".join(f", {k} {v.item():.4f}" for k, v in last.items()))
+    return codec.eval(), state["step"]
 
 
 @torch.no_grad()
@@ -124,46 +115,36 @@ def train_lm(name, model, data, train_idx, valid_idx, device, deadline, ckpt_dir
     (the data set is small, so late steps can overfit). A checkpoint in ``ckpt_dir`` (written every
     ``ckpt_every`` s) is resumed from. Returns (model, steps, best valid CE).
     """
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
-    step, spent, best, path = 0, 0.0, (float("inf"), None), ckpt_dir / f"{name}.ckpt"
-    # 1. Resume.
-    if (blob := load_checkpoint(path)) is not None:
-        (state, tensors) = blob
-        model.load_state_dict(tensors["model"]), opt.load_state_dict(tensors["opt"])
-        step, spent, best = state["step"], state["spent"], (state["best_loss"], tensors["best"] or None)
-    rng = np.random.default_rng(seed + step)
-    clock, last_save = StageClock(deadline, spent), time.time()
-    schedule, bar = Schedule(lr, warmup_steps=100), progress_bar(name, initial=step, unit="step")
-    while clock.running():
-        # 2. Random batch, schedule, optional distillation.
+    best, final = Best(device="cpu"), {}
+
+    def start(step: int):
+        rng = np.random.default_rng(seed + step)
+
+        def step_fn(step: int, progress: float):
+            idx = rng.choice(train_idx, size=min(batch, len(train_idx)), replace=False)
+            use_teacher = teacher if progress >= distill_after else None
+            loss, ce = lm_step_loss(model, lm_batch(data, idx, device), device, use_teacher)
+            return loss, (ce, use_teacher is not None)
+        return step_fn
+
+    def watch(state: dict, loss, aux, progress: float, clock) -> dict | None:
+        if state["step"] % eval_every or not len(valid_idx):
+            return None
+        v = lm_eval_loss(model, data, valid_idx, device)  # held-out loss: keep the best weights (on the CPU)
+        best.offer(v, model)
         model.train()
-        progress = clock.progress()
-        set_lr(opt, schedule(progress, step))
-        idx = rng.choice(train_idx, size=min(batch, len(train_idx)), replace=False)
-        use_teacher = teacher if progress >= distill_after else None
-        loss, ce = lm_step_loss(model, lm_batch(data, idx, device), device, use_teacher)
-        # 3. Update.
-        update(model, opt, loss)
-        step += 1
-        bar.update(1)
-        # 4. Held-out loss: keep the best weights (on the CPU).
-        if step % eval_every == 0 and len(valid_idx):
-            v = lm_eval_loss(model, data, valid_idx, device)
-            if v < best[0]:
-                best = (v, {k: t.detach().to("cpu", copy=True) for k, t in model.state_dict().items()})
-            bar.set_postfix(ce=f"{ce.item():.3f}", valid=f"{v:.3f}", distill=use_teacher is not None)
-        # 5. Checkpoint every ``ckpt_every`` seconds.
-        if time.time() - last_save > ckpt_every:
-            save_checkpoint(path, {"step": step, "spent": clock.elapsed(), "best_loss": best[0]},
-                            model=model.state_dict(), opt=opt.state_dict(), best=best[1] or {})
-            last_save = time.time()
-    bar.close()
-    # 6. Final held-out loss; restore the best weights if an earlier step was better.
-    final = lm_eval_loss(model, data, valid_idx, device) if len(valid_idx) else float("inf")
-    if best[1] is not None and best[0] < final:
-        model.load_state_dict(best[1])
-    print(f"{name}: {step} steps, valid CE final {final:.4f}, best {min(final, best[0]):.4f}")
-    return model.eval(), step, min(final, best[0])
+        return {"ce": f"{aux[0].item():.3f}", "valid": f"{v:.3f}", "distill": aux[1]}
+
+    def finish(state: dict, clock) -> None:  # final held-out loss; the best weights come back if earlier ones were
+        final["ce"] = lm_eval_loss(model, data, valid_idx, device) if len(valid_idx) else float("inf")
+        best.offer(final["ce"], model)
+
+    state = train_stage(Stage(name, model, adamw(model.parameters(), lr, betas=(0.9, 0.95), weight_decay=0.1),
+                              start, Schedule(lr, warmup_steps=100), deadline - time.time(),
+                              checkpoint=ckpt_dir / f"{name}.ckpt", watch=watch, finish=finish, best=best,
+                              every=ckpt_every))
+    print(f"{name}: {state['step']} steps, valid CE final {final.get('ce', math.inf):.4f}, best {best.value:.4f}")
+    return model.eval(), state["step"], best.value
 
 
 def speech_meta(codec, lm_cfg, index: dict, role: str, codec_path: str) -> dict:

@@ -12,20 +12,23 @@ wall-clock budget, and saves fp16 `save_pretrained` folders `code-target/` and `
 `evaluate` measures losses, greedy agreement and sample completions and writes the model cards.
 `distill` retrains only the drafter against the saved target, trying a few drafter shapes, and keeps the
 one that agrees with the target most.
+
+Every command reads and writes the folder `--out` names, by default `./zoo-out/text` in the working
+directory; the commands above (run from a checkout's root) rebuild the shipped zoo, `text/zoo`.
 """
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
+from mmspec.training import add_stage_options
 from .data import DEFAULT_DATA, prepare
 from .distill import distill
 from .evaluate import evaluate
 from .models import DRAFT_VARIANTS
 from .train import train
 
-DEFAULT_OUT = str(Path(__file__).resolve().parent.parent / "zoo")
+DEFAULT_OUT = "zoo-out/text"  # in the working directory, never inside the installed package
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,40 +44,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="source bytes per permissive package (0: standard library only)")
     t = sub.add_parser("train", help="train target + drafter (GPU; CPU fallback)")
     t.add_argument("--data", default=DEFAULT_DATA)
-    t.add_argument("--out", default=DEFAULT_OUT)
-    t.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    t.add_argument("--time-budget", type=float, default=400.0, help="wall-clock seconds, whole command")
-    t.add_argument("--quick", action="store_true", help="tiny models, ~20 steps each (smoke test)")
-    t.add_argument("--batch-size", type=int, default=None)
-    t.add_argument("--context", type=int, default=512)
+    add_stage_options(t, DEFAULT_OUT, "folder for code-target/ and code-draft/", 400.0,
+                      "wall-clock seconds, whole command", "tiny models, ~20 steps each (smoke test)")
     t.add_argument("--target-frac", type=float, default=0.65, help="share of the budget for the target")
-    t.add_argument("--compile", action="store_true", help="torch.compile the models (off by default)")
-    t.add_argument("--no-resume", action="store_true", help="ignore checkpoints in OUT/ckpt")
-    t.add_argument("--keep-ckpt", action="store_true", help="keep OUT/ckpt after a completed run")
-    t.add_argument("--seed", type=int, default=0)
+    _run_options(t, "OUT/ckpt", "the models")
     d = sub.add_parser("distill", help="retrain only the drafter against the saved target (GPU; CPU fallback)")
     d.add_argument("--data", default=DEFAULT_DATA)
-    d.add_argument("--out", default=DEFAULT_OUT, help="zoo folder holding code-target/ (code-draft/ is replaced)")
-    d.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    d.add_argument("--time-budget", type=float, default=330.0, help="wall-clock seconds, all variants")
+    add_stage_options(d, DEFAULT_OUT, "zoo folder holding code-target/ (code-draft/ is replaced)", 330.0,
+                      "wall-clock seconds, all variants", "~10 steps per stage (smoke test)")
     d.add_argument("--variants", default=DRAFT_VARIANTS,
                    help="comma-separated LAYERSxHIDDENxFFN drafters to train; the best agreement is kept")
     d.add_argument("--pretrain-frac", type=float, default=0.3,
                    help="share of each variant's time for corpus pretraining before distillation")
-    d.add_argument("--quick", action="store_true", help="~10 steps per stage (smoke test)")
-    d.add_argument("--batch-size", type=int, default=None)
-    d.add_argument("--context", type=int, default=512)
-    d.add_argument("--compile", action="store_true", help="torch.compile the drafter (off by default)")
-    d.add_argument("--no-resume", action="store_true", help="ignore checkpoints in OUT/ckpt-distill")
-    d.add_argument("--keep-ckpt", action="store_true", help="keep OUT/ckpt-distill after a completed run")
-    d.add_argument("--seed", type=int, default=0)
+    _run_options(d, "OUT/ckpt-distill", "the drafter")
     e = sub.add_parser("evaluate", help="losses, agreement, samples, model cards (CPU)")
     e.add_argument("--data", default=DEFAULT_DATA)
-    e.add_argument("--out", default=DEFAULT_OUT)
+    e.add_argument("--out", default=DEFAULT_OUT, help=f"zoo folder to score and write cards into (default {DEFAULT_OUT})")
     e.add_argument("--device", default="cpu", choices=["auto", "cuda", "cpu"])
     e.add_argument("--max-tokens", type=int, default=24_576, help="held-out tokens to score")
     e.add_argument("--new-tokens", type=int, default=64)
     return ap
+
+
+def _run_options(p, ckpt: str, models: str) -> None:
+    """Batch, context, compile, resume and seed options of `train` and `distill`."""
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--context", type=int, default=512)
+    p.add_argument("--compile", action="store_true", help=f"torch.compile {models} (off by default)")
+    p.add_argument("--no-resume", action="store_true", help=f"ignore checkpoints in {ckpt}")
+    p.add_argument("--keep-ckpt", action="store_true", help=f"keep {ckpt} after a completed run")
+    p.add_argument("--seed", type=int, default=0)
 
 
 def main(argv=None) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 from mmspec.training import Clock
 
 from .models import DRAFT_PARAM_RANGE, llama_config, parse_variants, save_model
-from .train import _device, _run, ce_loss, drop_checkpoints, kl_loss, run_stage, train_log
+from .train import _device, _run, ce_loss, drop_checkpoints, distill_loss, run_stage, train_log
 
 
 def agreement(target, draft, windows, batch: int = 8) -> float:
@@ -41,7 +41,7 @@ def _check(args, variants: list[dict], meta: dict, data: Path, target_dir: Path)
         raise ValueError(f"--pretrain-frac must be in [0, 1), got {args.pretrain_frac}")
     if not (target_dir / "config.json").exists():
         raise ValueError(f"no trained target in {target_dir}: `distill` trains a drafter for an existing "
-                         "code-target (run `train` first, or pass --out with the zoo folder)")
+                         "code-target (run `train` first, or pass --out with a zoo folder, e.g. text/zoo in a checkout)")
     tokenizer = AutoTokenizer.from_pretrained(str(target_dir))
     if len(tokenizer) != meta["vocab_size"]:
         raise ValueError(f"{target_dir} has a {len(tokenizer)}-token vocabulary but {data} was prepared with "
@@ -82,7 +82,7 @@ def _train_variant(args, run, v: dict, meta: dict, target, seconds: float, max_s
     if args.pretrain_frac > 0:
         stages["draft"] = run_stage(run, f"draft-{v['name']}", draft, ce_loss, max_steps=max_steps, lr=3e-3,
                                     seconds=args.pretrain_frac * (variant_deadline - time.time()))
-    stages["distill"] = run_stage(run, f"distill-{v['name']}", draft, kl_loss(target), max_steps=max_steps,
+    stages["distill"] = run_stage(run, f"distill-{v['name']}", draft, distill_loss(target), max_steps=max_steps,
                                   lr=1.5e-3 if args.pretrain_frac > 0 else 3e-3,
                                   seconds=variant_deadline - time.time())
     draft.eval()

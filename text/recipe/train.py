@@ -1,7 +1,8 @@
 """`train`: the text zoo's target, then its drafter (corpus pretraining, then distillation), in one budget.
 
-Every stage runs through ``run_stage`` on the shared harness (``mmspec.training``): a wall-clock share,
-the warmup + cosine schedule, atomic resumable checkpoints in ``OUT/ckpt`` and a progress bar.
+Every stage runs through ``run_stage`` on the shared stage loop (``mmspec.training.train_stage``): a
+wall-clock share, the warmup + cosine schedule, atomic resumable checkpoints in ``OUT/ckpt`` and a
+progress bar; this module keeps the data, the models, the losses and the stages' settings.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mmspec.training import (Clock, Schedule, StageClock, hardware, load_checkpoint, progress_bar,
-                             save_checkpoint, set_lr, setup_device, update)
+from mmspec.training import (Best, Clock, Schedule, Stage, StageClock, adamw, autocast, hardware, kl_loss,
+                             setup_device, train_stage)
 
 from .models import DRAFT_DIMS, QUICK_DRAFT_DIMS, QUICK_TARGET_DIMS, TARGET_DIMS, llama_config, save_model
 
@@ -53,28 +54,23 @@ def ce_loss(model, x, y):
     return F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
 
 
-def kl_loss(teacher):
+def distill_loss(teacher):
     """Distillation loss KL(target || draft) per token, against a frozen teacher's full distribution."""
     import torch
-    import torch.nn.functional as F
 
     def loss(model, x, y):
         with torch.no_grad():
-            t_logp = F.log_softmax(teacher(input_ids=x, use_cache=False).logits.float(), -1)  # [B,T,V]
-        d_logp = F.log_softmax(model(input_ids=x, use_cache=False).logits.float(), -1)      # [B,T,V]
-        return F.kl_div(d_logp.flatten(0, 1), t_logp.flatten(0, 1), log_target=True,
-                        reduction="batchmean")
+            t_logits = teacher(input_ids=x, use_cache=False).logits          # [B, T, V]
+        return kl_loss(t_logits, model(input_ids=x, use_cache=False).logits)
     return loss
+
 
 def make_optimizer(model, lr: float, device):
     """AdamW, weight decay on matrices only (not norms), fused kernels on CUDA."""
     import torch
 
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    other = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": 0.1}, {"params": other, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8,
-                             fused=(torch.device(device).type == "cuda"))
+    return adamw(model.parameters(), lr, betas=(0.9, 0.95), weight_decay=0.1, matrices_only=True,
+                 fused=torch.device(device).type == "cuda")
 
 
 class Run:
@@ -88,13 +84,7 @@ class Run:
 
     def autocast(self):
         """bf16 autocast on CUDA; plain fp32 on CPU."""
-        import contextlib
-
-        import torch
-
-        if torch.device(self.device).type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return autocast(self.device)
 
     def val_loss(self, model, loss_fn) -> float:
         """Mean of loss_fn over the fixed held-out windows (model put back in train mode after)."""
@@ -110,22 +100,34 @@ class Run:
         return float(torch.stack(vals).sum()) / len(self.batches.val)
 
 
-def _resume(run: Run, name: str, model, opt, state: dict):
-    """Load a stage checkpoint if there is one; returns (state, best_weights)."""
-    blob = load_checkpoint(run.ckpt_dir / f"{name}.pt", map_location=run.device) if run.resume else None
-    if blob is None:
-        return state, None
-    saved, tensors = blob
-    model.load_state_dict(tensors["model"])
-    opt.load_state_dict(tensors["opt"])
-    print(f"[{name}] resumed at step {saved['step']}", flush=True)
-    return saved, tensors["best"] or None
+class Watch:
+    """A text stage's bookkeeping after each step: tokens, a loss-curve row every ``log_every`` steps, and
+    the held-out loss every ``1 / evals`` of the stage (when it fits before the deadline) into ``best``."""
 
+    def __init__(self, run: Run, model, loss_fn, best: Best, schedule: Schedule, log_every: int, evals: int):
+        self.run, self.model, self.loss_fn, self.best, self.schedule = run, model, loss_fn, best, schedule
+        self.log_every, self.evals = log_every, evals
+        self.next_eval, self.eval_seconds = 1 / evals, 0.0
 
-def _checkpoint(run: Run, name: str, model, opt, state: dict, best) -> None:
-    """Atomic checkpoint: model, optimizer, stage state and the best (fp16) weights so far."""
-    save_checkpoint(run.ckpt_dir / f"{name}.pt", state, model=model.state_dict(), opt=opt.state_dict(),
-                    best=best or {})
+    def __call__(self, state: dict, loss, tokens: int, progress: float, clock: StageClock) -> dict | None:
+        state["tokens"] += tokens
+        postfix = None
+        if state["step"] % self.log_every == 0 or state["step"] == 1:  # one host sync every few steps
+            value = loss.item()
+            state["curve"].append([state["step"], state["tokens"], round(value, 4), round(clock.elapsed(), 1),
+                                   self.schedule(progress)])
+            postfix = {"loss": f"{value:.3f}", "step": state["step"]}
+        if progress >= self.next_eval and time.time() + self.eval_seconds < clock.deadline:
+            t_eval = time.time()
+            self.evaluate(state)
+            self.next_eval, self.eval_seconds = self.next_eval + 1 / self.evals, time.time() - t_eval
+        return postfix
+
+    def evaluate(self, state: dict, clock: StageClock | None = None) -> None:
+        """Held-out loss now, into the validation curve; the weights are kept when they are the best."""
+        val = self.run.val_loss(self.model, self.loss_fn)
+        state["val"].append([state["step"], state["tokens"], round(val, 4)])
+        self.best.offer(val, self.model)
 
 
 def run_stage(run: Run, name: str, model, loss_fn, *, seconds: float, max_steps: float, lr: float,
@@ -133,86 +135,32 @@ def run_stage(run: Run, name: str, model, loss_fn, *, seconds: float, max_steps:
     """Train `model` on `loss_fn` until its time share or step cap is used up; keep the best weights.
 
     Progress (for the LR schedule) is max(step / max_steps, elapsed / seconds), so the schedule fits
-    a wall-clock budget without knowing the throughput in advance. Resumes from OUT/ckpt/<name>.pt.
+    a wall-clock budget without knowing the throughput in advance. Resumes from OUT/ckpt/<name>.pt; a
+    finished stage only reloads its weights. The best held-out weights (an fp16 copy) are restored.
     """
     import torch
 
-    # 1. Optimizer, state, optional resume; the stage's clock continues the time already spent.
-    opt = make_optimizer(model, lr, run.device)
-    state = {"step": 0, "tokens": 0, "elapsed": 0.0, "seconds": seconds, "done": False,
-             "curve": [], "val": [], "best_val": math.inf}
-    state, best = _resume(run, name, model, opt, state)
     fwd = torch.compile(model) if run.compile else model
-    gen = torch.Generator(device=run.device).manual_seed(run.seed * 7919 + state["step"] + len(name))
-    left = min(seconds, state["seconds"] - state["elapsed"])
-    now = time.time()
-    clock = StageClock(now + max(0.0, left) if not state["done"] else now, state["elapsed"], state["seconds"])
-    schedule, bar = Schedule(lr, warmup=0.03, warmup_min=0.02), progress_bar(name, total=1000)
-    next_eval, eval_seconds, last_ckpt = 1 / evals, 0.0, time.time()
-    model.train()
-    while clock.running():
-        # 2. Progress -> learning rate.
-        elapsed = clock.elapsed()
-        progress = min(1.0, max(state["step"] / max_steps, elapsed / state["seconds"]))
-        if progress >= 1.0:
-            break
-        set_lr(opt, schedule(progress))
-        # 3. One step: sample, forward under autocast, backward, clip, update.
-        x, y = run.batches.sample(gen)                                        # [B, T]
-        with run.autocast():
-            loss = loss_fn(fwd, x, y)
-        update(model, opt, loss)
-        state["step"] += 1
-        state["tokens"] += x.numel()
-        # 4. Every few steps: one host sync for logging and the progress bar.
-        if state["step"] % log_every == 0 or state["step"] == 1:
-            _log_step(state, bar, loss.item(), elapsed, progress, schedule(progress))
-        # 5. Held-out loss every 1/evals of the stage, if it fits; keep the best weights.
-        if progress >= next_eval and time.time() + eval_seconds < clock.deadline:
-            t_eval = time.time()
-            best = _evaluate_and_keep(run, name, model, loss_fn, state, best)
-            next_eval, eval_seconds = next_eval + 1 / evals, time.time() - t_eval
-        # 6. Resumable checkpoint.
-        if time.time() - last_ckpt > run.ckpt_every_s:
-            state["elapsed"], last_ckpt = clock.elapsed(), time.time()
-            _checkpoint(run, name, model, opt, state, best)
-    bar.close()
-    return _finish_stage(run, name, model, opt, loss_fn, state, best, clock)
+    schedule, best = Schedule(lr, warmup=0.03, warmup_min=0.02), Best(dtype=torch.float16)
+    watch = Watch(run, model, loss_fn, best, schedule, log_every, evals)
 
+    def start(step: int):
+        gen = torch.Generator(device=run.device).manual_seed(run.seed * 7919 + step + len(name))
 
-def _log_step(state: dict, bar, loss: float, elapsed: float, progress: float, lr: float) -> None:
-    """One loss-curve row ``[step, tokens, loss, seconds, lr]`` and the progress bar."""
-    state["curve"].append([state["step"], state["tokens"], round(loss, 4), round(elapsed, 1), lr])
-    bar.n = int(progress * 1000)
-    bar.set_postfix(loss=f"{loss:.3f}", step=state["step"], refresh=False)
-    bar.update(0)
+        def step_fn(step: int, progress: float):
+            x, y = run.batches.sample(gen)                                    # [B, T]
+            with run.autocast():
+                return loss_fn(fwd, x, y), x.numel()
+        return step_fn
 
-
-def _finish_stage(run: Run, name: str, model, opt, loss_fn, state: dict, best, clock: StageClock) -> dict:
-    """Final held-out loss, restore the best weights, mark done (a rerun skips it), checkpoint."""
-    if not state["done"]:
-        state["elapsed"] = clock.elapsed()
-        best = _evaluate_and_keep(run, name, model, loss_fn, state, best)
-        state["done"] = True
-        _checkpoint(run, name, model, opt, state, best)
-    if best is not None:
-        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in best.items()})
+    state = train_stage(Stage(
+        name, model, make_optimizer(model, lr, run.device), start, schedule, seconds,
+        checkpoint=run.ckpt_dir / f"{name}.pt", max_steps=max_steps, total="capped", watch=watch,
+        finish=watch.evaluate, state={"tokens": 0, "curve": [], "val": []}, best=best, resume=run.resume,
+        mark_done=True, every=run.ckpt_every_s, unit="it", bar_total=1000))
     print(f"[{name}] {state['step']} steps, {state['tokens']:,} tokens, {state['elapsed']:.0f}s, "
           f"best held-out {state['best_val']:.4f}", flush=True)
     return state
-
-
-def _evaluate_and_keep(run: Run, name: str, model, loss_fn, state: dict, best):
-    """Held-out loss now; returns the weights to keep (fp16 copy of the best so far)."""
-    import torch
-
-    val = run.val_loss(model, loss_fn)
-    state["val"].append([state["step"], state["tokens"], round(val, 4)])
-    if val < state["best_val"]:
-        state["best_val"] = val
-        best = {k: v.detach().to(torch.float16 if v.is_floating_point() else v.dtype, copy=True)
-                for k, v in model.state_dict().items()}
-    return best
 
 
 def _device(args) -> str:
@@ -259,7 +207,7 @@ def train(args) -> dict:
     stages["draft"] = run_stage(run, "draft", draft, ce_loss, max_steps=max_steps / 2, lr=3e-3,
                                 seconds=0.35 * clock.left())
     target.eval().requires_grad_(False)
-    stages["distill"] = run_stage(run, "distill", draft, kl_loss(target), max_steps=max_steps / 2,
+    stages["distill"] = run_stage(run, "distill", draft, distill_loss(target), max_steps=max_steps / 2,
                                   lr=1.5e-3, seconds=clock.left())
     stages["distill"]["val_ce"] = run.val_loss(draft, ce_loss)
     save_model(draft, tokenizer, out / "code-draft")
