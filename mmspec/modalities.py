@@ -33,7 +33,8 @@ class Modality:
     (``mmspec.bench.Suite``); ``display`` is the app's view of an output (``demos/app.py``).
     ``default_heads`` names the zoo self-drafter of ``default_target`` (``--drafter heads`` without
     ``--heads``) and ``zoo`` the folder ``zoo:NAME`` names live in; ``heads_prompts(target, held_out)`` yields the prompts whose samples a self-drafter trains
-    on (None: a text corpus, ``mmspec.heads.data``).
+    on, or ``heads_corpus(target, data, held_out, max_tokens, length)`` gives ``(description, examples)``, the
+    ``(prompt, frames [length, K])`` windows of a corpus it trains on (``data``: the user's ``--data``).
     """
 
     name: str
@@ -56,6 +57,7 @@ class Modality:
     default_heads: str | None = None
     zoo: Any = None
     heads_prompts: Callable[[Target, bool], Any] | None = None
+    heads_corpus: Callable[..., tuple[str, Any]] | None = None
     extension: str = ".txt"
     notes: str = ""
 

@@ -6,6 +6,7 @@ import argparse
 from mmspec.bench import Method, Suite
 from mmspec.modalities import Modality
 
+from .corpus import heads_corpus
 from .display import DISPLAY
 from .target import ZOO, TextTarget
 
@@ -77,6 +78,6 @@ MODALITY = Modality(
     examples=("def fibonacci(n):", "class Stack:\n    def __init__(self):", "import os\n\ndef list_files(path):"),
     load=load, prompts=prompts, max_new_tokens=64, max_new_limit=512,
     add_arguments=add_arguments, options=options, suite=SUITE, extension=".txt",
-    display=DISPLAY, default_heads="zoo:code-heads", zoo=ZOO,
+    display=DISPLAY, default_heads="zoo:code-heads", zoo=ZOO, heads_corpus=heads_corpus,
     notes="Python code model from the offline zoo (23M target, 2M draft), or any Hugging Face causal LM.",
 )
