@@ -306,3 +306,34 @@ def test_model_card_names_the_drafting_settings_and_extra_methods(tmp_path):
     card = write_card(tmp_path, {**run, "also": {"prompt-lookup|heads": {**run, "speedup": 2.0}}}).read_text()
     assert "top probability is below 0.2" in card and "at most 8 frames" in card
     assert "| `prompt-lookup\\|heads`, same run: mean accepted / speedup | 3.00 / 2.00x |" in card
+
+
+def test_start_checks_before_it_sets_anything(tiny_models):
+    """A refused start leaves the drafter as it was (the checks are pure; the set-up comes after them)."""
+    target = text_target(tiny_models)
+    for drafter in (MedusaDrafter(MedusaHeads(64, 2)), EagleDrafter(eagle_for(32, 32, 4, window=64), vocab=torch.tensor([999]))):
+        before = dict(vars(drafter))
+        with pytest.raises(ValueError, match="hidden size 64|draft vocabulary needs"):
+            mmspec.generate(target, drafter, PROMPTS[0], max_new_tokens=4)
+        assert vars(drafter) == before
+
+
+def test_the_old_import_path_names_the_new_one():
+    import mmspec.drafters.heads as old
+
+    with pytest.warns(DeprecationWarning, match="moved to mmspec.drafters.int8.Int8Head"):
+        assert old.Int8Head is Int8Head
+    with pytest.raises(AttributeError, match="selfdraft.check"):
+        old.attach
+
+
+def test_a_drafter_must_declare_wants_hidden(tiny_models):
+    class Undeclared:
+        def start(self, target, sampler, prompt, max_new_tokens): ...
+        def propose(self, last, k): ...
+        def observe(self, step, target_logits): ...
+
+    with pytest.raises(ValueError, match="declare wants_hidden"):
+        mmspec.generate(text_target(tiny_models), Undeclared(), PROMPTS[0], max_new_tokens=4)
+    with pytest.raises(ValueError, match="declare wants_hidden"):
+        mmspec.MixedDrafter([Undeclared()])
