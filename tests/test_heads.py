@@ -325,6 +325,10 @@ def test_the_old_import_path_names_the_new_one():
         assert old.Int8Head is Int8Head
     with pytest.raises(AttributeError, match="selfdraft.check"):
         old.attach
+    import mmspec.heads.data as data
+
+    with pytest.raises(AttributeError, match="mmspec.text.corpus.token_stream"):
+        data.token_stream
 
 
 def test_a_drafter_must_declare_wants_hidden(tiny_models):

@@ -138,3 +138,16 @@ def cache_sampled(make_windows, folder: Path, key: dict, deadline: float, shard:
                    len(got) == shard)
 
     return write_shards(batches, folder, key, deadline, bar)
+
+
+MOVED = {  # names this module had until the text corpus went through the modality registry (one release)
+    "token_stream": "mmspec.text.corpus.token_stream", "windows": "mmspec.text.corpus.windows",
+    "cache_states": "mmspec.heads.data.cache_corpus (the states from the target's own track_hidden / hidden)",
+    "states_of": "mmspec.heads.data.states_along (the target's own track_hidden / hidden)",
+}
+
+
+def __getattr__(name: str):
+    if name in MOVED:
+        raise AttributeError(f"mmspec.heads.data.{name} was removed; use {MOVED[name]}")
+    raise AttributeError(f"module 'mmspec.heads.data' has no attribute {name!r}")
