@@ -20,7 +20,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from mmspec.drafters.heads import int8_copy
+    from mmspec.drafters.int8 import int8_copy
     from mmspec.heads.store import load_heads
     from mmspec.modalities import get
     from mmspec.sampling import Sampler

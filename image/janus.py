@@ -200,42 +200,45 @@ class JanusTarget(hf.HiddenStates, hf.HFTarget):
 
 
 class GenerationHead(torch.nn.Module):
-    """Janus's frozen generation head as a self-drafter reads it: hidden ``[..., H]`` -> ``[..., V]`` (the
-    target's own module: ``proj_out``, activation, ``vision_head``).
-
-    ``weight`` is ``proj_out``'s ``[P, H]``, the map that reads the hidden state: what the heads' store reads
-    the hidden size and the fingerprint from. The head is not one linear map, so ``Int8Head.of`` returns it
-    unchanged (it has no ``linear`` and is no ``nn.Linear``)."""
+    """Janus's frozen generation head as a self-drafter reads it (an ``mmspec.protocols.OutputHead``): hidden
+    ``[..., H]`` -> ``[..., V]`` through the target's own module (``proj_out``, activation, ``vision_head``).
+    Not one linear map (``as_linear`` is None), so a drafter reads it as it is; ``proj_out``'s weight, the map
+    that reads the state, identifies it."""
 
     def __init__(self, head: torch.nn.Module):
         super().__init__()
         self.mlp = head
 
     @property
-    def weight(self) -> Tensor:
+    def hidden_size(self) -> int:
+        return int(self.mlp.proj_out.weight.shape[1])
+
+    def identity(self) -> Tensor:
         return self.mlp.proj_out.weight  # [P, H]
+
+    def as_linear(self) -> None:
+        return None
 
     def forward(self, hidden: Tensor) -> Tensor:
         return self.mlp(hidden)  # [..., V]
 
 
 class CodeEmbedding(torch.nn.Module):
-    """Janus's frozen embedding of image codes: frames ``[..., 1]`` -> ``aligner(table[code])`` ``[..., H]``.
-
-    ``weight`` is the aligner's output map transposed, ``[P', H]``: an embedding's ``weight.shape[1]`` is the
-    size of what it returns (the table itself is ``[V, e]``, with e the small VQ embedding size)."""
+    """Janus's frozen embedding of image codes (an ``mmspec.protocols.FrameEmbedder``): frames ``[..., 1]`` ->
+    ``aligner(table[code])`` ``[..., E]``, E the size of the aligner's output (the table itself is ``[V, e]``,
+    with e the small VQ embedding size)."""
 
     def __init__(self, table: torch.nn.Module, aligner: torch.nn.Module):
         super().__init__()
         self.table, self.aligner = table, aligner
 
     @property
-    def weight(self) -> Tensor:
+    def embed_size(self) -> int:
         last = [m for m in self.aligner.modules() if isinstance(m, torch.nn.Linear)][-1]
-        return last.weight.T  # [P', H]
+        return int(last.weight.shape[0])
 
     def forward(self, frames: Tensor) -> Tensor:
-        return self.aligner(self.table(frames[..., 0].clamp(min=0)))  # [..., H]
+        return self.aligner(self.table(frames[..., 0].clamp(min=0)))  # [..., E]
 
 
 def _saved_boi(path: str) -> int | None:

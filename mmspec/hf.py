@@ -330,6 +330,11 @@ class HiddenStates:
     hidden_wanted = False
     _hidden: Tensor | None = None
 
+    @property
+    def attention_heads(self) -> int | None:
+        """Heads per attention layer, from the model's config (None where it names none at the top level)."""
+        return getattr(getattr(self.model, "config", None), "num_attention_heads", None)
+
     def track_hidden(self, on: bool) -> None:
         """Record hidden states from the next forward on (``True``) or stop (``False``; drops the last one)."""
         self.hidden_wanted = bool(on)
@@ -376,35 +381,50 @@ def last_hidden(out) -> Tensor:
 
 class Projection(torch.nn.Module):
     """A target's output projection restricted to the rows ``[start, start + size)`` of its weight (all
-    rows: ``size`` None): hidden ``[..., H]`` -> logits ``[..., size]``, sharing the target's frozen weight."""
+    rows: ``size`` None): hidden ``[..., H]`` -> logits ``[..., size]``, sharing the target's frozen weight
+    (an ``mmspec.protocols.OutputHead``: one linear map)."""
 
-    def __init__(self, linear: torch.nn.Module, start: int = 0, size: int | None = None):
+    def __init__(self, linear: torch.nn.Linear, start: int = 0, size: int | None = None):
         super().__init__()
         self.linear, self.start, self.size = linear, start, size
 
     @property
+    def hidden_size(self) -> int:
+        return int(self.linear.weight.shape[1])
+
+    @property
     def weight(self) -> Tensor:
         w = self.linear.weight
-        return w if self.size is None else w[self.start: self.start + self.size]
+        return w if self.size is None else w[self.start: self.start + self.size]  # [R, H]
+
+    @property
+    def bias(self) -> Tensor | None:
+        b = self.linear.bias
+        return b if b is None or self.size is None else b[self.start: self.start + self.size]  # [R]
+
+    def identity(self) -> Tensor:
+        return self.weight
+
+    def as_linear(self) -> tuple[Tensor, Tensor | None] | None:
+        return (self.weight, self.bias) if isinstance(self.linear, torch.nn.Linear) else None
 
     def forward(self, x: Tensor) -> Tensor:
         if self.size is None:
             return self.linear(x)
-        bias = getattr(self.linear, "bias", None)
-        return torch.nn.functional.linear(x, self.weight, None if bias is None else bias[self.start: self.start + self.size])
+        return torch.nn.functional.linear(x, self.weight, self.bias)
 
 
 class FrameEmbedding(torch.nn.Module):
     """A target's frozen input embedding of whole frames: frames ``[..., K]`` (ids per codebook) -> the sum of
     the rows ``table[frame[k] + offsets[k]]``, ``[..., E]`` (text: K = 1, offset 0)."""
 
-    def __init__(self, table: torch.nn.Module, offsets: Sequence[int] = (0,)):
+    def __init__(self, table: torch.nn.Embedding, offsets: Sequence[int] = (0,)):
         super().__init__()
         self.table, self.offsets = table, tuple(int(o) for o in offsets)
 
     @property
-    def weight(self) -> Tensor:
-        return self.table.weight
+    def embed_size(self) -> int:
+        return int(self.table.weight.shape[1])
 
     def forward(self, frames: Tensor) -> Tensor:
         offsets = torch.tensor(self.offsets, device=frames.device)  # [K]

@@ -14,7 +14,7 @@ import torch
 
 from . import accept, tree
 from .accept import Rule, as_rule
-from .protocols import Drafter, Target, has_hidden
+from .protocols import DRAFTER, Drafter, Target, has_hidden
 from .sampling import Sampler
 from .types import PAD, Draft, Generation, Sampling, Step, count
 
@@ -26,7 +26,7 @@ def _check(target, drafter, k, max_new_tokens, rule, sampling, seed) -> tuple[in
     if not isinstance(target, Target):
         raise ValueError(f"target must be an mmspec Target (e.g. mmspec.text.TextTarget), got {type(target).__name__}")
     if drafter is not None and not isinstance(drafter, Drafter):
-        raise ValueError(f"drafter must implement start/propose/observe (or be None), got {type(drafter).__name__}")
+        raise ValueError(f"drafter must {DRAFTER} (or be None), got {type(drafter).__name__}")
     k = count(k, "k (drafted frames per step)")
     max_new_tokens = count(max_new_tokens, "max_new_tokens")
     seed = count(seed, "seed", minimum=0)
@@ -73,7 +73,7 @@ def _steps(target, drafter, prompt, max_new_tokens, k, rule, sampling, seed) -> 
     # 1. Prefill the target (recording hidden states only for a self-drafter); the first frame comes from
     #    the target alone (a rule over an empty draft).
     if has_hidden(target):
-        target.track_hidden(bool(getattr(drafter, "wants_hidden", False)))
+        target.track_hidden(drafter is not None and bool(drafter.wants_hidden))
     logits = target.start(prompt, max_new_tokens)  # [B, 1, K, V]
     B, K = logits.shape[0], logits.shape[2]
     device = logits.device

@@ -33,10 +33,11 @@ class Modality:
     (``mmspec.bench.Suite``); ``display`` is the app's view of an output (``demos/app.py``).
     ``default_heads`` names the zoo self-drafter of ``default_target`` (``--drafter heads`` without
     ``--heads``) and ``zoo`` the folder ``zoo:NAME`` names live in; ``heads_prompts(target, held_out)`` yields the prompts whose samples a self-drafter trains
-    on (None: a text corpus, ``mmspec.heads.data``). ``extension`` is the suffix an output is saved with by
-    default and ``suffixes`` every suffix it can be saved as (``--out`` is checked against them before a run;
-    empty: ``extension`` only). ``compare`` is ``mmspec compare``'s default method list (``drafter[:rule]``):
-    the classic methods and the modality's fastest lossless ones.
+    on, or ``heads_corpus(target, data, held_out, max_tokens, length)`` gives ``(description, examples)``, the
+    ``(prompt, frames [length, K])`` windows of a corpus it trains on (``data``: the user's ``--data``). ``extension`` is the suffix an output
+    is saved with by default and ``suffixes`` every suffix it can be saved as (``--out`` is checked against them
+    before a run; empty: ``extension`` only). ``compare`` is ``mmspec compare``'s default method list
+    (``drafter[:rule]``): the classic methods and the modality's fastest lossless ones.
     """
 
     name: str
@@ -59,6 +60,7 @@ class Modality:
     default_heads: str | None = None
     zoo: Any = None
     heads_prompts: Callable[[Target, bool], Any] | None = None
+    heads_corpus: Callable[..., tuple[str, Any]] | None = None
     extension: str = ".txt"
     suffixes: tuple[str, ...] = ()
     compare: tuple[str, ...] = ("prompt-lookup", "jacobi", "lookahead", "model")

@@ -14,6 +14,7 @@ Order of calls in one generation (``mmspec.stream``), which every implementation
    its logits are the prefill's.
    A drafter whose ``wants_hidden`` is True (a self-drafter) gets ``target.track_hidden(True)`` before the
    prefill; every other generation on a target that has the capability runs with ``track_hidden(False)``.
+   Every drafter declares ``wants_hidden`` (False for all but self-drafters).
 3. One generation at a time per target: a target (or a draft model) used by a running generation is
    busy, and ``stream`` refuses to start another on it.
 """
@@ -66,9 +67,42 @@ class Target(Protocol):
         """Raise ValueError if ``draft`` cannot draft for this target (other tokenizer, codec, grid...)."""
 
 
+@runtime_checkable
+class OutputHead(Protocol):
+    """What ``HiddenTarget.output_head`` returns: the target's frozen output projection as an ``nn.Module``,
+    hidden ``[..., H]`` -> logits ``[..., K * V]`` (K = 1: ``[..., V]``), built on the target's own weights."""
+
+    hidden_size: int  # H: the size of the state it reads
+
+    def __call__(self, hidden: Tensor) -> Tensor: ...
+
+    def identity(self) -> Tensor:
+        """Weights ``[R, H]`` that identify the head (a linear head: its weight; an MLP: the map that reads the
+        state): the heads' store fingerprints them, so heads trained for one target refuse another."""
+
+    def as_linear(self) -> tuple[Tensor, Tensor | None] | None:
+        """``(weight [K * V, H], bias [K * V] or None)`` when the head is exactly one linear map, else None. A
+        self-drafter may read a linear head with int8 weights or on a subset of its rows, and runs any
+        other head as it is."""
+
+
+@runtime_checkable
+class FrameEmbedder(Protocol):
+    """What ``HiddenTarget.input_embeddings`` returns: the target's frozen embedding of whole frames as an
+    ``nn.Module``, ids ``[..., K]`` -> ``[..., E]`` (the sum over codebooks, as the target embeds a frame)."""
+
+    embed_size: int  # E
+
+    def __call__(self, frames: Tensor) -> Tensor: ...
+
+
+@runtime_checkable
 class HiddenTarget(Target, Protocol):
     """An optional capability a Target may have, for self-drafters (Medusa heads, an EAGLE layer). They read
     the state the verify forward already computed: never a second pass of the target."""
+
+    hidden_wanted: bool  # whether start / forward record their hidden state now (set by track_hidden)
+    attention_heads: int | None  # heads per attention layer of the target (an EAGLE layer copies it); None: unknown
 
     def track_hidden(self, on: bool) -> None:
         """Record hidden states in every ``start`` / ``forward`` from now on (``True``), or stop (``False``)."""
@@ -76,23 +110,30 @@ class HiddenTarget(Target, Protocol):
     def hidden(self) -> Tensor:
         """``[B, T, H]``: the last layer's hidden state (after the final norm: the input of the output head)
         of the most recent ``start`` / ``forward``, for exactly the frames that call returned logits for
-        (the prefill: its last frame). Unchanged by ``keep``. ValueError when nothing was recorded."""
+        (the prefill: its last frame; a guided target: its conditional rows). Unchanged by ``keep``.
+        ValueError when nothing was recorded."""
 
-    def output_head(self) -> torch.nn.Module:
-        """The frozen output projection: hidden ``[..., H]`` -> logits ``[..., K * V]`` (K = 1: ``[..., V]``)."""
+    def output_head(self) -> OutputHead:
+        """The frozen output projection: ``output_head()(hidden())`` is the last forward's logits (before any
+        guidance and constraints the adapter applies)."""
 
-    def input_embeddings(self) -> torch.nn.Module:
-        """The frozen embedding of whole frames: ``[..., K]`` ids -> ``[..., E]`` (the sum over codebooks, as
-        the target embeds a frame)."""
+    def input_embeddings(self) -> FrameEmbedder:
+        """The frozen embedding of whole frames."""
 
 
 def has_hidden(target) -> bool:
     """Whether ``target`` offers the hidden-state capability (``HiddenTarget``)."""
-    return all(callable(getattr(target, m, None)) for m in ("track_hidden", "hidden", "output_head", "input_embeddings"))
+    return isinstance(target, HiddenTarget)
+
+
+DRAFTER = ("implement start/propose/observe and declare wants_hidden (a class attribute: True only for a "
+           "self-drafter, which reads target.hidden(); False for every other drafter)")  # what a Drafter must do
 
 
 @runtime_checkable
 class Drafter(Protocol):
+    wants_hidden: bool  # True only for a self-drafter: it reads ``target.hidden()`` (a ``HiddenTarget``)
+
     def start(self, target: Target, sampler: Sampler, prompt: Any, max_new_tokens: int) -> None:
         """Called after the target's prefill with the same ``prompt`` and the run's real budget of new
         frames (already capped by the target's context)."""

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from .protocols import FrameEmbedder, HiddenTarget, OutputHead, has_hidden
 from .types import PAD, check_frames
 
 
@@ -149,18 +150,23 @@ def chi2_pvalue(counts, probs: dict, runs: int) -> float:
 # -- the conformance suite every Target runs ----------------------------------------------------------
 
 def conformance(make_target: Callable[[], Any], prompts: Sequence, *, draft: Callable[[], Any] | None = None,
-                join: Callable[[list], Any] = list, frames: int = 5, budget: int = 12, atol: float = 1e-4) -> None:
+                join: Callable[[list], Any] = list, frames: int = 5, budget: int = 12, atol: float = 1e-4,
+                unguided: Callable[[], Any] | None = None) -> None:
     """Check a Target against the contract in ``mmspec.protocols``; raises AssertionError (or the first
     error) on a violation.
 
     ``make_target()`` builds a fresh target (the rollback check compares with a fresh prefill);
     ``prompts``: at least two single prompts (ideally of different lengths), each a batch of one;
     ``join(prompts)`` makes them one batch (a list by default); ``draft()`` builds a valid draft target.
-    ``frames`` new frames per forward and a run ``budget`` keep it fast on tiny models.
+    ``frames`` new frames per forward and a run ``budget`` keep it fast on tiny models. A target with the
+    hidden-state capability (``HiddenTarget``) also runs ``check_hidden``; ``unguided()`` builds the same
+    model with guidance off (default: ``make_target``), whose forward's logits are its output head's.
     """
     import mmspec
 
     target = make_target()
+    if has_hidden(target):
+        check_hidden(target, unguided or make_target, join(list(prompts[:2])), frames, budget, atol)
     check_shapes(target, join(list(prompts[:2])), frames, budget)
     check_keep(make_target, prompts[0], frames, budget, atol)
     for shared in (True, False):
@@ -175,6 +181,58 @@ def conformance(make_target: Callable[[], Any], prompts: Sequence, *, draft: Cal
     ended = target.finished(both.tokens.clamp(min=0))
     assert ended.dtype == torch.bool and tuple(ended.shape) == tuple(both.tokens.shape[:2]), "finished: BoolTensor [B, T]"
     check_refuses_wrong_drafts(target, draft)
+
+
+def check_hidden(target, make_unguided, prompt, T: int, budget: int, atol: float) -> None:
+    """The ``HiddenTarget`` contract: ``hidden()`` is ``[B, T, H]`` for exactly the frames a call returned logits
+    for (the prefill: its last frame; a guided target: its conditional rows), unchanged by ``keep``, absent
+    when recording is off; ``output_head()`` of it gives the logits the same model returns with guidance
+    off (``make_unguided()``; entries the adapter constrains, -inf, and columns the head never predicts,
+    its lowest finite value, are the adapter's); ``input_embeddings()`` maps ``[B, T, K]`` to ``[B, T, E]``."""
+    assert isinstance(target, HiddenTarget) and isinstance(target.hidden_wanted, bool), "declare hidden_wanted"
+    head, embed = target.output_head(), target.input_embeddings()
+    assert isinstance(head, OutputHead) and isinstance(embed, FrameEmbedder), "output_head / input_embeddings types"
+    target.track_hidden(False)
+    target.start(prompt, budget)
+    _refuses_hidden(target, "with recording off")
+    target.track_hidden(True)
+    assert target.hidden_wanted, "track_hidden(True) must set hidden_wanted"
+    first = target.start(prompt, budget)
+    B, H = first.shape[0], head.hidden_size
+    states = [target.hidden()]
+    assert tuple(states[0].shape) == (B, 1, H), f"the prefill records [B, 1, H], got {tuple(states[0].shape)}"
+    frames = sample_frames(target, first, T, seed=3)  # [B, T, K]
+    target.forward(frames)
+    states.append(target.hidden())
+    assert tuple(states[1].shape) == (B, T, H), f"hidden() is {tuple(states[1].shape)}, want ({B}, {T}, {H})"
+    target.keep(target.pos - T + 1)
+    assert torch.equal(target.hidden(), states[1]), "keep must leave hidden() as the last forward recorded it"
+    assert tuple(embed(frames).shape) == (B, T, embed.embed_size), "input_embeddings: [B, T, K] -> [B, T, E]"
+    target.track_hidden(False)
+    plain = make_unguided()
+    for state, logits in zip(states, [plain.start(prompt, budget), plain.forward(frames)]):
+        _head_gives(head, state, logits, atol)
+
+
+def _refuses_hidden(target, when: str) -> None:
+    try:
+        target.hidden()
+    except ValueError:
+        return
+    raise AssertionError(f"hidden() must raise ValueError {when}")
+
+
+def _head_gives(head, hidden: Tensor, logits: Tensor, atol: float) -> None:
+    """``head(hidden)`` equals ``logits [B, T, K, V]`` wherever the adapter left them the head's."""
+    with torch.inference_mode():
+        mine = head(hidden).float()  # [B, T, K * V]
+    B, T, K, V = logits.shape
+    mine = mine.view(B, T, K, V)
+    theirs = mine > torch.finfo(mine.dtype).min  # a column the head never predicts is the adapter's
+    compared = logits.isfinite() & theirs
+    assert compared.float().mean() > 0.3, "too few logits left to compare with the output head"
+    error = float((mine - logits.float())[compared].abs().max())
+    assert error <= atol, f"output_head(hidden()) differs from the unguided forward's logits by {error:.3g}"
 
 
 def check_shapes(target, prompt, T: int, budget: int) -> None:

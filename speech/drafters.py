@@ -104,6 +104,8 @@ class CodecLookupDrafter:
     """Per-codebook lookup drafter (``start / propose / observe``); ``prior [K, V]`` from ``fit_prior``;
     ``tree=N`` drafts a trie of N nodes with up to ``width`` alternatives per frame (see above)."""
 
+    wants_hidden = False  # reads no hidden state (mmspec.protocols.Drafter)
+
     def __init__(self, prior: Tensor | None = None, tree: int | None = None, width: int = 2):
         if prior is not None and (prior.dim() != 2 or prior.dtype != torch.long):
             raise ValueError("prior must be a LongTensor [K, V] from fit_prior")

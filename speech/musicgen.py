@@ -233,22 +233,26 @@ class MusicgenTarget(hf.HiddenStates, hf.HFTarget):
 
 
 class CodebookHeads(torch.nn.Module):
-    """MusicGen's frozen K output heads as one map: hidden ``[..., H]`` -> ``[..., K * (V_dec + 1)]``, codebook
-    major (``view(..., K, V_dec + 1)`` gives codebook k's logits), each head's ``V_dec`` code logits then the
-    delay pad's column. No head predicts the pad id (the adapter's constraint forces it where delayed), so
-    its column is the dtype's lowest finite value: probability 0, yet log-softmax and KL stay finite.
-
-    ``weight`` is the heads' weights stacked, ``[K * V_dec, H]`` (a copy: for the hidden size and the
-    fingerprint only; ``forward`` reads the heads themselves). The module is not one linear map, so
-    ``Int8Head.of`` returns it unchanged (it has no ``linear`` and is no ``nn.Linear``)."""
+    """MusicGen's frozen K output heads as one map (an ``mmspec.protocols.OutputHead``): hidden ``[..., H]`` ->
+    ``[..., K * (V_dec + 1)]``, codebook major (``view(..., K, V_dec + 1)`` gives codebook k's logits), each
+    head's ``V_dec`` code logits then the delay pad's column. No head predicts the pad id (the adapter's
+    constraint forces it where delayed), so its column is the dtype's lowest finite value: probability 0,
+    yet log-softmax and KL stay finite. Not one linear map (``as_linear`` is None: the pad column), so a
+    drafter reads it as it is; the heads' weights stacked identify it."""
 
     def __init__(self, heads: torch.nn.ModuleList):
         super().__init__()
         self.heads = heads
 
     @property
-    def weight(self) -> Tensor:
-        return torch.cat([head.weight for head in self.heads])  # [K * V_dec, H]
+    def hidden_size(self) -> int:
+        return int(self.heads[0].weight.shape[1])
+
+    def identity(self) -> Tensor:
+        return torch.cat([head.weight for head in self.heads])  # [K * V_dec, H] (a copy)
+
+    def as_linear(self) -> None:
+        return None
 
     def forward(self, hidden: Tensor) -> Tensor:
         logits = torch.stack([head(hidden) for head in self.heads], dim=-2)  # [..., K, V_dec]
@@ -257,17 +261,17 @@ class CodebookHeads(torch.nn.Module):
 
 
 class CodebookEmbedding(torch.nn.Module):
-    """MusicGen's frozen frame embedding: frames ``[..., K]`` -> ``sum_k tables[k](frame[k])`` ``[..., H]`` (ids
-    ``0 .. V_dec``, the pad id included; a negative id reads row 0). ``weight``: the tables stacked,
-    ``[K * (V_dec + 1), H]`` (a copy, for sizes only)."""
+    """MusicGen's frozen frame embedding (an ``mmspec.protocols.FrameEmbedder``): frames ``[..., K]`` ->
+    ``sum_k tables[k](frame[k])`` ``[..., H]`` (ids ``0 .. V_dec``, the pad id included; a negative id reads
+    row 0)."""
 
     def __init__(self, tables: torch.nn.ModuleList):
         super().__init__()
         self.tables = tables
 
     @property
-    def weight(self) -> Tensor:
-        return torch.cat([table.weight for table in self.tables])  # [K * (V_dec + 1), H]
+    def embed_size(self) -> int:
+        return int(self.tables[0].weight.shape[1])
 
     def forward(self, frames: Tensor) -> Tensor:
         frames = frames.clamp(min=0)

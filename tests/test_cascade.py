@@ -41,14 +41,14 @@ def test_greedy_cascade_is_greedy_decoding(target, batch):
 
 
 def test_sampled_cascade_keeps_the_distribution(target):
-    from test_heads import exact_pairs
+    from test_heads import exact_runs
 
     sampling, runs, counts = mmspec.Sampling(temperature=1.0, top_k=3), 240, Counter()
     for seed in range(runs):
         gen = mmspec.generate(target, cascade(target), "def", max_new_tokens=3, k=2, rule=mmspec.accept.speculative,
                               sampling=sampling, seed=seed)
         counts[tuple(gen.tokens[0, :2, 0].tolist())] += 1
-    exact = exact_pairs(target, "def", sampling)
+    exact = exact_runs(target, "def", sampling, 2)
     assert not set(counts) - set(exact)
     assert chi2_pvalue(counts, exact, runs) > 1e-3
 

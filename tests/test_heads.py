@@ -12,7 +12,9 @@ import pytest
 import torch
 
 import mmspec
-from mmspec.drafters.heads import EagleDrafter, MedusaDrafter, read
+from mmspec.drafters import EagleDrafter, MedusaDrafter
+from mmspec.drafters.int8 import DraftVocab, Int8Head, int8_copy
+from mmspec.drafters.selfdraft import committed_states, read
 from mmspec.heads import MedusaHeads, eagle_for, load_heads
 from mmspec.testing import chi2_pvalue
 
@@ -76,8 +78,6 @@ class CheckingEagle(EagleDrafter):
     that a cached chain draft is the one a full pass per drafted frame would draft."""
 
     def observe(self, step, target_logits):
-        from mmspec.drafters.heads import committed_states
-
         pairs = (committed_states(self.target, step), step.frames.clamp(min=0))
         self.seen = [pairs] if not hasattr(self, "seen") else [*self.seen, pairs]
         super().observe(step, target_logits)
@@ -126,36 +126,54 @@ def test_plain_decoding_records_no_hidden_state(tiny_models):
 
 
 @torch.inference_mode()
-def exact_pairs(target, prompt, sampling):
-    """Exact probabilities of the first two tokens under ``sampling`` (warped as the rules warp)."""
+def exact_runs(target, prompt, sampling, n):
+    """Exact probabilities of the first ``n`` tokens under ``sampling`` (warped as the rules warp)."""
     sampler = mmspec.Sampler(sampling)
-    ids, _ = target.encode(prompt)  # [1, L]
+    runs = {(): 1.0}
+    for _ in range(n):
+        longer = {}
+        for run, pr in runs.items():
+            ids = torch.cat([target.encode(prompt)[0], torch.tensor([run], dtype=torch.long)], 1)  # [1, L + t]
+            p = sampler.probs(target.model(input_ids=ids).logits[:, -1:, None])[0, 0, 0]  # [V]
+            longer.update({(*run, x): pr * float(p[x]) for x in p.nonzero()[:, 0].tolist()})
+        runs = longer
+    return runs
 
-    def probs(row):
-        return sampler.probs(target.model(input_ids=row).logits[:, -1:, None])[0, 0, 0]  # [V]
 
-    p1, pairs = probs(ids), {}
-    for x in p1.nonzero()[:, 0].tolist():
-        p2 = probs(torch.cat([ids, torch.tensor([[x]])], 1))
-        pairs.update({(x, y): float(p1[x] * p2[y]) for y in p2.nonzero()[:, 0].tolist()})
-    return pairs
+def blind(draft, target_logits, sampler, pos):
+    """A broken rule for the negative control: it accepts every drafted frame, so the drafter's own
+    distribution leaks into the output."""
+    from mmspec.accept import commit
+
+    ok = torch.ones(draft.tokens.shape[:2], dtype=torch.bool, device=draft.tokens.device)  # [B, D]
+    return commit(draft.tokens, ok, sampler.sample(sampler.probs(target_logits)))
+
+
+def sampled_runs(target, drafter, rule, sampling, runs):
+    """Counts of the first three tokens over ``runs`` seeds, and the most frames one step drafted."""
+    counts, drafted = Counter(), 0
+    for seed in range(runs):
+        gen = mmspec.generate(target, drafter, "def", max_new_tokens=4, k=2, rule=rule, sampling=sampling, seed=seed)
+        counts[tuple(gen.tokens[0, :3, 0].tolist())] += 1
+        drafted = max([drafted, *(s.n_drafted for s in gen.steps)])
+    return counts, drafted
 
 
 @pytest.mark.parametrize("kind", ["medusa", "eagle", "eagle-vocab"])
 def test_sampled_self_drafting_keeps_the_distribution(tiny_models, kind):
+    """Tokens 2 and 3 come from one step that drafted both (q kept), verified by the speculative rule: the
+    first three tokens follow the target's distribution; accepting the same drafts blindly does not."""
     target = text_target(tiny_models)
     sampling, runs = mmspec.Sampling(temperature=1.0, top_k=3), 240
-    drafter, counts, accepted = drafter_of(kind), Counter(), []
-    for seed in range(runs):
-        gen = mmspec.generate(target, drafter, "def", max_new_tokens=3, k=2, rule=mmspec.accept.speculative,
-                              sampling=sampling, seed=seed)
-        counts[tuple(gen.tokens[0, :2, 0].tolist())] += 1
-        accepted.extend(f for s in gen.steps for f in s.frames[s.from_draft].flatten().tolist())
-    exact = exact_pairs(target, "def", sampling)
-    assert not set(counts) - set(exact)
-    assert chi2_pvalue(counts, exact, runs) > 1e-3
-    if kind == "eagle-vocab":  # the drafter only ever guessed ids of its vocabulary
-        assert accepted and all(f % 2 == 0 for f in accepted)
+    exact = exact_runs(target, "def", sampling, 3)
+    counts, drafted = sampled_runs(target, drafter_of(kind), mmspec.accept.speculative, sampling, runs)
+    assert drafted == 2
+    assert not set(counts) - set(exact) and chi2_pvalue(counts, exact, runs) > 1e-3
+    # negative control: the drafts' own distribution is far from the target's
+    blind_counts, _ = sampled_runs(target, drafter_of(kind), blind, sampling, 60)
+    assert set(blind_counts) - set(exact) or chi2_pvalue(blind_counts, exact, 60) < 1e-6
+    if kind == "eagle-vocab":  # the drafter only ever guessed ids of its vocabulary (blind: the output's)
+        assert all(t % 2 == 0 for run in blind_counts for t in run[1:])
 
 
 @pytest.mark.parametrize("kind", ["medusa", "eagle", "medusa1", "eagle1"])  # *1: the engines' layouts
@@ -216,8 +234,6 @@ def test_eagle_depth_caps_the_draft(tiny_models):
 
 
 def test_int8_head_reads_close_to_the_head():
-    from mmspec.drafters.heads import DraftVocab, Int8Head
-
     torch.manual_seed(0)
     head = torch.nn.Linear(64, 500, bias=False)
     fast = Int8Head.of(head)
@@ -227,8 +243,10 @@ def test_int8_head_reads_close_to_the_head():
     assert isinstance(fast, Int8Head) and approx.shape == exact.shape and approx.dtype == torch.float32
     assert (approx - exact).abs().max() < 0.05 * exact.abs().max()
     assert (approx.argmax(-1) == exact.argmax(-1)).float().mean() > 0.9
-    sub = Int8Head.of(DraftVocab(head, torch.arange(0, 500, 5), 500))  # a draft vocabulary reads int8 too
+    sub = DraftVocab(head, torch.arange(0, 500, 5), 500, int8=True)  # a draft vocabulary reads int8 too
     assert isinstance(sub.sub, Int8Head) and torch.isinf(sub(x)[..., 1]).all()
+    plain = DraftVocab(head, torch.arange(0, 500, 5), 500)
+    assert Int8Head.of(plain) is plain and type(plain.sub) is torch.nn.Linear  # not one map: left as it is
     biased = torch.nn.Linear(64, 10)  # a drafter's own layer (EAGLE's fc has a bias)
     with torch.inference_mode():
         assert torch.allclose(Int8Head.of(biased)(x), biased(x), atol=0.05)
@@ -238,8 +256,6 @@ def test_int8_head_reads_close_to_the_head():
     assert Int8Head.of(sliced) is sliced
     narrow = torch.nn.Linear(40, 640)  # torch's int8 kernel crashes on widths not divisible by 16
     assert Int8Head.of(narrow) is narrow
-    from mmspec.drafters.heads import int8_copy
-
     layer = eagle_for(16, 16, 4, window=16)  # MLP width 40: the int8 copy keeps that map in float
     assert isinstance(int8_copy(layer).layer.mlp.down_proj, torch.nn.Linear)
     with torch.inference_mode():
@@ -290,3 +306,38 @@ def test_model_card_names_the_drafting_settings_and_extra_methods(tmp_path):
     card = write_card(tmp_path, {**run, "also": {"prompt-lookup|heads": {**run, "speedup": 2.0}}}).read_text()
     assert "top probability is below 0.2" in card and "at most 8 frames" in card
     assert "| `prompt-lookup\\|heads`, same run: mean accepted / speedup | 3.00 / 2.00x |" in card
+
+
+def test_start_checks_before_it_sets_anything(tiny_models):
+    """A refused start leaves the drafter as it was (the checks are pure; the set-up comes after them)."""
+    target = text_target(tiny_models)
+    for drafter in (MedusaDrafter(MedusaHeads(64, 2)), EagleDrafter(eagle_for(32, 32, 4, window=64), vocab=torch.tensor([999]))):
+        before = dict(vars(drafter))
+        with pytest.raises(ValueError, match="hidden size 64|draft vocabulary needs"):
+            mmspec.generate(target, drafter, PROMPTS[0], max_new_tokens=4)
+        assert vars(drafter) == before
+
+
+def test_the_old_import_path_names_the_new_one():
+    import mmspec.drafters.heads as old
+
+    with pytest.warns(DeprecationWarning, match="moved to mmspec.drafters.int8.Int8Head"):
+        assert old.Int8Head is Int8Head
+    with pytest.raises(AttributeError, match="selfdraft.check"):
+        old.attach
+    import mmspec.heads.data as data
+
+    with pytest.raises(AttributeError, match="mmspec.text.corpus.token_stream"):
+        data.token_stream
+
+
+def test_a_drafter_must_declare_wants_hidden(tiny_models):
+    class Undeclared:
+        def start(self, target, sampler, prompt, max_new_tokens): ...
+        def propose(self, last, k): ...
+        def observe(self, step, target_logits): ...
+
+    with pytest.raises(ValueError, match="declare wants_hidden"):
+        mmspec.generate(text_target(tiny_models), Undeclared(), PROMPTS[0], max_new_tokens=4)
+    with pytest.raises(ValueError, match="declare wants_hidden"):
+        mmspec.MixedDrafter([Undeclared()])

@@ -25,6 +25,8 @@ class ToyTreeDrafter:
     the top children (deterministic; the best last with ``reverse``), or ``width`` i.i.d. draws from q
     (``sample``; K = 1). ``lie`` reports a uniform q instead of the one sampled from."""
 
+    wants_hidden = False
+
     def __init__(self, model: ToyTarget, width=2, depth=3, sample=False, reverse=False, lie=False):
         self.model, self.width, self.depth = model, width, depth
         self.sample, self.reverse, self.lie = sample, reverse, lie

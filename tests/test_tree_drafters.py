@@ -140,7 +140,7 @@ class Lying:
 
     def __init__(self, drafter):
         self.drafter = drafter
-        self.start, self.observe = drafter.start, drafter.observe
+        self.start, self.observe, self.wants_hidden = drafter.start, drafter.observe, drafter.wants_hidden
 
     def propose(self, last, k):
         draft = self.drafter.propose(last, k)

@@ -23,6 +23,8 @@ class OracleTrieDrafter:
     grows a random branch of ``decoy`` nodes. The reference child sits at sibling ``width - 1`` in row 0
     and ``(width - 1 - b) % width`` in row b, so rows of a batch have different parents ``[B, N]``."""
 
+    wants_hidden = False
+
     def __init__(self, reference, width=2, depth=3, decoy=1, seed=0):
         self.ref, self.width, self.depth, self.decoy = reference, width, depth, decoy  # ref [B, T, K]
         self.g = torch.Generator().manual_seed(seed)

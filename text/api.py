@@ -6,6 +6,7 @@ import argparse
 from mmspec.bench import Method, Suite
 from mmspec.modalities import Modality
 
+from .corpus import heads_corpus
 from .display import DISPLAY
 from .target import ZOO, TextTarget
 
@@ -78,6 +79,6 @@ MODALITY = Modality(
     load=load, prompts=prompts, max_new_tokens=64, max_new_limit=512,
     add_arguments=add_arguments, options=options, suite=SUITE, extension=".txt", suffixes=(".txt", ".md", ".py"),
     compare=("prompt-lookup", "jacobi", "lookahead", "model", "heads", "prompt-lookup|heads"),
-    display=DISPLAY, default_heads="zoo:code-heads", zoo=ZOO,
+    display=DISPLAY, default_heads="zoo:code-heads", zoo=ZOO, heads_corpus=heads_corpus,
     notes="Python code model from the offline zoo (23M target, 2M draft), or any Hugging Face causal LM.",
 )

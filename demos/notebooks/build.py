@@ -179,12 +179,13 @@ plot_speedup({
 NEW_DRAFTER = [
     ("md", """# Writing a new drafter
 
-A drafter is any object with three methods:
+A drafter is any object with three methods and one declaration:
 
 * `start(target, sampler, prompt, max_new_tokens)`: called once after the target's prefill, with the run's budget (`target.prompt_frames()` gives each row's prompt frames `[L, K]`);
 * `propose(last, k) -> Draft`: guess up to `k` frames after `last` (`[B, 1, K]`); return `Draft(tokens=[B, D, K])`
   (add `probs=[B, D, K, V]` only if you sampled the guesses);
-* `observe(step, target_logits)`: see what the step committed (`step.frames`, `[B, n, K]`, PAD = -1 after a row's end).
+* `observe(step, target_logits)`: see what the step committed (`step.frames`, `[B, n, K]`, PAD = -1 after a row's end);
+* `wants_hidden`: `False` (only a self-drafter, which reads the target's own hidden state, says `True`).
 
 The loop and the accept rule do the rest. Whatever the drafter guesses, the **greedy** rule keeps the
 output identical to autoregressive decoding: a bad drafter is only slow, never wrong. Below: a
@@ -197,6 +198,8 @@ from mmspec.text import TextTarget
 target = TextTarget.from_pretrained("zoo:code-target")'''),
     ("code", '''class BigramDrafter:
     """Guess the token that followed the current token most recently; chain k guesses."""
+
+    wants_hidden = False  # it reads no hidden state of the target (only self-drafters do)
 
     def start(self, target, sampler, prompt, max_new_tokens):
         self.next = [{} for _ in target.prompt_frames()]  # per row: token -> following token

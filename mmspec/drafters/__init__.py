@@ -1,11 +1,15 @@
-"""Drafters: one file per family, each implementing ``start / propose / observe``."""
+"""Drafters: one file per family, each implementing ``start / propose / observe`` and declaring
+``wants_hidden`` (``mmspec.protocols.Drafter``)."""
 from .cascade import CascadeDrafter
+from .eagle import EagleDrafter
 from .jacobi import JacobiDrafter
 from .lookahead import LookaheadDrafter
+from .medusa import MedusaDrafter
 from .mixed import MixedDrafter
 from .model import ModelDrafter
 from .ngram import PromptLookupDrafter
 
 NAMES = ("none", "model", "prompt-lookup", "jacobi", "lookahead")
 
-__all__ = ["CascadeDrafter", "JacobiDrafter", "LookaheadDrafter", "MixedDrafter", "ModelDrafter", "PromptLookupDrafter", "NAMES"]
+__all__ = ["CascadeDrafter", "EagleDrafter", "JacobiDrafter", "LookaheadDrafter", "MedusaDrafter", "MixedDrafter",
+           "ModelDrafter", "PromptLookupDrafter", "NAMES"]

@@ -29,13 +29,15 @@ from torch import Tensor
 from .. import tree as trees
 from ..sampling import Sampler
 from ..types import Draft, Step, count
+from . import selfdraft
+from .int8 import int8_copy
 
 
 class EagleDrafter:
     """``EagleDrafter(layer, tree=None, width=4, vocab=None, depth=None, confidence=0)``: ``layer`` a
     ``mmspec.heads.EagleLayer``; a chain of up to k frames, or (``tree`` N) a dynamic tree of at most N
     nodes and depth k, ``width`` children per node; ``vocab`` (token ids) a reduced draft vocabulary
-    (``heads.DraftVocab``); ``depth`` caps how deep it drafts whatever k the loop asks for (useful in a
+    (``mmspec.drafters.int8.DraftVocab``); ``depth`` caps how deep it drafts whatever k the loop asks for (useful in a
     mixture whose other part wants a longer window); a chain stops early where the layer's top probability
     falls below ``confidence`` in every row (the first frame is always drafted), so the target does not
     verify guesses that are likely wrong."""
@@ -53,13 +55,13 @@ class EagleDrafter:
         self.width = count(width, "width")
 
     def start(self, target, sampler: Sampler, prompt: Any, max_new_tokens: int) -> None:
-        from .heads import attach, int8_copy, made_once
-
-        attach(self, target, sampler, self.layer.sizes["hidden_size"])
+        selfdraft.check(target, self.layer.sizes["hidden_size"], self.vocab)
+        self.target, self.sampler = target, sampler
+        self.head = selfdraft.head_of(target, self.vocab, self.layer.int8)
         self.net = self.layer
         if target.device.type == "cpu" and self.layer.fc.weight.dtype == torch.float32:
             # on a CPU the layer's products run on int8 weights (a guess only), quantized once per layer
-            self.net = made_once(self.layer, "int8", lambda: int8_copy(self.layer))
+            self.net = self.layer.int8.get("layer", list(self.layer.parameters()), lambda: int8_copy(self.layer))
         self.embed = target.input_embeddings()
         self.K = target.num_codebooks
         self.keys = self.values = None  # [B, heads, S, d] of the committed (feature, frame) pairs in the window
@@ -92,16 +94,14 @@ class EagleDrafter:
         return self.net.attend(x, q, keys, values, mask), keys, values
 
     def _chain(self, k: int) -> Draft:
-        from .heads import choose, read
-
         drafted, probs = [], []
         feat, keys, values = self.next_feat, self.keys, self.values
         # Each round: read a frame from the newest predicted feature, then predict the feature after it.
         for i in range(k):
-            logits = read(self.head, feat, self.K)  # [B, 1, K, V]
+            logits = selfdraft.read(self.head, feat, self.K)  # [B, 1, K, V]
             if i and self.confidence and bool((logits.softmax(-1).amax(-1).amin(-1) < self.confidence).all()):
                 break  # every row is unsure of this frame: verifying it would likely cost more than it saves
-            frame, q = choose(self.sampler, logits, self.target.pos + 1 + i)  # [B, 1, K]
+            frame, q = selfdraft.choose(self.sampler, logits, self.target.pos + 1 + i)  # [B, 1, K]
             drafted.append(frame)
             probs.append(q)
             if i + 1 < k:
@@ -110,8 +110,6 @@ class EagleDrafter:
         return Draft(tokens=torch.cat(drafted, 1), probs=None if probs[0] is None else torch.cat(probs, 1))
 
     def _tree(self, k: int) -> Draft:
-        from .heads import read
-
         B, W, dev = self.next_feat.shape[0], self.width, self.next_feat.device
         rows = torch.arange(B, device=dev)[:, None]
         # pool (every candidate node): frame [B, P, K], parent pool index, cumulative log-prob, depth
@@ -123,7 +121,7 @@ class EagleDrafter:
         base = torch.zeros(B, 1, device=dev)  # [B, F] frontier scores
         parent_pool = torch.full((B, 1), -1, dtype=torch.long, device=dev)  # [B, F]
         for depth in range(1, k + 1):
-            logp = read(self.head, out, self.K).log_softmax(-1)  # [B, F, K, V]
+            logp = selfdraft.read(self.head, out, self.K).log_softmax(-1)  # [B, F, K, V]
             top = logp[:, :, 0].topk(min(W, logp.shape[-1]), dim=-1)  # [B, F, W] codebook 0 ranks children
             F_, Wc = top.indices.shape[1:]
             frames = logp.argmax(-1)[:, :, None, :].expand(B, F_, Wc, self.K).clone()  # [B, F, W, K]
@@ -180,9 +178,7 @@ class EagleDrafter:
         return Draft(tokens=frames[rows, keep], parents=parents)
 
     def observe(self, step: Step, target_logits: Tensor) -> None:
-        from .heads import committed_states
-
-        feats = committed_states(self.target, step)  # [B, n, H]
+        feats = selfdraft.committed_states(self.target, step)  # [B, n, H]
         frames = step.frames.clamp(min=0)  # [B, n, K]: the frame each state predicted
         if self.keys is None:
             heads, d = self.layer.layer.self_attn.config.num_attention_heads, self.layer.layer.self_attn.head_dim

@@ -31,6 +31,8 @@ Init = Callable[[Tensor, int], Tensor]
 
 
 class JacobiDrafter:
+    wants_hidden = False  # reads no hidden state (mmspec.protocols.Drafter)
+
     def __init__(self, init: str | Init = "random", pad_id: int = 0):
         if not callable(init) and init not in ("pad", "random", "repeat"):
             raise ValueError(f"init must be 'pad', 'random', 'repeat' or a callable, got {init!r}")

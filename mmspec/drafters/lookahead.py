@@ -30,6 +30,8 @@ from .trie import Trie, stack
 
 
 class LookaheadDrafter:
+    wants_hidden = False  # reads no hidden state (mmspec.protocols.Drafter)
+
     def __init__(self, ngram: int = 4, pool_size: int = 4, init: str | Init = "repeat", tree: int | None = None):
         if not isinstance(ngram, int) or ngram < 2:
             raise ValueError(f"ngram must be an integer >= 2, got {ngram!r}")

@@ -8,7 +8,6 @@ ordered by probability (rank); deterministic siblings (q = None) under every rul
 from __future__ import annotations
 
 import itertools
-from functools import lru_cache
 from typing import Any
 
 import torch
@@ -16,9 +15,9 @@ from torch import Tensor
 
 from ..sampling import Sampler
 from ..types import Draft, Step, count
+from . import selfdraft
 
 
-@lru_cache(maxsize=64)
 def static_tree(depth: int, width: int, nodes: int) -> tuple[tuple[int, ...], ...]:
     """Rank tuples (one rank per depth) of a static tree: the ``nodes`` best by ``prod 1 / (rank + 1)``,
     breadth first, children by rank. Prefix-closed: a prefix scores at least as well and sorts first."""
@@ -31,7 +30,7 @@ def static_tree(depth: int, width: int, nodes: int) -> tuple[tuple[int, ...], ..
 class MedusaDrafter:
     """``MedusaDrafter(heads, tree=None, width=2)``: ``heads`` a ``mmspec.heads.MedusaHeads``; ``tree`` a node
     budget for a static tree of each head's top-``width`` (None: a chain of each head's choice); ``vocab``
-    (token ids) a reduced draft vocabulary (``heads.DraftVocab``)."""
+    (token ids) a reduced draft vocabulary (``mmspec.drafters.int8.DraftVocab``)."""
 
     wants_hidden = True
 
@@ -39,30 +38,32 @@ class MedusaDrafter:
         self.heads, self.vocab = heads.eval(), vocab
         self.tree = None if tree is None else count(tree, "tree (node budget)")
         self.width = count(width, "width")
+        self.ranks: dict[tuple[int, int], tuple] = {}  # static trees by (depth, width), made once per drafter
 
     def start(self, target, sampler: Sampler, prompt: Any, max_new_tokens: int) -> None:
-        from .heads import attach
-
-        attach(self, target, sampler, self.heads.hidden)
+        selfdraft.check(target, self.heads.hidden, self.vocab)
+        self.target, self.sampler = target, sampler
+        self.head = selfdraft.head_of(target, self.vocab, self.heads.int8)
         self.K = target.num_codebooks
         self.state = None
 
     @torch.inference_mode()
     def propose(self, last: Tensor, k: int) -> Draft:
-        from .heads import choose, read
-
         depth = min(k, self.heads.num_heads)
         weight = next(self.heads.parameters())
         x = self.heads(self.state.to(weight.dtype))[:, :depth]  # [B, depth, H]
-        logits = read(self.head, x, self.K)  # [B, depth, K, V]
+        logits = selfdraft.read(self.head, x, self.K)  # [B, depth, K, V]
         if self.tree is None:
-            tokens, q = choose(self.sampler, logits, self.target.pos + 1)
+            tokens, q = selfdraft.choose(self.sampler, logits, self.target.pos + 1)
             return Draft(tokens=tokens, probs=q)
         return self._tree(logits, depth)
 
     def _tree(self, logits: Tensor, depth: int) -> Draft:
         """Each head's top-``width`` as the static tree (K = 1 frames: codebook 0 ranks, all codebooks top-1)."""
-        ranks = static_tree(depth, min(self.width, logits.shape[-1]), self.tree)
+        width = min(self.width, logits.shape[-1])
+        if (depth, width) not in self.ranks:
+            self.ranks[depth, width] = static_tree(depth, width, self.tree)
+        ranks = self.ranks[depth, width]
         index = {t: i for i, t in enumerate(ranks)}
         parents = torch.tensor([index.get(t[:-1], -1) for t in ranks], device=logits.device)  # [N]
         at_depth = torch.tensor([len(t) - 1 for t in ranks], device=logits.device)
@@ -73,6 +74,4 @@ class MedusaDrafter:
         return Draft(tokens=tokens, parents=parents)
 
     def observe(self, step: Step, target_logits: Tensor) -> None:
-        from .heads import committed_states
-
-        self.state = committed_states(self.target, step)[:, -1]  # [B, H]
+        self.state = selfdraft.committed_states(self.target, step)[:, -1]  # [B, H]

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .. import tree
-from ..protocols import Drafter, Target
+from ..protocols import DRAFTER, Drafter, Target
 from ..sampling import Sampler
 from ..types import Draft, Step, count
 from .trie import Trie, stack
@@ -40,7 +40,7 @@ def checked_parts(drafters: Sequence[Drafter], what: str, least: int = 1) -> lis
         raise ValueError(f"drafters must be {what}, got {drafters!r}")
     for part in parts:
         if not isinstance(part, Drafter):
-            raise ValueError(f"drafters: every part must implement start/propose/observe, got {type(part).__name__}")
+            raise ValueError(f"drafters: every part must {DRAFTER}, got {type(part).__name__}")
     if len({id(p) for p in parts}) < len(parts):
         raise ValueError("drafters: the same drafter object appears twice (each part keeps its own state)")
     return parts
@@ -53,7 +53,7 @@ class MixedDrafter:
     def __init__(self, drafters: Sequence[Drafter], nodes: int | None = None):
         self.parts = checked_parts(drafters, "a non-empty list of drafters")
         self.nodes = None if nodes is None else count(nodes, "nodes (node budget)")
-        self.wants_hidden = any(getattr(p, "wants_hidden", False) for p in self.parts)  # a self-drafter part
+        self.wants_hidden = any(p.wants_hidden for p in self.parts)  # a self-drafter part
 
     def start(self, target: Target, sampler: Sampler, prompt: Any, max_new_tokens: int) -> None:
         self.vocab_size = target.vocab_size

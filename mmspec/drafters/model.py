@@ -59,6 +59,8 @@ class ModelDrafter:
     and reranking) shape a tree; the loop's k is its depth. See the module docstring.
     """
 
+    wants_hidden = False  # reads no hidden state (mmspec.protocols.Drafter)
+
     def __init__(self, model: Target, adaptive: bool = False, confidence: float | None = None,
                  tree: int | None = None, width: int = 2, dynamic: bool = False):
         if not isinstance(model, Target):

@@ -55,6 +55,8 @@ def continuations(seq: Tensor, max_ngram: int, min_ngram: int, k: int) -> Iterat
 class PromptLookupDrafter:
     """Prompt lookup: a chain after the newest match, or with ``tree=N`` a trie of N nodes (see above)."""
 
+    wants_hidden = False  # reads no hidden state (mmspec.protocols.Drafter)
+
     def __init__(self, max_ngram: int = 3, min_ngram: int = 1, tree: int | None = None):
         if not (isinstance(min_ngram, int) and isinstance(max_ngram, int) and 1 <= min_ngram <= max_ngram):
             raise ValueError(f"need integers 1 <= min_ngram <= max_ngram, got {min_ngram}, {max_ngram}")

@@ -65,15 +65,14 @@ def load_target(args, device):
 
 
 def build_module(args, target):
+    """Fresh heads of ``--kind`` sized after the target (an EAGLE layer: its attention heads too)."""
     from .engine_kinds import Eagle1Layer, Medusa1Heads
     from .modules import EagleLayer, MedusaHeads, eagle_for
 
-    H = target.output_head().weight.shape[1]
+    H = target.output_head().hidden_size
     if args.kind in ("medusa", "medusa1"):
         return (MedusaHeads if args.kind == "medusa" else Medusa1Heads)(H, args.num_heads)
-    E = target.input_embeddings().weight.shape[1]
-    model = getattr(target, "model", None)
-    return eagle_for(H, E, getattr(getattr(model, "config", None), "num_attention_heads", None), window=args.seq_len,
+    return eagle_for(H, target.input_embeddings().embed_size, target.attention_heads, window=args.seq_len,
                      layer_class=EagleLayer if args.kind == "eagle" else Eagle1Layer)
 
 
@@ -92,34 +91,35 @@ def start_from(args, module, target, device):
 
 
 def cache(args, modality, target, info, clock, held_out: bool = False):
-    """Stage 1 (and 3's data): the cached hidden states of the training (held-out) data."""
+    """Stage 1 (and 3's data): ``(what the data is, the cached hidden states of the training (held-out)
+    windows or None)``."""
     from . import data
 
     folder = Path(args.out) / ("cache_val" if held_out else "cache")
     deadline = time.time() + (eval_seconds(args) if held_out else clock.seconds("cache"))
     bar = training.progress_bar(f"cache {'held-out' if held_out else 'train'} states", unit="window")
-    if modality.heads_prompts is None:  # a corpus
-        what, ids = data.token_stream(target.tokenizer, args.data, held_out,
-                                      max_tokens=200_000 if held_out else args.max_tokens)
-        key = {"fingerprint": info["fingerprint"], "data": what, "seq_len": args.seq_len}
-        shards = data.cache_states(target.model, data.windows(ids, args.seq_len), folder, key, deadline, bar=bar)
-    else:  # the target's own samples
+    limit = 200_000 if held_out else args.max_tokens
+    if modality.heads_corpus is not None:  # a corpus, read by the target
+        what, examples = modality.heads_corpus(target, args.data, held_out, limit, args.seq_len)
+        key = {"fingerprint": info["fingerprint"], "data": what, "seq_len": args.seq_len, "states": "target.hidden"}
+        shards = data.cache_corpus(target, examples, folder, key, deadline, bar=bar)
+    elif modality.heads_prompts is not None:  # the target's own samples
         what = (f"{modality.name} target samples at temperature {args.temperature:g} "
                 f"({'held-out' if held_out else 'training'} prompts)")
         key = {"fingerprint": info["fingerprint"], "data": what, "seq_len": args.seq_len, "seed": args.seed}
-        limit = max(1, (200_000 if held_out else args.max_tokens) // args.seq_len)
 
         def make(done: int):
-            prompts = itertools.islice(modality.heads_prompts(target, held_out), limit)
+            prompts = itertools.islice(modality.heads_prompts(target, held_out), max(1, limit // args.seq_len))
             seed = args.seed + (10**6 if held_out else 0) + 1000 * done
             return data.sampled_windows(target, prompts, args.seq_len, args.batch * 4, seed,
                                         modality.length(None, target), args.temperature)
         shards = data.cache_sampled(make, folder, key, deadline, bar=bar)
+    else:
+        raise ValueError(f"the {modality.name} modality names no training data for self-drafters "
+                         "(Modality.heads_corpus or heads_prompts)")
     bar.close()
     print(f"[heads] {what}: {shards} shards in {folder}", flush=True)
-    if not held_out:
-        args.described = what
-    return data.load_shards(folder) if shards else None
+    return what, (data.load_shards(folder) if shards else None)
 
 
 def eval_seconds(args) -> float:
@@ -136,7 +136,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     device = training.setup_device(args.device, seed=args.seed)
     modality, target = load_target(args, device)
-    target.model.requires_grad_(False)  # frozen: only the heads learn
+    for p in (*target.output_head().parameters(), *target.input_embeddings().parameters()):
+        p.requires_grad_(False)  # the target's modules the losses run through stay frozen: only the heads learn
     info = target_info(target, args.target)
     clock = training.Clock(args.time_budget, reserve=min(30.0, 0.1 * args.time_budget),
                            shares={"cache": 1.0, "train": 2.0})
@@ -144,18 +145,18 @@ def main(argv=None) -> int:
     if args.init:
         module = start_from(args, module, target, device)
     head, embed = reader(target), target.input_embeddings()
-    train_data = cache(args, modality, target, info, clock)
+    what, train_data = cache(args, modality, target, info, clock)
     if train_data is None:
         raise ValueError("no training windows were cached: the data is shorter than one --seq-len window, "
                          "or --time-budget is too short to cache one shard")
     stats = fit(args.kind, module, head, embed, train_data, max(1.0, clock.seconds("train", ["train"]) - eval_seconds(args)),
                 Path(args.out) / "checkpoint.pt", args.lr or LR[args.kind], args.batch, device)
-    val = cache(args, modality, target, info, clock, held_out=True)
+    val = cache(args, modality, target, info, clock, held_out=True)[1]
     if val is not None:
         stats["held_out_top1"] = round(agreement(args.kind, module.eval(), head, embed, val, device), 4)
     stats.update(hardware=training.hardware(device), seq_len=args.seq_len, windows=int(train_data[0].shape[0]),
-                 data=modality.name if modality.heads_prompts is not None else (args.data or "default corpus"),
-                 data_description=getattr(args, "described", None), init=args.init)
+                 data=(args.data or "default corpus") if modality.heads_corpus is not None else modality.name,
+                 data_description=what, init=args.init)
     vocab = draft_vocab(train_data[0], target.vocab_size, args.draft_vocab) if target.num_codebooks == 1 else []
     if vocab and val is not None:
         stats["draft_vocab_coverage"] = round(float(torch.isin(val[0], torch.tensor(vocab)).float().mean()), 4)

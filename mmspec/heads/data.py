@@ -1,101 +1,38 @@
-"""Training data for self-drafters: token windows of a corpus and the frozen target's hidden states on
-them, computed once and cached on disk in resumable safetensors shards.
+"""Training data for self-drafters: windows of frames and the frozen target's hidden states along them,
+computed once and cached on disk in resumable safetensors shards.
 
+The frames come from a corpus the modality names (``Modality.heads_corpus``: text) or from the target's own
+samples (``Modality.heads_prompts``: image, speech); either way the states are the ones the target records
+in its own forward (``track_hidden`` / ``hidden``), the very states a self-drafter reads when it drafts.
 Only the last layer's hidden state is cached (fp16): the target's logits are exactly its output head
 applied to that state (the state is taken after the final norm), so the trainer recomputes them with one
 matrix product instead of storing ``V`` numbers per token.
-
-Corpus (text): ``--data`` a text file, or a prepared zoo data folder (``train.bin`` / ``val.bin`` as
-``mmspec.text.recipe.data.prepare`` writes them, with the same tokenizer as the target); by default the
-zoo's prepared folder if one exists, else the Python standard library's sources, training on the files
-outside the zoo's held-out split (``is_val``) and evaluating on the held-out ones.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
-import numpy as np
 import torch
 from torch import Tensor
 
 
-def _stdlib_ids(tokenizer, held_out: bool, max_tokens: int) -> Iterator[int]:
-    from mmspec.text.recipe.data import _usable, is_val, stable_hash, stdlib_files
-
-    eot = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-    made = 0
-    for f in sorted((f for f in stdlib_files() if is_val(f.rel) == held_out), key=lambda f: stable_hash(f.rel)):
-        text = _usable(f.path)
-        if text is None:
-            continue
-        ids = [eot] + tokenizer(text)["input_ids"]
-        yield from ids
-        made += len(ids)
-        if made >= max_tokens:
-            return
-
-
-def _prepared(folder: Path, tokenizer) -> bool:
-    """A zoo data folder whose tokenizer is the target's."""
-    if not (folder / "train.bin").is_file() or not (folder / "tokenizer").is_dir():
-        return False
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(folder / "tokenizer")).get_vocab() == tokenizer.get_vocab()
-
-
-def token_stream(tokenizer, data: str | None, held_out: bool = False, max_tokens: int = 4_000_000) -> tuple[str, Iterator[int]]:
-    """``(description, ids)`` of the training (or held-out) corpus; ValueError for a path that is neither."""
-    from mmspec.text.recipe.data import DEFAULT_DATA
-
-    folder = Path(data) if data is not None else Path(DEFAULT_DATA)
-    if folder.is_dir() and _prepared(folder, tokenizer):
-        arr = np.fromfile(folder / ("val.bin" if held_out else "train.bin"), dtype=np.uint16)[:max_tokens]
-        return f"{folder} ({'val' if held_out else 'train'}.bin)", iter(arr.tolist())
-    if data is None:
-        return f"stdlib sources ({'held-out' if held_out else 'training'} files)", _stdlib_ids(tokenizer, held_out, max_tokens)
-    if folder.is_file():
-        if held_out:
-            return "none", iter(())
-        return str(folder), iter(tokenizer(folder.read_text(encoding="utf-8"))["input_ids"][:max_tokens])
-    raise ValueError(f"--data {data!r} is neither a text file nor a prepared data folder (train.bin + tokenizer/ "
-                     "with the target's tokenizer)")
-
-
-def windows(ids: Iterator[int], length: int) -> Iterator[list[int]]:
-    """Consecutive non-overlapping windows of ``length`` tokens."""
-    buf: list[int] = []
-    for i in ids:
-        buf.append(i)
-        if len(buf) == length:
-            yield buf
-            buf = []
-
-
-@torch.inference_mode()
-def states_of(model, ids: torch.Tensor) -> torch.Tensor:
-    """The frozen target's last hidden state (after the final norm) on ``ids [b, S]``: ``[b, S, H]``."""
-    return model(input_ids=ids, output_hidden_states=True).hidden_states[-1]
-
-
-def cache_states(model, seqs: Iterator[list[int]], folder: Path, key: dict, deadline: float,
+def cache_corpus(target, examples: Iterator[tuple[Any, Tensor]], folder: Path, key: dict, deadline: float,
                  shard: int = 16, bar=None) -> int:
-    """Write shards ``shard_NNNNN.safetensors`` (``tokens [n, S]``, ``hidden [n, S, H]`` fp16) into ``folder``
-    until ``seqs`` runs out or ``deadline`` (``time.time()``); resumes after the shards already there when
-    ``key`` (target fingerprint, data, window) matches ``meta.json``. Returns the number of shards."""
-    device = next(model.parameters()).device
+    """``cache_sampled`` for a corpus (``Modality.heads_corpus``): ``examples`` yields ``(prompt, frames [S, K])``,
+    read ``shard`` at a time by the target after their prompts (``states_along``); a resumed run skips the
+    examples already cached."""
+    def make(done: int):
+        rest = itertools.islice(examples, done * shard, None)
+        while chunk := list(itertools.islice(rest, shard)):
+            frames = torch.stack([f for _, f in chunk])  # [b, S, K]
+            lengths = torch.full((len(chunk),), frames.shape[1])
+            yield from states_along(target, [p for p, _ in chunk], frames, lengths, T=frames.shape[1])
 
-    def batches(done: int):
-        for _ in range(done * shard):  # the sequences already cached
-            next(seqs, None)
-        while batch := [s for _, s in zip(range(shard), seqs)]:
-            ids = torch.tensor(batch, dtype=torch.long, device=device)  # [n, S]
-            yield ids.cpu(), states_of(model, ids).to(torch.float16).cpu(), len(batch) == shard
-
-    return write_shards(batches, folder, key, deadline, bar)
+    return cache_sampled(make, folder, key, deadline, shard, bar)
 
 
 def write_shards(make_batches, folder: Path, key: dict, deadline: float, bar=None) -> int:
@@ -143,13 +80,15 @@ def load_shards(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([p["tokens"] for p in parts]), torch.cat([p["hidden"] for p in parts])
 
 
-# -- targets without a text corpus (image codes, speech frames): the target's own samples -----------------
+# -- the target's hidden states along frames: a corpus's windows, or the target's own samples -------------
 @torch.inference_mode()
-def states_along(target, prompts: list, frames: Tensor, lengths: Tensor) -> list[tuple[Tensor, Tensor]]:
-    """Teacher-force ``frames [B, T, K]`` (``lengths [B]``) through the target after its prompts, reading the
-    hidden states of that very forward (``track_hidden``): per row ``(frames [L, K], hidden [L, H])`` with
-    hidden[t] the state after frame t (the one whose output head predicts frame t + 1)."""
-    T = frames.shape[1] - 1  # the last frame predicts past the run; leave it out (the context may end there)
+def states_along(target, prompts: list, frames: Tensor, lengths: Tensor, T: int | None = None) -> list[tuple[Tensor, Tensor]]:
+    """Teacher-force the first ``T`` of ``frames [B, T', K]`` (``lengths [B]``; default ``T' - 1``: a generated
+    run's last frame predicts past the run, and the context may end there) through the target after its
+    prompts, reading the hidden states of that very forward (``track_hidden``): per row
+    ``(frames [L, K], hidden [L, H])`` with hidden[t] the state after frame t (whose output head predicts
+    frame t + 1)."""
+    T = frames.shape[1] - 1 if T is None else T
     target.track_hidden(True)
     try:
         target.start(prompts, T)
@@ -189,7 +128,7 @@ def sampled_windows(target, prompts: Iterator, length: int, batch: int, seed: in
 
 
 def cache_sampled(make_windows, folder: Path, key: dict, deadline: float, shard: int = 16, bar=None) -> int:
-    """``cache_states`` for sampled windows: shards of ``tokens [n, S, K]`` and ``hidden [n, S, H]`` (fp16),
+    """The cache of sampled windows (and of a corpus's, ``cache_corpus``): shards of ``tokens [n, S, K]`` and ``hidden [n, S, H]`` (fp16),
     resumable when ``key`` matches; ``make_windows(shards_done)`` starts the window stream (a resumed run
     passes the shards already cached, so its samples are new ones)."""
     def batches(done: int):
@@ -199,3 +138,16 @@ def cache_sampled(make_windows, folder: Path, key: dict, deadline: float, shard:
                    len(got) == shard)
 
     return write_shards(batches, folder, key, deadline, bar)
+
+
+MOVED = {  # names this module had until the text corpus went through the modality registry (one release)
+    "token_stream": "mmspec.text.corpus.token_stream", "windows": "mmspec.text.corpus.windows",
+    "cache_states": "mmspec.heads.data.cache_corpus (the states from the target's own track_hidden / hidden)",
+    "states_of": "mmspec.heads.data.states_along (the target's own track_hidden / hidden)",
+}
+
+
+def __getattr__(name: str):
+    if name in MOVED:
+        raise AttributeError(f"mmspec.heads.data.{name} was removed; use {MOVED[name]}")
+    raise AttributeError(f"module 'mmspec.heads.data' has no attribute {name!r}")

@@ -12,18 +12,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..drafters.int8 import Int8Copies
+
 
 class MedusaHeads(nn.Module):
     """``num_heads`` residual blocks over hidden size ``hidden``; ``forward(h [..., H]) -> [..., M, H]``.
 
     ``zero_init`` (the Medusa default) starts every block as the identity, so each head begins by guessing
-    the target's own next token; False keeps PyTorch's random init (tests)."""
+    the target's own next token; False keeps PyTorch's random init (tests). ``int8`` holds the CPU int8
+    copies the drafters on these heads read (``mmspec.drafters.int8.Int8Copies``), shared by all of them."""
 
     def __init__(self, hidden: int, num_heads: int, zero_init: bool = True):
         super().__init__()
         self.hidden, self.num_heads = hidden, num_heads
         self.w1 = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(num_heads))
         self.w2 = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(num_heads))
+        self.int8 = Int8Copies()
         if zero_init:
             for w in self.w2:
                 nn.init.zeros_(w.weight)
@@ -38,7 +42,8 @@ class MedusaHeads(nn.Module):
 
 class EagleLayer(nn.Module):
     """One decoder layer over ``fc([feature, embedding])``: ``forward(feats [B, T, H], emb [B, T, E])`` ->
-    the predicted next features ``[B, T, H]`` (position t sees positions <= t of its window)."""
+    the predicted next features ``[B, T, H]`` (position t sees positions <= t of its window). ``int8`` holds
+    the CPU int8 copies the drafters on this layer read (``mmspec.drafters.int8.Int8Copies``)."""
 
     def __init__(self, hidden: int, embed_dim: int, num_attention_heads: int, intermediate_size: int,
                  window: int = 128):
@@ -56,6 +61,7 @@ class EagleLayer(nn.Module):
         self.fc = nn.Linear(hidden + embed_dim, hidden)
         self.layer = LlamaDecoderLayer(cfg, layer_idx=0)
         self.rotary = LlamaRotaryEmbedding(cfg)
+        self.int8 = Int8Copies()
 
     def config(self) -> dict:
         return {"kind": "eagle", **self.sizes}

@@ -22,10 +22,11 @@ def target_info(target, name: str = "") -> dict:
     """What identifies a target for its heads: name, hidden size, vocabulary, codebooks, fingerprint."""
     if not has_hidden(target):
         raise ValueError(f"{type(target).__name__} does not expose hidden states; self-drafters need them")
-    weight = target.output_head().weight.detach()
+    head = target.output_head()
+    weight = head.identity().detach()  # [R, H]
     # of the weights rounded to bfloat16, so one target loaded in float32, float16 or bfloat16 keeps its heads
     digest = _digest(weight.to(torch.bfloat16).view(torch.int16))
-    return {"target": str(name), "hidden_size": int(weight.shape[1]), "vocab_size": int(target.vocab_size),
+    return {"target": str(name), "hidden_size": int(head.hidden_size), "vocab_size": int(target.vocab_size),
             "num_codebooks": int(target.num_codebooks), "fingerprint": digest}
 
 
@@ -35,7 +36,7 @@ def _digest(weight: torch.Tensor) -> str:
 
 def _legacy_fingerprint(target) -> str:
     """The fingerprint that heads saved by earlier mmspec versions carry: the float32 bytes of the output head."""
-    return _digest(target.output_head().weight.detach().float())
+    return _digest(target.output_head().identity().detach().float())
 
 
 def save_heads(module, folder: str | Path, info: dict, extra: dict | None = None) -> Path:

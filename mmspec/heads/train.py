@@ -56,10 +56,10 @@ def eagle_loss(layer, head, embed, hidden: Tensor, tokens: Tensor, unroll: bool 
 
 def reader(target):
     """The target's frozen output head as ``hidden [..., H] -> logits [..., K, V]`` (one row per codebook),
-    read as the drafters read it (``mmspec.drafters.heads.read``)."""
+    read as the drafters read it (``mmspec.drafters.selfdraft.read``)."""
     from functools import partial
 
-    from ..drafters.heads import read
+    from ..drafters.selfdraft import read
 
     return partial(read, target.output_head(), K=target.num_codebooks)
 

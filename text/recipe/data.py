@@ -78,7 +78,7 @@ def is_val(rel: str, val_permille: int = 40) -> bool:
     return stable_hash(rel) % 1000 < val_permille
 
 
-def _usable(path: Path) -> str | None:
+def usable(path: Path) -> str | None:
     """Read a file, or None when it is not plain UTF-8 code of a sensible size."""
     # 1. Size filter before reading: huge files are generated tables.
     if path.stat().st_size > MAX_FILE_BYTES or path.stat().st_size == 0:
@@ -230,7 +230,7 @@ def prepare(args, files: list[SourceFile] | None = None) -> dict:
         extra, packages = package_files(args.package_bytes)
         files += extra
     files = stdlib_files() if files is None else files
-    docs = [(f, text) for f in files if (text := _usable(f.path)) is not None]
+    docs = [(f, text) for f in files if (text := usable(f.path)) is not None]
     print(f"[prepare] {len(docs)} usable files of {len(files)}", flush=True)
     # 2. File-level split by path hash.
     train_docs = [(f, t) for f, t in docs if not is_val(f.rel, args.val_permille)]

@@ -1,0 +1,157 @@
+"""The int8 reads of the self-drafters on a CPU (``MedusaDrafter``, ``EagleDrafter``): a drafter only guesses
+and the target verifies with its own full-precision weights, so these change the guesses, never the output.
+
+* ``Int8Head``: a linear map with int8 weights, one scale per row, on bfloat16 activations (a CPU's small
+  products are bound by the bytes of their weights; this reads a quarter of them).
+* ``int8_copy``: a copy of a module (the EAGLE layer) whose linear maps are ``Int8Head`` maps.
+* ``DraftVocab``: the target's output head read on a subset of its vocabulary (EAGLE-3's reduced draft
+  vocabulary).
+* ``Int8Copies``: where the int8 copies live between runs, made once per source weights.
+* ``reading_head``: the head a self-drafter reads the target's output head through (the set-up).
+"""
+from __future__ import annotations
+
+import copy
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ..protocols import OutputHead
+
+
+def linear_parts(module: torch.nn.Module) -> tuple[Tensor, Tensor | None] | None:
+    """``(weight [R, H], bias)`` of a module that is one linear map an int8 copy may replace: an ``nn.Linear``
+    (a drafter's own layer), or a target's ``OutputHead`` that is one linear map without a bias (a sliced
+    head's bias: kept exact and simple, so such a head is read as it is); None for anything else."""
+    if isinstance(module, torch.nn.Linear):
+        return module.weight, module.bias
+    if isinstance(module, OutputHead):
+        parts = module.as_linear()
+        if parts is not None and parts[1] is None:
+            return parts
+    return None
+
+
+class Int8Head(torch.nn.Module):
+    """A CPU copy of a linear map (an output head, or a drafter's own layer) with int8 weights, one scale per
+    row, applied to bfloat16 activations. ``of`` returns the module itself where the kernel is missing or
+    the module is not one linear map (``linear_parts``)."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None = None):
+        super().__init__()
+        if weight.shape[1] % 16:  # torch's CPU kernel crashes (a segfault, not an error) on other widths
+            raise ValueError(f"the int8 kernel needs an input size divisible by 16, got {weight.shape[1]}")
+        w = weight.detach().float()
+        scales = (w.abs().amax(1) / 127).clamp(min=1e-12)  # [V]
+        self.q = (w / scales[:, None]).round().clamp(-127, 127).to(torch.int8).contiguous()  # [V, H]
+        self.scales = scales.to(torch.bfloat16)
+        self.bias = None if bias is None else bias.detach().float()
+        self.anchor = torch.nn.Parameter(torch.zeros(0, dtype=torch.float32), requires_grad=False)  # dtype probe
+
+    @classmethod
+    def of(cls, module: torch.nn.Module) -> torch.nn.Module:
+        """An int8 copy of ``module``, or ``module`` itself (not one linear map, or no kernel here)."""
+        parts = linear_parts(module)
+        if parts is None:
+            return module
+        weight, bias = parts
+        try:
+            fast = cls(weight, bias)
+            fast(torch.zeros(1, weight.shape[1]))  # the kernel exists on this build
+        except (RuntimeError, AttributeError, ValueError):
+            return module
+        return fast
+
+    def forward(self, x: Tensor) -> Tensor:
+        flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+        out = torch._weight_int8pack_mm(flat, self.q, self.scales).float().reshape(*x.shape[:-1], -1)
+        return out if self.bias is None else out + self.bias
+
+
+def int8_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` whose ``nn.Linear`` layers are ``Int8Head`` maps (for drafting on a CPU)."""
+    out = copy.deepcopy(module)
+    for name, child in list(out.named_modules()):
+        for attr, sub in list(child.named_children()):
+            if isinstance(sub, torch.nn.Linear):
+                setattr(child, attr, Int8Head.of(sub))
+    return out
+
+
+class DraftVocab(torch.nn.Module):
+    """The target's output head read on a subset of its vocabulary (EAGLE-3's reduced draft vocabulary):
+    logits ``[..., V]`` with -inf outside ``rows``. The drafter can only guess those tokens (the most
+    frequent ones of its training data), at a fraction of the cost of the full head on a CPU; the target's
+    verification is untouched, so output stays exact and only acceptance can drop. ``int8``: read the rows
+    of a linear head with int8 weights (``Int8Head``)."""
+
+    def __init__(self, head: torch.nn.Module, rows: Tensor, vocab_size: int, int8: bool = False):
+        super().__init__()
+        self.rows, self.V = rows, vocab_size
+        parts = linear_parts(head)
+        if parts is not None and parts[1] is None:  # the head's rows: a smaller linear map
+            weight = parts[0]
+            sub = torch.nn.Linear(weight.shape[1], len(rows), bias=False).to(weight)
+            sub.weight.data = weight.detach()[rows].contiguous()  # [Vd, H]
+            self.sub = Int8Head.of(sub) if int8 else sub
+        else:  # any other head (an MLP, a biased map): run it whole and keep the rows
+            self.sub = _Rows(head, rows)
+
+    def forward(self, x: Tensor) -> Tensor:
+        small = self.sub(x.float())  # [..., Vd]
+        full = small.new_full((*small.shape[:-1], self.V), float("-inf"))
+        return full.index_copy_(-1, self.rows, small)
+
+
+class _Rows(torch.nn.Module):
+    """``head(x)[..., rows]``: a draft vocabulary of a head that is not one linear map."""
+
+    def __init__(self, head: torch.nn.Module, rows: Tensor):
+        super().__init__()
+        self.head, self.rows = head, rows
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(x).index_select(-1, self.rows)
+
+
+class Int8Copies:
+    """The int8 copies self-drafters read on a CPU, owned by the heads they belong to (``MedusaHeads.int8``,
+    ``EagleLayer.int8``), so every run with the same heads reuses them. One slot per name: a copy is made
+    once per source and again only when the source's weights changed (another tensor, or an in-place update,
+    which bumps its version). A slot holds its sources, so their memory cannot be reused by other weights
+    while it compares against them. A deep copy of the owner starts with no copies."""
+
+    def __init__(self):
+        self._slots: dict[str, tuple[tuple, tuple[Tensor, ...], object]] = {}
+
+    def get(self, name: str, sources: Sequence[Tensor], make: Callable[[], object]):
+        """The copy in slot ``name`` made from ``sources`` (``make()`` when there is none yet or they changed)."""
+        stamp = tuple((t.data_ptr(), tuple(t.shape), t.stride(), t._version) for t in sources)
+        slot = self._slots.get(name)
+        if slot is None or slot[0] != stamp:
+            slot = self._slots[name] = (stamp, tuple(sources), make())
+        return slot[2]
+
+    def __deepcopy__(self, memo) -> "Int8Copies":
+        return Int8Copies()
+
+
+def reading_head(head: OutputHead, vocab: Tensor | None, vocab_size: int, cpu: bool,
+                 copies: Int8Copies) -> torch.nn.Module:
+    """What a self-drafter reads the target's output ``head`` through: on a reduced draft vocabulary
+    (``vocab`` ids; made each run) or the whole head; on a CPU with int8 weights where the head is one
+    linear map (the whole head's copy kept in ``copies``), else the head itself."""
+    if vocab is not None:
+        return DraftVocab(head, vocab, vocab_size, int8=cpu)
+    parts = linear_parts(head)
+    if not cpu or parts is None:
+        return head
+    fast = copies.get("head", parts[:1], lambda: _int8_only(head))
+    return head if fast is None else fast  # None: no int8 kernel here, read the head itself
+
+
+def _int8_only(head: torch.nn.Module) -> Int8Head | None:
+    """The int8 copy of ``head``, or None (never ``head`` itself, which a cache must not hold on to)."""
+    fast = Int8Head.of(head)
+    return fast if isinstance(fast, Int8Head) else None
