@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..drafters.int8 import Int8Copies
 from .modules import EagleLayer
 
 
@@ -47,12 +48,14 @@ class Eagle1Layer(EagleLayer):
 
 class Medusa1Heads(nn.Module):
     """``num_heads`` one-layer residual blocks ``h + silu(W h + b)`` (vLLM's Medusa with ``medusa_fc_bias``);
-    ``forward(h [..., H]) -> [..., M, H]``. ``zero_init`` starts every block as the identity."""
+    ``forward(h [..., H]) -> [..., M, H]``. ``zero_init`` starts every block as the identity. ``int8`` holds the CPU
+    int8 copies the drafters on these heads read (``mmspec.drafters.int8.Int8Copies``)."""
 
     def __init__(self, hidden: int, num_heads: int, zero_init: bool = True):
         super().__init__()
         self.hidden, self.num_heads = hidden, num_heads
         self.blocks = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(num_heads))
+        self.int8 = Int8Copies()
         if zero_init:
             for block in self.blocks:
                 nn.init.zeros_(block.weight)
