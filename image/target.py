@@ -186,9 +186,9 @@ class ImageTarget(hf.HiddenStates, hf.HFTarget):
         tree: each node sees its ancestors at pos + depth - 1): float code logits ``[R, T, V]``."""
         T, rows = ids.shape[1], self.pos.repeat(ids.shape[0] // self.B)  # [R]
         if self.fast is not None:
-            mask, positions = self.cache.inputs(T, rows, parents, self.fast.dtype)
+            mask, positions = self.cache.lean_inputs(T, rows, parents, self.fast.dtype)
             self.cache.grow(T)
-            hidden = self.fast(self._embed(ids), positions, None if T == 1 else mask, self.cache.kv)  # [R, T, H]
+            hidden = self.fast(self._embed(ids), positions, mask, self.cache.kv)  # [R, T, H]
             if self.hidden_wanted:
                 self._hidden = hidden[: self.B]
             return self._head(hidden).float()

@@ -190,6 +190,14 @@ class KVCache:
         """
         return self.inputs(parents.shape[-1], pos, parents, dtype)
 
+    def lean_inputs(self, T: int, pos: Tensor, parents: Tensor | None, dtype: torch.dtype,
+                    new_mask: Tensor | None = None) -> tuple[Tensor | None, Tensor]:
+        """``inputs`` for the fast path, whose attention takes no mask where none is needed: one frame over a
+        cache without padding (``mask`` None) sees every cached position, so it gets ``(None, positions)``."""
+        if T == 1 and self.mask is None:
+            return None, pos[:, None].clamp(min=0)
+        return self.inputs(T, pos, parents, dtype, new_mask)
+
     def inputs(self, T: int, pos: Tensor, parents: Tensor | None, dtype: torch.dtype,
                new_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """The one input builder for a chain or a tree of ``T`` new frames: an additive ``mask [R, 1, T, S + T]``

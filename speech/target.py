@@ -136,7 +136,8 @@ class SpeechTarget(hf.HiddenStates, hf.HFTarget):
         bos = torch.full((B, 1, self.num_codebooks), self.pad_id, dtype=torch.long, device=self.device)
         # fed [B, 1 + steps fed, K]: every audio frame in the cache; mask [B, L + 1]
         kv = "new" if self.fast is None else self.fast.new_cache(B, L + 1 + max_new_tokens + 64)
-        self.cache = hf.KVCache(mask=hf.padding_mask(pads, L + 1), fed=bos, kv=kv)
+        padded = self.fast is None or bool(pads.any())  # the fast path needs no mask over an unpadded batch
+        self.cache = hf.KVCache(mask=hf.padding_mask(pads, L + 1) if padded else None, fed=bos, kv=kv)
         if self.fast is not None:
             self.pos = -pads
             logits = self._fast_run(self.model.embed(ids, bos), None, prefill=True)  # [B, 1, K, V]
@@ -178,9 +179,8 @@ class SpeechTarget(hf.HiddenStates, hf.HFTarget):
         mask): logits ``[B, T, K, V]`` (the prefill: its last frame's, ``[B, 1, K, V]``); the static cache grows by T (the caller updates ``pos`` and ``fed``)."""
         B, T = embeds.shape[:2]
         new_mask = self.cache.mask if prefill else None
-        mask, positions = self.cache.inputs(T, self.pos, parents, self.fast.dtype, new_mask=new_mask)
-        padded = self.cache.mask is not None and not bool(self.cache.mask.all())
-        hidden = self.fast(embeds, positions, None if T == 1 and not padded else mask, self.cache.kv)  # [B, T, H]
+        mask, positions = self.cache.lean_inputs(T, self.pos, parents, self.fast.dtype, new_mask=new_mask)
+        hidden = self.fast(embeds, positions, mask, self.cache.kv)  # [B, T, H]
         if prefill:
             hidden = hidden[:, -1:]  # the BOS frame's state predicts step 0
         if self.hidden_wanted:

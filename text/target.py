@@ -163,10 +163,8 @@ class TextTarget(hf.HiddenStates, hf.HFTarget):
         """The fast path's forward over ``ids [B, T]`` (a chain, or a tree with ``parents``): logits ``[B, T, 1, V]``."""
         T = ids.shape[1]
         prefill = self.cache.length == 0 and self.padded
-        mask, positions = self.cache.inputs(T, self.pos, parents, self.fast.dtype,
-                                            new_mask=self.cache.mask if prefill else None)
-        if T == 1 and not self.padded:
-            mask = None  # one frame, no padding: it sees every cached position
+        mask, positions = self.cache.lean_inputs(T, self.pos, parents, self.fast.dtype,
+                                                 new_mask=self.cache.mask if prefill else None)
         self.cache.grow(T)
         hidden = self.fast(self._embed(ids), positions, mask, self.cache.kv)  # [B, T, H]
         if keep_last:
