@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The fast path's numbers (issue 20) in one sitting, on a quiet CPU, each result under benchmarks/results/:
+#
+#   1. what one verify forward costs per frame count, fast and eager (tree_forward_cost.py)
+#   2. where a forward's time goes (forward_profile.py)
+#   3. mmspec autoregressive against HF generate, dynamic and static cache (text_vs_hf.py)
+#   4. the text, speech and image bench suites on the fast path, and the text suite's best method on the eager path
+#   5. how often fast greedy output differs from eager greedy output and HF generate (fast_exactness.py)
+#
+#   bash benchmarks/fast_session.sh [PART ...]     (parts: forward profile hf text speech image exactness; default all)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+R=benchmarks/results
+mkdir -p "$R"
+PY=${PY:-python}
+MMSPEC=${MMSPEC:-mmspec}
+parts=${*:-forward profile hf text speech image exactness}
+for part in $parts; do
+  echo "== $part ($(date -u +%H:%M:%S), load $(cut -d' ' -f1 /proc/loadavg))"
+  case $part in
+    forward)
+      $PY benchmarks/tree_forward_cost.py --fast --json $R/tree_forward_cost_fast.json
+      $PY benchmarks/tree_forward_cost.py --no-fast --json $R/tree_forward_cost_eager.json ;;
+    profile)
+      $PY benchmarks/forward_profile.py --json $R/forward_profile.json ;;
+    hf)
+      $PY benchmarks/text_vs_hf.py --prompts 20 --new 128 --repeats 1 \
+        --pairs "autoregressive,autoregressive static,prompt lookup,prompt lookup tree" --json $R/text_vs_hf_fast.json ;;
+    text)
+      $MMSPEC bench --suite text --fast --repeats 2 --out bench-out/text-fast \
+        --methods "prompt-lookup,prompt-lookup k=16,prompt-lookup tree=8,heads,prompt-lookup|heads,prompt-lookup|heads k=16"
+      cp bench-out/text-fast/results.json $R/bench_text_fast.json
+      $MMSPEC bench --suite text --no-fast --repeats 2 --out bench-out/text-eager --methods "prompt-lookup|heads k=16"
+      cp bench-out/text-eager/results.json $R/bench_text_eager.json ;;
+    speech)
+      $MMSPEC bench --suite speech --fast --repeats 2 --out bench-out/speech-fast --methods "heads / greedy,heads / speculative"
+      cp bench-out/speech-fast/results.json $R/bench_speech_fast.json ;;
+    image)
+      $MMSPEC bench --suite image --fast --repeats 2 --out bench-out/image-fast --methods "heads,jacobi"
+      cp bench-out/image-fast/results.json $R/bench_image_fast.json ;;
+    exactness)
+      $PY benchmarks/fast_exactness.py --json $R/fast_exactness.json ;;
+    *) echo "unknown part $part"; exit 2 ;;
+  esac
+done
