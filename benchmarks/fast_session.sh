@@ -36,7 +36,7 @@ for part in $parts; do
       $MMSPEC bench --suite speech --fast --repeats 2 --out bench-out/speech-fast --methods "heads / greedy,heads / speculative"
       cp bench-out/speech-fast/results.json $R/bench_speech_fast.json ;;
     image)
-      $MMSPEC bench --suite image --fast --repeats 2 --out bench-out/image-fast --methods "heads,jacobi"
+      $MMSPEC bench --suite image --fast --repeats 2 --out bench-out/image-fast --methods "heads / speculative,sjd (init random)"
       cp bench-out/image-fast/results.json $R/bench_image_fast.json ;;
     exactness)
       $PY benchmarks/fast_exactness.py --json $R/fast_exactness.json ;;
