@@ -10,12 +10,21 @@ from typing import Any, Callable
 from . import accept
 from .accept import Rule, RuleSpec
 from .drafters import CascadeDrafter, JacobiDrafter, LookaheadDrafter, MixedDrafter, ModelDrafter, PromptLookupDrafter
+from .drafters.coupled import CoupledJacobiDrafter
+from .drafters.proactive import ProactiveDrafter
 from .loop import generate
 from .modalities import Modality, Models
 from .protocols import Drafter, Target
 from .types import Generation, Sampling, count
 
-DRAFTERS = ("none", "model", "prompt-lookup", "jacobi", "lookahead", "heads")
+DRAFTERS = ("none", "model", "prompt-lookup", "jacobi", "coupled", "coupled-gumbel", "proactive", "lookahead", "heads")
+COUPLED: dict[str, Callable[..., Drafter]] = {
+    "coupled": lambda init: CoupledJacobiDrafter(init, "maximal"),  # MC-SJD: maximal coupling across Jacobi steps
+    "coupled-gumbel": lambda init: CoupledJacobiDrafter(init, "gumbel"),  # Gumbel noise fixed per position
+    "proactive": lambda init: ProactiveDrafter(init),  # SJD-PAC: coupled window + a width-3, depth-2 tree
+}
+"""Coupled Jacobi drafters (exact with the speculative rule): Jacobi windows whose successive drafts agree."""
+TAKES_INIT = ("jacobi", "lookahead", *COUPLED)
 BRANCHING = ("model", "prompt-lookup", "lookahead", "heads")
 """Core drafters that draft a token tree when given a node budget (``tree``); a modality's own drafter
 branches when its factory takes a ``tree`` parameter. ``"A+B"`` names a ``MixedDrafter`` of the parts."""
@@ -116,7 +125,8 @@ def make_drafter(name: str, modality: Modality, *, target: Target | None = None,
                  init: str | Callable = "random", ngram: int | None = None, options: dict | None = None,
                  tree: int | None = None, width: int = 2, dynamic: bool = False,
                  heads: str | None = None) -> Drafter | None:
-    """``none`` -> None (plain decoding); ``model`` needs ``draft``; ``jacobi``/``lookahead`` take ``init``;
+    """``none`` -> None (plain decoding); ``model`` needs ``draft``; ``jacobi``/``lookahead`` and the coupled
+    Jacobi drafters (``COUPLED``) take ``init``;
     ``heads`` loads the self-drafter in the folder ``heads`` (default: the modality's zoo heads) for
     ``target``; a modality's own drafters are built by their factory from ``target`` and ``options``.
 
@@ -172,6 +182,8 @@ def _make_one(name, modality, target, draft, init, ngram, options, tree, width, 
         return PromptLookupDrafter(max_ngram=n, min_ngram=n if strict else 1, tree=tree)
     if name == "jacobi":
         return JacobiDrafter(init=init)
+    if name in COUPLED:
+        return COUPLED[name](init)
     return LookaheadDrafter(ngram=ngram or NGRAM[name], init=init, tree=tree)
 
 
