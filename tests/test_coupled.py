@@ -185,3 +185,33 @@ def test_bad_coupling_options():
     with pytest.raises(ValueError, match="frames of one codebook"):
         mmspec.generate(target, ProactiveDrafter(), prompt(K=2, vocab=3), max_new_tokens=4, sampling=HOT,
                         rule=accept.speculative)
+
+
+# -- recursive rejection sampling of siblings drawn without replacement (accept_tree.multi_candidate) ---
+
+def _siblings_step(stated_iid: bool, rows=12_000, V=4, width=2):
+    """One tree level of ``width`` siblings drawn WITHOUT replacement from q, for many rows at once; each
+    sibling's stated proposal is q without the earlier siblings, renormalised (or q itself: the control).
+    Returns the committed frames [rows] and p."""
+    p, q = torch.tensor([0.1, 0.4, 0.3, 0.2]), torch.tensor([0.7, 0.05, 0.1, 0.15])  # q's favourite is p's least
+    sampler = Sampler(HOT, seed=4)
+    kids, props, rest = [], [], q.expand(rows, 1, V)
+    for _ in range(width):
+        kids.append(sampler.sample(rest))  # [rows, 1]
+        props.append(q.expand(rows, 1, V) if stated_iid else rest)
+        rest = rest.scatter(-1, kids[-1][..., None], 0.0)
+        rest = rest / rest.sum(-1, keepdim=True)
+    draft = mmspec.Draft(tokens=torch.stack(kids, 1), probs=torch.stack(props, 1), parents=torch.full((width,), -1))
+    verdict = accept.speculative(draft, torch.log(p).expand(rows, width + 1, 1, V), sampler, torch.zeros(rows))
+    return verdict.tokens[:, 0, 0], p
+
+
+def test_siblings_without_replacement_are_verified_by_recursive_rejection_sampling():
+    frames, p = _siblings_step(stated_iid=False)
+    counts = Counter(frames.tolist())
+    assert chi2_pvalue(counts, dict(enumerate(p.tolist())), len(frames)) > 1e-3
+
+
+def test_siblings_without_replacement_stated_as_iid_are_caught():
+    frames, p = _siblings_step(stated_iid=True)
+    assert chi2_pvalue(Counter(frames.tolist()), dict(enumerate(p.tolist())), len(frames)) < 1e-6
