@@ -21,11 +21,11 @@ from mmspec import modalities
 from mmspec.types import Sampling
 
 DEFAULTS = {
-    "image": ["autoregressive=none:speculative", "sjd=jacobi:speculative:16", "sjd left=jacobi:speculative:16:left",
-              "coupled=coupled:speculative:16", "coupled left=coupled:speculative:16:left",
-              "coupled-gumbel=coupled-gumbel:speculative:16", "proactive=proactive:speculative:16",
-              "proactive left=proactive:speculative:16:left", "heads=heads:speculative:6",
-              "lantern sjd (lossy)=jacobi:lantern:16", "lantern coupled (lossy)=coupled:lantern:16"],
+    "image": ["autoregressive=none:speculative", "sjd=jacobi:speculative:16", "sjd above=jacobi:speculative:32:above",
+              "coupled=coupled:speculative:32", "coupled above=coupled:speculative:32:above",
+              "coupled-gumbel above=coupled-gumbel:speculative:32:above",
+              "proactive above=proactive:speculative:32:above", "heads=heads:speculative:6",
+              "lantern sjd (lossy)=jacobi:lantern:16", "lantern coupled above (lossy)=coupled:lantern:32:above"],
     "speech": ["autoregressive=none:speculative", "model=model:speculative:4", "model joint=model:joint:4",
                "jacobi=jacobi:speculative:8", "jacobi joint=jacobi:joint:8", "coupled=coupled:speculative:8",
                "coupled joint=coupled:joint:8", "heads=heads:speculative:4", "heads joint=heads:joint:4"],
