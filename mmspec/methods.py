@@ -23,7 +23,8 @@ COUPLED: dict[str, Callable[..., Drafter]] = {
     "coupled-gumbel": lambda init: CoupledJacobiDrafter(init, "gumbel"),  # Gumbel noise fixed per position
     "proactive": lambda init: ProactiveDrafter(init),  # SJD-PAC: coupled window + a width-3, depth-2 tree
 }
-"""Coupled Jacobi drafters (exact with the speculative rule): Jacobi windows whose successive drafts agree."""
+"""Coupled Jacobi drafters (exact with the speculative rule): Jacobi windows whose successive drafts agree;
+they take ``init`` like ``jacobi``."""
 TAKES_INIT = ("jacobi", "lookahead", *COUPLED)
 BRANCHING = ("model", "prompt-lookup", "lookahead", "heads")
 """Core drafters that draft a token tree when given a node budget (``tree``); a modality's own drafter
@@ -125,8 +126,7 @@ def make_drafter(name: str, modality: Modality, *, target: Target | None = None,
                  init: str | Callable = "random", ngram: int | None = None, options: dict | None = None,
                  tree: int | None = None, width: int = 2, dynamic: bool = False,
                  heads: str | None = None) -> Drafter | None:
-    """``none`` -> None (plain decoding); ``model`` needs ``draft``; ``jacobi``/``lookahead`` and the coupled
-    Jacobi drafters (``COUPLED``) take ``init``;
+    """``none`` -> None (plain decoding); ``model`` needs ``draft``; ``jacobi``/``lookahead`` take ``init``;
     ``heads`` loads the self-drafter in the folder ``heads`` (default: the modality's zoo heads) for
     ``target``; a modality's own drafters are built by their factory from ``target`` and ``options``.
 

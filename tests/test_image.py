@@ -15,7 +15,8 @@ from PIL import Image
 
 import mmspec
 from mmspec import Sampling, accept
-from mmspec.drafters import CoupledJacobiDrafter, ProactiveDrafter
+from mmspec.drafters.coupled import CoupledJacobiDrafter
+from mmspec.drafters.proactive import ProactiveDrafter
 from mmspec.testing import ToyTarget, chi2_pvalue
 
 

@@ -11,7 +11,7 @@ import torch
 
 import mmspec
 from mmspec import Draft, Sampler, Sampling, accept, accept_joint
-from mmspec.drafters import CoupledJacobiDrafter
+from mmspec.drafters.coupled import CoupledJacobiDrafter
 from mmspec.testing import ToyTarget, chi2_pvalue
 
 HOT = Sampling(temperature=1.0)

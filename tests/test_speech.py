@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import mmspec
-from mmspec.drafters import CoupledJacobiDrafter
+from mmspec.drafters.coupled import CoupledJacobiDrafter
 from mmspec.testing import chi2_pvalue
 from mmspec import Draft, Sampler, Sampling, accept
 from mmspec.speech import Audio, CodecLookupDrafter, SpeechTarget, fit_prior, relaxed, relaxed_rule
