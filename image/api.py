@@ -115,6 +115,10 @@ SUITE = Suite(
         Method("sjd (init random)", "jacobi", "speculative", 1.0, "random"),
         Method("sjd (init left)", "jacobi", "speculative", 1.0, "left"),
         Method("sjd (init above)", "jacobi", "speculative", 1.0, "above", quick=False),
+        # coupled Jacobi drafts (MC-SJD) and SJD-PAC proactive trees: exact, window 32
+        Method("coupled (init above)", "coupled", "speculative", 1.0, "above", k=32),
+        Method("coupled-gumbel (init above)", "coupled-gumbel", "speculative", 1.0, "above", k=32, quick=False),
+        Method("proactive (init above)", "proactive", "speculative", 1.0, "above", k=32, quick=False),
         Method("model / speculative", "model", "speculative", 1.0, k=4),
         Method("lantern", "jacobi", "lantern", 1.0, "random"),
         Method("model tree=8 / speculative", "model", "speculative", 1.0, k=4, tree=8, quick=False),

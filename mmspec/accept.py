@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from . import accept_tree
+from . import accept_joint, accept_tree
 from .sampling import Sampler
 from .types import PAD, Draft, Verdict
 
@@ -185,6 +185,27 @@ def _speculative(draft: Draft, target_logits: Tensor, sampler: Sampler, pos: Ten
     return rejection(draft, target_logits, sampler, _exact_ratio)
 
 
+def _joint(draft: Draft, target_logits: Tensor, sampler: Sampler, pos: Tensor) -> Verdict:
+    """Lossless joint-frame speculative sampling for frames of K codebooks (``mmspec.accept_joint``).
+
+    A drafted frame x is accepted whole with probability min(1, prod_k p_k(x_k) / q_k(x_k)), never less
+    often than ``speculative`` accepts all its codebooks; at the first rejected frame the frame is an
+    exact draw of the joint residual norm((P - Q)+) (rejection sampling under an envelope, at most K
+    candidates on average); after D accepted frames a bonus frame is drawn from p. With K = 1 this is
+    ``speculative``'s distribution. Trees take ``speculative``'s tree rule (joint frames of deterministic
+    siblings already); greedy sampling falls back to ``greedy``.
+    """
+    if sampler.greedy:
+        return _greedy(draft, target_logits, sampler, pos)
+    p = sampler.probs(target_logits)  # [B, D + 1, K, V]
+    if not draft.is_chain:
+        return accept_tree.multi_candidate(draft, p, sampler)
+    x = draft.tokens  # [B, D, K]
+    q = torch.nn.functional.one_hot(x, p.shape[-1]).to(p.dtype) if draft.probs is None else draft.probs.to(p.dtype)
+    frame_ok, final = accept_joint.verify(p, q, x, sampler)  # [B, D], [B, D + 1, K]
+    return commit(x, frame_ok, final)
+
+
 def _exact_ratio(p, q, x, p_x, q_x):
     """min(1, p(x) / q(x)) (the uniform draw is below 1 anyway): the exact acceptance probability."""
     return p_x / q_x
@@ -226,9 +247,10 @@ TYPICAL_BOUND = ("none in distribution: keeps any drafted token with p(x) > min(
 greedy = make(_greedy, "greedy", lossless=True)
 speculative = make(_speculative, "speculative", lossless=True)
 reproducible = make(_reproducible, "reproducible", lossless=True, keyed_noise=True)  # the loop keys the noise
+joint = make(_joint, "joint", lossless=True)
 typical = typical_rule()
 
-RULES: dict[str, RuleSpec] = {r.name: r.spec for r in (greedy, speculative, reproducible, typical)}
+RULES: dict[str, RuleSpec] = {r.name: r.spec for r in (greedy, speculative, reproducible, joint, typical)}
 """The core's named rules; a modality adds its own through ``Modality.rules``."""
 
 

@@ -20,7 +20,10 @@ in ``path [B, D]`` (D = the tree's depth), its frames in ``tokens [B, D + 1, K]`
   sampling against the current residual, which leaves the frame distributed as the residual was; by
   induction over the siblings the accepted-or-recovered frame is distributed as p (the i.i.d. case is
   Chen et al.'s multi-draft argument; deterministic siblings are rejection sampling without
-  replacement). With K codebooks a frame is one joint outcome x = (x_1 .. x_K) under the product p;
+  replacement). Siblings drawn WITHOUT replacement (recursive rejection sampling, Jeon et al. 2024;
+  SJD-PAC's proactive trees) are this same walk when each node's ``probs`` is the distribution it was
+  drawn from: q with the earlier siblings removed and renormalised; the FIRST accepted sibling wins
+  (keeping the deepest accepted path instead is biased: tests/test_coupled.py). With K codebooks a frame is one joint outcome x = (x_1 .. x_K) under the product p;
   siblings must then be deterministic, and the residual p restricted to the frames not yet rejected is
   sampled by drawing from p until the draw is outside the rejected set (exact rejection sampling).
 """

@@ -214,7 +214,7 @@ def summarise(modality, method: Method, target, prompts, rows, base_rows, env: d
                                     [sum(t) for t in zip(*(r["round_wall_s"] for r in rows))])
     return {
         "method": method.label, "drafter": method.drafter, "rule": method.rule, "temperature": method.temperature,
-        "init": method.init if method.drafter in ("jacobi", "lookahead") else None, "lossless": spec.lossless,
+        "init": method.init if method.drafter in named.TAKES_INIT else None, "lossless": spec.lossless,
         "bound": spec.bound, "speedup": per_round.median, "speedup_min": per_round.low,
         "speedup_max": per_round.high, "speedup_of_medians": base_wall / wall if wall > 0 else 0.0,
         "flags": [] if method.drafter == "none" else timing.flags(per_round, [r["wall_s"] for r in rows], env),

@@ -10,12 +10,22 @@ from typing import Any, Callable
 from . import accept, renamed
 from .accept import Rule, RuleSpec
 from .drafters import CascadeDrafter, JacobiDrafter, LookaheadDrafter, MixedDrafter, ModelDrafter, PromptLookupDrafter
+from .drafters.coupled import CoupledJacobiDrafter
+from .drafters.proactive import ProactiveDrafter
 from .loop import generate
 from .modalities import Modality, Models
 from .protocols import Drafter, Target
 from .types import Generation, Sampling, count
 
-DRAFTERS = ("none", "model", "prompt-lookup", "jacobi", "lookahead", "heads")
+DRAFTERS = ("none", "model", "prompt-lookup", "jacobi", "coupled", "coupled-gumbel", "proactive", "lookahead", "heads")
+COUPLED: dict[str, Callable[..., Drafter]] = {
+    "coupled": lambda init: CoupledJacobiDrafter(init, "maximal"),  # MC-SJD: maximal coupling across Jacobi steps
+    "coupled-gumbel": lambda init: CoupledJacobiDrafter(init, "gumbel"),  # Gumbel noise fixed per position
+    "proactive": lambda init: ProactiveDrafter(init),  # SJD-PAC: coupled window + a width-3, depth-2 tree
+}
+"""Coupled Jacobi drafters (exact with the speculative rule): Jacobi windows whose successive drafts agree;
+they take ``init`` like ``jacobi``."""
+TAKES_INIT = ("jacobi", "lookahead", *COUPLED)
 BRANCHING = ("model", "prompt-lookup", "lookahead", "heads")
 """Core drafters that draft a token tree when given a node budget (``tree``); a modality's own drafter
 branches when its factory takes a ``tree`` parameter. ``"A+B"`` names a ``MixedDrafter`` of the parts."""
@@ -173,6 +183,8 @@ def _make_one(name, modality, target, draft, init, ngram, options, tree, width, 
         return PromptLookupDrafter(max_ngram=n, min_ngram=n if strict else 1, tree=tree)
     if name == "jacobi":
         return JacobiDrafter(init=init)
+    if name in COUPLED:
+        return COUPLED[name](init)
     return LookaheadDrafter(ngram=ngram or NGRAM[name], init=init, tree=tree)
 
 

@@ -108,6 +108,7 @@ SUITE = Suite(
         Method("codec-lookup tree=8 / greedy", "codec-lookup", "greedy", 0.0, tree=8, quick=False),
         # Sampling at T = 1
         Method("model / speculative", "model", "speculative", 1.0),
+        Method("model / joint", "model", "joint", 1.0, quick=False),  # whole frames tested jointly
         Method("jacobi / speculative", "jacobi", "speculative", 1.0, quick=False),
         Method("codec-lookup / speculative", "codec-lookup", "speculative", 1.0, quick=False),
         Method("model / relaxed b=0.1", "model", "relaxed", 1.0, options=(("beta", 0.1),)),

@@ -15,6 +15,8 @@ from PIL import Image
 
 import mmspec
 from mmspec import Sampling, accept
+from mmspec.drafters.coupled import CoupledJacobiDrafter
+from mmspec.drafters.proactive import ProactiveDrafter
 from mmspec.testing import ToyTarget, chi2_pvalue
 
 
@@ -308,7 +310,8 @@ def test_janus_greedy_equivalence_with_its_own_image_generation(janus, rows):
     assert base.tokens[..., 0].tolist() == ref.tolist()
     drafters = {"jacobi": mmspec.JacobiDrafter(), "above": mmspec.JacobiDrafter(SpatialInit("above").bind(target)),
                 "prompt-lookup": mmspec.PromptLookupDrafter(), "lookahead": mmspec.LookaheadDrafter(),
-                "model": mmspec.ModelDrafter(JanusTarget(draft_model, guidance_scale=3.0))}
+                "model": mmspec.ModelDrafter(JanusTarget(draft_model, guidance_scale=3.0)),
+                "coupled": CoupledJacobiDrafter(SpatialInit("above")), "proactive": ProactiveDrafter()}
     for name, drafter in drafters.items():
         gen = mmspec.generate(target, drafter, rows, max_new_tokens=100, k=5, rule=accept.greedy)
         assert gen.token_ids() == base.token_ids(), name
@@ -322,9 +325,10 @@ def test_janus_sampling_lantern_and_loading(janus, tmp_path):
     target = JanusTarget(model, guidance_scale=2.0)
     rows = [[2, 10, 11, 12, 5], [2, 20, 21, 22, 5]]
     for rule in (accept.speculative, lantern_rule(neighbour_table(target.codebook(), 4), 0.0)):
-        gen = mmspec.generate(target, mmspec.JacobiDrafter(), rows, max_new_tokens=100, k=6, rule=rule,
-                              sampling=Sampling(temperature=1.0), seed=2)
-        assert gen.tokens.shape == (2, 16, 1) and bool((gen.tokens < target.vocab_size).all())
+        for drafter in (mmspec.JacobiDrafter(), CoupledJacobiDrafter(SpatialInit("above"), "gumbel"), ProactiveDrafter()):
+            gen = mmspec.generate(target, drafter, rows, max_new_tokens=100, k=6, rule=rule,
+                                  sampling=Sampling(temperature=1.0), seed=2)
+            assert gen.tokens.shape == (2, 16, 1) and bool((gen.tokens < target.vocab_size).all())
     model.save_pretrained(tmp_path / "janus")
     loaded = JanusTarget.from_pretrained(str(tmp_path / "janus"), guidance_scale=2.0, device="cpu")
     assert isinstance(loaded, JanusTarget) and loaded.grid_tokens == 16

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import mmspec
+from mmspec.drafters.coupled import CoupledJacobiDrafter
 from mmspec.testing import chi2_pvalue
 from mmspec import Draft, Sampler, Sampling, accept
 from mmspec.speech import Audio, CodecLookupDrafter, SpeechTarget, fit_prior, relaxed, relaxed_rule
@@ -42,6 +43,7 @@ def methods(folders):
         "prompt-lookup": lambda: mmspec.PromptLookupDrafter(),
         "jacobi-random": lambda: mmspec.JacobiDrafter("random"),
         "jacobi-codec-lookup": lambda: mmspec.JacobiDrafter(api.MODALITY.inits["codec-lookup"]),
+        "coupled": lambda: CoupledJacobiDrafter("random"),
         "lookahead": lambda: mmspec.LookaheadDrafter(),
         "codec-lookup": lambda: CodecLookupDrafter(),
     }
@@ -204,16 +206,19 @@ def small(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("which", ["model", "jacobi"])
-def test_per_codebook_speculative_sampling_is_exact(small, which):
+@pytest.mark.parametrize("which, rule", [("model", accept.speculative), ("jacobi", accept.speculative),
+                                         ("model", accept.joint), ("coupled", accept.joint)])
+def test_per_codebook_speculative_sampling_is_exact(small, which, rule):
+    """Per-codebook (``speculative``) and joint-frame (``joint``) tests, plain and coupled Jacobi drafts."""
     target, draft = small
     n, runs = 3, 1500
     probs = exact_distribution(target, "Hi", n)
     assert abs(sum(probs.values()) - 1) < 1e-4 and len(probs) > 6
     counts = Counter()
     for seed in range(runs):
-        drafter = mmspec.ModelDrafter(draft) if which == "model" else mmspec.JacobiDrafter("random")
-        gen = mmspec.generate(target, drafter, "Hi", max_new_tokens=n, k=2, rule=accept.speculative,
+        drafter = {"model": lambda: mmspec.ModelDrafter(draft), "jacobi": lambda: mmspec.JacobiDrafter("random"),
+                   "coupled": lambda: CoupledJacobiDrafter("random")}[which]()
+        gen = mmspec.generate(target, drafter, "Hi", max_new_tokens=n, k=2, rule=rule,
                               sampling=Sampling(temperature=1.0), seed=seed)
         counts[tuple(tuple(f) for f in gen.tokens[0].tolist())] += 1
     assert chi2_pvalue(counts, probs, runs) > 1e-3
