@@ -78,6 +78,17 @@ def measure(name, hf, mm, prompts, repeats) -> dict:
     return r
 
 
+def chosen(pairs: dict, names: str | None) -> dict:
+    """The pairs named in ``--pairs`` (all when not given); SystemExit naming the allowed ones otherwise."""
+    if not names:
+        return pairs
+    keep = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in keep if n not in pairs]
+    if unknown or not keep:
+        raise SystemExit(f"--pairs: unknown {unknown or names!r}; allowed: {', '.join(pairs)}")
+    return {n: pairs[n] for n in keep}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--target", default="zoo:code-target")
@@ -123,12 +134,7 @@ def main(argv=None):
                                lambda p: mm_run(target, mmspec.PromptLookupDrafter(max_ngram=2, tree=args.tree), p,
                                                 args.new, args.lookup_k)),
     }
-    if args.pairs:
-        keep = [n.strip() for n in args.pairs.split(",") if n.strip()]
-        unknown = [n for n in keep if n not in pairs]
-        if unknown or not keep:
-            raise SystemExit(f"--pairs: unknown {unknown or args.pairs!r}; allowed: {', '.join(pairs)}")
-        pairs = {n: pairs[n] for n in keep}
+    pairs = chosen(pairs, args.pairs)
     results = {name: measure(name, hf, mm, prompts, args.repeats) for name, (hf, mm) in pairs.items()}
     meta = {"hardware": _cpu_name(), "cpu_threads": torch.get_num_threads(), "mmspec_forward": target.forward_path,
             "torch": torch.__version__, "transformers": transformers.__version__, "prompts": len(prompts),
