@@ -111,9 +111,11 @@ def _refusal(config: dict, fmt: str) -> str:
 
 def target_path(name: str) -> str:
     """The target as an engine names it: a zoo name resolved to its folder, a path or a hub id as given."""
-    from mmspec.text.target import resolve
+    from mmspec import files, modalities
 
-    return str(Path(resolve(name)).resolve()) if name.startswith("zoo:") or Path(name).exists() else name
+    if not (name.startswith("zoo:") or Path(name).exists()):
+        return name
+    return str(Path(files.resolve(name, modalities.get("text").zoo, "config.json", "text")).resolve())
 
 
 def _target_config(name: str, config: dict) -> dict:
@@ -134,16 +136,17 @@ def _target_config(name: str, config: dict) -> dict:
 
 def _target_head(name: str, config: dict, folder: Path) -> torch.Tensor:
     """The target's output-head weight ``[V, H]`` (the medusa format holds copies), checked by fingerprint."""
-    from mmspec.text import TextTarget
+    from mmspec import modalities
 
     from .store import check_target
 
-    target = TextTarget.from_pretrained(target_path(name), device="cpu", dtype="float32")
+    target = modalities.get("text").load(target_path(name), device="cpu", dtype="float32", fast=False)
     check_target(config, target, folder)
-    linear = getattr(target.output_head(), "linear", target.output_head())
-    if getattr(linear, "bias", None) is not None:
-        raise ValueError(f"the target {name!r} has an output-head bias, which vLLM's Medusa lm_heads cannot hold")
-    return linear.weight.detach()
+    linear = target.output_head().as_linear()
+    if linear is None or linear[1] is not None:
+        raise ValueError(f"the target {name!r} has an output head that is not one linear map without a bias, which "
+                         "vLLM's Medusa lm_heads cannot hold")
+    return linear[0].detach()
 
 
 def _eagle1(state: dict, config: dict, target: dict, with_bias: bool) -> tuple[dict, dict]:
