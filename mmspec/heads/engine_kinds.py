@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..drafters.int8 import Int8Copies
-from .modules import EagleLayer
+from .modules import EagleLayer, blocks
 
 
 class Eagle1Layer(EagleLayer):
@@ -54,12 +54,8 @@ class Medusa1Heads(nn.Module):
     def __init__(self, hidden: int, num_heads: int, zero_init: bool = True):
         super().__init__()
         self.hidden, self.num_heads = hidden, num_heads
-        self.blocks = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(num_heads))
+        self.blocks = blocks(hidden, num_heads, zero_init)
         self.int8 = Int8Copies()
-        if zero_init:
-            for block in self.blocks:
-                nn.init.zeros_(block.weight)
-                nn.init.zeros_(block.bias)
 
     def config(self) -> dict:
         return {"kind": "medusa1", "hidden_size": self.hidden, "num_heads": self.num_heads}

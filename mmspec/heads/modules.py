@@ -15,6 +15,16 @@ from torch import Tensor, nn
 from ..drafters.int8 import Int8Copies
 
 
+def blocks(hidden: int, count: int, zero: bool) -> nn.ModuleList:
+    """``count`` linear maps ``[H] -> [H]`` with biases, all zeros when ``zero`` (a residual block then starts as
+    the identity), else PyTorch's random init."""
+    made = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(count))
+    for block in made if zero else ():
+        nn.init.zeros_(block.weight)
+        nn.init.zeros_(block.bias)
+    return made
+
+
 class MedusaHeads(nn.Module):
     """``num_heads`` residual blocks over hidden size ``hidden``; ``forward(h [..., H]) -> [..., M, H]``.
 
@@ -26,12 +36,8 @@ class MedusaHeads(nn.Module):
         super().__init__()
         self.hidden, self.num_heads = hidden, num_heads
         self.w1 = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(num_heads))
-        self.w2 = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(num_heads))
+        self.w2 = blocks(hidden, num_heads, zero_init)
         self.int8 = Int8Copies()
-        if zero_init:
-            for w in self.w2:
-                nn.init.zeros_(w.weight)
-                nn.init.zeros_(w.bias)
 
     def config(self) -> dict:
         return {"kind": "medusa", "hidden_size": self.hidden, "num_heads": self.num_heads}
