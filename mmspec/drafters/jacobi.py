@@ -38,6 +38,12 @@ class JacobiDrafter:
             raise ValueError(f"init must be 'pad', 'random', 'repeat' or a callable, got {init!r}")
         self.init, self.pad_id = init, count(pad_id, "pad_id", minimum=0)
 
+    @property
+    def per_row_commits(self) -> bool:
+        """Rows may commit different counts (``mmspec.loop.rows_apart``) except with a callable init: it reads
+        the committed output as one grid ``[B, S, K]`` (cell i at column i), so rows stay in lockstep."""
+        return not callable(self.init)
+
     def start(self, target: Target, sampler: Sampler, prompt: Any, max_new_tokens: int) -> None:
         self.sampler = sampler
         self.V = target.vocab_size
@@ -70,7 +76,8 @@ class JacobiDrafter:
         guess = self.guess if self.guess is not None else last[:, :0]
         q = self.q
         if guess.shape[1] < k:  # 1. pad the window with init guesses
-            seq = torch.cat([self.out, guess], dim=1) if self.out is not None else torch.cat([last, guess], dim=1)
+            out = self.out if self.out is not None and callable(self._init) else last  # only a callable reads it all
+            seq = torch.cat([out, guess], dim=1)
             fresh = self._fresh(seq, k - guess.shape[1])
             if q is not None:
                 q = torch.cat([q, torch.nn.functional.one_hot(fresh, self.V).to(q.dtype)], dim=1)
@@ -82,8 +89,10 @@ class JacobiDrafter:
     def observe(self, step: Step, target_logits: Tensor) -> None:
         frames = step.frames.clamp(min=0)
         self.out = frames if self.out is None else torch.cat([self.out, frames], dim=1)
-        n = step.frames.shape[1]
-        rest = target_logits[:, n:].float()  # [B, D + 1 - n, K, V] predictions after the committed prefix
+        counts = step.row_counts()  # [B] frames each row committed
+        W = target_logits.shape[1] - int(counts.max())  # guesses every row still has after its committed prefix
+        index = counts[:, None] + torch.arange(max(W, 0), device=counts.device)[None]  # [B, W]
+        rest = target_logits.gather(1, index[..., None, None].expand(-1, -1, *target_logits.shape[2:])).float()
         if rest.shape[1] == 0:
             self.guess, self.q = None, None
             return

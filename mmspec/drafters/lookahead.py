@@ -42,6 +42,11 @@ class LookaheadDrafter:
         self.branched = False  # the last proposal was a tree of pool candidates
         self.jacobi = JacobiDrafter(init=init)
 
+    @property
+    def per_row_commits(self) -> bool:
+        """As its Jacobi window's (``JacobiDrafter.per_row_commits``): the n-gram pools are per row already."""
+        return self.jacobi.per_row_commits
+
     def start(self, target: Target, sampler: Sampler, prompt: Any, max_new_tokens: int) -> None:
         self.jacobi.start(target, sampler, prompt, max_new_tokens)
         self.V = target.vocab_size
