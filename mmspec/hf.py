@@ -161,7 +161,7 @@ class KVCache:
             self.fed = torch.cat([self.fed, frames], dim=1)
         return self.mask
 
-    def rollback(self, now: Tensor, pos: Tensor, who: str) -> int:
+    def rollback(self, now: Tensor, pos: Tensor) -> int:
         """Forget the positions after ``pos [B]`` (rows are at ``now [B]``); returns how many slots were removed.
 
         Rows may move back by different counts (each row commits its own accepted frames): the slots every row
@@ -169,11 +169,9 @@ class KVCache:
         means "keep n" in 4.x and is refused in 5.x; it is never called with 0), and a row that drops more has
         its extra slots masked (``mask`` 0: a hole its later frames do not see; positions count each row's own
         frames, so a row's attention is exactly that of the row alone). Both guidance halves (rows b and B + b
-        of a doubled cache) move together. ``who`` names the adapter in the error for a row moving forward.
+        of a doubled cache) move together.
         """
-        back = now - pos  # [B]
-        if bool((back < 0).any()):
-            raise ValueError(f"{who} can only roll rows back (keep a position at or before the current one)")
+        back = (now - pos).clamp(min=0)  # [B] (a row asked to keep a later position keeps what it holds)
         remove = int(back.min())
         if remove > 0:
             self.kv.crop(-remove)
@@ -302,7 +300,7 @@ class HFTarget:
             T = int((self.pos - pos + m).max())  # frames of the last forward (pos = before + m_b)
             self.cache.keep_path(T, path.clamp(min=0))  # padding gathers a kept frame; rollback hides it
             now = self.pos - T + path.shape[1]
-        self.cache.rollback(now, pos, type(self).__name__)
+        self.cache.rollback(now, pos)
         self.pos = pos.clone()
 
 
