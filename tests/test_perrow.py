@@ -27,6 +27,11 @@ def text_target(tiny_models, fast, arch="llama"):
 
 def text_drafter(name: str, tiny_models=None):
     torch.manual_seed(1)
+    if name.startswith("model"):
+        from mmspec.text import TextTarget
+
+        draft = TextTarget.from_pretrained(tiny_models["llama-draft"])
+        return ModelDrafter(draft) if name == "model" else ModelDrafter(draft, tree=6, width=2, dynamic=True)
     return {
         "none": lambda: None,
         "prompt-lookup": lambda: PromptLookupDrafter(),
@@ -52,22 +57,22 @@ def apart(gen) -> bool:
 
 
 DRAFTERS = ["none", "prompt-lookup", "prompt-lookup-tree", "jacobi", "lookahead", "medusa", "medusa-tree", "eagle",
-            "eagle-tree", "mixed", "cascade"]
+            "eagle-tree", "mixed", "cascade", "model", "model-tree"]
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "eager"])
 @pytest.mark.parametrize("name", DRAFTERS)
 def test_each_row_equals_the_row_alone(tiny_models, name, fast):
     target = text_target(tiny_models, fast)
-    alone = [mmspec.generate(target, text_drafter(name), [p], max_new_tokens=20, k=4).token_ids()[0] for p in PROMPTS]
+    alone = [mmspec.generate(target, text_drafter(name, tiny_models), [p], max_new_tokens=20, k=4).token_ids()[0] for p in PROMPTS]
     for B in (2, 4):
-        gen = mmspec.generate(target, text_drafter(name), PROMPTS[:B], max_new_tokens=20, k=4)
+        gen = mmspec.generate(target, text_drafter(name, tiny_models), PROMPTS[:B], max_new_tokens=20, k=4)
         assert gen.token_ids() == alone[:B], (name, B)
-        assert rows_apart(target, text_drafter(name))
+        assert rows_apart(target, text_drafter(name, tiny_models))
         if B == 4 and sum(int(s.n_accepted.sum()) for s in gen.steps) > 2:
             assert apart(gen), name  # drafts were accepted: the rows did move at their own pace
         assert gen.stats["steps"] <= max(
-            len(mmspec.generate(target, text_drafter(name), [p], max_new_tokens=20, k=4).steps) for p in PROMPTS[:B]
+            len(mmspec.generate(target, text_drafter(name, tiny_models), [p], max_new_tokens=20, k=4).steps) for p in PROMPTS[:B]
         ) + 2  # no row waits for another (drafts may differ a little from a row's own: a window, a break rule)
 
 
@@ -75,30 +80,31 @@ def test_each_row_equals_the_row_alone(tiny_models, name, fast):
 def test_other_architectures(tiny_models, arch):
     target = text_target(tiny_models, None, arch)
     for name in ("prompt-lookup", "prompt-lookup-tree", "eagle-tree"):
-        alone = [mmspec.generate(target, text_drafter(name), [p], max_new_tokens=16, k=4).token_ids()[0]
+        alone = [mmspec.generate(target, text_drafter(name, tiny_models), [p], max_new_tokens=16, k=4).token_ids()[0]
                  for p in PROMPTS]
-        assert mmspec.generate(target, text_drafter(name), PROMPTS, max_new_tokens=16, k=4).token_ids() == alone
+        assert mmspec.generate(target, text_drafter(name, tiny_models), PROMPTS, max_new_tokens=16, k=4).token_ids() == alone
 
 
-@pytest.mark.parametrize("name", ["prompt-lookup", "prompt-lookup-tree", "eagle", "medusa-tree"])
+@pytest.mark.parametrize("name", ["prompt-lookup", "prompt-lookup-tree", "eagle", "medusa-tree", "model", "model-tree"])
 def test_reproducible_sampling_is_the_batch_decoded_autoregressively(tiny_models, name):
     """Keyed noise per (row, position): speculative decoding of the batch is the same batch sampled frame by frame."""
     target = text_target(tiny_models, None)
     kw = dict(max_new_tokens=20, rule=accept.reproducible, sampling=Sampling(temperature=1.0), seed=5)
     base = mmspec.autoregressive(target, PROMPTS, **kw)
-    gen = mmspec.generate(target, text_drafter(name), PROMPTS, k=4, **kw)
+    gen = mmspec.generate(target, text_drafter(name, tiny_models), PROMPTS, k=4, **kw)
     assert gen.token_ids() == base.token_ids()
 
 
-def test_a_draft_model_keeps_rows_in_lockstep(tiny_models):
-    """A drafter that does not declare ``per_row_commits`` (a draft model) runs the batch minimum, exactly."""
-    from mmspec.text import TextTarget
+class Lockstep(PromptLookupDrafter):
+    per_row_commits = False  # as a drafter that does not declare it
 
+
+def test_a_drafter_without_per_row_commits_keeps_rows_in_lockstep(tiny_models):
+    """A drafter that does not declare ``per_row_commits`` runs the batch minimum, exactly."""
     target = text_target(tiny_models, None)
-    drafter = ModelDrafter(TextTarget.from_pretrained(tiny_models["llama-draft"]))
-    assert not rows_apart(target, drafter)
-    gen = mmspec.generate(target, drafter, PROMPTS, max_new_tokens=16, k=4)
-    assert not apart(gen)
+    assert not rows_apart(target, Lockstep())
+    gen = mmspec.generate(target, Lockstep(), PROMPTS, max_new_tokens=16, k=4)
+    assert not apart(gen) and apart(mmspec.generate(target, PromptLookupDrafter(), PROMPTS, max_new_tokens=16, k=4))
     assert gen.token_ids() == mmspec.autoregressive(target, PROMPTS, max_new_tokens=16).token_ids()
     assert not JacobiDrafter(init=lambda seq, n: seq[:, -1:].expand(-1, n, -1).clone()).per_row_commits
 
@@ -136,7 +142,7 @@ def test_holes_are_masked_not_copied():
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "eager"])
-@pytest.mark.parametrize("name", ["prompt-lookup", "jacobi", "medusa-tree", "eagle"])
+@pytest.mark.parametrize("name", ["prompt-lookup", "jacobi", "medusa-tree", "eagle", "model"])
 def test_image_rows_with_guidance(image_models, name, fast):
     """Both guidance halves move with their row; the guidance interval follows each row's own grid index."""
     from builders import CLASSES, tiny_meta
@@ -152,6 +158,8 @@ def test_image_rows_with_guidance(image_models, name, fast):
             return MedusaDrafter(MedusaHeads(model.config.hidden_size, 3, zero_init=False), tree=7, width=3)
         if name == "eagle":
             return EagleDrafter(eagle_for(model.config.hidden_size, model.config.hidden_size, 4, window=32))
+        if name == "model":
+            return ModelDrafter(ImageTarget(*image_models["draft"], tiny_meta(), fast=fast))
         return text_drafter(name)
 
     alone = [mmspec.generate(target, drafter(), [c], max_new_tokens=24, k=4).token_ids()[0] for c in classes]
