@@ -53,6 +53,7 @@ class JacobiDrafter:
         self._init = bind(target) if callable(bind) else self.init
         self.out: Tensor | None = None  # committed new frames [B, C, K]
         self.guess: Tensor | None = None  # [B, W, K]
+        self.stale: Tensor | None = None  # [B, W] guesses past a row's verified part (init guesses replace them)
         self.q: Tensor | None = None  # [B, W, K, V] or None when every guess is deterministic
 
     def _fresh(self, seq: Tensor, n: int) -> Tensor:
@@ -75,6 +76,11 @@ class JacobiDrafter:
     def propose(self, last: Tensor, k: int) -> Draft:
         guess = self.guess if self.guess is not None else last[:, :0]
         q = self.q
+        if self.stale is not None and self.guess is not None:  # a row that committed fewer frames: its window runs past the verified part
+            fresh = self._fresh(torch.cat([last, guess], dim=1), guess.shape[1])
+            guess = torch.where(self.stale[..., None], fresh, guess)
+            if q is not None:
+                q = torch.where(self.stale[..., None, None], torch.nn.functional.one_hot(fresh, self.V).to(q.dtype), q)
         if guess.shape[1] < k:  # 1. pad the window with init guesses
             out = self.out if self.out is not None and callable(self._init) else last  # only a callable reads it all
             seq = torch.cat([out, guess], dim=1)
@@ -90,8 +96,11 @@ class JacobiDrafter:
         frames = step.frames.clamp(min=0)
         self.out = frames if self.out is None else torch.cat([self.out, frames], dim=1)
         counts = step.row_counts()  # [B] frames each row committed
-        W = target_logits.shape[1] - int(counts.max())  # guesses every row still has after its committed prefix
+        T = target_logits.shape[1]
+        W = T - int(counts.masked_fill(counts == 0, T).min())  # the longest window a running row keeps
         index = counts[:, None] + torch.arange(max(W, 0), device=counts.device)[None]  # [B, W]
+        self.stale = None if bool((index < T).all()) else index >= T  # [B, W] past a row's verified part
+        index = index.clamp(max=T - 1)
         rest = target_logits.gather(1, index[..., None, None].expand(-1, -1, *target_logits.shape[2:])).float()
         if rest.shape[1] == 0:
             self.guess, self.q = None, None
