@@ -152,7 +152,8 @@ class KVCache:
         return 0 if keys is None else int(keys.shape[0])
 
     def grow(self, T: int, frames: Tensor | None = None) -> Tensor | None:
-        """Before a forward of ``T`` new positions: extend the mask with ones to cover them and remember
+        """Before a forward of ``T`` new positions (call it before the model adds them to the cache): extend the
+        mask with ones to cover them (a prefill's mask covers them already: its padding) and remember
         ``frames [R, T, K]``; returns the mask the forward takes."""
         if self.mask is not None and self.length + T > self.mask.shape[1]:
             new = self.length + T - self.mask.shape[1]
@@ -176,7 +177,7 @@ class KVCache:
         if remove > 0:
             self.kv.crop(-remove)
             if self.mask is not None:
-                self.mask = self.mask[:, :-remove]
+                self.mask = self.mask[:, : self.length]  # never longer than the cache: a stale hole would hide a new slot
             if self.fed is not None:
                 self.fed = self.fed[:, :-remove]
         holes = back - remove  # [B] slots each row drops beyond the common count
