@@ -171,7 +171,8 @@ SPEECH_TEXTS = ["Hello world", "Hi there, how are you", "A much longer sentence 
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "eager"])
-@pytest.mark.parametrize("name", ["prompt-lookup", "prompt-lookup-tree", "jacobi", "model", "model-tree", "eagle"])
+@pytest.mark.parametrize("name", ["prompt-lookup", "prompt-lookup-tree", "jacobi", "model", "model-tree", "eagle",
+                                  "codec-lookup", "codec-lookup-tree"])
 def test_speech_rows_keep_their_own_delay_pattern(speech_folders, name, fast):
     """Each row's delay-pattern constraint reads its own fed steps (holes skipped): every row as alone."""
     from mmspec.speech import SpeechTarget
@@ -185,6 +186,10 @@ def test_speech_rows_keep_their_own_delay_pattern(speech_folders, name, fast):
             return ModelDrafter(draft) if name == "model" else ModelDrafter(draft, tree=6, width=2)
         if name == "eagle":
             return EagleDrafter(eagle_for(32, 32, 4, window=32))
+        if name.startswith("codec-lookup"):
+            from mmspec.speech import CodecLookupDrafter
+
+            return CodecLookupDrafter() if name == "codec-lookup" else CodecLookupDrafter(tree=6)
         return text_drafter(name)
 
     assert rows_apart(target, drafter())
