@@ -106,7 +106,6 @@ def test_a_drafter_without_per_row_commits_keeps_rows_in_lockstep(tiny_models):
     gen = mmspec.generate(target, Lockstep(), PROMPTS, max_new_tokens=16, k=4)
     assert not apart(gen) and apart(mmspec.generate(target, PromptLookupDrafter(), PROMPTS, max_new_tokens=16, k=4))
     assert gen.token_ids() == mmspec.autoregressive(target, PROMPTS, max_new_tokens=16).token_ids()
-    assert not JacobiDrafter(init=lambda seq, n: seq[:, -1:].expand(-1, n, -1).clone()).per_row_commits
 
 
 def test_ended_rows_commit_nothing_and_the_others_go_on(tiny_models):
@@ -142,11 +141,11 @@ def test_holes_are_masked_not_copied():
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "eager"])
-@pytest.mark.parametrize("name", ["prompt-lookup", "jacobi", "medusa-tree", "eagle", "model"])
+@pytest.mark.parametrize("name", ["prompt-lookup", "jacobi", "jacobi-above", "medusa-tree", "eagle", "model"])
 def test_image_rows_with_guidance(image_models, name, fast):
     """Both guidance halves move with their row; the guidance interval follows each row's own grid index."""
     from builders import CLASSES, tiny_meta
-    from mmspec.image import ImageTarget
+    from mmspec.image import ImageTarget, SpatialInit
 
     model, vq = image_models["target"]
     target = ImageTarget(model, vq, tiny_meta(), guidance_interval=(0.0, 0.5), fast=fast)
@@ -160,6 +159,8 @@ def test_image_rows_with_guidance(image_models, name, fast):
             return EagleDrafter(eagle_for(model.config.hidden_size, model.config.hidden_size, 4, window=32))
         if name == "model":
             return ModelDrafter(ImageTarget(*image_models["draft"], tiny_meta(), fast=fast))
+        if name == "jacobi-above":  # a spatial init reads each row's own grid
+            return JacobiDrafter(init=SpatialInit("above"))
         return text_drafter(name)
 
     alone = [mmspec.generate(target, drafter(), [c], max_new_tokens=24, k=4).token_ids()[0] for c in classes]
@@ -172,7 +173,7 @@ SPEECH_TEXTS = ["Hello world", "Hi there, how are you", "A much longer sentence 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "eager"])
 @pytest.mark.parametrize("name", ["prompt-lookup", "prompt-lookup-tree", "jacobi", "model", "model-tree", "eagle",
-                                  "codec-lookup", "codec-lookup-tree"])
+                                  "codec-lookup", "codec-lookup-tree", "jacobi-codec-lookup"])
 def test_speech_rows_keep_their_own_delay_pattern(speech_folders, name, fast):
     """Each row's delay-pattern constraint reads its own fed steps (holes skipped): every row as alone."""
     from mmspec.speech import SpeechTarget
@@ -186,6 +187,10 @@ def test_speech_rows_keep_their_own_delay_pattern(speech_folders, name, fast):
             return ModelDrafter(draft) if name == "model" else ModelDrafter(draft, tree=6, width=2)
         if name == "eagle":
             return EagleDrafter(eagle_for(32, 32, 4, window=32))
+        if name == "jacobi-codec-lookup":  # a callable init reads each row's own output
+            from mmspec.speech import api
+
+            return JacobiDrafter(api.MODALITY.inits["codec-lookup"])
         if name.startswith("codec-lookup"):
             from mmspec.speech import CodecLookupDrafter
 

@@ -31,6 +31,7 @@ from .trie import Trie, stack
 
 class LookaheadDrafter:
     wants_hidden = False  # reads no hidden state (mmspec.protocols.Drafter)
+    per_row_commits = True  # its Jacobi window and n-gram pools are per row
 
     def __init__(self, ngram: int = 4, pool_size: int = 4, init: str | Init = "repeat", tree: int | None = None):
         if not isinstance(ngram, int) or ngram < 2:
@@ -41,11 +42,6 @@ class LookaheadDrafter:
         self.tree = None if tree is None else count(tree, "tree (node budget)")
         self.branched = False  # the last proposal was a tree of pool candidates
         self.jacobi = JacobiDrafter(init=init)
-
-    @property
-    def per_row_commits(self) -> bool:
-        """As its Jacobi window's (``JacobiDrafter.per_row_commits``): the n-gram pools are per row already."""
-        return self.jacobi.per_row_commits
 
     def start(self, target: Target, sampler: Sampler, prompt: Any, max_new_tokens: int) -> None:
         self.jacobi.start(target, sampler, prompt, max_new_tokens)
