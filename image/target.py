@@ -52,6 +52,8 @@ class ImageTarget(hf.HiddenStates, hf.HFTarget):
     (``"red ring"``) or lists of them.
     """
 
+    per_row_commits = True  # rows commit their own counts: the mask holds their holes (mmspec.hf.KVCache)
+
     num_codebooks = 1
 
     def __init__(self, model, vqvae, meta: dict, *, guidance_scale: float | None = None,
@@ -175,7 +177,7 @@ class ImageTarget(hf.HiddenStates, hf.HFTarget):
         logits = self._model(ids, parents)  # [B|2B, T, V] code logits
         if self.guided:
             # 2. guide only where the predicted grid index (= position) lies inside the interval
-            index = self.pos[:1, None] + step  # [1 or B, T] grid index predicted at each input
+            index = self.pos[:, None] + step  # [B, T] grid index predicted at each input (rows move apart)
             inside = hf.inside_interval(index, self.grid_tokens, self.guidance_interval)[..., None]  # [1|B, T, 1]
             logits = hf.guide(logits[: self.B], logits[self.B:], self.guidance_scale, inside)
         self.pos = self.pos + T
@@ -193,8 +195,9 @@ class ImageTarget(hf.HiddenStates, hf.HFTarget):
                 self._hidden = hidden[: self.B]
             return self._head(hidden).float()
         kwargs = {self._cache_arg: self.cache.kv}
-        if parents is not None:
-            kwargs["attention_mask"], kwargs["position_ids"] = self.cache.tree(parents, rows, self.model.dtype)
+        if parents is not None or self.cache.mask is not None:  # a tree, or holes of rows that committed fewer
+            kwargs["attention_mask"], kwargs["position_ids"] = self.cache.inputs(T, rows, parents, self.model.dtype)
+            self.cache.grow(T)
         out = self.model(input_ids=ids, use_cache=True, output_hidden_states=self.hidden_wanted, **kwargs)
         self._record_hidden(out, T, rows=self.B)  # a self-drafter reads the conditional half (see output_head)
         return out.logits[..., self.code_offset: self.code_offset + self.vocab_size].float()

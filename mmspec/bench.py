@@ -31,7 +31,7 @@ import torch
 
 from . import methods as named
 from . import modalities, timing
-from .types import Sampling
+from .types import Sampling, count
 
 
 # ------------------------------------------------------------------------------------------ suites
@@ -143,15 +143,17 @@ def measure(modality, plan: list[Method], target, draft, prompts, max_new, k, se
                 "mean_accepted": s["mean_accepted"], "acceptance_rate": s["acceptance_rate"],
                 "nodes_per_forward": s["nodes_per_forward"], "step_compression": s["new_tokens"] / s["steps"] if s["steps"] else 0.0,
                 "accepted_per_step": s["accepted_per_step"], "token_ids": gens[-1].token_ids(),
-                "output": gens[-1].outputs[0],
+                "output": gens[-1].outputs[0], "outputs": gens[-1].outputs, "rows": len(gens[-1].outputs),
             })
     return rows
 
 
 def run_suite(name: str, *, quick: bool, repeats: int, seed: int = 0, target_name=None, draft_name=None,
               n_prompts=None, max_new=None, k=None, methods=None, load_options=None, prompts=None,
-              progress: bool = True, tree: int = 0, width: int | None = None, heads: str | None = None) -> dict:
-    """Run one modality's suite; returns ``{"suite", "config", "methods": [...], "prompts": [...]}`` (or ``skipped``)."""
+              progress: bool = True, tree: int = 0, width: int | None = None, heads: str | None = None,
+              batch: int = 1) -> dict:
+    """Run one modality's suite; returns ``{"suite", "config", "methods": [...], "prompts": [...]}`` (or ``skipped``).
+    ``batch`` B > 1: the prompts run B different ones at a time (``batches``), every method and its baseline alike."""
     from tqdm.auto import tqdm
 
     # 1. the modality and its target (skip the suite cleanly when a package is missing or a model does not load)
@@ -173,14 +175,16 @@ def run_suite(name: str, *, quick: bool, repeats: int, seed: int = 0, target_nam
     max_new = max_new or suite.max_new[1 if quick else 0]
     k = k or suite.k
     plan = [baseline_for(t) for t in sorted({m.temperature for m in chosen})] + chosen
-    bar = tqdm(total=len(plan) * len(prompts) * (1 + repeats), desc=f"bench {name}", disable=not progress)
-    # 3. baselines and every method on the same target, prompts and seed, in interleaved rounds
-    rows = measure(modality, plan, target, draft, prompts, max_new, k, seed, repeats, bar, heads)
+    groups = batches(prompts, batch)
+    bar = tqdm(total=len(plan) * len(groups) * (1 + repeats), desc=f"bench {name}", disable=not progress)
+    # 3. baselines and every method on the same target, prompts (B at a time) and seed, in interleaved rounds
+    rows = measure(modality, plan, target, draft, groups, max_new, k, seed, repeats, bar, heads)
     bar.close()
     env = timing.machine(target.device)
     results = [summarise(modality, m, target, prompts, rows[m.label], rows[baseline_for(m.temperature).label], env)
                for m in plan]
     config = {"quick": quick, "repeats": repeats, "seed": seed, "k": k, "max_new": max_new, "n_prompts": len(prompts),
+              "batch": batch,
               "target": target_name or modality.default_target,
               "draft": (draft_name or modality.default_draft) if draft else None, "heads": heads,
               "device": str(target.device), "threads": env["threads"], "load_1min": env["load_1min"],
@@ -188,6 +192,15 @@ def run_suite(name: str, *, quick: bool, repeats: int, seed: int = 0, target_nam
               "setup_s": getattr(getattr(target, "fast", None), "setup_s", None)}
     return {"suite": name, "modality": name, "config": config, "prompts": [_short(p) for p in prompts],
             "methods": results}
+
+
+def batches(prompts: list, batch: int) -> list:
+    """The prompts ``B`` at a time, each group one generation with a row per prompt (B = 1: each prompt alone,
+    as given); a last group may be smaller."""
+    B = count(batch, "batch (--batch: prompts generated together)")
+    if B == 1:
+        return list(prompts)
+    return [list(prompts[i: i + B]) for i in range(0, len(prompts), B)]
 
 
 def summarise(modality, method: Method, target, prompts, rows, base_rows, env: dict) -> dict:
@@ -202,13 +215,14 @@ def summarise(modality, method: Method, target, prompts, rows, base_rows, env: d
         row["identical_to_baseline"] = row["token_ids"] == b["token_ids"] if exact else None
     quality = None
     if modality.suite.quality:
-        quality = modality.suite.quality(target, prompts, [r["output"] for r in rows], [b["output"] for b in base_rows])
+        quality = modality.suite.quality(target, prompts, [o for r in rows for o in r["outputs"]],
+                                         [o for b in base_rows for o in b["outputs"]])
     wall, base_wall = sum(r["wall_s"] for r in rows), sum(b["wall_s"] for b in base_rows)
     tokens, forwards = sum(r["new_tokens"] for r in rows), sum(r["steps"] for r in rows)
     base_tokens = sum(b["new_tokens"] for b in base_rows)
     per_step = [n for r in rows for n in r["accepted_per_step"]]
-    timed = all(hasattr(r["output"], "seconds") for r in rows)
-    seconds = sum(r["output"].seconds for r in rows) if timed else None
+    timed = all(hasattr(o, "seconds") for r in rows for o in r["outputs"])
+    seconds = sum(o.seconds for r in rows for o in r["outputs"]) if timed else None
     same = [r["identical_to_baseline"] for r in rows]
     per_round = timing.ratio_spread([sum(t) for t in zip(*(b["round_wall_s"] for b in base_rows))],
                                     [sum(t) for t in zip(*(r["round_wall_s"] for r in rows))])
@@ -221,7 +235,8 @@ def summarise(modality, method: Method, target, prompts, rows, base_rows, env: d
         "speedup_mean_per_prompt": statistics.fmean(r["speedup"] for r in rows),
         # tokens/s over the baseline's: differs from ``speedup`` when sampling changes the output length
         "throughput_speedup": (tokens / wall) / (base_tokens / base_wall) if wall > 0 and base_tokens else 0.0,
-        "mean_accepted": sum(per_step) / forwards if forwards else 0.0,
+        # frames per target forward per row (each row over the steps it took part in), weighted by steps
+        "mean_accepted": sum(r["mean_accepted"] * r["steps"] for r in rows) / forwards if forwards else 0.0,
         "acceptance_rate": statistics.fmean(r["acceptance_rate"] for r in rows),
         "step_compression": tokens / forwards if forwards else 0.0,
         "tokens_per_s": tokens / wall if wall > 0 else 0.0, "wall_s": wall, "new_tokens": tokens,
@@ -229,7 +244,8 @@ def summarise(modality, method: Method, target, prompts, rows, base_rows, env: d
         "nodes_per_forward": statistics.fmean(r["nodes_per_forward"] for r in rows),
         "tree": method.tree, "steps": forwards, "identical_to_baseline": None if same[0] is None else all(same),
         "quality": quality, "accepted_per_step_hist": _hist(per_step),
-        "per_prompt": [{k: v for k, v in r.items() if k not in ("output", "token_ids", "accepted_per_step")} for r in rows],
+        "per_prompt": [{k: v for k, v in r.items() if k not in ("output", "outputs", "token_ids", "accepted_per_step")}
+                       for r in rows],
     }
 
 
@@ -340,17 +356,19 @@ def table(results: list[dict], env: dict | None = None) -> str:
             continue
         c = s["config"]
         lines.append(f"[{s['suite']}] {c['n_prompts']} prompts x {c['max_new']} frames, k={c['k']}, "
+                     f"batch={c.get('batch', 1)} (tok/fwd: every row; acc/row: per row), "
                      f"repeats={c['repeats']} (interleaved), device={c['device']}, threads={c.get('threads')}, "
                      f"forward={c.get('forward', 'eager')}" + (f" (set-up {c['setup_s']:.1f} s)" if c.get("setup_s") else ""))
         q = c.get("quality") or "quality"
-        lines.append(f"{'method':34} {'speedup [min-max]':>18} {'tok/fwd':>7} {'acc.rate':>8} {'tok/s':>7} "
+        lines.append(f"{'method':34} {'speedup [min-max]':>18} {'tok/fwd':>7} {'acc/row':>7} {'acc.rate':>8} {'tok/s':>7} "
                      f"{'wall_s':>7} {'x_rt':>5} {'same':>5} {'lossless':>8} {q:>8}")
         for m in s["methods"]:
             same = "-" if m["identical_to_baseline"] is None else str(m["identical_to_baseline"])
             qv = "-" if m["quality"] is None else f"{m['quality']:.3f}"
             rt = "-" if m.get("real_time_factor") is None else f"{m['real_time_factor']:.2f}"
             spread = f"{m['speedup']:.2f} [{m['speedup_min']:.2f}-{m['speedup_max']:.2f}]"
-            lines.append(f"{m['method'][:34]:34} {spread:>18} {m['step_compression']:7.2f} {m['acceptance_rate']:8.2f} "
+            lines.append(f"{m['method'][:34]:34} {spread:>18} {m['step_compression']:7.2f} {m['mean_accepted']:7.2f} "
+                         f"{m['acceptance_rate']:8.2f} "
                          f"{m['tokens_per_s']:7.1f} {m['wall_s']:7.2f} {rt:>5} {same:>5} {str(m['lossless']):>8} {qv:>8}")
         lines += [f"  note: {m['method']}: {flag}" for m in s["methods"] for flag in m.get("flags", [])]
     return "\n".join(lines)
@@ -393,7 +411,8 @@ def main(args, rest=None) -> int:
                          target_name=args.target, draft_name=args.draft, n_prompts=getattr(args, "prompts", None),
                          max_new=getattr(args, "max_new_tokens", None), k=getattr(args, "k", None), methods=methods,
                          load_options=opts, prompts=getattr(args, "prompt", None), tree=getattr(args, "tree", 0),
-                         width=getattr(args, "tree_width", None), heads=getattr(args, "heads", None))
+                         width=getattr(args, "tree_width", None), heads=getattr(args, "heads", None),
+                         batch=getattr(args, "batch", 1))
                for name in names]
     # 3. write results.json, results.csv, plots; print the table
     os.makedirs(args.out, exist_ok=True)

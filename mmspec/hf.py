@@ -152,7 +152,8 @@ class KVCache:
         return 0 if keys is None else int(keys.shape[0])
 
     def grow(self, T: int, frames: Tensor | None = None) -> Tensor | None:
-        """Before a forward of ``T`` new positions: extend the mask with ones to cover them and remember
+        """Before a forward of ``T`` new positions (call it before the model adds them to the cache): extend the
+        mask with ones to cover them (a prefill's mask covers them already: its padding) and remember
         ``frames [R, T, K]``; returns the mask the forward takes."""
         if self.mask is not None and self.length + T > self.mask.shape[1]:
             new = self.length + T - self.mask.shape[1]
@@ -161,23 +162,41 @@ class KVCache:
             self.fed = torch.cat([self.fed, frames], dim=1)
         return self.mask
 
-    def rollback(self, now: Tensor, pos: Tensor, who: str) -> int:
-        """Forget the positions after ``pos [B]`` (rows are at ``now [B]``); returns how many were removed.
+    def rollback(self, now: Tensor, pos: Tensor) -> int:
+        """Forget the positions after ``pos [B]`` (rows are at ``now [B]``); returns how many slots were removed.
 
-        The loop commits the batch minimum, so every row moves back by the same count; ``crop(-n)``
-        removes n positions in every transformers version (a positive argument means "keep n" in 4.x and
-        is refused in 5.x), and it is never called with 0. Both guidance halves live in the same cache.
+        Rows may move back by different counts (each row commits its own accepted frames): the slots every row
+        drops are removed (``crop(-n)`` removes n positions in every transformers version; a positive argument
+        means "keep n" in 4.x and is refused in 5.x; it is never called with 0), and a row that drops more has
+        its extra slots masked (``mask`` 0: a hole its later frames do not see; positions count each row's own
+        frames, so a row's attention is exactly that of the row alone). Both guidance halves (rows b and B + b
+        of a doubled cache) move together.
         """
-        remove = int((now - pos).max())
-        if not bool(((now - pos) == remove).all()):
-            raise ValueError(f"{who} rolls all rows back by the same number of frames")
+        back = (now - pos).clamp(min=0)  # [B] (a row asked to keep a later position keeps what it holds)
+        remove = int(back.min())
         if remove > 0:
             self.kv.crop(-remove)
             if self.mask is not None:
-                self.mask = self.mask[:, :-remove]
+                self.mask = self.mask[:, : self.length]  # never longer than the cache: a stale hole would hide a new slot
             if self.fed is not None:
                 self.fed = self.fed[:, :-remove]
+        holes = back - remove  # [B] slots each row drops beyond the common count
+        if bool((holes > 0).any()):
+            self.hide_tail(holes)
         return remove
+
+    def hide_tail(self, holes: Tensor) -> None:
+        """Mask the last ``holes [B]`` slots of each row (and of its guidance twin): a row that committed fewer
+        frames than another keeps its rejected slots as holes, never copied. Creates the mask (all ones) if none."""
+        S = self.length
+        rows = self.rows or holes.shape[0]
+        if self.mask is None:
+            self.mask = torch.ones(rows, S, dtype=torch.long, device=holes.device)
+        elif self.mask.shape[1] < S:
+            self.mask = torch.cat([self.mask, self.mask.new_ones(self.mask.shape[0], S - self.mask.shape[1])], dim=1)
+        slot = torch.arange(self.mask.shape[1], device=self.mask.device)[None]  # [1, S]
+        hide = slot >= S - rows_of(holes.to(self.mask.device)[:, None], self.mask.shape[0])  # [R, S]
+        self.mask = self.mask.masked_fill(hide, 0)
 
     def tree(self, parents: Tensor, pos: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
         """Attention mask and positions for a token tree of ``T`` new frames over the cached positions.
@@ -272,6 +291,8 @@ class HFTarget:
     cache: KVCache
     pos: Tensor
     fast = None  # the fast path's decoder (``mmspec.fast.FastDecoder``), None for the eager HF forward
+    per_row_commits = False  # True where every forward reads ``cache.mask`` (holes) and positions per row
+    # (``mmspec.loop.rows_apart``); an adapter that reads ``cache.fed`` by step index keeps rows in lockstep
 
     @property
     def forward_path(self) -> str:
@@ -280,13 +301,15 @@ class HFTarget:
 
     def keep(self, pos: Tensor, path: Tensor | None = None) -> None:
         """Forget everything after ``pos [B]``: the cache, its mask and fed frames, then ``pos``. With
-        ``path [B, m]`` (a token tree): of the last forward's frames, those at ``path`` stay, in order."""
+        ``path [B, m]`` (a token tree): of the last forward's frames, those at ``path`` stay, in order (-1
+        after a row's own count). Rows may keep different counts (``KVCache.rollback`` masks the extra slots)."""
         now = self.pos
-        if path is not None:
-            T = int((self.pos - pos).max()) + path.shape[1]  # frames of the last forward (pos = before + m)
-            self.cache.keep_path(T, path)
+        if path is not None:  # path [B, m]: -1 past a row's own count m_b (rows keep different counts)
+            m = (path >= 0).sum(dim=1)  # [B]
+            T = int((self.pos - pos + m).max())  # frames of the last forward (pos = before + m_b)
+            self.cache.keep_path(T, path.clamp(min=0))  # padding gathers a kept frame; rollback hides it
             now = self.pos - T + path.shape[1]
-        self.cache.rollback(now, pos, type(self).__name__)
+        self.cache.rollback(now, pos)
         self.pos = pos.clone()
 
 

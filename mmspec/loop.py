@@ -11,6 +11,7 @@ import weakref
 from typing import Any, Callable, Iterator
 
 import torch
+from torch import Tensor
 
 from . import accept, tree
 from .accept import Rule, as_rule
@@ -81,41 +82,67 @@ def _steps(target, drafter, prompt, max_new_tokens, k, rule, sampling, seed) -> 
     budget = min(max_new_tokens, target.max_frames - int(target.pos.max()))
     empty = Draft(tokens=torch.zeros(B, 0, K, dtype=torch.long, device=device))
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    made = 0
+    made = torch.zeros(B, dtype=torch.long, device=device)  # frames committed per row
+    lockstep, drafted = not rows_apart(target, drafter), False
     if drafter is not None:
         drafter.start(target, sampler, prompt, budget)
     verdict, draft = rule(empty, logits, sampler, target.pos.clone()), empty
     while True:
-        # 5. Commit n = (batch minimum of accepted) + 1 frames; stop rows at their end; roll back caches.
-        live = verdict.n_accepted.masked_fill(done, verdict.tokens.shape[1])  # ended rows do not hold the batch back
-        n = min(int(live.min()) + 1, budget - made)  # the one sync per step
+        # 5. Commit per row its accepted frames + 1 (lockstep: the batch minimum); stop rows at their end.
+        moves = _moves(verdict, done, made, budget, lockstep)  # [B] frames each row's cache keeps
+        n = int(moves.max())  # the one sync per step
         frames = verdict.tokens[:, :n]  # [B, n, K]
-        ended = target.finished(frames.clamp(min=0)).cumsum(dim=1) > 0  # [B, n]; PAD only in ended rows
-        after_end = torch.cat([done[:, None].expand(B, 1), ended[:, :-1]], dim=1) | done[:, None]
+        beyond = torch.arange(n, device=device)[None, :] >= moves[:, None]  # [B, n] past a row's count
+        ended = (target.finished(frames.clamp(min=0)) & ~beyond).cumsum(dim=1) > 0  # [B, n]
+        after_end = torch.cat([done[:, None].expand(B, 1), ended[:, :-1]], dim=1) | done[:, None] | beyond
         frames = frames.masked_fill(after_end[..., None], PAD)
+        counts = moves.masked_fill(done, 0)  # [B] frames committed (0: a row that had ended)
         from_draft = torch.arange(n, device=device)[None, :] < verdict.n_accepted[:, None]
         path = None if verdict.path is None else verdict.path[:, : n - 1]  # [B, n - 1] committed nodes
-        if draft.size:  # cache held [last, nodes]; keep last and the committed part of the accepted path
-            _keep(target, draft.size, n, path)
-        step = Step(frames, from_draft & ~after_end, draft.size, verdict.n_accepted, target.pos.clone(), path)
+        if path is not None:
+            path = path.masked_fill(beyond[:, 1:], -1)  # -1 past each row's own count
+        if draft.size or bool((moves != 1).any()):  # cache held [last, nodes]: keep last + the committed path
+            _keep(target, draft.size, moves, path)
+        step = Step(frames, from_draft & ~after_end, draft.size, verdict.n_accepted, target.pos.clone(), path,
+                    counts)
         if drafter is not None:
             drafter.observe(step, logits)
-        made += n
-        done |= ended[:, -1]
+        made += counts
+        done |= ended.any(dim=1) | (made >= budget)
         yield step
-        if made >= budget or bool(done.all()):
+        if bool(done.all()):
             return
-        # 2. Draft up to k frames after the newest committed frame.
-        last = verdict.tokens[:, n - 1 : n].clamp(min=0)  # [B, 1, K]
+        # 2. Draft up to k frames after each row's newest committed frame.
+        last = verdict.tokens.gather(1, (moves - 1).clamp(min=0)[:, None, None].expand(B, 1, K)).clamp(min=0)
+        left = int((budget - made).masked_fill(done, 0).max())  # frames the furthest-behind row may still add
         draft = empty
-        if drafter is not None and budget - made > 1:
-            draft = _fit(target, drafter.propose(last, min(k, budget - made - 1)), first=made == 1)
+        if drafter is not None and left > 1:
+            draft = _fit(target, drafter.propose(last, min(k, left - 1)), first=not drafted)
+            drafted = True
         # 3. Verify: one target forward over [last, draft] (a tree: each node sees its ancestors only).
         pos = target.pos.clone() + 1  # position predicted by logits[:, 0]
         parents = _tree_of(target, draft)
         logits = target.forward(torch.cat([last, draft.tokens], dim=1), parents)  # [B, N + 1, K, V]
         # 4. Accept a prefix plus one recovered/bonus frame.
         verdict = rule(draft, logits, sampler, pos)
+
+
+def rows_apart(target: Target, drafter: Drafter | None) -> bool:
+    """Whether each row may commit its own count per step: the target and the drafter both declare
+    ``per_row_commits`` True (its cache masks a row's rejected slots; its ``observe`` reads ``Step.counts``).
+    Anything that does not declare it runs in lockstep: every row commits the batch minimum."""
+    parts = [target] if drafter is None else [target, drafter]
+    return all(bool(getattr(p, "per_row_commits", False)) for p in parts)
+
+
+def _moves(verdict, done: Tensor, made: Tensor, budget: int, lockstep: bool) -> Tensor:
+    """Frames each row keeps this step ``[B]``: its accepted frames + 1, within the budget; 0 for an ended row.
+    Lockstep: every row (ended ones too, so the cache moves as one) keeps the minimum over the rows still
+    running (ended rows do not hold the batch back)."""
+    counts = torch.minimum(verdict.n_accepted + 1, budget - made)  # [B]
+    if lockstep:
+        return counts.masked_fill(done, verdict.tokens.shape[1]).min().expand_as(counts).clone()
+    return counts.masked_fill(done, 0)
 
 
 def _fit(target: Target, draft: Draft, first: bool) -> Draft:
@@ -142,14 +169,16 @@ def _tree_of(target: Target, draft: Draft):
     return tree.forward_parents(draft.parents, draft.size)
 
 
-def _keep(target: Target, N: int, n: int, path) -> None:
-    """After a verify forward over ``[last, N nodes]``: keep ``last`` and the first n - 1 accepted nodes."""
+def _keep(target: Target, N: int, counts: Tensor, path) -> None:
+    """After a verify forward over ``[last, N nodes]``: per row keep ``last`` and its first counts - 1 accepted
+    nodes (``counts [B]``; 0: an ended row keeps nothing of it)."""
     start = target.pos - (N + 1)  # [B] frames before the verify forward
     if path is None:  # a chain: the accepted nodes are the first ones
-        target.keep(start + n)
+        target.keep(start + counts)
         return
-    frames = torch.cat([torch.zeros_like(path[:, :1]), path + 1], dim=1)  # [B, n] indices into [last, nodes]
-    target.keep(start + n, frames)
+    frames = torch.cat([path.new_zeros(path.shape[0], 1), path + 1], dim=1)  # [B, n] indices into [last, nodes]
+    frames = frames.masked_fill(torch.arange(frames.shape[1], device=frames.device)[None] >= counts[:, None], -1)
+    target.keep(start + counts, frames)
 
 
 def generate(target: Target, drafter: Drafter | None, prompt: Any, **kwargs) -> Generation:
@@ -162,12 +191,22 @@ def generate(target: Target, drafter: Drafter | None, prompt: Any, **kwargs) -> 
     steps = list(stream(target, drafter, prompt, **kwargs))
     sync()
     wall = time.perf_counter() - t0
-    tokens = torch.cat([s.frames for s in steps], dim=1)  # [B, T, K]
-    lengths = (tokens[..., 0] != PAD).sum(dim=1)  # [B]
-    tokens = tokens[:, : int(lengths.max())]  # a step may run past the last row's end
+    tokens, lengths = assemble(steps)
     gen = Generation(tokens=tokens, lengths=lengths, steps=steps, wall_s=wall)
     gen.outputs = target.decode(tokens, gen.lengths)
     return gen
+
+
+def assemble(steps: list[Step]) -> tuple[Tensor, Tensor]:
+    """Each row's committed frames from its own counts: ``tokens [B, T, K]`` (PAD after a row's end) and
+    ``lengths [B]``. A step pads a row past its count and after its end with PAD, so a row's frames are its
+    non-PAD frames in order."""
+    frames = torch.cat([s.frames for s in steps], dim=1)  # [B, sum n, K]
+    real = frames[..., 0] != PAD  # [B, sum n]
+    lengths = real.sum(dim=1)  # [B]
+    order = torch.sort((~real).long(), dim=1, stable=True).indices  # real frames first, in order
+    tokens = frames.gather(1, order[..., None].expand_as(frames))[:, : int(lengths.max())]
+    return tokens, lengths
 
 
 def autoregressive(target: Target, prompt: Any, **kwargs) -> Generation:

@@ -15,7 +15,12 @@ Order of calls in one generation (``mmspec.stream``), which every implementation
    A drafter whose ``wants_hidden`` is True (a self-drafter) gets ``target.track_hidden(True)`` before the
    prefill; every other generation on a target that has the capability runs with ``track_hidden(False)``.
    Every drafter declares ``wants_hidden`` (False for all but self-drafters).
-3. One generation at a time per target: a target (or a draft model) used by a running generation is
+3. Rows of a batch commit their own counts (each its accepted frames + 1: ``Step.counts``) when the target
+   and the drafter both declare ``per_row_commits = True`` (an optional attribute, ``mmspec.loop.rows_apart``):
+   the target's ``keep(pos, path)`` then takes rows at different positions (its cache masks a row's extra
+   slots), and the drafter's ``observe`` reads ``Step.counts`` (frames past a row's count are PAD). Anything
+   that does not declare it runs in lockstep: every row commits the batch minimum (ended rows excepted).
+4. One generation at a time per target: a target (or a draft model) used by a running generation is
    busy, and ``stream`` refuses to start another on it.
 """
 from __future__ import annotations

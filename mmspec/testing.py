@@ -171,6 +171,8 @@ def conformance(make_target: Callable[[], Any], prompts: Sequence, *, draft: Cal
     check_keep(make_target, prompts[0], frames, budget, atol)
     for shared in (True, False):
         check_tree(make_target, join(list(prompts[:2])), budget, atol, shared=shared)
+    if getattr(target, "per_row_commits", False):
+        check_rows_apart(make_target, prompts[:2], join, frames, budget, atol)
     with NoPad():  # 1. every model and decoder call below sees no PAD id
         both = mmspec.autoregressive(target, join(list(prompts[:2])), max_new_tokens=budget)
         check_rows_alone(target, prompts[:2], both, budget)
@@ -330,6 +332,29 @@ def check_tree(make_target, prompt, budget: int, atol: float, shared: bool = Tru
     nxt = want[:, -1:].argmax(-1)  # [B, 1, K]
     torch.testing.assert_close(target.forward(nxt), fresh.forward(nxt), atol=atol, rtol=atol,
                                msg="after keep(path) the next forward != a fresh prefill of prefix + path")
+
+
+def check_rows_apart(make_target, prompts: Sequence, join: Callable[[list], Any], T: int, budget: int,
+                     atol: float) -> None:
+    """A target that declares ``per_row_commits``: after ``keep`` leaves its two rows at different positions
+    (row 0 keeps 1 frame of a forward, row 1 keeps T - 1), the next forward's logits of each row equal that row's
+    alone (the shorter row's rejected slots are hidden, positions stay per row)."""
+    target = make_target()
+    first = target.start(join(list(prompts)), budget)
+    p0 = target.pos.clone()
+    a = sample_frames(target, first, T, seed=4)  # [2, T, K]
+    target.forward(a)
+    kept = torch.tensor([1, T - 1], device=p0.device)
+    target.keep(p0 + kept)
+    b = sample_frames(target, target.forward(a[:, -1:]), T, seed=5)  # [2, T, K] after each row's own frames
+    got = target.forward(b)  # [2, T, K, V]
+    for i, prompt in enumerate(prompts):
+        alone = make_target()
+        alone.start(prompt, budget)
+        alone.forward(a[i:i + 1, : int(kept[i])])
+        alone.forward(a[i:i + 1, -1:])
+        torch.testing.assert_close(got[i:i + 1], alone.forward(b[i:i + 1]), atol=atol, rtol=atol,
+                                   msg=f"row {i} at its own position differs from the row alone")
 
 
 def check_rows_alone(target, prompts: Sequence, both, budget: int) -> None:

@@ -96,15 +96,29 @@ class Verdict:
 
 @dataclass
 class Step:
-    """One draft -> verify -> accept step, as the loop commits it (the batch minimum)."""
+    """One draft -> verify -> accept step, as the loop commits it: each row its own accepted frames + 1
+    (``counts``), or the batch minimum where the target or the drafter needs rows in lockstep
+    (``mmspec.loop.rows_apart``)."""
 
-    frames: Tensor  # [B, n, K] committed frames (PAD after a row's EOS)
+    frames: Tensor  # [B, n, K] committed frames, n = the most any row committed (PAD past a row's count, after EOS)
     from_draft: Tensor  # [B, n] True where the frame is an accepted draft frame
     n_drafted: int  # N: nodes drafted (a chain's length)
-    n_accepted: Tensor  # [B] accepted draft frames per row (before the batch minimum)
+    n_accepted: Tensor  # [B] accepted draft frames per row (before the count is capped)
     pos: Tensor  # [B] the target's ``pos`` after this step: frames in its cache, prompt included (the newest
     # committed frame is not among them: it is fed with the next verify forward)
-    path: Tensor | None = None  # [B, n - 1] the draft nodes committed from each row's accepted path (None: chain)
+    path: Tensor | None = None  # [B, n - 1] the draft nodes committed from each row's accepted path, -1 past its
+    # count (None: chain)
+    counts: Tensor | None = None  # [B] frames committed per row (0: a row that had ended); None: n for every row
+
+    def row_counts(self) -> Tensor:
+        """``counts``, or n for every row where none were given: ``[B]``."""
+        if self.counts is not None:
+            return self.counts
+        return torch.full((self.frames.shape[0],), self.frames.shape[1], dtype=torch.long, device=self.frames.device)
+
+    def newest(self) -> Tensor:
+        """Each row's newest committed frame's index into ``frames`` ``[B]`` (counts - 1, 0 for a row that had ended)."""
+        return (self.row_counts() - 1).clamp(min=0)
 
 
 @dataclass
@@ -153,22 +167,26 @@ def stats_of(gen: Generation) -> dict:
     """Wall time, throughput and acceptance figures of one generation.
 
     Every step is one target forward (the first is the prefill). ``mean_accepted`` is frames committed
-    per target forward (1.0 for plain decoding); the ``acceptance_rate`` is accepted draft frames over
+    per target forward (1.0 for plain decoding), per row over the steps it took part in (committed at least one
+    frame), averaged over the rows; the ``acceptance_rate`` is accepted draft frames over
     drafted frames (tree nodes), per row, averaged; ``nodes_per_forward`` is the frames each verify
     forward scored (``last`` + the drafted nodes), averaged over the steps after the prefill. A ``Stats``
     dict: a renamed key (``target_forwards``) raises a KeyError naming its new name (``steps``).
     """
     new_tokens = int(gen.lengths.sum())
     forwards = len(gen.steps)
-    frames_per_row = sum(s.frames.shape[1] for s in gen.steps)
     drafted = sum(s.n_drafted for s in gen.steps) * gen.tokens.shape[0]
     accepted = sum(int(s.n_accepted.sum()) for s in gen.steps)
+    mean = 0.0
+    if forwards:
+        counts = torch.stack([s.row_counts().cpu() for s in gen.steps])  # [steps, B]
+        mean = float((counts.sum(0) / (counts > 0).sum(0).clamp(min=1)).mean())
     return Stats({
         "wall_s": gen.wall_s,
         "new_tokens": new_tokens,
         "tokens_per_s": new_tokens / gen.wall_s if gen.wall_s > 0 else 0.0,
         "steps": forwards,
-        "mean_accepted": frames_per_row / forwards if forwards else 0.0,
+        "mean_accepted": mean,
         "acceptance_rate": accepted / drafted if drafted else 0.0,
         "nodes_per_forward": sum(s.n_drafted + 1 for s in gen.steps[1:]) / max(1, len(gen.steps) - 1),
         "accepted_per_step": [s.frames.shape[1] for s in gen.steps],

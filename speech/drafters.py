@@ -105,6 +105,7 @@ class CodecLookupDrafter:
     ``tree=N`` drafts a trie of N nodes with up to ``width`` alternatives per frame (see above)."""
 
     wants_hidden = False  # reads no hidden state (mmspec.protocols.Drafter)
+    per_row_commits = True  # each row keeps its own history (``Step.counts``)
 
     def __init__(self, prior: Tensor | None = None, tree: int | None = None, width: int = 2):
         if prior is not None and (prior.dim() != 2 or prior.dtype != torch.long):
@@ -117,15 +118,14 @@ class CodecLookupDrafter:
         rows = [f.clone() for f in target.prompt_frames()]  # per row [L_b, K]
         if self.prior is not None and self.prior.shape[0] != target.num_codebooks:
             raise ValueError(f"prior has {self.prior.shape[0]} codebooks, the target {target.num_codebooks}")
-        L = min(r.shape[0] for r in rows)
-        self.history = torch.stack([r[-L:] for r in rows])  # [B, L, K] (aligned tails of the prompts)
+        self.history = rows  # per row [S_b, K]: its prompt frames, then its committed frames
         self.vocab_size = target.vocab_size
 
     def propose(self, last: Tensor, k: int) -> Draft:
         # ``observe`` has already appended ``last`` (every step, the first one too) to the history.
         if self.tree is not None:
             return stack([self._trie(seq, k) for seq in self.history], self.vocab_size, last.shape[-1], last.device)
-        return Draft(tokens=continue_codebooks(self.history, k, self.prior))  # [B, k, K]
+        return Draft(tokens=torch.cat([continue_codebooks(seq[None], k, self.prior) for seq in self.history]))  # [B, k, K]
 
     def _trie(self, seq: Tensor, k: int) -> Trie:
         """One row's trie after ``seq [S, K]``: nodes by (detours from the chained guess, depth)."""
@@ -144,5 +144,7 @@ class CodecLookupDrafter:
         return trie
 
     def observe(self, step: Step, target_logits: Tensor) -> None:
-        # Rows after their end hold PAD; they never end a step, so any id will do there.
-        self.history = torch.cat([self.history, step.frames.clamp(min=0)], dim=1)
+        # Each row its own count; rows after their end hold PAD: they never end a step, so any id will do there.
+        counts = step.row_counts().tolist()
+        self.history = [torch.cat([seq, step.frames[b, :n].clamp(min=0)]) for b, (seq, n) in
+                        enumerate(zip(self.history, counts))]

@@ -64,6 +64,9 @@ def texts_of(prompt: str | Sequence[str]) -> list[str]:
 class SpeechTarget(hf.HiddenStates, hf.HFTarget):
     """Target over a ``SpeechLM``; ``codec`` (any ``speech.codec.Codec``) is only needed to decode."""
 
+    per_row_commits = True  # rows commit their own counts: the mask holds their holes, and the delay pattern
+    # reads each row's own fed steps (``_own_steps``)
+
     def __init__(self, model: SpeechLM, codec=None, *, voices: Sequence[str] = (), voice: int | str | None = None,
                  device: str | torch.device | None = None, fast: bool | None = None):
         config = model.config
@@ -148,7 +151,7 @@ class SpeechTarget(hf.HiddenStates, hf.HFTarget):
             logits = out.logits[:, -1:]
         self.pos = (L - pads) + 1
         # 2. Constrain the first step.
-        return self._constrain(logits.float(), first_step=0)  # [B, 1, K, V]
+        return self._constrain(logits.float())  # [B, 1, K, V]
 
     def prompt_frames(self) -> list[Tensor]:
         """Per row the BOS frame ``[1, K]``: the audio prompt is empty (drafters match the output)."""
@@ -157,12 +160,11 @@ class SpeechTarget(hf.HiddenStates, hf.HFTarget):
     @torch.inference_mode()
     def forward(self, frames: Tensor, parents: Tensor | None = None) -> Tensor:
         T = frames.shape[1]
-        first = self.cache.fed.shape[1]  # the step the first returned logits predict
         if self.fast is not None:
+            self.cache.grow(T, frames)  # the mask and fed frames cover the new positions (inputs reads the first S)
             logits = self._fast_run(self.model.embed(None, frames), parents)  # [B, T, K, V]
-            self.cache.grow(T, frames)
             self.pos = self.pos + T
-            return self._constrain(logits.float(), first_step=first, parents=parents)
+            return self._constrain(logits.float(), parents=parents)
         kwargs = {}
         if parents is not None:  # a token tree: each node sees its ancestors and sits at pos + depth - 1
             kwargs["attention_mask"], kwargs["position_ids"] = self.cache.tree(parents, self.pos, self.model.dtype)
@@ -172,7 +174,7 @@ class SpeechTarget(hf.HiddenStates, hf.HFTarget):
         out = self.model(audio_frames=frames, past_key_values=self.cache.kv, use_cache=True, **kwargs)
         self._record_hidden(out, T)
         self.pos = self.pos + T
-        return self._constrain(out.logits.float(), first_step=first, parents=parents)  # [B, T, K, V]
+        return self._constrain(out.logits.float(), parents=parents)  # [B, T, K, V]
 
     def _fast_run(self, embeds: Tensor, parents: Tensor | None, prefill: bool = False) -> Tensor:
         """The fast path over ``embeds [B, T, H]`` at ``pos`` (a chain, a tree, or the prefill with its padding
@@ -212,19 +214,33 @@ class SpeechTarget(hf.HiddenStates, hf.HFTarget):
         wav = torch.zeros(0) if codes.shape[1] == 0 else self.codec.decode(codes[None].to(self.device))[0, 0].float().cpu()
         return Audio(wav, self.sample_rate)
 
-    def _constrain(self, logits: Tensor, first_step: int, parents: Tensor | None = None) -> Tensor:
-        """Mask ``logits [B, T, K, V]`` predicting steps first_step.. (a tree with ``parents``: first_step +
+    def _own_steps(self, T: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Each row's own fed frames (holes of rows that committed fewer frames skipped): ``fed [B, F, K]`` with
+        a row's frames first, the BOS frame and its committed steps before this forward's T frames ``first [B]``
+        (= the step its first new logits predict), and its first EOS step on codebook 0 among every fed frame,
+        this forward's included (a chain's own frames end it too), or its steps fed when none: ``e [B]``."""
+        fed = self.cache.fed  # [B, F, K] aligned with the last F slots of the mask
+        valid = self.cache.mask[:, -fed.shape[1]:].bool()  # [B, F]
+        order = torch.sort((~valid).long(), dim=1, stable=True).indices  # a row's own frames first, in order
+        fed = fed.gather(1, order[..., None].expand_as(fed))
+        n = valid.sum(dim=1)  # [B] BOS + committed steps + this forward's T frames
+        steps = torch.arange(fed.shape[1] - 1, device=fed.device)[None]  # [1, F - 1] step index of fed[:, 1:]
+        is_eos = (fed[:, 1:, 0] == self.eos_id) & (steps < (n - 1)[:, None])
+        return fed, n - T, first_true(is_eos, n - 1)
+
+    def _constrain(self, logits: Tensor, parents: Tensor | None = None) -> Tensor:
+        """Mask ``logits [B, T, K, V]`` predicting each row's steps first.. (a tree with ``parents``: first +
         depth - 1) to the ids the delay pattern allows."""
         B, T, K, V = logits.shape
         dev = logits.device
-        C, pad, eos, fed = self.codebook_size, self.pad_id, self.eos_id, self.cache.fed
+        C, pad, eos = self.codebook_size, self.pad_id, self.eos_id
         if parents is None:
             # 1. e: step of the first EOS on codebook 0 among the fed frames (the BOS frame excluded).
-            is_eos = torch.cat([fed[:, 1:, 0] == eos, fed.new_ones(B, 1, dtype=torch.bool)], dim=1)
-            e = is_eos.long().argmax(1)[:, None, None]  # [B, 1, 1] (= steps fed when there is none: never < s)
-            waiting, closing, closed = delay.phases(first_step, T, K, e, dev)  # [T, K], [B, T, K], [B, T, K]
+            _, first, e = self._own_steps(T)
+            steps = first[:, None] + torch.arange(T, device=dev)[None]  # [B, T] the step each frame predicts
+            waiting, closing, closed = delay.phases_at(steps, K, e[:, None].expand(B, T))  # [B, T, K] each
         else:
-            waiting, closing, closed = self._tree_phases(first_step, parents, B, T)  # [B, T, K] each
+            waiting, closing, closed = self._tree_phases(parents, B, T)  # [B, T, K] each
         # 2. Which kind of id each (row, step, codebook) may take: codebook 0 at s == e is its own EOS step.
         first_book = torch.arange(K, device=dev) == 0  # [K]
         only_pad = waiting | closed  # [B, T, K]
@@ -236,19 +252,20 @@ class SpeechTarget(hf.HiddenStates, hf.HFTarget):
                                           (v < C) | (code_or_eos[..., None] & (v == eos))))  # [B, T, K, V]
         return logits.masked_fill(~allowed, float("-inf"))
 
-    def _tree_phases(self, first_step: int, parents: Tensor, B: int, T: int) -> tuple[Tensor, Tensor, Tensor]:
-        """Delay phases ``[B, T, K]`` of a tree's frames: frame t predicts step ``first_step + depth(t) - 1``,
-        and its e is the first EOS on codebook 0 among the committed frames and its own ancestors (itself
-        included), never among other branches."""
+    def _tree_phases(self, parents: Tensor, B: int, T: int) -> tuple[Tensor, Tensor, Tensor]:
+        """Delay phases ``[B, T, K]`` of a tree's frames: frame t predicts step ``first + depth(t) - 1`` (each
+        row's own first), and its e is the first EOS on codebook 0 among the committed frames and its own
+        ancestors (itself included), never among other branches."""
         p = hf.rows_of(parents, B)  # [B, T]
-        steps = first_step + tree.depths(p) - 1  # [B, T] the step each frame's logits predict
-        none = first_step + T  # "no EOS": never < s
-        before = self.cache.fed[:, 1:first_step, 0] == self.eos_id  # [B, first_step - 1] committed steps
-        first_eos = torch.cat([before, before.new_ones(B, 1)], dim=1).long().argmax(1)  # [B]
-        committed = torch.where(first_eos < before.shape[1], first_eos, none)  # [B]
-        is_eos = self.cache.fed[:, first_step:, 0] == self.eos_id  # [B, T] the tree's frames (fed at steps - 1)
+        fed, first, _ = self._own_steps(T)
+        steps = first[:, None] + tree.depths(p) - 1  # [B, T] the step each frame's logits predict
+        none = first + T  # [B] "no EOS": never < s
+        index = torch.arange(fed.shape[1] - 1, device=fed.device)[None]  # [1, F - 1]
+        before = (fed[:, 1:, 0] == self.eos_id) & (index < (first - 1)[:, None])  # [B, F - 1] committed steps
+        committed = first_true(before, none)  # [B]
+        is_eos = self.cache.fed[:, -T:, 0] == self.eos_id  # [B, T] the tree's frames (fed last, at steps - 1)
         seen = tree.ancestors(p) & is_eos[:, None, :]  # [B, T, T] an EOS on an ancestor (or itself)
-        own = torch.where(seen, (steps - 1)[:, None, :], none).min(-1).values  # [B, T]
+        own = torch.where(seen, (steps - 1)[:, None, :], none[:, None, None]).min(-1).values  # [B, T]
         return delay.phases_at(steps, self.num_codebooks, torch.minimum(committed[:, None], own))
 
     # -- self-drafter capability (``mmspec.protocols.HiddenTarget``) ------------------------------
@@ -273,3 +290,9 @@ class SpeechTarget(hf.HiddenStates, hf.HFTarget):
                              f"{self.num_codebooks} x {self.codebook_size}: they must share the codec")
         if draft.voice != self.voice:
             raise ValueError(f"draft voice {draft.voice} differs from the target's {self.voice}")
+
+
+def first_true(x: Tensor, none: Tensor) -> Tensor:
+    """Per row the index of the first True in ``x [B, S]`` (S may be 0), else ``none [B]``."""
+    x = torch.cat([x, x.new_zeros(x.shape[0], 1)], dim=1)  # argmax needs a column
+    return torch.where(x.any(dim=1), x.long().argmax(dim=1), none)

@@ -69,7 +69,9 @@ class CheckingMedusa(MedusaDrafter):
         super().observe(step, target_logits)
         with torch.inference_mode():
             newest = read(self.head, self.state[:, None], 1).argmax(-1)  # [B, 1, 1]
-        assert torch.equal(newest, step.frames[:, -1:]), "the kept state is not the newest frame's predecessor"
+        frames = step.frames.gather(1, step.newest()[:, None, None])  # [B, 1, 1] each row's newest (own count)
+        live = step.row_counts() > 0  # rows that committed this step
+        assert torch.equal(newest[live], frames[live]), "the kept state is not the newest frame's predecessor"
         self.checked = getattr(self, "checked", 0) + 1
 
 

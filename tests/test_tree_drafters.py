@@ -98,7 +98,7 @@ def test_the_draft_model_cache_holds_exactly_the_committed_prefix(shape, mixed):
     for step in mmspec.stream(target, drafter, decoy_prompt(target), max_new_tokens=30, k=4):
         n = int(model.pos[0])
         assert torch.equal(model.history[:, :n], target.history[:, :n])
-        backlog.append(sum(b.shape[1] for b in part.backlog))
+        backlog.append(0 if part.waiting is None else int(part.waiting[0]))  # frames row 0 has waiting
         assert n + backlog[-1] == int(target.pos[0]) + 1  # the target's cache lacks ``last`` only
     assert mixed or max(backlog[:-1]) <= 2  # the deepest node is never fed: at most it and the bonus frame wait (the run's
     # last step drafts nothing, so its frame joins the backlog); in a mixture the other branches wait too

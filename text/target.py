@@ -46,6 +46,7 @@ class TextTarget(hf.HiddenStates, hf.HFTarget):
     """Target over a causal LM. ``TextTarget.from_pretrained("zoo:code-target")`` or any hub name/path."""
 
     num_codebooks = 1
+    per_row_commits = True  # rows commit their own counts: the mask holds their holes (mmspec.hf.KVCache)
 
     def __init__(self, model, tokenizer, *, chat: bool = False, device: str | torch.device | None = None,
                  fast: bool | None = None):
@@ -146,7 +147,7 @@ class TextTarget(hf.HiddenStates, hf.HFTarget):
         if parents is not None:  # a token tree: 4-D mask over padding and ancestors, positions by depth
             kwargs["attention_mask"], kwargs["position_ids"] = self.cache.tree(parents, self.pos, self.model.dtype)
             self.cache.grow(T)
-        elif self.padded:
+        elif self.cache.mask is not None:  # left padding, or holes of rows that committed fewer frames
             kwargs["attention_mask"] = self.cache.grow(T)  # [B, S + T]
             kwargs["position_ids"] = hf.position_ids(self.pos, T)  # [B, T]
         if keep_last:

@@ -30,6 +30,7 @@ class CascadeDrafter:
     def __init__(self, drafters: Sequence[Drafter]):
         self.parts = checked_parts(drafters, "a list of at least two drafters", least=2)
         self.wants_hidden = any(p.wants_hidden for p in self.parts)  # a self-drafter part
+        self.per_row_commits = all(bool(getattr(p, "per_row_commits", False)) for p in self.parts)  # every part
         self.chosen: list[int] = []  # which part drafted each step (for statistics)
 
     def start(self, target: Target, sampler: Sampler, prompt: Any, max_new_tokens: int) -> None:

@@ -41,7 +41,10 @@ COUPLINGS = ("maximal", "gumbel")
 
 
 class CoupledJacobiDrafter(JacobiDrafter):
-    """``CoupledJacobiDrafter(init="random", coupling="maximal" | "gumbel")``: see the module docstring."""
+    """``CoupledJacobiDrafter(init="random", coupling="maximal" | "gumbel")``: see the module docstring. Its coupled
+    window assumes every row commits the same count, so a batch runs in lockstep (``per_row_commits`` False)."""
+
+    per_row_commits = False
 
     def __init__(self, init: str | Init = "random", coupling: str = "maximal", pad_id: int = 0):
         if coupling not in COUPLINGS:

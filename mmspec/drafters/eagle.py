@@ -43,6 +43,7 @@ class EagleDrafter:
     verify guesses that are likely wrong."""
 
     wants_hidden = True
+    per_row_commits = True  # observe reads each row's own count (``Step.counts``)
 
     def __init__(self, layer, tree: int | None = None, width: int = 4, vocab: Tensor | None = None,
                  depth: int | None = None, confidence: float = 0.0):
@@ -65,8 +66,10 @@ class EagleDrafter:
         self.embed = target.input_embeddings()
         self.K = target.num_codebooks
         self.keys = self.values = None  # [B, heads, S, d] of the committed (feature, frame) pairs in the window
+        self.valid = None  # [B, S] which of those slots hold a row's pair (rows commit different counts)
+        self.holes = False  # whether any slot is not valid (then every attention masks them)
         self.next_feat = None  # [B, 1, H]: the layer's output at the newest committed pair
-        self.P = 0  # the position of the next pair
+        self.P = torch.zeros_like(target.pos)  # [B] the position of each row's next pair
 
     @torch.inference_mode()
     def propose(self, last: Tensor, k: int) -> Draft:
@@ -88,9 +91,12 @@ class EagleDrafter:
         x = self.net.project(feats.to(dtype), self.embed(frames).to(dtype))  # [B, T, H]
         q, k, v = self.net.qkv(x, positions)
         keys, values = torch.cat([keys, k], 2), torch.cat([values, v], 2)
-        if mask is None and x.shape[1] > 1:  # one new pair sees everything: no mask at all
-            B, T, S = x.shape[0], x.shape[1], keys.shape[2]
+        B, T, S = x.shape[0], x.shape[1], keys.shape[2]
+        if mask is None and (T > 1 or self.holes):  # one new pair without holes sees everything: no mask at all
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T).expand(B, T, S)
+        if self.holes:  # the committed context's first columns: only each row's own pairs
+            C = self.valid.shape[1]
+            mask = torch.cat([mask[..., :C] & self.valid[:, None, :], mask[..., C:]], dim=-1)
         return self.net.attend(x, q, keys, values, mask), keys, values
 
     def _chain(self, k: int) -> Draft:
@@ -105,7 +111,7 @@ class EagleDrafter:
             drafted.append(frame)
             probs.append(q)
             if i + 1 < k:
-                positions = torch.full((1, 1), self.P + i, device=feat.device)
+                positions = self.P[:, None] + i  # [B, 1]
                 feat, keys, values = self._step(feat, frame, positions, keys, values, None)
         return Draft(tokens=torch.cat(drafted, 1), probs=None if probs[0] is None else torch.cat(probs, 1))
 
@@ -139,7 +145,7 @@ class EagleDrafter:
             seq_parent.append(self._seq_parent(pool_parent[-1][rows, best], seq_pool))
             seq_pool.append(start + best)
             mask = self._tree_mask(seq_parent, keys.shape[2] - sum(p.shape[1] for p in seq_parent[:-1]))
-            positions = torch.full((1, 1), self.P + depth - 1, device=dev)
+            positions = (self.P[:, None] + depth - 1).expand(B, best.shape[1])  # [B, F']
             out, keys, values = self._step(out[rows, best // Wc], pool_frames[-1][rows, best], positions, keys,
                                            values, mask)
             base, parent_pool = score[rows, best], start + best
@@ -180,11 +186,28 @@ class EagleDrafter:
     def observe(self, step: Step, target_logits: Tensor) -> None:
         feats = selfdraft.committed_states(self.target, step)  # [B, n, H]
         frames = step.frames.clamp(min=0)  # [B, n, K]: the frame each state predicted
+        counts = step.row_counts()  # [B] pairs each row adds (rows commit different counts)
         if self.keys is None:
             heads, d = self.layer.layer.self_attn.config.num_attention_heads, self.layer.layer.self_attn.head_dim
             self.keys = self.values = feats.new_zeros(feats.shape[0], heads, 0, d, dtype=self.layer.fc.weight.dtype)
+            self.valid = torch.ones(feats.shape[0], 0, dtype=torch.bool, device=feats.device)
         n = feats.shape[1]
-        positions = torch.arange(self.P, self.P + n, device=feats.device)[None]  # [1, n]
+        positions = self.P[:, None] + torch.arange(n, device=feats.device)[None]  # [B, n]
         out, keys, values = self._step(feats, frames, positions, self.keys, self.values, None)
-        keep = self.layer.window // 2  # room for the draft; attention spans stay inside the trained window
-        self.keys, self.values, self.next_feat, self.P = keys[:, :, -keep:], values[:, :, -keep:], out[:, -1:], self.P + n
+        self.next_feat = out.gather(1, step.newest()[:, None, None].expand(-1, 1, out.shape[-1]))  # [B, 1, H]
+        valid = torch.cat([self.valid, torch.arange(n, device=feats.device)[None] < counts[:, None]], dim=1)
+        self._window(keys, values, valid)
+        self.P = self.P + counts
+
+    def _window(self, keys: Tensor, values: Tensor, valid: Tensor) -> None:
+        """Keep each row's newest pairs, right-aligned, at most half the trained window (room for the draft;
+        attention spans stay inside it): a row's window is the one it has decoded alone."""
+        if not bool(valid.all()):
+            order = torch.sort(valid.long(), dim=1, stable=True).indices  # [B, S] a row's holes first
+            keys = keys.gather(2, order[:, None, :, None].expand_as(keys))
+            values = values.gather(2, order[:, None, :, None].expand_as(values))
+            valid = valid.gather(1, order)
+        width = min(self.layer.window // 2, int(valid.sum(dim=1).max()))
+        S = keys.shape[2]
+        self.keys, self.values, self.valid = keys[:, :, S - width:], values[:, :, S - width:], valid[:, S - width:]
+        self.holes = not bool(self.valid.all())

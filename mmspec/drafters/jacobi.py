@@ -38,6 +38,8 @@ class JacobiDrafter:
             raise ValueError(f"init must be 'pad', 'random', 'repeat' or a callable, got {init!r}")
         self.init, self.pad_id = init, count(pad_id, "pad_id", minimum=0)
 
+    per_row_commits = True  # each row keeps its own committed output and window (``Step.counts``)
+
     def start(self, target: Target, sampler: Sampler, prompt: Any, max_new_tokens: int) -> None:
         self.sampler = sampler
         self.V = target.vocab_size
@@ -45,8 +47,9 @@ class JacobiDrafter:
             raise ValueError(f"pad_id {self.pad_id} is outside the target's vocabulary (0..{self.V - 1})")
         bind = getattr(self.init, "bind", None)
         self._init = bind(target) if callable(bind) else self.init
-        self.out: Tensor | None = None  # committed new frames [B, C, K]
+        self.out: list[Tensor] | None = None  # per row its committed new frames [C_b, K]
         self.guess: Tensor | None = None  # [B, W, K]
+        self.stale: Tensor | None = None  # [B, W] guesses past a row's verified part (init guesses replace them)
         self.q: Tensor | None = None  # [B, W, K, V] or None when every guess is deterministic
 
     def _fresh(self, seq: Tensor, n: int) -> Tensor:
@@ -67,23 +70,42 @@ class JacobiDrafter:
         return torch.randint(0, self.V, (B, n, K), generator=self.sampler.generator, device=seq.device)
 
     def propose(self, last: Tensor, k: int) -> Draft:
-        guess = self.guess if self.guess is not None else last[:, :0]
-        q = self.q
-        if guess.shape[1] < k:  # 1. pad the window with init guesses
-            seq = torch.cat([self.out, guess], dim=1) if self.out is not None else torch.cat([last, guess], dim=1)
-            fresh = self._fresh(seq, k - guess.shape[1])
-            if q is not None:
-                q = torch.cat([q, torch.nn.functional.one_hot(fresh, self.V).to(q.dtype)], dim=1)
-            guess = torch.cat([guess, fresh], dim=1)
-        tokens = guess[:, :k]  # [B, k, K]
-        probs = None if q is None or self.sampler.greedy or self.sampler.keyed else q[:, :k]
+        guess = self.guess if self.guess is not None else last[:, :0]  # [B, W, K]
+        B, W = guess.shape[:2]
+        stale = self.stale if self.guess is not None else None
+        valid = [W] * B if stale is None else (W - stale.sum(dim=1)).tolist()  # a row's verified guesses
+        valid = [min(v, k) for v in valid]
+        if min(valid) >= k:
+            return self._draft(guess[:, :k], None if self.q is None else self.q[:, :k])
+        # 1. pad each row's window with init guesses after what it reads (a row's stale guesses are replaced)
+        reads_all = callable(self._init) and self.out is not None  # a callable init reads the committed output
+        seqs = [torch.cat([self.out[b] if reads_all else last[b], guess[b, : valid[b]]]) for b in range(B)]
+        if len(set(valid)) == 1 and len({s.shape[0] for s in seqs}) == 1:  # rows alike: one call for the batch
+            fresh = list(self._fresh(torch.stack(seqs), k - valid[0]))
+        else:
+            fresh = [self._fresh(seq[None], k - n)[0] for seq, n in zip(seqs, valid)]
+        tokens = torch.stack([torch.cat([guess[b, : valid[b]], fresh[b]]) for b in range(B)])  # [B, k, K]
+        q = None
+        if self.q is not None:
+            one_hot = torch.nn.functional.one_hot
+            q = torch.stack([torch.cat([self.q[b, : valid[b]], one_hot(fresh[b], self.V).to(self.q.dtype)])
+                             for b in range(B)])
+        return self._draft(tokens, q)
+
+    def _draft(self, tokens: Tensor, q: Tensor | None) -> Draft:
+        probs = None if q is None or self.sampler.greedy or self.sampler.keyed else q
         return Draft(tokens=tokens, probs=probs)
 
     def observe(self, step: Step, target_logits: Tensor) -> None:
-        frames = step.frames.clamp(min=0)
-        self.out = frames if self.out is None else torch.cat([self.out, frames], dim=1)
-        n = step.frames.shape[1]
-        rest = target_logits[:, n:].float()  # [B, D + 1 - n, K, V] predictions after the committed prefix
+        counts = step.row_counts()  # [B] frames each row committed
+        new = [row[:n].clamp(min=0) for row, n in zip(step.frames, counts.tolist())]  # PAD after an end: any id
+        self.out = new if self.out is None else [torch.cat([o, f]) for o, f in zip(self.out, new)]
+        T = target_logits.shape[1]
+        W = T - int(counts.masked_fill(counts == 0, T).min())  # the longest window a running row keeps
+        index = counts[:, None] + torch.arange(max(W, 0), device=counts.device)[None]  # [B, W]
+        self.stale = None if bool((index < T).all()) else index >= T  # [B, W] past a row's verified part
+        index = index.clamp(max=T - 1)
+        rest = target_logits.gather(1, index[..., None, None].expand(-1, -1, *target_logits.shape[2:])).float()
         if rest.shape[1] == 0:
             self.guess, self.q = None, None
             return

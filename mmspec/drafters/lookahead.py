@@ -31,6 +31,7 @@ from .trie import Trie, stack
 
 class LookaheadDrafter:
     wants_hidden = False  # reads no hidden state (mmspec.protocols.Drafter)
+    per_row_commits = True  # its Jacobi window and n-gram pools are per row
 
     def __init__(self, ngram: int = 4, pool_size: int = 4, init: str | Init = "repeat", tree: int | None = None):
         if not isinstance(ngram, int) or ngram < 2:

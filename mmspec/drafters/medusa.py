@@ -33,6 +33,7 @@ class MedusaDrafter:
     (token ids) a reduced draft vocabulary (``mmspec.drafters.int8.DraftVocab``)."""
 
     wants_hidden = True
+    per_row_commits = True  # observe reads each row's newest state (``Step.counts``)
 
     def __init__(self, heads, tree: int | None = None, width: int = 2, vocab: Tensor | None = None):
         self.heads, self.vocab = heads.eval(), vocab
@@ -74,4 +75,4 @@ class MedusaDrafter:
         return Draft(tokens=tokens, parents=parents)
 
     def observe(self, step: Step, target_logits: Tensor) -> None:
-        self.state = selfdraft.committed_states(self.target, step)[:, -1]  # [B, H]
+        self.state = selfdraft.newest_state(self.target, step)  # [B, H]

@@ -54,6 +54,7 @@ class MixedDrafter:
         self.parts = checked_parts(drafters, "a non-empty list of drafters")
         self.nodes = None if nodes is None else count(nodes, "nodes (node budget)")
         self.wants_hidden = any(p.wants_hidden for p in self.parts)  # a self-drafter part
+        self.per_row_commits = all(bool(getattr(p, "per_row_commits", False)) for p in self.parts)  # every part
 
     def start(self, target: Target, sampler: Sampler, prompt: Any, max_new_tokens: int) -> None:
         self.vocab_size = target.vocab_size

@@ -61,6 +61,12 @@ class ModelDrafter:
 
     wants_hidden = False  # reads no hidden state (mmspec.protocols.Drafter)
 
+    @property
+    def per_row_commits(self) -> bool:
+        """Rows may commit different counts (``mmspec.loop.rows_apart``) where the draft model's cache can hold
+        them apart too (its own ``per_row_commits``); otherwise the batch stays in lockstep."""
+        return bool(getattr(self.model, "per_row_commits", False))
+
     def __init__(self, model: Target, adaptive: bool = False, confidence: float | None = None,
                  tree: int | None = None, width: int = 2, dynamic: bool = False):
         if not isinstance(model, Target):
@@ -91,7 +97,8 @@ class ModelDrafter:
         target.check_draft(self.model)  # the adapter refuses pairs it cannot verify (e.g. different tokenizers)
         self.target, self.sampler = target, sampler
         self.model.start(prompt, max_new_tokens)
-        self.backlog: list[Tensor] = []  # committed frames [B, n, K] the draft model has not been fed
+        self.backlog: Tensor | None = None  # committed frames [B, L, K] the draft model has not been fed, each
+        self.waiting: Tensor | None = None  # row's own first (``waiting [B]`` of them), then filler
         self.k_now, self.k_max = None, 0  # adaptive draft length, reset per generation
         self.fed: tuple[Tensor, Tensor | None] | None = None  # frames fed past the prefix [B, F, K], parents [B, F]
         self.base = self.model.pos.clone()  # [B] the draft model's committed frames
@@ -108,14 +115,26 @@ class ModelDrafter:
 
     def propose(self, last: Tensor, k: int) -> Draft:
         # 1. Catch up on committed frames (the backlog ends with ``last``).
-        frames = torch.cat(self.backlog, dim=1).clamp(min=0) if self.backlog else last  # [B, n, K]
-        self.backlog = []
-        logits = self._fit(self.model.forward(frames)[:, -1:]).float()  # [B, 1, K, V]
+        logits = self._catch_up(last)  # [B, 1, K, V]
         self.base = self.model.pos.clone()
         # 2. Draft a chain or a tree after ``last``.
         if self.tree is None:
             return self._chain(logits, k)
         return self._tree(logits, k)
+
+    def _catch_up(self, last: Tensor) -> Tensor:
+        """Feed the backlog (each row its own frames, then filler the draft model forgets at once: holes in its
+        cache); the draft logits after each row's newest frame ``[B, 1, K, V]``."""
+        if self.backlog is None:
+            return self._fit(self.model.forward(last)[:, -1:]).float()
+        frames, waiting = self.backlog.clamp(min=0), self.waiting  # [B, L, K], [B]
+        self.backlog = self.waiting = None
+        logits = self.model.forward(frames)  # [B, L, K, V]
+        L = frames.shape[1]
+        if bool((waiting < L).any()):
+            self.model.keep(self.model.pos - (L - waiting))
+        index = (waiting - 1).clamp(min=0)[:, None, None, None].expand(-1, 1, *logits.shape[2:])
+        return self._fit(logits.gather(1, index)).float()
 
     # -- chains ------------------------------------------------------------------------------------
     def _choose(self, logits: Tensor) -> tuple[Tensor, Tensor | None]:
@@ -244,17 +263,33 @@ class ModelDrafter:
             all_in = bool((step.n_accepted >= step.n_drafted).all())
             self.k_now = min(self.k_max, self.k_now + 2) if all_in else max(1, self.k_now - 1)
         # Keep the committed frames the draft model has already fed; the rest wait in the backlog.
-        path = self._committed(step.frames)  # [B, m]
-        m = path.shape[1]
+        n = step.frames.shape[1]
+        limit = step.row_counts() if self.per_row_commits else torch.full_like(step.row_counts(), n)  # [B]
+        path = self._committed(step.frames, limit)  # [B, m] (-1 past a row's own count)
+        m = (path >= 0).sum(dim=1)  # [B]
         if self.fed is not None and self.fed[0].shape[1]:
-            tree = self.fed[1] is not None and m > 0
+            tree = self.fed[1] is not None and path.shape[1] > 0
             self.model.keep(self.base + m, path if tree else None)
         self.fed = None
-        self.backlog.append(step.frames[:, m:])
+        self._wait(step.frames, m, limit)
 
-    def _committed(self, frames: Tensor) -> Tensor:
-        """The fed frames that match the committed ``frames [B, n, K]`` from the start, by content, batch
-        minimum, at most n - 1 (``last`` is fed again): ``[B, m]`` indices into the fed frames."""
+    def _wait(self, frames: Tensor, start: Tensor, end: Tensor) -> None:
+        """Add the committed ``frames [B, n, K]`` at ``start <= j < end`` (per row) to the backlog, each row's
+        frames first, in order."""
+        j = torch.arange(frames.shape[1], device=frames.device)[None]
+        new = (j >= start[:, None]) & (j < end[:, None])  # [B, n]
+        if self.backlog is not None:
+            old = torch.arange(self.backlog.shape[1], device=frames.device)[None] < self.waiting[:, None]
+            frames, new = torch.cat([self.backlog, frames], dim=1), torch.cat([old, new], dim=1)
+        order = torch.sort((~new).long(), dim=1, stable=True).indices  # a row's frames first, in order
+        self.waiting = new.sum(dim=1)
+        L = max(1, int(self.waiting.max()))
+        self.backlog = frames.gather(1, order[..., None].expand_as(frames))[:, :L]
+
+    def _committed(self, frames: Tensor, limit: Tensor) -> Tensor:
+        """The fed frames that match the committed ``frames [B, n, K]`` from the start, by content, at most
+        ``limit - 1`` per row (``last`` is fed again); in lockstep the batch minimum: ``[B, m]`` indices into the
+        fed frames, -1 past a row's own count."""
         B = frames.shape[0]
         if self.fed is None or self.fed[0].shape[1] == 0:
             return frames.new_zeros(B, 0)
@@ -262,10 +297,10 @@ class ModelDrafter:
         F = fed.shape[1]
         parents = topology.per_row(parents, B, F, fed.device)
         rows = []
-        for fed_b, up_b, got_b in zip(fed.tolist(), parents.tolist(), frames[:, :-1].tolist()):
+        for fed_b, up_b, got_b, end in zip(fed.tolist(), parents.tolist(), frames.tolist(), limit.tolist()):
             child = {(p, tuple(f)): j for j, (p, f) in enumerate(zip(up_b, fed_b))}
             node, path = -1, []
-            for frame in got_b:
+            for frame in got_b[: max(end - 1, 0)]:
                 if frame[0] < 0:  # the row has ended: what its cache holds no longer matters
                     path.append(min(len(path), F - 1))
                     continue
@@ -274,5 +309,8 @@ class ModelDrafter:
                     break
                 path.append(node)
             rows.append(path)
-        m = min(len(p) for p in rows)
-        return torch.tensor([p[:m] for p in rows], dtype=torch.long, device=frames.device).reshape(B, m)
+        if not self.per_row_commits:
+            rows = [p[: min(len(q) for q in rows)] for p in rows]
+        m = max(len(p) for p in rows)
+        return torch.tensor([p + [-1] * (m - len(p)) for p in rows], dtype=torch.long,
+                            device=frames.device).reshape(B, m)

@@ -56,6 +56,7 @@ class PromptLookupDrafter:
     """Prompt lookup: a chain after the newest match, or with ``tree=N`` a trie of N nodes (see above)."""
 
     wants_hidden = False  # reads no hidden state (mmspec.protocols.Drafter)
+    per_row_commits = True  # observe keeps each row's own frames (PAD past its count is dropped)
 
     def __init__(self, max_ngram: int = 3, min_ngram: int = 1, tree: int | None = None):
         if not (isinstance(min_ngram, int) and isinstance(max_ngram, int) and 1 <= min_ngram <= max_ngram):

@@ -55,6 +55,13 @@ def committed_states(target, step: Step) -> Tensor:
     return h.gather(1, index[..., None].expand(-1, -1, h.shape[-1]))
 
 
+def newest_state(target, step: Step) -> Tensor:
+    """Per row, the verify forward's hidden state before its newest committed frame ``[B, H]`` (rows may have
+    committed different counts: ``Step.counts``)."""
+    h = committed_states(target, step)  # [B, n, H]
+    return h.gather(1, step.newest()[:, None, None].expand(-1, 1, h.shape[-1]))[:, 0]
+
+
 def read(head, x: Tensor, K: int) -> Tensor:
     """Logits ``[B, T, K, V]`` (float32) of features ``x [B, T, H]`` through the target's output head."""
     weight = next(head.parameters())
