@@ -220,7 +220,9 @@ class SpeechTarget(hf.HiddenStates, hf.HFTarget):
         (= the step its first new logits predict), and its first EOS step on codebook 0 among every fed frame,
         this forward's included (a chain's own frames end it too), or its steps fed when none: ``e [B]``."""
         fed = self.cache.fed  # [B, F, K] aligned with the last F slots of the mask
-        valid = self.cache.mask[:, -fed.shape[1]:].bool()  # [B, F]
+        mask = self.cache.mask  # None: an unpadded batch on the fast path without holes, every slot its row's
+        valid = torch.ones(fed.shape[:2], dtype=torch.bool, device=fed.device) if mask is None else \
+            mask[:, -fed.shape[1]:].bool()  # [B, F]
         order = torch.sort((~valid).long(), dim=1, stable=True).indices  # a row's own frames first, in order
         fed = fed.gather(1, order[..., None].expand_as(fed))
         n = valid.sum(dim=1)  # [B] BOS + committed steps + this forward's T frames

@@ -68,8 +68,9 @@ class CoupledJacobiDrafter(JacobiDrafter):
         s = self.sampler
         if s.greedy or s.keyed or self.drafted is None:  # Jacobi decoding / keyed Gumbel; the prefill
             return super().observe(step, target_logits)
-        frames = step.frames.clamp(min=0)
-        self.out = frames if self.out is None else torch.cat([self.out, frames], dim=1)
+        new = list(step.frames.clamp(min=0))  # lockstep: every row committed the same frames count [n, K]
+        self.out = new if self.out is None else [torch.cat([o, f]) for o, f in zip(self.out, new)]
+        self.stale = None  # no row's window runs past another's
         n, D = step.frames.shape[1], target_logits.shape[1] - 1
         if n > D:  # every drafted frame and the bonus committed: the window starts afresh
             self.guess, self.q = None, None
