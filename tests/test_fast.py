@@ -82,3 +82,16 @@ def test_models_off_the_fast_path_say_why(tiny_models):
     assert fast.why_not(gpt2.model.base_model) is not None
     with pytest.raises(ValueError, match="fast must be True, False or None"):
         TextTarget.from_pretrained(tiny_models["llama"], fast="yes")
+
+
+def test_a_rows_product_does_not_depend_on_how_many_rows_run_with_it():
+    """Fewer rows than MIN_ROWS run padded, so one frame and a verify over many round every row alike: the
+    products of a one-frame forward equal, bit for bit, that row's products inside any wider forward."""
+    torch.manual_seed(0)
+    for out_features, in_features in [(48, 48), (40, 96), (130, 48)]:
+        packed = fast.PackedLinear([torch.randn(out_features, in_features) * 0.05])
+        if packed.packed is None:
+            pytest.skip("no oneDNN packed product in this torch build: the plain product makes no such promise")
+        x = torch.randn(20, in_features)
+        alone = packed(x[:1])
+        assert all(torch.equal(packed(x[:m])[:1], alone) for m in (2, 3, 4, 5, 8, 9, 20))
