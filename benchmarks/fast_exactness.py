@@ -29,14 +29,14 @@ def first_difference(a: list, b: list) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
-def hf_greedy(target, prompt: str, new: int) -> list:
+def hf_greedy(target, prompt: str, new: int) -> list[int]:
     ids, _ = target.encode(prompt)
     out = target.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new, do_sample=False,
                                 pad_token_id=target.tokenizer.pad_token_id)
     row = out[0, ids.shape[1]:].tolist()
     eos = set(target.eos_ids.tolist())
     cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
-    return [[t] for t in row[:cut]]
+    return row[:cut]  # K = 1: token_ids() gives plain ids
 
 
 def check(name: str, n_prompts: int | None, method: str) -> dict:

@@ -3,7 +3,8 @@
 Part 1 times every product of the text zoo target in model order (each decoder layer's q, k, v, o, gate, up, down,
 then the output head; distinct weights, so they stream from memory as in a real forward) for M = 1..32 rows with
 ``F.linear`` (the eager path's kernel) and with the fast path's prepacked oneDNN products (q/k/v and gate/up fused).
-Part 2 profiles one-frame forwards of the target on both paths (torch.profiler, self CPU time by op).
+Part 2 profiles one-frame forwards of the target on both paths (torch.profiler, self CPU time by op). Part 3 times
+one-frame and 8-frame forwards of both paths interleaved in one process (the fast path's speed-up over eager).
 
     python benchmarks/forward_profile.py [--target zoo:code-target] [--threads 2] [--json benchmarks/results/forward_profile.json]
 """
@@ -82,6 +83,27 @@ def profile(name: str, fast: bool, forwards: int = 20, top: int = 8) -> list:
     return rows
 
 
+def interleaved(name: str, repeats: int) -> dict:
+    """Median ms of 1- and 8-frame forwards on both paths, taking turns round by round in this process."""
+    targets = {path: TextTarget.from_pretrained(name, fast=path == "fast") for path in ("eager", "fast")}
+    for target in targets.values():
+        target.start("def fibonacci(n):", 256)
+        target.forward(torch.zeros(1, 32, 1, dtype=torch.long))
+    times = {(path, n): [] for path in targets for n in (1, 8)}
+    for i in range(5 + 3 * repeats):
+        for (path, n), spent in times.items():
+            frames, target = torch.zeros(1, n, 1, dtype=torch.long), targets[path]
+            t0 = time.perf_counter()
+            target.forward(frames)
+            if i >= 5:
+                spent.append(time.perf_counter() - t0)
+            target.keep(target.pos - n)
+    ms = {f"{path}_{n}": round(1e3 * statistics.median(t), 3) for (path, n), t in times.items()}
+    print(f"interleaved: one frame eager {ms['eager_1']:.2f} ms, fast {ms['fast_1']:.2f} ms "
+          f"({ms['eager_1'] / ms['fast_1']:.2f}x); 8 frames eager {ms['eager_8']:.2f} ms, fast {ms['fast_8']:.2f} ms")
+    return ms
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", default="zoo:code-target")
@@ -93,7 +115,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     target = TextTarget.from_pretrained(args.target, fast=False)
     result = {"environment": environment(), "target": args.target, "products": time_products(target.model, args.repeats),
-              "profile": {path: profile(args.target, path == "fast") for path in ("eager", "fast")}}
+              "profile": {path: profile(args.target, path == "fast") for path in ("eager", "fast")},
+              "interleaved": interleaved(args.target, args.repeats)}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
