@@ -11,13 +11,14 @@
 #   speech: carry [".whl"],              command: OUT=$OUT bash benchmarks/gpu_session.sh speech
 #   engines: carry [".whl"],            command: OUT=$OUT bash benchmarks/gpu_session.sh engines  (issue 22; vLLM must be
 #           installed on the device for its half, else engine_compare.py says so)
+#   fast:   carry [".whl"],              command: OUT=$OUT bash benchmarks/gpu_session.sh fast     (issue 20: fast rows)
 # Smoke test on a CPU (tiny, seconds): DEVICE=cpu QUICK=1 OUT=/tmp/gpu-out bash benchmarks/gpu_session.sh text
 #
 # Back here, for `text`: copy model.safetensors and config.json into text/zoo/code-draft/ and
 # train_log.json into text/zoo/, then `python -m mmspec.text.recipe evaluate` and the text benchmarks
 # (BENCHMARKS.md) on the CPU.
 set -euo pipefail
-part=${1:?usage: gpu_session.sh text|speech|engines}
+part=${1:?usage: gpu_session.sh text|speech|engines|fast}
 OUT=${OUT:?set OUT to the folder that receives the results}
 DEVICE=${DEVICE:-cuda}
 ROOT=$PWD
@@ -68,7 +69,18 @@ engines)
     python3 benchmarks/engine_compare.py --heads "$heads" --prompts 20 --new 128 --json "$OUT/engine_compare.json" \
         2>&1 | tee "$OUT/engine_compare.log"
     ;;
+fast)
+    # 5. Issue 20 on the GPU: what a verify forward costs per frame count on both paths (fast=True runs the fast
+    #    path's static cache with plain products on CUDA; CUDA graphs are not built yet), and the text suite's
+    #    best lossless method on both paths.
+    for path in fast no-fast; do
+        python3 benchmarks/tree_forward_cost.py --device "$DEVICE" --$path --json "$OUT/tree_forward_cost_gpu_$path.json" \
+            | tee "$OUT/tree_forward_cost_gpu_$path.log"
+        python3 -m mmspec.cli bench --suite text --device "$DEVICE" --$path --out "$OUT/text_$path" --repeats 2 \
+            --methods "prompt-lookup|heads k=16" 2>&1 | tr '\r' '\n' | grep -v 'it/s\]$' | tee "$OUT/text_bench_$path.log"
+    done
+    ;;
 *)
-    echo "unknown part '$part': text, speech or engines"; exit 2 ;;
+    echo "unknown part '$part': text, speech, engines or fast"; exit 2 ;;
 esac
 ls -la "$OUT"
