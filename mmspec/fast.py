@@ -44,6 +44,9 @@ def why_not(backbone: torch.nn.Module) -> str | None:
             return "a sliding attention window is not on the fast path"
     if getattr(config, "hidden_act", "silu") != "silu":
         return f"the fast path's MLP is SiLU-gated, this model's activation is {config.hidden_act!r}"
+    devices = {p.device for p in backbone.parameters()}
+    if len(devices) > 1 or any(d.type == "meta" for d in devices):
+        return "its weights are spread over devices or offloaded (device_map)"
     for name in ("layers", "norm", "rotary_emb"):
         if not hasattr(backbone, name):
             return f"{type(backbone).__name__} has no {name!r} (not a Llama-family decoder)"
@@ -102,8 +105,8 @@ def _pack(weight: Tensor) -> Tensor | None:
 class StaticKV:
     """Keys and values of every layer, preallocated: ``keys[l] [R, Hkv, S, D]`` (``values`` alike).
 
-    ``length``: slots in use, the same for every row (rows differ by their left padding, which the adapter's
-    mask hides). ``get_seq_length`` / ``crop(-n)`` mirror a ``DynamicCache``, so ``hf.KVCache`` rolls both back the
+    ``length``: slots in use, the same for every row (rows differ by their left padding and by the holes a row
+    that committed fewer frames leaves, which the adapter's mask hides; positions are per row). ``get_seq_length`` / ``crop(-n)`` mirror a ``DynamicCache``, so ``hf.KVCache`` rolls both back the
     same way; here rolling back only moves ``length``."""
 
     def __init__(self, layers: int, rows: int, kv_heads: int, slots: int, head_dim: int, dtype, device):
@@ -136,7 +139,8 @@ class StaticKV:
 
     def write(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store ``k, v [R, Hkv, T, D]`` at ``length`` (the forward's new positions); return the layer's keys and
-        values up to and including them ``[R, Hkv, length + T, D]``. ``advance`` moves ``length`` after the forward."""
+        values up to and including them ``[R, Hkv, length + T, D]``. ``FastDecoder`` moves ``length`` after the
+        forward's last layer."""
         T = k.shape[2]
         self.keys[layer, :, :, self.length: self.length + T] = k
         self.values[layer, :, :, self.length: self.length + T] = v
