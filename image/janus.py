@@ -53,8 +53,8 @@ class JanusTarget(hf.HiddenStates, hf.HFTarget):
         self.grid_h = self.grid_w = math.isqrt(self.grid_tokens)
         saved = getattr(gen, "guidance_scale", None)  # a saved 0 stays 0 (only None means "not saved")
         default = DEFAULT_GUIDANCE if saved is None else saved
-        self.guidance_scale, self.guidance_interval = hf.check_guidance(
-            default if guidance_scale is None else guidance_scale, guidance_interval)
+        self.guidance = hf.Guidance.of(default if guidance_scale is None else guidance_scale, guidance_interval)
+        self.guidance_scale, self.guidance_interval = self.guidance.scale, self.guidance.interval
         self._cache_arg = hf.cache_arg(self.lm)
         self.max_frames = 1_000_000
         self.pos = torch.zeros(1, dtype=torch.long)
@@ -84,7 +84,7 @@ class JanusTarget(hf.HiddenStates, hf.HFTarget):
 
     @property
     def guided(self) -> bool:
-        return self.guidance_scale != 1.0
+        return self.guidance.on
 
     # -- prompts ---------------------------------------------------------------------------------
     def encode(self, prompt) -> tuple[Tensor, Tensor]:
@@ -155,9 +155,8 @@ class JanusTarget(hf.HiddenStates, hf.HFTarget):
             step = (T - logits.shape[1] + torch.arange(logits.shape[1], device=self.device))[None]  # [1, T']
             if parents is not None:
                 step = tree.depths(hf.rows_of(parents, self.B)) - 1  # [B, T]
-            index = (self.pos - self.first)[:1, None] + 1 + step
-            inside = hf.inside_interval(index, self.grid_tokens, self.guidance_interval)[..., None]  # [1|B, T', 1]
-            logits = hf.guide(logits[: self.B], logits[self.B:], self.guidance_scale, inside)
+            index = (self.pos - self.first)[:1, None] + 1 + step  # [1|B, T'] grid index predicted
+            logits = self.guidance.mix(logits, self.B, index, self.grid_tokens)  # [B, T', V]
         self.pos = self.pos + T
         return logits[:, :, None, :]  # [B, T', 1, V]
 

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from mmspec import hf
+
 META_FILE = "mmspec_image.json"
 FORMAT = "mmspec-image/1"
 
@@ -178,6 +180,7 @@ def load_zoo(path: str, device: str | torch.device = "cpu", dtype: torch.dtype =
 
 
 # ---------------------------------------------------------------------------------- reference sampler
+
 @torch.no_grad()
 def guided_logits(model, class_ids: torch.Tensor, codes: torch.Tensor, null_id: int, num_codes: int,
                   cfg_scale: float) -> torch.Tensor:
@@ -192,14 +195,12 @@ def guided_logits(model, class_ids: torch.Tensor, codes: torch.Tensor, null_id: 
     unc_inp = inp.clone()
     unc_inp[:, 0] = null_id
     uncond = model(input_ids=unc_inp).logits[..., :num_codes].float()
-    return uncond + cfg_scale * (cond - uncond)
+    return hf.guide(cond, uncond, cfg_scale)
 
 
 def _with_cache(model, out, ids: torch.Tensor):
-    """Next forward reusing ``out``'s KV cache; transformers >= 5.2x renamed past_key_values -> cache."""
-    import inspect
-
-    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    """Next forward reusing ``out``'s KV cache (``mmspec.hf.cache_arg`` names the argument)."""
+    name = hf.cache_arg(model)
     cache = out.get("cache", None) if name == "cache" else out.get("past_key_values", None)
     return model(input_ids=ids, use_cache=True, **{name: cache})
 
@@ -223,7 +224,7 @@ def sample_codes(model, class_ids: torch.Tensor, null_id: int, num_codes: int, l
         # 2. guide, warp, sample one code per row
         logits = out.logits[:, -1, :num_codes].float()  # [B or 2B, N]
         if guided:
-            logits = logits[b:] + cfg_scale * (logits[:b] - logits[b:])
+            logits = hf.guide(logits[:b], logits[b:], cfg_scale)
         if temperature <= 0:
             tok = logits.argmax(-1)
         else:

@@ -79,8 +79,8 @@ class ImageTarget(hf.HiddenStates, hf.HFTarget):
         self._check_layout()
         # 2. guidance (the folder's saved default: ``default_cfg_scale`` in its meta file)
         default = float(meta.get("default_cfg_scale", 1.0))
-        self.guidance_scale, self.guidance_interval = hf.check_guidance(
-            default if guidance_scale is None else guidance_scale, guidance_interval)
+        self.guidance = hf.Guidance.of(default if guidance_scale is None else guidance_scale, guidance_interval)
+        self.guidance_scale, self.guidance_interval = self.guidance.scale, self.guidance.interval
         self._cache_arg = hf.cache_arg(model)
         self.pos = torch.zeros(1, dtype=torch.long)
         # 3. the fast path (mmspec.fast); its head holds the code rows only
@@ -130,7 +130,7 @@ class ImageTarget(hf.HiddenStates, hf.HFTarget):
     # -- prompts ---------------------------------------------------------------------------------
     @property
     def guided(self) -> bool:
-        return self.guidance_scale != 1.0
+        return self.guidance.on
 
     def encode(self, prompt: str | Sequence[str]) -> Tensor:
         """Class name(s) -> class token ids ``[B]``; ValueError listing the allowed names otherwise."""
@@ -175,11 +175,9 @@ class ImageTarget(hf.HiddenStates, hf.HFTarget):
         if parents is not None:
             step = tree.depths(hf.rows_of(parents, self.B)) - 1  # [B, T]
         logits = self._model(ids, parents)  # [B|2B, T, V] code logits
-        if self.guided:
-            # 2. guide only where the predicted grid index (= position) lies inside the interval
-            index = self.pos[:, None] + step  # [B, T] grid index predicted at each input (rows move apart)
-            inside = hf.inside_interval(index, self.grid_tokens, self.guidance_interval)[..., None]  # [1|B, T, 1]
-            logits = hf.guide(logits[: self.B], logits[self.B:], self.guidance_scale, inside)
+        # 2. guide only where the predicted grid index (= position) lies inside the interval
+        index = self.pos[:, None] + step  # [B, T] grid index predicted at each input (rows move apart)
+        logits = self.guidance.mix(logits, self.B, index, self.grid_tokens)  # [B, T, V]
         self.pos = self.pos + T
         return logits[:, :, None, :]  # [B, T, 1, V]
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import inspect
 import os
 import warnings
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -483,6 +484,36 @@ def position_ids(pos: Tensor, T: int) -> Tensor:
 
 
 # -- classifier-free guidance over a doubled batch -------------------------------------------------
+
+@dataclass(frozen=True)
+class Guidance:
+    """Classifier-free guidance over a doubled batch (conditional rows first, unconditional second), one object for
+    every guided adapter: ``scale`` (>= 0; 1 = unguided), ``interval`` (lo, hi), the fractions of the frames to
+    generate where it applies, and whether it guides only above 1 (``above_one``: MusicGen, as HF ``generate``
+    does it). ``Guidance.of`` validates; ``on`` says whether the doubled batch runs; ``mix`` guides."""
+
+    scale: float = 1.0
+    interval: tuple[float, float] = (0.0, 1.0)
+    above_one: bool = False
+
+    @classmethod
+    def of(cls, scale, interval=None, *, above_one: bool = False) -> "Guidance":
+        scale, interval = check_guidance(scale, interval)
+        return cls(scale, interval, above_one)
+
+    @property
+    def on(self) -> bool:
+        return self.scale > 1.0 if self.above_one else self.scale != 1.0
+
+    def mix(self, logits: Tensor, rows: int, index: Tensor | None = None, total: int = 1) -> Tensor:
+        """Guided logits ``[rows, ...]`` from a doubled batch ``[2 * rows, ...]`` (returned as is when off); with
+        ``index [1 or rows, T]``, the generated-frame index each logit predicts (of ``total``), guidance applies only
+        inside ``interval`` (the conditional logits elsewhere)."""
+        if not self.on:
+            return logits
+        inside = None if index is None else inside_interval(index, total, self.interval)[..., None]
+        return guide(logits[:rows], logits[rows:], self.scale, inside)
+
 
 def check_guidance(guidance_scale, guidance_interval=None) -> tuple[float, tuple[float, float]]:
     """Validate a guidance scale (a number >= 0; 1 = unguided) and an interval ``(lo, hi)`` of fractions

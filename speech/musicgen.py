@@ -58,12 +58,10 @@ class MusicgenTarget(hf.HiddenStates, hf.HFTarget):
         if guidance_scale is None:
             saved = getattr(model.generation_config, "guidance_scale", None)
             guidance_scale = DEFAULT_GUIDANCE if saved is None else saved
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be a number >= 0, got {guidance_scale!r}")
         self.model = model.eval()
         self.tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # AutoProcessor wraps the T5 tokenizer
-        self.guidance_scale = float(guidance_scale)
-        self.guided = self.guidance_scale > 1  # generate() guides only above 1
+        self.guidance = hf.Guidance.of(guidance_scale, above_one=True)  # generate() guides only above 1
+        self.guidance_scale, self.guided = self.guidance.scale, self.guidance.on
         self.device = hf.resolve_device(device) if device is not None else next(model.parameters()).device
         self.num_codebooks = int(model.decoder.num_codebooks)
         self.pad_id = int(model.generation_config.decoder_start_token_id
@@ -146,7 +144,7 @@ class MusicgenTarget(hf.HiddenStates, hf.HFTarget):
         logits = out.logits.float()  # [R * K, T, V_dec]
         # 2. Guidance, as ClassifierFreeGuidanceLogitsProcessor: uncond + scale * (cond - uncond).
         if self.guided:
-            logits = hf.guide(*logits.split(B * K), self.guidance_scale)
+            logits = self.guidance.mix(logits, B * K)
         logits = logits.view(B, K, T, -1).permute(0, 2, 1, 3)  # [B, T, K, V_dec]
         self.pos = self.pos + T
         steps = None if parents is None else first + tree.depths(hf.rows_of(parents, B)) - 1  # [B, T]

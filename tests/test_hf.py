@@ -39,6 +39,20 @@ def test_guide_and_interval():
         hf.check_guidance(2.0, (0.6, 0.2))
 
 
+def test_guidance_object_validates_switches_and_mixes():
+    """One Guidance for every guided adapter: the checks above, when the doubled batch runs, and the mix."""
+    cond, uncond = torch.tensor([[[2.0, 0.0]] * 4]), torch.tensor([[[1.0, 1.0]] * 4])  # [1, T=4, V=2] each
+    half = hf.Guidance.of(3.0, (0.0, 0.5))
+    mixed = half.mix(torch.cat([cond, uncond]), 1, torch.arange(4)[None], 4)  # [1, 4, 2]
+    assert mixed[0, :2].tolist() == [[4.0, -2.0]] * 2 and torch.equal(mixed[0, 2:], cond[0, 2:])  # outside: cond
+    assert hf.Guidance.of(1.0).on is False and hf.Guidance.of(0.5).on is True  # below 1 still guides (image)
+    assert hf.Guidance.of(0.5, above_one=True).on is False  # MusicGen, as HF generate: only above 1
+    assert torch.equal(hf.Guidance.of(1.0).mix(cond, 1), cond)  # off: the conditional rows as they are
+    for bad in (-1.0, True, "3", float("inf")):
+        with pytest.raises(ValueError, match="guidance_scale"):
+            hf.Guidance.of(bad)
+
+
 def test_left_pad_mask_positions():
     ids, pads = hf.left_pad([[5, 6, 7], [8]], 0, "cpu")
     assert ids.tolist() == [[5, 6, 7], [0, 0, 8]] and pads.tolist() == [0, 2]
