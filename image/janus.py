@@ -169,9 +169,10 @@ class JanusTarget(hf.HiddenStates, hf.HFTarget):
         from PIL import Image
 
         codes = grid_codes(frames.to(self.device), lengths, self.grid_tokens)  # [B, h * w]
-        pixels = self.model.decode_image_tokens(codes).float()  # [B, H, W, 3] in [-1, 1]
-        arrays = ((pixels.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
-        return [Image.fromarray(a) for a in arrays]
+        from .models import to_uint8
+
+        pixels = self.model.decode_image_tokens(codes)  # [B, H, W, 3] in [-1, 1]
+        return [Image.fromarray(a.numpy()) for a in to_uint8(pixels.permute(0, 3, 1, 2))]  # as the zoo adapter
 
     def check_draft(self, draft) -> None:
         if not isinstance(draft, JanusTarget) or draft.vocab_size != self.vocab_size or draft.grid_tokens != self.grid_tokens:
