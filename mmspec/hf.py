@@ -321,8 +321,7 @@ def fast_decoder(backbone: torch.nn.Module, fast: bool | None, who: str):
     (eager), None (the default: on where it measured faster, a CPU with float32 or bfloat16 weights)."""
     from . import fast as fastpath
 
-    if fast is not None and not isinstance(fast, bool):
-        raise ValueError(f"fast must be True, False or None (on where measured faster), got {fast!r}")
+    check_fast(fast)
     weight = next(backbone.parameters())
     if fast is not True and (fast is False or weight.device.type != "cpu" or weight.dtype == torch.float16):
         eager_only(fast, who, "")
@@ -334,10 +333,15 @@ def fast_decoder(backbone: torch.nn.Module, fast: bool | None, who: str):
     return fastpath.FastDecoder(backbone)
 
 
-def eager_only(fast: bool | None, who: str, why: str) -> None:
-    """For an adapter without the fast path: ``fast=True`` warns that it runs eager (and why); None/False are silent."""
+def check_fast(fast) -> None:
+    """``fast`` must be True, False or None; anything else is a ValueError saying so."""
     if fast is not None and not isinstance(fast, bool):
         raise ValueError(f"fast must be True, False or None (on where measured faster), got {fast!r}")
+
+
+def eager_only(fast: bool | None, who: str, why: str) -> None:
+    """For an adapter without the fast path: ``fast=True`` warns that it runs eager (and why); None/False are silent."""
+    check_fast(fast)
     if fast:
         warnings.warn(f"{who}: the fast path is off for this model ({why}); running the eager forward", stacklevel=3)
 
