@@ -173,12 +173,22 @@ def _keep(target: Target, N: int, counts: Tensor, path) -> None:
     """After a verify forward over ``[last, N nodes]``: per row keep ``last`` and its first counts - 1 accepted
     nodes (``counts [B]``; 0: an ended row keeps nothing of it)."""
     start = target.pos - (N + 1)  # [B] frames before the verify forward
+    if path is not None and _in_order(path):  # a tree whose accepted nodes lead it: kept as a chain, no gather
+        path = None
     if path is None:  # a chain: the accepted nodes are the first ones
         target.keep(start + counts)
         return
     frames = torch.cat([path.new_zeros(path.shape[0], 1), path + 1], dim=1)  # [B, n] indices into [last, nodes]
     frames = frames.masked_fill(torch.arange(frames.shape[1], device=frames.device)[None] >= counts[:, None], -1)
     target.keep(start + counts, frames)
+
+
+def _in_order(path: Tensor) -> bool:
+    """Whether every row's committed nodes ``path [B, m]`` (-1 past its count) are nodes 0, 1, ... in order: the
+    tree's first nodes, as a chain's would be (its draft order puts a parent before its children, so the
+    accepted path often is its first branch). Such a path needs no gather: the frames already lie in order."""
+    lead = torch.arange(path.shape[1], device=path.device)[None]  # [1, m]
+    return bool(((path == lead) | (path < 0)).all())
 
 
 def generate(target: Target, drafter: Drafter | None, prompt: Any, **kwargs) -> Generation:

@@ -59,6 +59,25 @@ def test_greedy_tree_drafters_reproduce_greedy_decoding(name, K, B):
         assert gen.stats["steps"] <= base.stats["steps"]
 
 
+def test_a_prompt_lookup_trie_branches_on_the_longest_matching_ngram_only():
+    """Suffix (3, 4): its 2-gram matches twice (followed by 5 and by 0), its 1-gram 4 once more (followed by 1);
+    the trie holds the 2-gram matches' continuations, newest first, and not the 1-gram's."""
+    from mmspec.drafters.ngram import continuations
+
+    seq = torch.tensor([3, 4, 5, 4, 1, 2, 3, 4, 0, 3, 4])
+    got = [seq[c].tolist() for c in continuations(seq, 3, 1, 2)]
+    assert got == [[0, 3], [5, 4]]
+    short = torch.tensor([1, 2, 9, 2])
+    assert [short[c].tolist() for c in continuations(short, 3, 1, 2)] == [[9, 2]]  # only its 1-gram matches
+
+
+def test_a_tree_whose_accepted_nodes_lead_it_is_kept_without_a_gather():
+    from mmspec.loop import _in_order
+
+    assert _in_order(torch.tensor([[0, 1, -1], [0, -1, -1]])) and _in_order(torch.zeros(2, 0, dtype=torch.long))
+    assert not _in_order(torch.tensor([[0, 2, -1], [0, 1, 2]])) and not _in_order(torch.tensor([[1, -1]]))
+
+
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_a_model_tree_beats_the_model_chain(dynamic):
     """A draft model that often ranks the target's choice second: its tree commits far more per forward."""

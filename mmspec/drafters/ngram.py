@@ -5,8 +5,10 @@ Training-free and deterministic (q = one-hot), so it pairs with every accept rul
 are matched as whole frames.
 
 With ``tree=N`` it drafts a trie instead: the continuations of every match of the longest matching
-n-gram (the newest match first), then of the shorter n-grams' matches while room is left, merged into
-one trie of at most N nodes and depth k (equal continuations share their nodes).
+n-gram (the newest match first), merged into one trie of at most N nodes and depth k (equal continuations
+share their nodes). Shorter n-grams' matches are not added: on the text zoo's held-out prompts they grew
+the mean tree from 3.9 to 4.7 nodes for 0.5% more tokens per forward, and turned a third of the drafts
+that are chains (one continuation) into trees, whose verify costs more on a CPU.
 """
 from __future__ import annotations
 
@@ -43,13 +45,16 @@ def find_continuation(seq: Tensor, max_ngram: int, min_ngram: int, k: int) -> Te
 
 
 def continuations(seq: Tensor, max_ngram: int, min_ngram: int, k: int) -> Iterator[Tensor]:
-    """Indices into ``seq [L]`` of the up to k items after every earlier match of its suffix: the longest
-    n-gram first, and for one n the newest match first."""
+    """Indices into ``seq [L]`` of the up to k items after every earlier match of its suffix's longest
+    matching n-gram (n from max_ngram down to min_ngram), the newest match first."""
     L = seq.shape[0]
     for n in range(min(max_ngram, L - 1), min_ngram - 1, -1):
         windows = seq[: L - 1].unfold(0, n, 1)  # [L - n, n]
-        for hit in (windows == seq[L - n :]).all(dim=1).nonzero()[:, 0].flip(0).tolist():
+        hits = (windows == seq[L - n :]).all(dim=1).nonzero()[:, 0].flip(0).tolist()
+        for hit in hits:
             yield torch.arange(hit + n, min(hit + n + k, L), device=seq.device)
+        if hits:
+            return
 
 
 class PromptLookupDrafter:
