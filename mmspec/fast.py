@@ -82,7 +82,7 @@ class PackedLinear:
         flat = x.reshape(-1, self.in_features)
         M = flat.shape[0]
         if M < MIN_ROWS:  # zero rows: the products are bound by reading the weights, so they cost nothing
-            flat = torch.cat([flat, flat.new_zeros(MIN_ROWS - M, self.in_features)])
+            flat = F.pad(flat, (0, 0, 0, MIN_ROWS - M))
         y = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
         return y[:M].view(*x.shape[:-1], self.out_features)
 
@@ -239,11 +239,14 @@ class _Layer:
         (w, eps) = self.norms[0]
         qkv = self.qkv(F.rms_norm(x, (H,), w, eps))  # [R, T, (heads + 2 kv_heads) * D]
         D = self.head_dim
-        q, k, v = qkv.view(R, T, -1, D).transpose(1, 2).split([self.heads, self.kv_heads, self.kv_heads], dim=1)
-        if self.qk_norms is not None:
-            q = F.rms_norm(q, (D,), *self.qk_norms[0])
-            k = F.rms_norm(k, (D,), *self.qk_norms[1])
-        q, k = _rotate(q, cos, sin), _rotate(k, cos, sin)  # [R, heads|kv_heads, T, D]
+        heads = qkv.view(R, T, -1, D).transpose(1, 2)  # [R, heads + 2 kv_heads, T, D]
+        if self.qk_norms is None:  # q and k rotate as one tensor (half the elementwise calls)
+            qk, v = heads.split([self.heads + self.kv_heads, self.kv_heads], dim=1)
+            q, k = _rotate(qk, cos, sin).split([self.heads, self.kv_heads], dim=1)  # [R, heads|kv_heads, T, D]
+        else:  # Qwen3: RMSNorm per head on q and k (their own weights) before the rotation
+            q, k, v = heads.split([self.heads, self.kv_heads, self.kv_heads], dim=1)
+            q = _rotate(F.rms_norm(q, (D,), *self.qk_norms[0]), cos, sin)
+            k = _rotate(F.rms_norm(k, (D,), *self.qk_norms[1]), cos, sin)
         keys, values = cache.write(i, k, v)  # [R, kv_heads, S + T, D]
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale,
                                              enable_gqa=self.kv_heads != self.heads)
