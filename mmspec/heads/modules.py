@@ -78,18 +78,29 @@ class EagleLayer(nn.Module):
         """``fc([feature, embedding])``: the layer's input ``[B, T, H]``."""
         return self.fc(torch.cat([feats, emb.to(feats.dtype)], dim=-1))
 
+    # qkv/attend run the decoder layer's own weights (or its int8 copy's) without the Hugging Face module glue: a
+    # drafted frame is a handful of tiny products, where per-call overhead (the rotary module recomputing its
+    # angles, the norm and MLP wrappers) cost as much as the products (benchmarks/eagle_step.py).
     def qkv(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Rotated queries and keys and the values of inputs ``x [B, T, H]`` at ``positions [B or 1, T]``:
         each ``[B, heads, T, head_dim]``."""
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
-
         attn = self.layer.self_attn
-        h = self.layer.input_layernorm(x)
+        h = rms_norm(self.layer.input_layernorm, x)
         shape = (*x.shape[:2], -1, attn.head_dim)
         q, k, v = (proj(h).view(shape).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
-        cos, sin = self.rotary(x, positions)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        return q, k, v
+        cos, sin = self._angles(positions, x)  # [B or 1, 1, T, head_dim]
+        return rotate(q, cos, sin), rotate(k, cos, sin), v
+
+    def _angles(self, positions: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The rotary cos/sin at ``positions``, read from a table the layer's own rotary module filled once (grown
+        on demand); the table is plain state of this instance, not a weight."""
+        table = getattr(self, "_table", None)
+        need = int(positions.max()) + 1
+        if table is None or table[0].shape[0] < need or table[0].device != x.device or table[0].dtype != x.dtype:
+            index = torch.arange(max(need, 2 * self.window), device=x.device)[None]
+            cos, sin = self.rotary(x, index)  # [1, P, head_dim]
+            table = self._table = (cos[0], sin[0])
+        return table[0][positions][:, None], table[1][positions][:, None]
 
     def attend(self, x: Tensor, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None) -> Tensor:
         """The outputs ``[B, T, H]`` of inputs ``x`` with queries ``q`` over ``keys``/``values`` ``[B, h, S, d]``,
@@ -98,7 +109,8 @@ class EagleLayer(nn.Module):
         mask = None if mask is None else mask[:, None]  # None: every query sees every key
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=attn.scaling)
         h = x + attn.o_proj(out.transpose(1, 2).reshape(*x.shape[:2], -1))
-        return h + self.layer.mlp(self.layer.post_attention_layernorm(h))
+        mlp, m = self.layer.mlp, rms_norm(self.layer.post_attention_layernorm, h)
+        return h + mlp.down_proj(F.silu(mlp.gate_proj(m)) * mlp.up_proj(m))  # Llama's SiLU-gated MLP
 
     def forward(self, feats: Tensor, emb: Tensor, mask: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
         """Predicted next features ``[B, T, H]`` of a whole window; ``mask [B, T, T]`` (True: may attend;
@@ -111,6 +123,19 @@ class EagleLayer(nn.Module):
             mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()[None]
         q, k, v = self.qkv(x, positions)
         return self.attend(x, q, k, v, mask.expand(x.shape[0], T, T))
+
+
+def rms_norm(norm: nn.Module, x: Tensor) -> Tensor:
+    """A Llama RMSNorm module applied through ``F.rms_norm`` (its weight and epsilon); ``nn.Identity`` passes."""
+    if isinstance(norm, nn.Identity):
+        return x
+    return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.variance_epsilon)
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary embedding, rotate-half convention (as Llama): ``x [B, h, T, d]``, ``cos/sin [B or 1, 1, T, d]``."""
+    half = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
 def eagle_for(hidden: int, embed_dim: int, heads: int | None = None, window: int = 128,
