@@ -421,3 +421,28 @@ class NoPad(TorchFunctionMode):
             if ids.numel() and int(ids.min()) < 0:
                 raise AssertionError(f"a negative id (PAD = {PAD}) reached an embedding lookup")
         return func(*args, **kwargs)
+
+
+class CountedTarget:
+    """A Target that counts its verify work, for tests and machine-independent benchmarks: it wraps ``target``
+    (every attribute and method is the wrapped target's) and records the frames ``[B, T, K]`` of each ``forward``
+    call in ``shapes`` as ``(B, T)`` (the prefill is not among them: ``start``)."""
+
+    def __init__(self, target):
+        self.wrapped, self.shapes = target, []
+
+    def __getattr__(self, name: str):
+        return getattr(self.wrapped, name)
+
+    def forward(self, frames: Tensor, parents: Tensor | None = None) -> Tensor:
+        self.shapes.append((int(frames.shape[0]), int(frames.shape[1])))
+        return self.wrapped.forward(frames, parents)
+
+    def start(self, prompt, max_new_tokens: int) -> Tensor:
+        self.shapes = []
+        return self.wrapped.start(prompt, max_new_tokens)
+
+    @property
+    def rows_frames(self) -> int:
+        """The sum over forwards of rows x frames scored (a guided adapter runs each row twice inside)."""
+        return sum(B * T for B, T in self.shapes)
