@@ -173,6 +173,8 @@ def conformance(make_target: Callable[[], Any], prompts: Sequence, *, draft: Cal
         check_tree(make_target, join(list(prompts[:2])), budget, atol, shared=shared)
     if getattr(target, "per_row_commits", False):
         check_rows_apart(make_target, prompts[:2], join, frames, budget, atol)
+    if getattr(target, "selects_rows", False):
+        check_select_rows(make_target, prompts[:2], join, frames, budget, atol)
     with NoPad():  # 1. every model and decoder call below sees no PAD id
         both = mmspec.autoregressive(target, join(list(prompts[:2])), max_new_tokens=budget)
         check_rows_alone(target, prompts[:2], both, budget)
@@ -355,6 +357,28 @@ def check_rows_apart(make_target, prompts: Sequence, join: Callable[[list], Any]
         alone.forward(a[i:i + 1, -1:])
         torch.testing.assert_close(got[i:i + 1], alone.forward(b[i:i + 1]), atol=atol, rtol=atol,
                                    msg=f"row {i} at its own position differs from the row alone")
+
+
+def check_select_rows(make_target, prompts: Sequence, join: Callable[[list], Any], T: int, budget: int,
+                      atol: float) -> None:
+    """A target that declares ``selects_rows``: with its two rows apart (row 0 keeps 1 frame of a forward, row 1
+    keeps T - 1), ``select_rows([1])`` leaves row 1 alone in the batch, at its own ``pos``, and its next forwards'
+    logits equal that row's decoded alone (its cache, holes and positions went with it)."""
+    target = make_target()
+    first = target.start(join(list(prompts)), budget)
+    p0 = target.pos.clone()
+    a = sample_frames(target, first, T, seed=4)  # [2, T, K]
+    target.forward(a)
+    target.keep(p0 + torch.tensor([1, T - 1], device=p0.device))
+    target.select_rows(torch.tensor([1], device=p0.device))
+    assert torch.equal(target.pos, p0[1:] + T - 1), "select_rows must keep the kept rows' pos"
+    b = sample_frames(target, target.forward(a[1:, -1:]), T, seed=5)  # [1, T, K]
+    alone = make_target()
+    alone.start(prompts[1], budget)
+    alone.forward(a[1:, : T - 1])
+    alone.forward(a[1:, -1:])
+    torch.testing.assert_close(target.forward(b), alone.forward(b), atol=atol, rtol=atol,
+                               msg="the row kept by select_rows differs from the row alone")
 
 
 def check_rows_alone(target, prompts: Sequence, both, budget: int) -> None:
