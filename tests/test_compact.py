@@ -11,7 +11,8 @@ import torch
 import mmspec
 from mmspec import Sampling, accept
 from mmspec.compaction import compacts
-from mmspec.drafters import CascadeDrafter, EagleDrafter, JacobiDrafter, MedusaDrafter, PromptLookupDrafter
+from mmspec.drafters import (CascadeDrafter, EagleDrafter, JacobiDrafter, MedusaDrafter, ModelDrafter,
+                             PromptLookupDrafter)
 from mmspec.heads import MedusaHeads, eagle_for
 from mmspec.testing import CountedTarget
 from test_perrow import PROMPTS, SPEECH_TEXTS, text_drafter, text_target
@@ -52,7 +53,8 @@ def with_eos(target, n: int, **kw):
     return target
 
 
-TEXT = ["prompt-lookup", "medusa", "eagle-tree", "model", "cascade"]
+TEXT = ["prompt-lookup", "prompt-lookup-tree", "jacobi", "lookahead", "medusa", "medusa-tree", "eagle", "eagle-tree",
+        "mixed", "model", "model-tree", "cascade"]
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "eager"])
@@ -118,7 +120,7 @@ def test_image_rows_with_guidance(image_models, name, fast, rule):
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "eager"])
-@pytest.mark.parametrize("name", ["eagle", "medusa"])
+@pytest.mark.parametrize("name", ["eagle", "medusa", "codec-lookup", "model"])
 def test_speech_rows_keep_their_delay_pattern(speech_folders, name, fast):
     """A kept row's fed steps (the delay pattern's constraint reads them) stay its own."""
     from mmspec.speech import SpeechTarget
@@ -127,6 +129,12 @@ def test_speech_rows_keep_their_delay_pattern(speech_folders, name, fast):
 
     def make():
         torch.manual_seed(1)
+        if name == "codec-lookup":
+            from mmspec.speech import CodecLookupDrafter
+
+            return CodecLookupDrafter()
+        if name == "model":
+            return ModelDrafter(SpeechTarget.from_pretrained(speech_folders["draft"], load_codec=False, fast=fast))
         return EagleDrafter(eagle_for(32, 32, 4, window=32)) if name == "eagle" else \
             MedusaDrafter(MedusaHeads(32, 3, zero_init=False))
 
