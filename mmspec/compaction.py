@@ -9,7 +9,10 @@ exactly what it would have; the drafter's ``observe`` sees steps of its own (kep
 
 What the caller sees does not change: ``Rows.widen`` turns each step back into one of the starting batch, a
 dropped row with PAD frames and a count of 0 (as a row that has ended gets when it rides along), so
-``assemble``, ``Generation`` and every user of ``stream`` get the same results.
+``assemble``, ``Generation`` and every user of ``stream`` get the same rows: token for token under greedy
+decoding and the reproducible rule (the drafts of the kept rows may differ, which changes what a step verifies,
+never what it commits); other sampling rules draw fewer uniforms from the shared generator once rows are gone,
+so they commit another sample of the same distribution.
 
 Only where the target and the drafter both declare ``selects_rows = True`` (an optional attribute, like
 ``per_row_commits``) and rows commit apart; anything else runs the whole batch to the end, as before.

@@ -64,7 +64,8 @@ def stream(
 
     A frame is one token for text and image models and one code per codebook (K codes) for codec LMs.
     ``compact``: drop rows that have ended from the batch once half of it has (``mmspec.compaction``; only where
-    the target and the drafter declare ``selects_rows``); the steps and outputs are the same either way.
+    the target and the drafter declare ``selects_rows``): every row's output is the same either way under greedy
+    decoding and the reproducible rule (other sampling rules draw other, equally exact samples).
     """
     k, max_new_tokens, rule, seed = _check(target, drafter, k, max_new_tokens, rule, sampling, seed)
     if not isinstance(compact, bool):
