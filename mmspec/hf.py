@@ -333,6 +333,9 @@ class HFTarget:
         ``pos`` and the recorded hidden state. An adapter with more per-row state extends it and declares
         ``selects_rows = True`` (``mmspec.loop`` drops rows that have ended only where the target and the drafter
         declare it)."""
+        if not self.selects_rows:
+            raise ValueError(f"{type(self).__name__} does not declare selects_rows: its per-row state would not follow "
+                             "(rows that have ended stay in its batch)")
         B = self.pos.shape[0]
         self.cache.select_rows(index, B)
         self.pos = self.pos[index.to(self.pos.device)]

@@ -164,6 +164,16 @@ def test_compact_must_be_a_bool(tiny_models):
         mmspec.generate(target, None, PROMPTS, max_new_tokens=4, compact="yes")
 
 
+def test_an_adapter_that_does_not_declare_it_refuses_to_drop_rows(janus_models):
+    from mmspec.image.janus import JanusTarget
+
+    target = JanusTarget(janus_models[0], guidance_scale=3.0)
+    assert not target.selects_rows
+    target.start([[2, 10, 11, 12, 5], [2, 20, 5]], 4)
+    with pytest.raises(ValueError, match="does not declare selects_rows"):
+        target.select_rows(torch.tensor([1]))
+
+
 def test_sampler_keeps_each_rows_noise():
     """After ``select_rows`` a kept row draws the keyed noise of its place in the starting batch."""
     from mmspec.sampling import Sampler
