@@ -53,6 +53,7 @@ class ImageTarget(hf.HiddenStates, hf.HFTarget):
     """
 
     per_row_commits = True  # rows commit their own counts: the mask holds their holes (mmspec.hf.KVCache)
+    selects_rows = True  # select_rows keeps both guidance halves of the rows still running
 
     num_codebooks = 1
 
@@ -155,6 +156,13 @@ class ImageTarget(hf.HiddenStates, hf.HFTarget):
         self.cache = hf.KVCache(kv=kv)  # no padding: every prompt is one class token
         self.pos = torch.zeros(self.B, dtype=torch.long, device=self.device)
         return self._run(ids[:, None])  # [B, 1, 1, V]
+
+    def select_rows(self, index: Tensor) -> None:
+        """Keep the batch rows at ``index [B']`` (``mmspec.hf.HFTarget.select_rows``: both guidance halves)."""
+        super().select_rows(index)
+        self.B = int(index.shape[0])
+        if isinstance(self.prompt, (list, tuple)):
+            self.prompt = [self.prompt[i] for i in index.tolist()]
 
     def prompt_frames(self) -> list[Tensor]:
         """No prompt frames in code space (the class token is not an image code): per row ``[0, 1]``."""

@@ -148,6 +148,12 @@ class StaticKV:
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
     @torch.inference_mode()
+    def select_rows(self, rows: Tensor) -> None:
+        """Keep the cache rows at ``rows [R']`` (in that order): a batch that dropped rows that have ended."""
+        index = rows.to(self.keys.device)
+        self.keys, self.values = self.keys[:, index], self.values[:, index]
+
+    @torch.inference_mode()
     def keep_tail(self, T: int, index: Tensor) -> None:
         """Of the last ``T`` positions, those at ``index [R, m]`` (per row, in order) move to the front of the tail
         and the rest are dropped (a tree's accepted path)."""

@@ -266,6 +266,32 @@ class KVCache:
             self.fed = _gather_tail(self.fed, 1, T, rows_of(path, self.fed.shape[0]))
 
 
+    def select_rows(self, index: Tensor, B: int) -> None:
+        """Keep the batch rows at ``index [B']`` (in that order) of the ``B`` rows: every layer's keys and values (a
+        ``DynamicCache`` through its public ``reorder_cache``, a static cache through its own ``select_rows``), the
+        mask and the fed frames. A doubled cache (``R = 2B``) keeps both guidance halves of each row (b and B + b)."""
+        if self.rows:
+            rows = halves(index, self.rows, B)  # [R'] cache rows
+            if hasattr(self.kv, "keep_tail"):  # a static cache (mmspec.fast.StaticKV)
+                self.kv.select_rows(rows)
+            else:
+                self.kv.reorder_cache(rows)
+        if self.mask is not None:
+            self.mask = self.mask[halves(index, self.mask.shape[0], B).to(self.mask.device)]
+        if self.fed is not None:
+            self.fed = self.fed[halves(index, self.fed.shape[0], B).to(self.fed.device)]
+
+
+def halves(index: Tensor, R: int, B: int) -> Tensor:
+    """Batch rows ``index [B']`` of ``B`` -> the rows of a tensor of ``R`` rows that hold them: ``index`` (R = B), or
+    both halves of a doubled batch (R = 2B: conditional rows first, unconditional second) ``[2B']``."""
+    if R == B:
+        return index
+    if R != 2 * B:
+        raise ValueError(f"a cache of {R} rows holds neither {B} batch rows nor both guidance halves of them")
+    return torch.cat([index, index + B])
+
+
 def rows_of(index: Tensor, R: int) -> Tensor:
     """``index [T]`` (shared) or ``[B, T]`` (per row) -> ``[R, T]``, repeating the B rows for each half of a
     doubled batch (R = 2B: conditional rows first, unconditional second)."""
@@ -294,11 +320,28 @@ class HFTarget:
     fast = None  # the fast path's decoder (``mmspec.fast.FastDecoder``), None for the eager HF forward
     per_row_commits = False  # True where every forward reads ``cache.mask`` (holes) and positions per row
     # (``mmspec.loop.rows_apart``); an adapter that reads ``cache.fed`` by step index keeps rows in lockstep
+    selects_rows = False  # True where ``select_rows`` covers every per-row state of the adapter (``mmspec.compaction``)
 
     @property
     def forward_path(self) -> str:
         """``"fast"`` or ``"eager"``: which forward this target runs (bench and compare rows say it)."""
         return "eager" if self.fast is None else "fast"
+
+    @torch.inference_mode()
+    def select_rows(self, index: Tensor) -> None:
+        """Keep the batch rows at ``index [B']`` (in that order) and drop the others: the cache (both guidance halves),
+        ``pos`` and the recorded hidden state. An adapter with more per-row state extends it and declares
+        ``selects_rows = True`` (``mmspec.loop`` drops rows that have ended only where the target and the drafter
+        declare it)."""
+        if not self.selects_rows:
+            raise ValueError(f"{type(self).__name__} does not declare selects_rows: its per-row state would not follow "
+                             "(rows that have ended stay in its batch)")
+        B = self.pos.shape[0]
+        self.cache.select_rows(index, B)
+        self.pos = self.pos[index.to(self.pos.device)]
+        hidden = getattr(self, "_hidden", None)
+        if hidden is not None and hidden.shape[0] == B:
+            self._hidden = hidden[index.to(hidden.device)]
 
     def keep(self, pos: Tensor, path: Tensor | None = None) -> None:
         """Forget everything after ``pos [B]``: the cache, its mask and fed frames, then ``pos``. With

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from . import accept, tree
 from .accept import Rule, as_rule
+from .compaction import Rows, compacts
 from .protocols import DRAFTER, Drafter, Target, has_hidden
 from .sampling import Sampler
 from .types import PAD, Draft, Generation, Sampling, Step, count
@@ -57,20 +58,26 @@ def stream(
     rule: Rule = accept.greedy,
     sampling: Sampling = Sampling(),
     seed: int = 0,
+    compact: bool = True,
 ) -> Iterator[Step]:
     """Generate up to ``max_new_tokens`` frames per row, yielding each committed step.
 
     A frame is one token for text and image models and one code per codebook (K codes) for codec LMs.
+    ``compact``: drop rows that have ended from the batch once half of it has (``mmspec.compaction``; only where
+    the target and the drafter declare ``selects_rows``): every row's output is the same either way under greedy
+    decoding and the reproducible rule (other sampling rules draw other, equally exact samples).
     """
     k, max_new_tokens, rule, seed = _check(target, drafter, k, max_new_tokens, rule, sampling, seed)
+    if not isinstance(compact, bool):
+        raise ValueError(f"compact must be True or False, got {compact!r}")
     _BUSY.add(target)
     try:
-        yield from _steps(target, drafter, prompt, max_new_tokens, k, rule, sampling, seed)
+        yield from _steps(target, drafter, prompt, max_new_tokens, k, rule, sampling, seed, compact)
     finally:
         _BUSY.discard(target)
 
 
-def _steps(target, drafter, prompt, max_new_tokens, k, rule, sampling, seed) -> Iterator[Step]:
+def _steps(target, drafter, prompt, max_new_tokens, k, rule, sampling, seed, compact) -> Iterator[Step]:
     # 1. Prefill the target (recording hidden states only for a self-drafter); the first frame comes from
     #    the target alone (a rule over an empty draft).
     if has_hidden(target):
@@ -80,42 +87,33 @@ def _steps(target, drafter, prompt, max_new_tokens, k, rule, sampling, seed) -> 
     device = logits.device
     sampler = Sampler(sampling, seed, device, keyed=rule.keyed_noise)
     budget = min(max_new_tokens, target.max_frames - int(target.pos.max()))
-    empty = Draft(tokens=torch.zeros(B, 0, K, dtype=torch.long, device=device))
     done = torch.zeros(B, dtype=torch.bool, device=device)
     made = torch.zeros(B, dtype=torch.long, device=device)  # frames committed per row
     lockstep, drafted = not rows_apart(target, drafter), False
+    rows = Rows(B, device, compact and not lockstep and compacts(target, drafter))  # the rows still in the batch
     if drafter is not None:
         drafter.start(target, sampler, prompt, budget)
-    verdict, draft = rule(empty, logits, sampler, target.pos.clone()), empty
+    draft = Draft(tokens=torch.zeros(B, 0, K, dtype=torch.long, device=device))
+    verdict = rule(draft, logits, sampler, target.pos.clone())
     while True:
         # 5. Commit per row its accepted frames + 1 (lockstep: the batch minimum); stop rows at their end.
         moves = _moves(verdict, done, made, budget, lockstep)  # [B] frames each row's cache keeps
-        n = int(moves.max())  # the one sync per step
-        frames = verdict.tokens[:, :n]  # [B, n, K]
-        beyond = torch.arange(n, device=device)[None, :] >= moves[:, None]  # [B, n] past a row's count
-        ended = (target.finished(frames.clamp(min=0)) & ~beyond).cumsum(dim=1) > 0  # [B, n]
-        after_end = torch.cat([done[:, None].expand(B, 1), ended[:, :-1]], dim=1) | done[:, None] | beyond
-        frames = frames.masked_fill(after_end[..., None], PAD)
-        counts = moves.masked_fill(done, 0)  # [B] frames committed (0: a row that had ended)
-        from_draft = torch.arange(n, device=device)[None, :] < verdict.n_accepted[:, None]
-        path = None if verdict.path is None else verdict.path[:, : n - 1]  # [B, n - 1] committed nodes
-        if path is not None:
-            path = path.masked_fill(beyond[:, 1:], -1)  # -1 past each row's own count
-        if draft.size or bool((moves != 1).any()):  # cache held [last, nodes]: keep last + the committed path
-            _keep(target, draft.size, moves, path)
-        step = Step(frames, from_draft & ~after_end, draft.size, verdict.n_accepted, target.pos.clone(), path,
-                    counts)
+        step, ended = _commit(target, verdict, draft.size, moves, done)
         if drafter is not None:
             drafter.observe(step, logits)
-        made += counts
-        done |= ended.any(dim=1) | (made >= budget)
-        yield step
-        if bool(done.all()):
+        made += step.counts
+        done |= ended | (made >= budget)
+        yield rows.widen(step)
+        finished = int(done.sum())  # the one sync per step
+        if finished == done.shape[0]:
             return
+        last = verdict.tokens.gather(1, (moves - 1).clamp(min=0)[:, None, None].expand(-1, 1, K)).clamp(min=0)
+        if rows.due(finished):  # half of the batch has ended: drop those rows (they would ride along)
+            keep = rows.drop(done, target, drafter, sampler)
+            last, done, made = last[keep], done[keep], made[keep]
         # 2. Draft up to k frames after each row's newest committed frame.
-        last = verdict.tokens.gather(1, (moves - 1).clamp(min=0)[:, None, None].expand(B, 1, K)).clamp(min=0)
         left = int((budget - made).masked_fill(done, 0).max())  # frames the furthest-behind row may still add
-        draft = empty
+        draft = Draft(tokens=last[:, :0])
         if drafter is not None and left > 1:
             draft = _fit(target, drafter.propose(last, min(k, left - 1)), first=not drafted)
             drafted = True
@@ -125,6 +123,27 @@ def _steps(target, drafter, prompt, max_new_tokens, k, rule, sampling, seed) -> 
         logits = target.forward(torch.cat([last, draft.tokens], dim=1), parents)  # [B, N + 1, K, V]
         # 4. Accept a prefix plus one recovered/bonus frame.
         verdict = rule(draft, logits, sampler, pos)
+
+
+def _commit(target, verdict, N: int, moves: Tensor, done: Tensor) -> tuple[Step, Tensor]:
+    """Commit ``moves [B]`` frames per row of a verify forward over ``[last, N nodes]`` (rows that had ended,
+    ``done [B]``, commit nothing): the target keeps them; returns the step and which rows end in it ``[B]``."""
+    B, n, device = moves.shape[0], int(moves.max()), moves.device
+    frames = verdict.tokens[:, :n]  # [B, n, K]
+    beyond = torch.arange(n, device=device)[None, :] >= moves[:, None]  # [B, n] past a row's count
+    ended = (target.finished(frames.clamp(min=0)) & ~beyond).cumsum(dim=1) > 0  # [B, n]
+    after_end = torch.cat([done[:, None].expand(B, 1), ended[:, :-1]], dim=1) | done[:, None] | beyond
+    frames = frames.masked_fill(after_end[..., None], PAD)
+    counts = moves.masked_fill(done, 0)  # [B] frames committed (0: a row that had ended)
+    from_draft = torch.arange(n, device=device)[None, :] < verdict.n_accepted[:, None]
+    path = None if verdict.path is None else verdict.path[:, : n - 1]  # [B, n - 1] committed nodes
+    if path is not None:
+        path = path.masked_fill(beyond[:, 1:], -1)  # -1 past each row's own count
+    if N or bool((moves != 1).any()):  # cache held [last, nodes]: keep last + the committed path
+        _keep(target, N, moves, path)
+    step = Step(frames, from_draft & ~after_end, N, verdict.n_accepted.masked_fill(done, 0), target.pos.clone(), path,
+                counts)
+    return step, ended.any(dim=1)
 
 
 def rows_apart(target: Target, drafter: Drafter | None) -> bool:

@@ -206,10 +206,12 @@ def run(modality: Modality, target: Target, prompt: Any = None, *, drafter: str 
         draft: Target | None = None, batch: int = 1, k: int = 4, init: str | Callable = "random",
         ngram: int | None = None, max_new_tokens: int | None = None, sampling: Sampling = Sampling(),
         seed: int = 0, options: dict | None = None, tree: int | None = None, width: int = 2,
-        dynamic: bool = False, heads: str | None = None, cache: dict | None = None) -> Generation:
+        dynamic: bool = False, heads: str | None = None, cache: dict | None = None,
+        compact: bool = True) -> Generation:
     """One generation with a named drafter and rule (fresh drafter: drafters keep state); ``tree`` is the
     node budget of a branching drafter (None or 0: a chain), ``width`` its children per expanded node;
-    ``cache`` a dict the caller keeps between runs (loaded heads are read once: ``make_drafter``)."""
+    ``cache`` a dict the caller keeps between runs (loaded heads are read once: ``make_drafter``); ``compact``:
+    drop rows that have ended from a batch (``mmspec.stream``)."""
     rule_obj = make_rule(rule or default_rule(sampling.temperature), modality, target, options)
     made = make_drafter(drafter, modality, target=target, draft=draft, init=init, ngram=ngram, options=options,
                         tree=tree or None, width=width, dynamic=dynamic, heads=heads, cache=cache)
@@ -219,7 +221,7 @@ def run(modality: Modality, target: Target, prompt: Any = None, *, drafter: str 
     else:
         prompts = modality.prompts(prompt, count(batch, "batch"))
     return generate(target, made, prompts, max_new_tokens=modality.length(max_new_tokens, target), k=k,
-                    rule=rule_obj, sampling=sampling, seed=seed)
+                    rule=rule_obj, sampling=sampling, seed=seed, compact=compact)
 
 
 def generate_with(modality: str | Modality, prompt: Any = None, drafter: str = "none", rule: str | None = None, *,

@@ -20,7 +20,12 @@ Order of calls in one generation (``mmspec.stream``), which every implementation
    the target's ``keep(pos, path)`` then takes rows at different positions (its cache masks a row's extra
    slots), and the drafter's ``observe`` reads ``Step.counts`` (frames past a row's count are PAD). Anything
    that does not declare it runs in lockstep: every row commits the batch minimum (ended rows excepted).
-4. One generation at a time per target: a target (or a draft model) used by a running generation is
+4. Rows that have ended may be dropped (``mmspec.compaction``) when the target and the drafter both declare
+   ``selects_rows = True`` (an optional attribute, with rows apart as in 3.): between a step's ``observe`` and the
+   next ``propose``, ``target.select_rows(index)`` and ``drafter.select_rows(index)`` keep the rows at
+   ``index [B']`` (in that order) and forget the others; later calls see B' rows (``observe`` too), while the
+   caller of ``stream`` still gets steps of the starting batch. A target keeps both guidance halves of a row.
+5. One generation at a time per target: a target (or a draft model) used by a running generation is
    busy, and ``stream`` refuses to start another on it.
 """
 from __future__ import annotations

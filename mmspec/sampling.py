@@ -55,7 +55,8 @@ class Sampler:
 
     ``keyed`` selects reproducible decoding: every token is the Gumbel-max of its warped logits with
     noise drawn from a generator seeded by (seed, row, position), which is an exact sample of the
-    target and does not depend on speculation.
+    target and does not depend on speculation. The row is the row's place in the batch the call started
+    with: after ``select_rows`` drops rows, a kept row keeps its own noise.
     """
 
     def __init__(self, sampling: Sampling, seed: int = 0, device: torch.device | str = "cpu", keyed: bool = False):
@@ -68,6 +69,13 @@ class Sampler:
         self.keyed = keyed
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
+        self.rows: list[int] | None = None  # each row's place in the starting batch (None: its own index)
+
+    def select_rows(self, index: Tensor) -> None:
+        """Keep the rows at ``index [B']`` (in that order) of the current batch: row i is now the row that was at
+        ``index[i]``, and its keyed noise stays that of its place in the starting batch."""
+        picked = index.tolist()
+        self.rows = picked if self.rows is None else [self.rows[i] for i in picked]
 
     @property
     def greedy(self) -> bool:
@@ -103,10 +111,11 @@ class Sampler:
         B, T = positions.shape
         gen = torch.Generator(device=self.device)
         noise: dict[tuple[int, int], Tensor] = {}
+        key = list(range(B)) if self.rows is None else self.rows  # each row's place in the starting batch
         for b, row in enumerate(positions.tolist()):
             for p in row:
                 if (b, p) not in noise:
-                    gen.manual_seed(_mix(_mix(_mix(self.seed) ^ b) ^ p))
+                    gen.manual_seed(_mix(_mix(_mix(self.seed) ^ key[b]) ^ p))
                     noise[b, p] = torch.rand((K, V), generator=gen, device=self.device)
         u = torch.stack([noise[b, p] for b, row in enumerate(positions.tolist()) for p in row])
         u = u.reshape(B, T, K, V).clamp_(1e-20, 1.0 - 1e-7)

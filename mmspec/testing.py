@@ -173,6 +173,8 @@ def conformance(make_target: Callable[[], Any], prompts: Sequence, *, draft: Cal
         check_tree(make_target, join(list(prompts[:2])), budget, atol, shared=shared)
     if getattr(target, "per_row_commits", False):
         check_rows_apart(make_target, prompts[:2], join, frames, budget, atol)
+    if getattr(target, "selects_rows", False):
+        check_select_rows(make_target, prompts[:2], join, frames, budget, atol)
     with NoPad():  # 1. every model and decoder call below sees no PAD id
         both = mmspec.autoregressive(target, join(list(prompts[:2])), max_new_tokens=budget)
         check_rows_alone(target, prompts[:2], both, budget)
@@ -357,6 +359,28 @@ def check_rows_apart(make_target, prompts: Sequence, join: Callable[[list], Any]
                                    msg=f"row {i} at its own position differs from the row alone")
 
 
+def check_select_rows(make_target, prompts: Sequence, join: Callable[[list], Any], T: int, budget: int,
+                      atol: float) -> None:
+    """A target that declares ``selects_rows``: with its two rows apart (row 0 keeps 1 frame of a forward, row 1
+    keeps T - 1), ``select_rows([1])`` leaves row 1 alone in the batch, at its own ``pos``, and its next forwards'
+    logits equal that row's decoded alone (its cache, holes and positions went with it)."""
+    target = make_target()
+    first = target.start(join(list(prompts)), budget)
+    p0 = target.pos.clone()
+    a = sample_frames(target, first, T, seed=4)  # [2, T, K]
+    target.forward(a)
+    target.keep(p0 + torch.tensor([1, T - 1], device=p0.device))
+    target.select_rows(torch.tensor([1], device=p0.device))
+    assert torch.equal(target.pos, p0[1:] + T - 1), "select_rows must keep the kept rows' pos"
+    b = sample_frames(target, target.forward(a[1:, -1:]), T, seed=5)  # [1, T, K]
+    alone = make_target()
+    alone.start(prompts[1], budget)
+    alone.forward(a[1:, : T - 1])
+    alone.forward(a[1:, -1:])
+    torch.testing.assert_close(target.forward(b), alone.forward(b), atol=atol, rtol=atol,
+                               msg="the row kept by select_rows differs from the row alone")
+
+
 def check_rows_alone(target, prompts: Sequence, both, budget: int) -> None:
     """Each row of a greedy batch equals that prompt run alone (padding never leaks into a row)."""
     import mmspec
@@ -421,3 +445,28 @@ class NoPad(TorchFunctionMode):
             if ids.numel() and int(ids.min()) < 0:
                 raise AssertionError(f"a negative id (PAD = {PAD}) reached an embedding lookup")
         return func(*args, **kwargs)
+
+
+class CountedTarget:
+    """A Target that counts its verify work, for tests and machine-independent benchmarks: it wraps ``target``
+    (every attribute and method is the wrapped target's) and records the frames ``[B, T, K]`` of each ``forward``
+    call in ``shapes`` as ``(B, T)`` (the prefill is not among them: ``start``)."""
+
+    def __init__(self, target):
+        self.wrapped, self.shapes = target, []
+
+    def __getattr__(self, name: str):
+        return getattr(self.wrapped, name)
+
+    def forward(self, frames: Tensor, parents: Tensor | None = None) -> Tensor:
+        self.shapes.append((int(frames.shape[0]), int(frames.shape[1])))
+        return self.wrapped.forward(frames, parents)
+
+    def start(self, prompt, max_new_tokens: int) -> Tensor:
+        self.shapes = []
+        return self.wrapped.start(prompt, max_new_tokens)
+
+    @property
+    def rows_frames(self) -> int:
+        """The sum over forwards of rows x frames scored (a guided adapter runs each row twice inside)."""
+        return sum(B * T for B, T in self.shapes)

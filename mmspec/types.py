@@ -103,7 +103,7 @@ class Step:
     frames: Tensor  # [B, n, K] committed frames, n = the most any row committed (PAD past a row's count, after EOS)
     from_draft: Tensor  # [B, n] True where the frame is an accepted draft frame
     n_drafted: int  # N: nodes drafted (a chain's length)
-    n_accepted: Tensor  # [B] accepted draft frames per row (before the count is capped)
+    n_accepted: Tensor  # [B] accepted draft frames per row (before the count is capped; 0: a row that had ended)
     pos: Tensor  # [B] the target's ``pos`` after this step: frames in its cache, prompt included (the newest
     # committed frame is not among them: it is fed with the next verify forward)
     path: Tensor | None = None  # [B, n - 1] the draft nodes committed from each row's accepted path, -1 past its
@@ -169,14 +169,15 @@ def stats_of(gen: Generation) -> dict:
     Every step is one target forward (the first is the prefill). ``mean_accepted`` is frames committed
     per target forward (1.0 for plain decoding), per row over the steps it took part in (committed at least one
     frame), averaged over the rows; the ``acceptance_rate`` is accepted draft frames over
-    drafted frames (tree nodes), per row, averaged; ``nodes_per_forward`` is the frames each verify
+    drafted frames (tree nodes) over the rows that took part in each step (an ended row drafts nothing); ``nodes_per_forward`` is the frames each verify
     forward scored (``last`` + the drafted nodes), averaged over the steps after the prefill. A ``Stats``
     dict: a renamed key (``target_forwards``) raises a KeyError naming its new name (``steps``).
     """
     new_tokens = int(gen.lengths.sum())
     forwards = len(gen.steps)
-    drafted = sum(s.n_drafted for s in gen.steps) * gen.tokens.shape[0]
-    accepted = sum(int(s.n_accepted.sum()) for s in gen.steps)
+    live = [s.row_counts() > 0 for s in gen.steps]  # [B] per step: the rows that took part in it
+    drafted = sum(s.n_drafted * int(r.sum()) for s, r in zip(gen.steps, live))
+    accepted = sum(int(s.n_accepted[r].sum()) for s, r in zip(gen.steps, live))
     mean = 0.0
     if forwards:
         counts = torch.stack([s.row_counts().cpu() for s in gen.steps])  # [steps, B]

@@ -106,6 +106,7 @@ class CodecLookupDrafter:
 
     wants_hidden = False  # reads no hidden state (mmspec.protocols.Drafter)
     per_row_commits = True  # each row keeps its own history (``Step.counts``)
+    selects_rows = True  # select_rows keeps the rows still running (mmspec.compaction)
 
     def __init__(self, prior: Tensor | None = None, tree: int | None = None, width: int = 2):
         if prior is not None and (prior.dim() != 2 or prior.dtype != torch.long):
@@ -142,6 +143,10 @@ class CodecLookupDrafter:
                 heapq.heappush(heap, (detours + (rank > 0), depth + 1, order, node, nxt, after))
                 order += 1
         return trie
+
+    def select_rows(self, index: Tensor) -> None:
+        """Keep the rows at ``index [B']``, in that order."""
+        self.history = [self.history[i] for i in index.tolist()]
 
     def observe(self, step: Step, target_logits: Tensor) -> None:
         # Each row its own count; rows after their end hold PAD: they never end a step, so any id will do there.

@@ -66,6 +66,7 @@ class SpeechTarget(hf.HiddenStates, hf.HFTarget):
 
     per_row_commits = True  # rows commit their own counts: the mask holds their holes, and the delay pattern
     # reads each row's own fed steps (``_own_steps``)
+    selects_rows = True  # select_rows keeps the cache, its mask and fed steps of the rows still running
 
     def __init__(self, model: SpeechLM, codec=None, *, voices: Sequence[str] = (), voice: int | str | None = None,
                  device: str | torch.device | None = None, fast: bool | None = None):

@@ -47,6 +47,7 @@ class TextTarget(hf.HiddenStates, hf.HFTarget):
 
     num_codebooks = 1
     per_row_commits = True  # rows commit their own counts: the mask holds their holes (mmspec.hf.KVCache)
+    selects_rows = True  # select_rows keeps the cache, positions and prompt rows of the rows still running
 
     def __init__(self, model, tokenizer, *, chat: bool = False, device: str | torch.device | None = None,
                  fast: bool | None = None):
@@ -133,6 +134,13 @@ class TextTarget(hf.HiddenStates, hf.HFTarget):
         self.cache = hf.KVCache(mask=mask, kv=kv)
         self.pos = -self.pads  # so that pos counts real tokens after the prefill
         return self.forward(ids[..., None], keep_last=True)  # [B, 1, 1, V]
+
+    def select_rows(self, index: Tensor) -> None:
+        """Keep the batch rows at ``index [B']`` (``mmspec.hf.HFTarget.select_rows``), their prompts too."""
+        super().select_rows(index)
+        self.pads, self.prompt_ids = self.pads[index], self.prompt_ids[index]
+        if isinstance(self.prompt, (list, tuple)):
+            self.prompt = [self.prompt[i] for i in index.tolist()]
 
     def prompt_frames(self) -> list[Tensor]:
         return [row[int(p) :, None] for row, p in zip(self.prompt_ids, self.pads)]  # per row [L_b, 1]

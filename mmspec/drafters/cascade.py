@@ -31,6 +31,7 @@ class CascadeDrafter:
         self.parts = checked_parts(drafters, "a list of at least two drafters", least=2)
         self.wants_hidden = any(p.wants_hidden for p in self.parts)  # a self-drafter part
         self.per_row_commits = all(bool(getattr(p, "per_row_commits", False)) for p in self.parts)  # every part
+        self.selects_rows = all(bool(getattr(p, "selects_rows", False)) for p in self.parts)  # every part
         self.chosen: list[int] = []  # which part drafted each step (for statistics)
 
     def start(self, target: Target, sampler: Sampler, prompt: Any, max_new_tokens: int) -> None:
@@ -51,3 +52,8 @@ class CascadeDrafter:
     def observe(self, step: Step, target_logits: Tensor) -> None:
         for part in self.parts:
             part.observe(step, target_logits)
+
+    def select_rows(self, index: Tensor) -> None:
+        """Keep the rows at ``index [B']`` in every part."""
+        for part in self.parts:
+            part.select_rows(index)

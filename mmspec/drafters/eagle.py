@@ -44,6 +44,7 @@ class EagleDrafter:
 
     wants_hidden = True
     per_row_commits = True  # observe reads each row's own count (``Step.counts``)
+    selects_rows = True  # select_rows keeps the rows still running (mmspec.compaction)
 
     def __init__(self, layer, tree: int | None = None, width: int = 4, vocab: Tensor | None = None,
                  depth: int | None = None, confidence: float = 0.0):
@@ -198,6 +199,11 @@ class EagleDrafter:
         valid = torch.cat([self.valid, torch.arange(n, device=feats.device)[None] < counts[:, None]], dim=1)
         self._window(keys, values, valid)
         self.P = self.P + counts
+
+    def select_rows(self, index: Tensor) -> None:
+        """Keep the rows at ``index [B']``, in that order: their pairs (the window narrows to the kept rows' longest)."""
+        self.next_feat, self.P = self.next_feat[index], self.P[index]
+        self._window(self.keys[index], self.values[index], self.valid[index])
 
     def _window(self, keys: Tensor, values: Tensor, valid: Tensor) -> None:
         """Keep each row's newest pairs, right-aligned, at most half the trained window (room for the draft;

@@ -39,6 +39,7 @@ class JacobiDrafter:
         self.init, self.pad_id = init, count(pad_id, "pad_id", minimum=0)
 
     per_row_commits = True  # each row keeps its own committed output and window (``Step.counts``)
+    selects_rows = True  # select_rows keeps the rows still running (mmspec.compaction)
 
     def start(self, target: Target, sampler: Sampler, prompt: Any, max_new_tokens: int) -> None:
         self.sampler = sampler
@@ -51,6 +52,12 @@ class JacobiDrafter:
         self.guess: Tensor | None = None  # [B, W, K]
         self.stale: Tensor | None = None  # [B, W] guesses past a row's verified part (init guesses replace them)
         self.q: Tensor | None = None  # [B, W, K, V] or None when every guess is deterministic
+
+    def select_rows(self, index: Tensor) -> None:
+        """Keep the rows at ``index [B']``, in that order: their output, guesses and q."""
+        if self.out is not None:
+            self.out = [self.out[i] for i in index.tolist()]
+        self.guess, self.stale, self.q = (None if x is None else x[index] for x in (self.guess, self.stale, self.q))
 
     def _fresh(self, seq: Tensor, n: int) -> Tensor:
         """n init guesses after ``seq [B, S, K]``: tokens ``[B, n, K]`` (verified as q = one-hot)."""

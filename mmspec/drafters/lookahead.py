@@ -32,6 +32,7 @@ from .trie import Trie, stack
 class LookaheadDrafter:
     wants_hidden = False  # reads no hidden state (mmspec.protocols.Drafter)
     per_row_commits = True  # its Jacobi window and n-gram pools are per row
+    selects_rows = True  # select_rows keeps the rows still running (mmspec.compaction)
 
     def __init__(self, ngram: int = 4, pool_size: int = 4, init: str | Init = "repeat", tree: int | None = None):
         if not isinstance(ngram, int) or ngram < 2:
@@ -50,6 +51,12 @@ class LookaheadDrafter:
         self.tail = [f[-(self.ngram - 1) :].clone() for f in target.prompt_frames()]  # per row [<= N-1, K]
         for b, frames in enumerate(target.prompt_frames()):
             self._harvest(b, frames)
+
+    def select_rows(self, index: Tensor) -> None:
+        """Keep the rows at ``index [B']``, in that order: their pools, tails and Jacobi window."""
+        picked = index.tolist()
+        self.pools, self.tail = [self.pools[i] for i in picked], [self.tail[i] for i in picked]
+        self.jacobi.select_rows(index)
 
     def _harvest(self, b: int, seq: Tensor) -> None:
         """Add every n-gram of ``seq [L, K]`` to row b's pool, keyed by its first frame."""

@@ -34,6 +34,7 @@ class MedusaDrafter:
 
     wants_hidden = True
     per_row_commits = True  # observe reads each row's newest state (``Step.counts``)
+    selects_rows = True  # select_rows keeps the rows still running (mmspec.compaction)
 
     def __init__(self, heads, tree: int | None = None, width: int = 2, vocab: Tensor | None = None):
         self.heads, self.vocab = heads.eval(), vocab
@@ -76,3 +77,7 @@ class MedusaDrafter:
 
     def observe(self, step: Step, target_logits: Tensor) -> None:
         self.state = selfdraft.newest_state(self.target, step)  # [B, H]
+
+    def select_rows(self, index: Tensor) -> None:
+        """Keep the rows at ``index [B']``, in that order (the target drops them itself)."""
+        self.state = self.state[index]

@@ -55,6 +55,7 @@ class MixedDrafter:
         self.nodes = None if nodes is None else count(nodes, "nodes (node budget)")
         self.wants_hidden = any(p.wants_hidden for p in self.parts)  # a self-drafter part
         self.per_row_commits = all(bool(getattr(p, "per_row_commits", False)) for p in self.parts)  # every part
+        self.selects_rows = all(bool(getattr(p, "selects_rows", False)) for p in self.parts)  # every part
 
     def start(self, target: Target, sampler: Sampler, prompt: Any, max_new_tokens: int) -> None:
         self.vocab_size = target.vocab_size
@@ -88,6 +89,12 @@ class MixedDrafter:
         maps, self.maps = self.maps, None
         for i, part in enumerate(self.parts):
             part.observe(step, target_logits if maps is None else self._logits_at(maps[i], target_logits))
+
+    def select_rows(self, index: Tensor) -> None:
+        """Keep the rows at ``index [B']`` in every part (the merged tree's maps live within one step)."""
+        self.maps = None if self.maps is None else [m[index] for m in self.maps]
+        for part in self.parts:
+            part.select_rows(index)
 
     @staticmethod
     def _logits_at(where: Tensor, target_logits: Tensor) -> Tensor:

@@ -67,6 +67,22 @@ class ModelDrafter:
         them apart too (its own ``per_row_commits``); otherwise the batch stays in lockstep."""
         return bool(getattr(self.model, "per_row_commits", False))
 
+    @property
+    def selects_rows(self) -> bool:
+        """Rows that have ended may be dropped (``mmspec.compaction``) where the draft model can drop them too."""
+        return self.per_row_commits and bool(getattr(self.model, "selects_rows", False))
+
+    def select_rows(self, index: Tensor) -> None:
+        """Keep the rows at ``index [B']``, in that order: the draft model's, and the backlog of each."""
+        self.model.select_rows(index)
+        self.base = self.base[index]
+        if self.backlog is not None:
+            self.backlog, self.waiting = self.backlog[index], self.waiting[index]
+            self.backlog = self.backlog[:, : max(1, int(self.waiting.max()))]
+        if self.fed is not None:  # between steps nothing is fed past the prefix; kept aligned all the same
+            frames, parents = self.fed
+            self.fed = (frames[index], parents[index] if parents is not None and parents.dim() == 2 else parents)
+
     def __init__(self, model: Target, adaptive: bool = False, confidence: float | None = None,
                  tree: int | None = None, width: int = 2, dynamic: bool = False):
         if not isinstance(model, Target):
@@ -260,7 +276,8 @@ class ModelDrafter:
     # -- after a step ------------------------------------------------------------------------------
     def observe(self, step: Step, target_logits: Tensor) -> None:
         if self.adaptive and step.n_drafted and self.k_now is not None:
-            all_in = bool((step.n_accepted >= step.n_drafted).all())
+            live = step.row_counts() > 0  # [B] rows that have ended draft nothing worth counting
+            all_in = bool((step.n_accepted[live] >= step.n_drafted).all())
             self.k_now = min(self.k_max, self.k_now + 2) if all_in else max(1, self.k_now - 1)
         # Keep the committed frames the draft model has already fed; the rest wait in the backlog.
         n = step.frames.shape[1]

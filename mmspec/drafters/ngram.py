@@ -62,6 +62,7 @@ class PromptLookupDrafter:
 
     wants_hidden = False  # reads no hidden state (mmspec.protocols.Drafter)
     per_row_commits = True  # observe keeps each row's own frames (PAD past its count is dropped)
+    selects_rows = True  # select_rows keeps the rows still running (mmspec.compaction)
 
     def __init__(self, max_ngram: int = 3, min_ngram: int = 1, tree: int | None = None):
         if not (isinstance(min_ngram, int) and isinstance(max_ngram, int) and 1 <= min_ngram <= max_ngram):
@@ -97,6 +98,11 @@ class PromptLookupDrafter:
                     break
             tries.append(trie)
         return stack(tries, self.vocab_size, last.shape[-1], last.device)
+
+    def select_rows(self, index: Tensor) -> None:
+        """Keep the rows at ``index [B']``, in that order."""
+        picked = index.tolist()
+        self.frames, self.ids = [self.frames[i] for i in picked], [self.ids[i] for i in picked]
 
     def observe(self, step: Step, target_logits: Tensor) -> None:
         for b in range(step.frames.shape[0]):
