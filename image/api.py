@@ -117,6 +117,8 @@ SUITE = Suite(
         Method("sjd (init above)", "jacobi", "speculative", 1.0, "above", quick=False),
         # coupled Jacobi drafts (MC-SJD) and SJD-PAC proactive trees: exact, window 32
         Method("coupled (init above)", "coupled", "speculative", 1.0, "above", k=32),
+        Method("coupled k=16 (init above)", "coupled", "speculative", 1.0, "above", k=16, quick=False),
+        Method("coupled k=24 (init above)", "coupled", "speculative", 1.0, "above", k=24, quick=False),
         Method("coupled-gumbel (init above)", "coupled-gumbel", "speculative", 1.0, "above", k=32, quick=False),
         Method("proactive (init above)", "proactive", "speculative", 1.0, "above", k=32, quick=False),
         Method("model / speculative", "model", "speculative", 1.0, k=4),

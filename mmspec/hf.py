@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from . import tree
+from .fast import StaticKV
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -146,7 +147,7 @@ class KVCache:
     @property
     def rows(self) -> int:
         """Rows held (a guided batch: both halves), 0 before the first forward."""
-        if hasattr(self.kv, "keep_tail"):
+        if isinstance(self.kv, StaticKV):
             return int(self.kv.keys.shape[1])
         layers = getattr(getattr(self.kv, "self_attention_cache", self.kv), "layers", None) or []
         keys = getattr(layers[0], "keys", None) if layers else None
@@ -248,7 +249,7 @@ class KVCache:
         to the front of those T, in order, and the rest are dropped: every layer's keys and values (the
         self-attention cache of an encoder-decoder model; the cross-attention cache is fixed), the mask and
         the fed frames. Rows of a doubled batch (``R = 2B``) keep their row's path."""
-        if hasattr(self.kv, "keep_tail"):  # a static cache gathers in place (mmspec.fast.StaticKV)
+        if isinstance(self.kv, StaticKV):  # a static cache gathers in place
             self.kv.keep_tail(T, rows_of(path, self.kv.keys.shape[1]))
             layers = []
         else:
@@ -272,7 +273,7 @@ class KVCache:
         mask and the fed frames. A doubled cache (``R = 2B``) keeps both guidance halves of each row (b and B + b)."""
         if self.rows:
             rows = halves(index, self.rows, B)  # [R'] cache rows
-            if hasattr(self.kv, "keep_tail"):  # a static cache (mmspec.fast.StaticKV)
+            if isinstance(self.kv, StaticKV):
                 self.kv.select_rows(rows)
             else:
                 self.kv.reorder_cache(rows)
