@@ -1,19 +1,47 @@
-"""Time one drafted frame of the zoo text heads on a CPU: ``EagleDrafter._step`` for one new pair, with the
-layer as the drafter runs it there (its int8 copy) against the float layer, in one process, interleaved,
-median of many calls.
+"""Time one drafted frame of a zoo EAGLE layer on a CPU: ``EagleDrafter._step`` for one new pair, with the
+layer as the drafter runs it there (its int8 copy) against the float layer and against copies whose products
+run on the fast path's prepacked oneDNN weights (``mmspec.fast.PackedLinear``, float32 and bfloat16), in one
+process, interleaved, median of many calls. The choice of the int8 copy for drafting rests on this.
 
-    python benchmarks/eagle_step.py [--threads 1] [--calls 300]
+    python benchmarks/eagle_step.py [--modality text|speech] [--threads 1] [--calls 300]
 """
 from __future__ import annotations
 
 import argparse
 import time
 
+import copy
+
 import torch
+
+
+class _Packed(torch.nn.Module):
+    """A linear map on ``PackedLinear`` weights of ``dtype`` (inputs cast to it, outputs back to float32)."""
+
+    def __init__(self, linear: torch.nn.Linear, dtype: torch.dtype):
+        from mmspec.fast import PackedLinear
+
+        super().__init__()
+        bias = None if linear.bias is None else linear.bias.detach().to(dtype)
+        self.linear, self.dtype = PackedLinear([linear.weight.detach().to(dtype)], [bias]), dtype
+
+    def forward(self, x):
+        return self.linear(x.to(self.dtype)).float()
+
+
+def packed_copy(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A copy of ``module`` whose ``nn.Linear`` maps run prepacked (as the target's on the fast path)."""
+    out = copy.deepcopy(module)
+    for child in list(out.modules()):
+        for attr, sub in list(child.named_children()):
+            if isinstance(sub, torch.nn.Linear):
+                setattr(child, attr, _Packed(sub, dtype))
+    return out
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--modality", default="text", choices=["text", "speech"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--calls", type=int, default=300)
     p.add_argument("--context", type=int, default=40, help="pairs already in the drafter's cache")
@@ -26,9 +54,9 @@ def main(argv=None) -> int:
     from mmspec.sampling import Sampler
     from mmspec.types import Sampling
 
-    mod = get("text")
+    mod = get(args.modality)
     target = mod.load(mod.default_target)
-    drafter = load_heads("zoo:code-heads", target)
+    drafter = load_heads(mod.default_heads, target)
     target.track_hidden(True)
     target.start(mod.suite.prompts(1, target), 64)
     drafter.start(target, Sampler(Sampling(), 0, target.device, keyed=False), None, 64)
@@ -36,9 +64,12 @@ def main(argv=None) -> int:
     H, S = drafter.layer.sizes["hidden_size"], args.context
     keys = torch.randn(1, attn.config.num_attention_heads, S, attn.head_dim)
     values, feats = torch.randn_like(keys), torch.randn(1, 1, H)
-    frames, positions = torch.randint(0, target.vocab_size, (1, 1, 1)), torch.tensor([[S]])
+    frames = torch.randint(0, target.vocab_size, (1, 1, target.num_codebooks))
+    positions = torch.tensor([[S]])
     drafter.keys = keys
-    nets = {"int8 copy (as drafted)": int8_copy(drafter.layer), "float32 layer": drafter.layer}
+    nets = {"int8 copy (as drafted)": int8_copy(drafter.layer), "float32 layer": drafter.layer,
+            "prepacked float32": packed_copy(drafter.layer, torch.float32),
+            "prepacked bfloat16": packed_copy(drafter.layer, torch.bfloat16)}
     times: dict[str, list[float]] = {name: [] for name in nets}
     with torch.inference_mode():
         for _ in range(args.calls):
