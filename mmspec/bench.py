@@ -74,13 +74,14 @@ def suite_names() -> list[str]:
 
 # ------------------------------------------------------------------------------------------ running
 def run_once(modality, method: Method, target, draft, prompt, max_new: int, k: int, seed: int, heads=None,
-             cache: dict | None = None):
-    """One timed generation (a fresh drafter each run: drafters keep state; loaded heads kept in ``cache``)."""
+             cache: dict | None = None, compact: bool = True):
+    """One timed generation (a fresh drafter each run: drafters keep state; loaded heads kept in ``cache``);
+    ``compact``: rows that have ended leave a batch (``mmspec.compaction``)."""
     return named.run(modality, target, prompt, drafter=method.drafter, rule=method.rule, draft=draft,
                      k=method.k or k, init=method.init, max_new_tokens=max_new, seed=seed,
                      sampling=Sampling(temperature=method.temperature), options=dict(method.options),
                      tree=method.tree, width=method.width, dynamic=method.dynamic, heads=heads,
-                     cache=cache)
+                     cache=cache, compact=compact)
 
 
 def picked(method: Method, names: list[str] | None, suite: Suite) -> bool:
@@ -125,13 +126,15 @@ def baseline_for(temperature: float) -> Method:
     return Method(f"autoregressive T={temperature:g}", "none", rule, temperature)
 
 
-def measure(modality, plan: list[Method], target, draft, prompts, max_new, k, seed, repeats, bar, heads=None) -> dict[str, list]:
+def measure(modality, plan: list[Method], target, draft, prompts, max_new, k, seed, repeats, bar, heads=None,
+            compact: bool = True) -> dict[str, list]:
     """Per prompt: every method warmed up once, then ``repeats`` interleaved rounds (``mmspec.timing``); a row
     per (method, prompt) with the median wall time and every round's time."""
     rows: dict[str, list] = {m.label: [] for m in plan}
     cache: dict = {}  # the heads are read once for all runs
     for i, prompt in enumerate(prompts):
-        runs = {m.label: functools.partial(run_once, modality, m, target, draft, prompt, max_new, k, seed, heads, cache)
+        runs = {m.label: functools.partial(run_once, modality, m, target, draft, prompt, max_new, k, seed, heads, cache,
+                                           compact)
                 for m in plan}
         timed = timing.interleave(runs, repeats, progress=lambda name, r: bar.update())
         for label, gens in timed.items():
@@ -151,9 +154,10 @@ def measure(modality, plan: list[Method], target, draft, prompts, max_new, k, se
 def run_suite(name: str, *, quick: bool, repeats: int, seed: int = 0, target_name=None, draft_name=None,
               n_prompts=None, max_new=None, k=None, methods=None, load_options=None, prompts=None,
               progress: bool = True, tree: int = 0, width: int | None = None, heads: str | None = None,
-              batch: int = 1) -> dict:
+              batch: int = 1, compact: bool = True) -> dict:
     """Run one modality's suite; returns ``{"suite", "config", "methods": [...], "prompts": [...]}`` (or ``skipped``).
-    ``batch`` B > 1: the prompts run B different ones at a time (``batches``), every method and its baseline alike."""
+    ``batch`` B > 1: the prompts run B different ones at a time (``batches``), every method and its baseline alike;
+    ``compact`` False keeps rows that have ended in the batch (to measure what compaction saves)."""
     from tqdm.auto import tqdm
 
     # 1. the modality and its target (skip the suite cleanly when a package is missing or a model does not load)
@@ -178,13 +182,13 @@ def run_suite(name: str, *, quick: bool, repeats: int, seed: int = 0, target_nam
     groups = batches(prompts, batch)
     bar = tqdm(total=len(plan) * len(groups) * (1 + repeats), desc=f"bench {name}", disable=not progress)
     # 3. baselines and every method on the same target, prompts (B at a time) and seed, in interleaved rounds
-    rows = measure(modality, plan, target, draft, groups, max_new, k, seed, repeats, bar, heads)
+    rows = measure(modality, plan, target, draft, groups, max_new, k, seed, repeats, bar, heads, compact)
     bar.close()
     env = timing.machine(target.device)
     results = [summarise(modality, m, target, prompts, rows[m.label], rows[baseline_for(m.temperature).label], env)
                for m in plan]
     config = {"quick": quick, "repeats": repeats, "seed": seed, "k": k, "max_new": max_new, "n_prompts": len(prompts),
-              "batch": batch,
+              "batch": batch, "compact": compact,
               "target": target_name or modality.default_target,
               "draft": (draft_name or modality.default_draft) if draft else None, "heads": heads,
               "device": str(target.device), "threads": env["threads"], "load_1min": env["load_1min"],
@@ -412,7 +416,7 @@ def main(args, rest=None) -> int:
                          max_new=getattr(args, "max_new_tokens", None), k=getattr(args, "k", None), methods=methods,
                          load_options=opts, prompts=getattr(args, "prompt", None), tree=getattr(args, "tree", 0),
                          width=getattr(args, "tree_width", None), heads=getattr(args, "heads", None),
-                         batch=getattr(args, "batch", 1))
+                         batch=getattr(args, "batch", 1), compact=getattr(args, "compact", True))
                for name in names]
     # 3. write results.json, results.csv, plots; print the table
     os.makedirs(args.out, exist_ok=True)

@@ -135,6 +135,9 @@ def _add_bench(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("--max-new-tokens", type=int, default=None, help="frames per prompt (default: the suite's)")
     bench.add_argument("--batch", type=int, default=1, help="different prompts generated together (each row commits "
                        "its own accepted frames); the baseline runs the same batches")
+    bench.add_argument("--compact", action=argparse.BooleanOptionalAction, default=True,
+                       help="with --batch: rows that have ended leave the batch once half of it has (mmspec.compaction); "
+                            "--no-compact keeps them riding along, to measure what that saves")
     bench.add_argument("--k", type=int, default=None, help="drafted frames per step (default: the suite's)")
     bench.add_argument("--methods", default=None,
                        help="comma-separated method labels (a label picks that method) or drafter names (every method "

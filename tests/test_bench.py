@@ -135,3 +135,18 @@ def test_tree_flag_gives_branching_methods_a_node_budget(tmp_path, tiny_models):
     assert by_drafter["jacobi"]["tree"] is None  # jacobi cannot branch: it stays a chain
     assert all(m["identical_to_baseline"] for m in by_drafter.values())
     assert by_drafter["model"]["nodes_per_forward"] > 1
+
+
+def test_a_batched_bench_runs_with_and_without_compaction_to_the_same_outputs(tmp_path, tiny_models):
+    prompts = ["--prompt", "def add(a, b):\n", "--prompt", "for i in range(", "--prompt", "x = [", "--prompt", "import"]
+    out = {}
+    for flag in ("--compact", "--no-compact"):
+        code = main(["bench", "--suite", "text", "--quick", "--out", str(tmp_path / flag), "--target", tiny_models["llama"],
+                     *prompts, "--max-new-tokens", "8", "--repeats", "1", "--methods", "prompt-lookup", "--batch", "4",
+                     flag, "--device", "cpu"])
+        assert code == 0
+        (suite,) = json.loads((tmp_path / flag / "results.json").read_text())["suites"]
+        assert suite["config"]["compact"] is (flag == "--compact") and suite["config"]["batch"] == 4
+        assert all(m["identical_to_baseline"] for m in suite["methods"])
+        out[flag] = {m["method"]: (m["new_tokens"], m["steps"]) for m in suite["methods"]}
+    assert out["--compact"] == out["--no-compact"]  # the same tokens in the same forwards: only the rows differ
