@@ -6,15 +6,18 @@
 #   3. mmspec autoregressive against HF generate, dynamic and static cache (text_vs_hf.py)
 #   4. the text, speech and image bench suites on the fast path, and the text suite's best method on the eager path
 #   5. how often fast greedy output differs from eager greedy output and HF generate (fast_exactness.py)
+#   6. batches of 8 (issue 23): the zoo heads and prompt lookup at several k, rows that ended dropped or kept
+#   7. one drafted frame of the EAGLE layers, int8 against prepacked products (eagle_step.py)
 #
-#   bash benchmarks/fast_session.sh [PART ...]     (parts: forward profile hf text speech image exactness; default all)
+#   bash benchmarks/fast_session.sh [PART ...]     (parts: forward profile hf text speech image exactness batch eagle;
+#                                                  default all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=benchmarks/results
 mkdir -p "$R"
 PY=${PY:-python}
 MMSPEC=${MMSPEC:-mmspec}
-parts=${*:-forward profile hf text speech image exactness}
+parts=${*:-forward profile hf text speech image exactness batch eagle}
 for part in $parts; do
   echo "== $part ($(date -u +%H:%M:%S), load $(cut -d' ' -f1 /proc/loadavg))"
   case $part in
@@ -36,8 +39,21 @@ for part in $parts; do
       $MMSPEC bench --suite speech --fast --repeats 2 --out bench-out/speech-fast --methods "heads / greedy,heads / speculative"
       cp bench-out/speech-fast/results.json $R/bench_speech_fast.json ;;
     image)
-      $MMSPEC bench --suite image --fast --repeats 2 --out bench-out/image-fast --methods "heads / speculative,sjd (init random)"
+      $MMSPEC bench --suite image --fast --repeats 2 --out bench-out/image-fast \
+        --methods "heads / speculative,sjd (init random),coupled k=16 (init above),coupled k=24 (init above),coupled (init above)"
       cp bench-out/image-fast/results.json $R/bench_image_fast.json ;;
+    batch)
+      for K in 2 4 8; do
+        $MMSPEC bench --suite text --batch 8 --prompts 8 --k $K --max-new-tokens 64 --methods "prompt-lookup,heads" \
+          --repeats 2 --out bench-out/batch8-k$K
+        cp bench-out/batch8-k$K/results.json $R/bench_text_batch8_k${K}.json
+      done
+      $MMSPEC bench --suite text --batch 8 --prompts 8 --k 8 --max-new-tokens 64 --methods "prompt-lookup,heads" \
+        --repeats 2 --no-compact --out bench-out/batch8-k8-full
+      cp bench-out/batch8-k8-full/results.json $R/bench_text_batch8_k8_nocompact.json ;;
+    eagle)
+      $PY benchmarks/eagle_step.py --modality text
+      $PY benchmarks/eagle_step.py --modality speech ;;
     exactness)
       $PY benchmarks/fast_exactness.py --json $R/fast_exactness.json ;;
     *) echo "unknown part $part"; exit 2 ;;
