@@ -266,7 +266,6 @@ class KVCache:
         if self.fed is not None:
             self.fed = _gather_tail(self.fed, 1, T, rows_of(path, self.fed.shape[0]))
 
-
     def select_rows(self, index: Tensor, B: int) -> None:
         """Keep the batch rows at ``index [B']`` (in that order) of the ``B`` rows: every layer's keys and values (a
         ``DynamicCache`` through its public ``reorder_cache``, a static cache through its own ``select_rows``), the
