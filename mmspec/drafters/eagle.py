@@ -184,6 +184,7 @@ class EagleDrafter:
         parents = torch.where(up < 0, -1, new_index.gather(1, up.clamp(min=0)))
         return Draft(tokens=frames[rows, keep], parents=parents)
 
+    @torch.inference_mode()  # the layer's weights are parameters: without it autograd recorded every pair (1.6x the time)
     def observe(self, step: Step, target_logits: Tensor) -> None:
         feats = selfdraft.committed_states(self.target, step)  # [B, n, H]
         frames = step.frames.clamp(min=0)  # [B, n, K]: the frame each state predicted
