@@ -40,7 +40,7 @@ for part in $parts; do
       cp bench-out/speech-fast/results.json $R/bench_speech_fast.json ;;
     image)
       $MMSPEC bench --suite image --fast --repeats 2 --out bench-out/image-fast \
-        --methods "heads / speculative,sjd (init random),coupled k=16 (init above),coupled k=24 (init above),coupled (init above)"
+        --methods "heads / speculative,sjd (init random),coupled k=16 (init above),coupled k=32 (init above),coupled (init above)"
       cp bench-out/image-fast/results.json $R/bench_image_fast.json ;;
     batch)
       for K in 2 4 8; do
