@@ -248,11 +248,11 @@ class _Layer:
         heads = qkv.view(R, T, -1, D).transpose(1, 2)  # [R, heads + 2 kv_heads, T, D]
         if self.qk_norms is None:  # q and k rotate as one tensor (half the elementwise calls)
             qk, v = heads.split([self.heads + self.kv_heads, self.kv_heads], dim=1)
-            q, k = _rotate(qk, cos, sin).split([self.heads, self.kv_heads], dim=1)  # [R, heads|kv_heads, T, D]
+            q, k = rotate(qk, cos, sin).split([self.heads, self.kv_heads], dim=1)  # [R, heads|kv_heads, T, D]
         else:  # Qwen3: RMSNorm per head on q and k (their own weights) before the rotation
             q, k, v = heads.split([self.heads, self.kv_heads, self.kv_heads], dim=1)
-            q = _rotate(F.rms_norm(q, (D,), *self.qk_norms[0]), cos, sin)
-            k = _rotate(F.rms_norm(k, (D,), *self.qk_norms[1]), cos, sin)
+            q = rotate(F.rms_norm(q, (D,), *self.qk_norms[0]), cos, sin)
+            k = rotate(F.rms_norm(k, (D,), *self.qk_norms[1]), cos, sin)
         keys, values = cache.write(i, k, v)  # [R, kv_heads, S + T, D]
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale,
                                              enable_gqa=self.kv_heads != self.heads)
@@ -263,8 +263,8 @@ class _Layer:
         return x + self.down(F.silu(gate) * up)
 
 
-def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotary embedding (the rotate-half convention): ``x [R, h, T, D]``, ``cos/sin [R, 1, T, D]``."""
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary embedding (the rotate-half convention, as Llama): ``x [R, h, T, D]``, ``cos/sin [R or 1, 1, T, D]``."""
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..drafters.int8 import Int8Copies
+from ..fast import rotate
 
 
 def blocks(hidden: int, count: int, zero: bool) -> nn.ModuleList:
@@ -130,12 +131,6 @@ def rms_norm(norm: nn.Module, x: Tensor) -> Tensor:
     if isinstance(norm, nn.Identity):
         return x
     return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.variance_epsilon)
-
-
-def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotary embedding, rotate-half convention (as Llama): ``x [B, h, T, d]``, ``cos/sin [B or 1, 1, T, d]``."""
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
 
 
 def eagle_for(hidden: int, embed_dim: int, heads: int | None = None, window: int = 128,
