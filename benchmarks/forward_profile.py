@@ -4,7 +4,9 @@ Part 1 times every product of the text zoo target in model order (each decoder l
 then the output head; distinct weights, so they stream from memory as in a real forward) for M = 1..32 rows with
 ``F.linear`` (the eager path's kernel) and with the fast path's prepacked oneDNN products (q/k/v and gate/up fused).
 Part 2 profiles one-frame forwards of the target on both paths (torch.profiler, self CPU time by op). Part 3 times
-one-frame and 8-frame forwards of both paths interleaved in one process (the fast path's speed-up over eager).
+one-frame and 8-frame forwards of both paths interleaved in one process (the fast path's speed-up over eager): first
+forward by forward (each timed forward follows the other path's, cold), then in turns of 8 forwards back to back, as a
+decode loop runs them (each turn's first forward untimed).
 
     python benchmarks/forward_profile.py [--target zoo:code-target] [--threads 2] [--json benchmarks/results/forward_profile.json]
 """
@@ -83,8 +85,12 @@ def profile(name: str, fast: bool, forwards: int = 20, top: int = 8) -> list:
     return rows
 
 
-def interleaved(name: str, repeats: int) -> dict:
-    """Median ms of 1- and 8-frame forwards on both paths, taking turns round by round in this process."""
+def interleaved(name: str, repeats: int, block: int = 1) -> dict:
+    """Median ms of 1- and 8-frame forwards on both paths, taking turns in this process.
+
+    ``block`` 1: the paths alternate forward by forward, so every timed forward follows the other path's (its
+    weights and cache are cold: a forward that never runs so in a decode loop). ``block`` B > 1: each turn runs B
+    forwards back to back, as a decode loop does, and times all but the turn's first (the cold one)."""
     targets = {path: TextTarget.from_pretrained(name, fast=path == "fast") for path in ("eager", "fast")}
     for target in targets.values():
         target.start("def fibonacci(n):", 256)
@@ -93,13 +99,15 @@ def interleaved(name: str, repeats: int) -> dict:
     for i in range(5 + 3 * repeats):
         for (path, n), spent in times.items():
             frames, target = torch.zeros(1, n, 1, dtype=torch.long), targets[path]
-            t0 = time.perf_counter()
-            target.forward(frames)
-            if i >= 5:
-                spent.append(time.perf_counter() - t0)
-            target.keep(target.pos - n)
+            for j in range(block):
+                t0 = time.perf_counter()
+                target.forward(frames)
+                if i >= 5 and (block == 1 or j > 0):
+                    spent.append(time.perf_counter() - t0)
+                target.keep(target.pos - n)
     ms = {f"{path}_{n}": round(1e3 * statistics.median(t), 3) for (path, n), t in times.items()}
-    print(f"interleaved: one frame eager {ms['eager_1']:.2f} ms, fast {ms['fast_1']:.2f} ms "
+    turns = "forward by forward" if block == 1 else f"in turns of {block} forwards"
+    print(f"interleaved {turns}: one frame eager {ms['eager_1']:.2f} ms, fast {ms['fast_1']:.2f} ms "
           f"({ms['eager_1'] / ms['fast_1']:.2f}x); 8 frames eager {ms['eager_8']:.2f} ms, fast {ms['fast_8']:.2f} ms")
     return ms
 
@@ -116,7 +124,8 @@ def main() -> None:
     target = TextTarget.from_pretrained(args.target, fast=False)
     result = {"environment": environment(), "target": args.target, "products": time_products(target.model, args.repeats),
               "profile": {path: profile(args.target, path == "fast") for path in ("eager", "fast")},
-              "interleaved": interleaved(args.target, args.repeats)}
+              "interleaved": interleaved(args.target, args.repeats),
+              "interleaved_turns_of_8": interleaved(args.target, max(2, args.repeats // 4), block=8)}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
