@@ -237,6 +237,12 @@ class SpeechTarget(hf.HiddenStates, hf.HFTarget):
         B, T, K, V = logits.shape
         dev = logits.device
         C, pad, eos = self.codebook_size, self.pad_id, self.eos_id
+        if parents is None and self._steady(T, K):  # mid-stream: every codebook codes, codebook 0 may also end
+            if self._steady_ids is None or self._steady_ids.shape != (K, V):
+                first_book = torch.arange(K, device=dev)[:, None] == 0
+                v = torch.arange(V, device=dev)
+                self._steady_ids = (v < C) | (first_book & (v == eos))  # [K, V] what the general rule allows then
+            return logits.masked_fill(~self._steady_ids, float("-inf"))
         if parents is None:
             # 1. e: step of the first EOS on codebook 0 among the fed frames (the BOS frame excluded).
             _, first, e = self._own_steps(T)
@@ -254,6 +260,18 @@ class SpeechTarget(hf.HiddenStates, hf.HFTarget):
                               torch.where(only_eos[..., None], v == eos,
                                           (v < C) | (code_or_eos[..., None] & (v == eos))))  # [B, T, K, V]
         return logits.masked_fill(~allowed, float("-inf"))
+
+    _steady_ids = None  # [K, V] the ids allowed mid-stream (built on first use)
+
+    def _steady(self, T: int, K: int) -> bool:
+        """Whether a chain of ``T`` frames predicts steps that are all mid-stream in every row: past the delay's
+        opening (each row has fed at least K - 1 steps before this forward) and before any end (no EOS on codebook
+        0 among the fed steps). Then the general rule of ``_constrain`` allows every code in every codebook and
+        EOS in codebook 0 alone; checked only where every cached slot is the row's own (no padding, no holes)."""
+        fed = self.cache.fed  # [B, F, K]: the BOS frame, the committed steps and this forward's T frames
+        if self.cache.mask is not None or fed is None or fed.shape[1] - T < K - 1:  # first step predicted: F - T
+            return False
+        return not bool((fed[:, 1:, 0] == self.eos_id).any())
 
     def _tree_phases(self, parents: Tensor, B: int, T: int) -> tuple[Tensor, Tensor, Tensor]:
         """Delay phases ``[B, T, K]`` of a tree's frames: frame t predicts step ``first + depth(t) - 1`` (each

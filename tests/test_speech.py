@@ -140,6 +140,29 @@ def test_stream_follows_the_delay_pattern_and_ends_after_the_last_codebook(targe
         assert gen.outputs[b].waveform.shape == (e * 320,) and gen.outputs[b].sample_rate == 16000
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_mid_stream_shortcut_allows_what_the_general_rule_allows(folders, seed):
+    """``_constrain``'s mid-stream shortcut (no padding, past the delay's opening, no EOS fed) masks the same ids
+    as the general rule, on fed streams with and without an EOS and at every distance from the start."""
+    target = SpeechTarget.from_pretrained(folders["target"], device="cpu")
+    gen = torch.Generator().manual_seed(seed)
+    target.start("Hello world", 40)
+    for step in range(12):
+        T = int(torch.randint(1, 4, (1,), generator=gen))
+        frames = torch.randint(0, C, (1, T, K), generator=gen)
+        if step == 8 + seed % 3:
+            frames[0, -1, 0] = target.eos_id  # the stream's end enters the fed frames
+        logits = target.forward(frames)  # [1, T, K, V]: the shortcut where it applies
+        shortcut = target._steady(T, K)
+        target._steady = lambda *args: False  # the general rule on the same fed frames
+        general = target._constrain(torch.zeros_like(logits))
+        del target._steady
+        assert torch.equal(torch.isinf(logits), torch.isinf(general)), (step, shortcut)
+        if step == 6:
+            assert shortcut, "mid-stream without an EOS: the shortcut applies"
+    assert not target._steady(1, K), "after an EOS the general rule runs"
+
+
 class SpyCodec:
     sample_rate = 16000
 
