@@ -147,6 +147,13 @@ class StaticKV:
         end = self.length + T
         return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
 
+    def row(self, r: int, length: int) -> "StaticKV":
+        """Row ``r`` as a one-row cache sharing this one's memory, its ``length`` set to ``length``: a forward over it
+        writes that row's slots from ``length`` on (a per-row prefill that skips the row's left padding)."""
+        view = object.__new__(StaticKV)
+        view.keys, view.values, view.length = self.keys[:, r: r + 1], self.values[:, r: r + 1], length
+        return view
+
     @torch.inference_mode()
     def select_rows(self, rows: Tensor) -> None:
         """Keep the cache rows at ``rows [R']`` (in that order): a batch that dropped rows that have ended."""

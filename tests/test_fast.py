@@ -95,3 +95,23 @@ def test_a_rows_product_does_not_depend_on_how_many_rows_run_with_it():
         x = torch.randn(20, in_features)
         alone = packed(x[:1])
         assert all(torch.equal(packed(x[:m])[:1], alone) for m in (2, 3, 4, 5, 8, 9, 20))
+
+
+def test_a_padded_batch_prefills_each_row_as_that_row_alone(tiny_models):
+    """The fast path prefills a left-padded batch row by row over each row's own tokens: every row's logits and
+    cached keys/values equal those of the row prefilled alone, and its padding slots stay untouched."""
+    target = TextTarget.from_pretrained(tiny_models["llama"], fast=True)
+    prompts = ["def add(a, b):\n    return a + b\n\ndef", "x ="]
+    batch = target.start(prompts, 8)  # [2, 1, 1, V]
+    kv, pads, L = target.cache.kv, target.pads.tolist(), target.cache.length
+    assert pads[0] == 0 and pads[1] > 0 and kv.length == L
+    assert bool((kv.keys[:, 1, :, : pads[1]] == 0).all()), "the padding slots are never computed"
+    for b, prompt in enumerate(prompts):
+        alone = TextTarget.from_pretrained(tiny_models["llama"], fast=True)
+        logits = alone.start([prompt], 8)
+        torch.testing.assert_close(batch[b: b + 1], logits, rtol=1e-5, atol=1e-5)
+        own = alone.cache.kv
+        torch.testing.assert_close(kv.keys[:, b, :, pads[b]: L], own.keys[:, 0, :, : own.length], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(kv.values[:, b, :, pads[b]: L], own.values[:, 0, :, : own.length], rtol=1e-5,
+                                   atol=1e-5)
+    assert target.pos.tolist() == [L - p for p in pads]
