@@ -275,6 +275,10 @@ def environment() -> dict:
            "cuda_device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
            "python": platform.python_version(), "torch": torch.__version__, "mmspec": mmspec.__version__,
            "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    from . import skinny
+
+    env["fast_products"] = "skinny kernel (up to 128 rows), oneDNN above" if skinny.library() is not None else \
+        f"oneDNN prepacked ({skinny.reason()})"
     for pkg in ("transformers", "diffusers", "encodec"):
         try:
             env[pkg] = importlib.import_module(pkg).__version__

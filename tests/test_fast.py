@@ -115,3 +115,37 @@ def test_a_padded_batch_prefills_each_row_as_that_row_alone(tiny_models):
         torch.testing.assert_close(kv.values[:, b, :, pads[b]: L], own.values[:, 0, :, : own.length], rtol=1e-5,
                                    atol=1e-5)
     assert target.pos.tolist() == [L - p for p in pads]
+
+
+def test_the_skinny_kernel_equals_the_plain_product_and_rounds_a_row_alike_in_any_batch():
+    """mmspec.skinny (built where the CPU has it): x W^T + b for outputs that do and do not fill its 16-wide panels,
+    any row count (chunks of up to 12 rows), and each row's result bit for bit the same however many rows run."""
+    from mmspec import skinny
+
+    if skinny.library() is None:
+        pytest.skip(f"no skinny kernel here: {skinny.reason()}")
+    torch.manual_seed(0)
+    for out_features, in_features, with_bias in [(48, 32, False), (37, 20, True), (130, 48, True), (7, 5, False)]:
+        weight = torch.randn(out_features, in_features)
+        bias = torch.randn(out_features) if with_bias else None
+        product = skinny.SkinnyWeight(weight, bias)
+        x = torch.randn(30, in_features)
+        for m in (1, 2, 5, 9, 12, 13, 25, 30):
+            torch.testing.assert_close(product(x[:m]), F.linear(x[:m], weight, bias), rtol=1e-5, atol=1e-5)
+        alone = product(x[:1])
+        assert all(torch.equal(product(x[:m])[:1], alone) for m in range(2, 31))
+    with pytest.raises(ValueError, match="float32"):
+        skinny.SkinnyWeight(torch.randn(4, 4).half())
+
+
+def test_without_the_skinny_kernel_products_run_on_onednn(monkeypatch):
+    """Where the kernel cannot be built (no compiler, another CPU), the packed products run as before."""
+    from mmspec import skinny
+
+    monkeypatch.setattr(skinny, "_state", {"lib": None, "why": "no C compiler (a test)"})
+    assert skinny.library() is None and skinny.reason() == "no C compiler (a test)"
+    weight = torch.randn(24, 16)
+    packed = fast.PackedLinear([weight])
+    assert packed.skinny is None
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(packed(x), F.linear(x, weight), rtol=1e-5, atol=1e-5)

@@ -1,0 +1,127 @@
+"""Skinny products on a CPU: ``y = x W^T + b`` for the few rows of a decode or verify forward, float32.
+
+The kernel (``mmspec/csrc/skinny.c``, read its header for the layout) is compiled at first use with the system C
+compiler for the machine it runs on and cached under ``~/.cache/mmspec/kernels`` (``$XDG_CACHE_HOME`` if set), keyed
+by the source, the compiler and the CPU. Measured on the development CPU (AMD EPYC, 2 vCPUs, AVX-512; BENCHMARKS.md
+"Session 9"): the text zoo target's products take 2.6-3.1 ms for 1-9 rows against oneDNN's prepacked 4.1-5.0 ms.
+
+It is used only where it was measured (x86-64 Linux with AVX-512) and where its OpenMP calls resolve to the runtime
+torch already uses; elsewhere, or without a compiler, ``library()`` returns None, ``reason()`` says why, and the fast
+path keeps oneDNN's products. Nothing here changes a model's weights: ``SkinnyWeight`` holds its own copy.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+SOURCE = Path(__file__).with_name("csrc") / "skinny.c"
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
+PANEL = 16  # outputs per column panel (one 64-byte vector of float32)
+
+_state: dict = {}  # "lib": the loaded library or None, "why": the reason it is None
+
+
+def library():
+    """The loaded kernel library (built on first use), or None where it is not used (``reason()`` says why)."""
+    if "lib" not in _state:
+        try:
+            _state["lib"], _state["why"] = _load(), None
+        except _Unavailable as err:
+            _state["lib"], _state["why"] = None, str(err)
+        except (OSError, subprocess.SubprocessError) as err:  # an unwritable cache, a compiler that hangs
+            _state["lib"], _state["why"] = None, f"the skinny kernel could not be built or loaded: {err}"
+    return _state["lib"]
+
+
+def reason() -> str | None:
+    """Why ``library()`` is None (None when it is loaded)."""
+    library()
+    return _state["why"]
+
+
+class _Unavailable(Exception):
+    pass
+
+
+def _load():
+    if platform.system() != "Linux" or platform.machine().lower() not in ("x86_64", "amd64"):
+        raise _Unavailable(f"the skinny kernel is built and measured on x86-64 Linux only, not {platform.machine()}")
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        raise _Unavailable("the skinny kernel is measured with AVX-512 only; this CPU's products stay on oneDNN")
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        raise _Unavailable("no C compiler (cc or gcc) to build the skinny kernel")
+    source = SOURCE.read_bytes()
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256(source + version.encode() + _cpu().encode() + " ".join(FLAGS).encode()).hexdigest()[:16]
+    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmspec" / "kernels"
+    built = folder / f"skinny-{key}.so"
+    if not built.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:  # built aside, then renamed: a concurrent build is harmless
+            out = Path(tmp) / built.name
+            run = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(out)], capture_output=True, text=True,
+                                 timeout=120)
+            if run.returncode != 0:
+                raise _Unavailable(f"building the skinny kernel failed: {run.stderr.strip()[:300]}")
+            os.replace(out, built)
+    omp_before = _openmp_runtimes()
+    lib = ctypes.CDLL(str(built))
+    if len(_openmp_runtimes() - omp_before) or len(_openmp_runtimes()) > 1:
+        raise _Unavailable("the skinny kernel would run on a second OpenMP runtime beside torch's")
+    fn = lib.mmspec_skinny
+    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    fn.restype = None
+    return fn
+
+
+def _cpu() -> str:
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    lines = [line for line in info.splitlines() if line.startswith(("model name", "flags"))]
+    return "\n".join(sorted(set(lines)))
+
+
+def _openmp_runtimes() -> set[str]:
+    """Paths of the OpenMP runtimes mapped into this process."""
+    try:
+        maps = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return set()
+    names = ("libgomp", "libiomp", "libomp")
+    return {line.split()[-1] for line in maps if any(n in line.rsplit("/", 1)[-1] for n in names)}
+
+
+class SkinnyWeight:
+    """``weight [out, in]`` (float32, CPU) stored in column panels of 16 outputs ``[ceil(out / 16), in, 16]``, and
+    its ``bias [out]`` or None; calling it on ``x [M, in]`` returns ``x W^T + b`` ``[M, out]``."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None = None):
+        if weight.dtype != torch.float32 or weight.device.type != "cpu" or weight.dim() != 2:
+            raise ValueError(f"SkinnyWeight takes a 2-D float32 CPU weight, got {weight.dtype} {tuple(weight.shape)} "
+                             f"on {weight.device}")
+        self.out_features, self.in_features = weight.shape
+        panels = -(-self.out_features // PANEL)
+        padded = weight.new_zeros(panels * PANEL, self.in_features)
+        padded[: self.out_features] = weight.detach()
+        self.panels = padded.view(panels, PANEL, self.in_features).transpose(1, 2).contiguous()
+        self.bias = None if bias is None else bias.detach().float().contiguous()
+
+    def __call__(self, x: Tensor) -> Tensor:  # [M, in] -> [M, out]
+        fn = library()
+        x = x.contiguous()
+        y = torch.empty(x.shape[0], self.out_features, dtype=torch.float32)
+        fn(x.data_ptr(), self.panels.data_ptr(), None if self.bias is None else self.bias.data_ptr(), y.data_ptr(),
+           x.shape[0], self.in_features, self.out_features, torch.get_num_threads())
+        return y
