@@ -1,8 +1,8 @@
 """Skinny products on a CPU: ``y = x W^T + b`` for the few rows of a decode or verify forward, float32.
 
 The kernel (``mmspec/csrc/skinny.c``, read its header for the layout) is compiled at first use with the system C
-compiler for the machine it runs on and cached under ``~/.cache/mmspec/kernels`` (``$XDG_CACHE_HOME`` if set), keyed
-by the source, the compiler and the CPU. Measured on the development CPU (AMD EPYC, 2 vCPUs, AVX-512; BENCHMARKS.md
+compiler for the machine it runs on and cached under ``~/.cache/mmspec/kernels``, keyed by the source, the
+compiler and the CPU. Measured on the development CPU (AMD EPYC, 2 vCPUs, AVX-512; BENCHMARKS.md
 "Session 9"): the text zoo target's products take 2.6-3.1 ms for 1-9 rows against oneDNN's prepacked 4.1-5.0 ms.
 
 It is used only where it was measured (x86-64 Linux with AVX-512) and where its OpenMP calls resolve to the runtime
@@ -63,7 +63,7 @@ def _load():
     source = SOURCE.read_bytes()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     key = hashlib.sha256(source + version.encode() + _cpu().encode() + " ".join(FLAGS).encode()).hexdigest()[:16]
-    folder = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmspec" / "kernels"
+    folder = Path.home() / ".cache" / "mmspec" / "kernels"
     built = folder / f"skinny-{key}.so"
     if not built.exists():
         folder.mkdir(parents=True, exist_ok=True)
