@@ -102,8 +102,8 @@ SUITE = Suite(
         Method("model / greedy", "model", "greedy", 0.0),
         Method("model / greedy k=2", "model", "greedy", 0.0, k=2, quick=False),
         Method("jacobi / greedy", "jacobi", "greedy", 0.0),
-        # the zoo's self-drafter (zoo:speech-heads); greedy, 2 drafted frames measured fastest (k = 1/2/3/4: 1.11x /
-        # 1.18x / 1.17x / 1.09x autoregressive; each drafted frame costs a pass of the EAGLE layer on this small target)
+        # the zoo's self-drafter (zoo:speech-heads); greedy, 2 drafted frames measured faster than 4 (BENCHMARKS.md,
+        # "Session 9": each drafted frame costs a pass of the EAGLE layer, about a quarter of this small target's forward)
         Method("heads / greedy", "heads", "greedy", 0.0, k=2),
         Method("heads / greedy k=4", "heads", "greedy", 0.0, k=4, quick=False),
         Method("codec-lookup / greedy", "codec-lookup", "greedy", 0.0, quick=False),
