@@ -120,7 +120,7 @@ class SkinnyWeight:
 
     def __call__(self, x: Tensor) -> Tensor:  # [M, in] -> [M, out]
         fn = library()
-        x = x.contiguous()
+        x = x.to(torch.float32).contiguous()  # the kernel reads float32 rows in order (no copy when they are)
         y = torch.empty(x.shape[0], self.out_features, dtype=torch.float32)
         fn(x.data_ptr(), self.panels.data_ptr(), None if self.bias is None else self.bias.data_ptr(), y.data_ptr(),
            x.shape[0], self.in_features, self.out_features, torch.get_num_threads())
