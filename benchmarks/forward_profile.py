@@ -2,7 +2,8 @@
 
 Part 1 times every product of the text zoo target in model order (each decoder layer's q, k, v, o, gate, up, down,
 then the output head; distinct weights, so they stream from memory as in a real forward) for M = 1..32 rows with
-``F.linear`` (the eager path's kernel) and with the fast path's prepacked oneDNN products (q/k/v and gate/up fused).
+``F.linear`` (the eager path's kernel) and with the fast path's products (q/k/v and gate/up fused; ``packed_ms``: the
+skinny kernel where ``mmspec.skinny`` builds, else oneDNN's prepacked product).
 Part 2 profiles one-frame forwards of the target on both paths (torch.profiler, self CPU time by op). Part 3 times
 one-frame and 8-frame forwards of both paths interleaved in one process (the fast path's speed-up over eager): first
 forward by forward (each timed forward follows the other path's, cold), then in turns of 8 forwards back to back, as a
@@ -60,7 +61,7 @@ def time_products(model, repeats: int) -> dict:
             a = median_ms(lambda: [F.linear(inputs[w.shape[1]], w) for w in plain], repeats)
             b = median_ms(lambda: [p(inputs[p.in_features]) for p in packed], repeats)
             out[M] = {"plain_ms": round(a, 3), "packed_ms": round(b, 3)}
-            print(f"M={M:3d} rows: every product F.linear {a:7.2f} ms   prepacked {b:7.2f} ms", flush=True)
+            print(f"M={M:3d} rows: every product F.linear {a:7.2f} ms   fast path {b:7.2f} ms", flush=True)
     return out
 
 

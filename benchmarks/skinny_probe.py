@@ -9,26 +9,15 @@ product, in one process, median of repeats. The row limit up to which the fast p
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from mmspec import skinny
 from mmspec.fast import MIN_ROWS, PACK_ROWS
 
+from forward_profile import median_ms  # noqa: E402 (a script beside this one)
+
 SHAPES = [(1344, 448), (448, 448), (2432, 448), (448, 1216)] * 8 + [(8192, 448)]
-
-
-def median_ms(run, repeats: int) -> float:
-    for _ in range(3):
-        run()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
 
 
 def main() -> None:
