@@ -11,7 +11,8 @@ concatenates every layer's keys and values on every step. Here:
   Elsewhere (CUDA, or a dtype/kernel the CPU build lacks) the plain ``F.linear`` on the fused weights.
 * **Skinny products** (``mmspec.skinny``): where its C kernel builds (float32, x86-64 with AVX-512), products of up
   to ``SKINNY_ROWS`` rows (every decode and verify forward) run on it instead: the weights in panels of 16 outputs,
-  read once per 12 rows; 1.3-2.5x faster than oneDNN's for 1-12 rows on the development CPU. oneDNN keeps prefills.
+  read once per 12 rows; 1.25-1.7x faster than oneDNN's for 1-12 rows on the development CPU (BENCHMARKS.md, "Session
+  9"). oneDNN keeps prefills.
 * **A static cache** (``StaticKV``): keys and values preallocated ``[R, Hkv, S, D]`` per layer, written in place at
   the cache's length; rolling back moves the length (nothing is copied: rejected entries are overwritten later);
   a tree's accepted path is gathered to the front of the tail in place.
@@ -35,8 +36,8 @@ from . import skinny
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
 PACK_ROWS = 4  # rows the packed layout is tuned for; measured as fast as a one-row layout for 1..8 rows
 MIN_ROWS = 4  # fewer rows run padded to this many: oneDNN's 1-3-row kernel was slower (5.2 vs 3.9 ms per forward)
-SKINNY_ROWS = 128  # up to this many rows the skinny kernel runs (mmspec.skinny; measured faster than oneDNN for
-# 1..96 rows, 1.3-1.8x up to 12); more (a prefill) run oneDNN's packed product
+SKINNY_ROWS = 128  # up to this many rows the skinny kernel runs (mmspec.skinny; benchmarks/skinny_probe.py: faster than
+# oneDNN up to 64 rows, on par at 96-128), so a row rounds alike in every decode and verify; more (prefills): oneDNN
 
 
 def why_not(backbone: torch.nn.Module) -> str | None:

@@ -3,7 +3,8 @@
 The kernel (``mmspec/csrc/skinny.c``, read its header for the layout) is compiled at first use with the system C
 compiler for the machine it runs on and cached under ``~/.cache/mmspec/kernels``, keyed by the source, the
 compiler and the CPU. Measured on the development CPU (AMD EPYC, 2 vCPUs, AVX-512; BENCHMARKS.md
-"Session 9"): the text zoo target's products take 2.6-3.1 ms for 1-9 rows against oneDNN's prepacked 4.1-5.0 ms.
+"Session 9", ``benchmarks/skinny_probe.py``): the text zoo target's products take 2.3-3.1 ms for 1-9 rows against
+oneDNN's prepacked 3.6-4.4 ms.
 
 It is used only where it was measured (x86-64 Linux with AVX-512) and where its OpenMP calls resolve to the runtime
 torch already uses; elsewhere, or without a compiler, ``library()`` returns None, ``reason()`` says why, and the fast

@@ -197,6 +197,8 @@ class TextTarget(hf.HiddenStates, hf.HFTarget):
         for b in range(B):
             pad = int(self.pads[b])
             T = L - pad
+            if T == 0:
+                raise ValueError(f"prompt {b} encodes to no tokens with this tokenizer; give it some text")
             seen = torch.ones(T, L, dtype=torch.bool, device=ids.device).tril(pad)  # [T, L] causal past the padding
             seen[:, :pad] = False
             mask = torch.zeros(1, 1, T, L, dtype=self.fast.dtype, device=ids.device).masked_fill(~seen, lowest)
