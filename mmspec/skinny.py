@@ -77,7 +77,8 @@ def _load():
             os.replace(out, built)
     omp_before = _openmp_runtimes()
     lib = ctypes.CDLL(str(built))
-    if len(_openmp_runtimes() - omp_before) or len(_openmp_runtimes()) > 1:
+    omp_after = _openmp_runtimes()
+    if omp_after - omp_before or len(omp_after) > 1:
         raise _Unavailable("the skinny kernel would run on a second OpenMP runtime beside torch's")
     fn = lib.mmspec_skinny
     fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_int, ctypes.c_int, ctypes.c_int]
