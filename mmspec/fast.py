@@ -12,11 +12,14 @@ concatenates every layer's keys and values on every step. Here:
 * **Skinny products** (``mmspec.skinny``): where its C kernel builds (float32, x86-64 with AVX-512), products of up
   to ``SKINNY_ROWS`` rows (every decode and verify forward) run on it instead: the weights in panels of 16 outputs,
   read once per 12 rows; 1.25-1.7x faster than oneDNN's for 1-12 rows on the development CPU (BENCHMARKS.md, "Session
-  9"). oneDNN keeps prefills.
+  9"). oneDNN keeps prefills. Its call also does the layer's elementwise work around each product (RMSNorm of the
+  input, the SiLU gate, the residual, rotary angles on q and k): 0.7-0.8 ms less per forward of the text zoo target
+  than as torch operations (BENCHMARKS.md, "Session 10"). ``PackedLinear`` takes the same options and runs them as
+  torch operations on the other paths.
 * **A static cache** (``StaticKV``): keys and values preallocated ``[R, Hkv, S, D]`` per layer, written in place at
   the cache's length; rolling back moves the length (nothing is copied: rejected entries are overwritten later);
   a tree's accepted path is gathered to the front of the tail in place.
-* **A lean forward** (``FastDecoder``): RMSNorm, rotary tables computed once by the model's own rotary module,
+* **A lean forward** (``FastDecoder``): rotary tables computed once by the model's own rotary module,
   scaled-dot-product attention with one additive mask per forward. Greedy output equals the eager path's except
   where float rounding of different kernels flips a near tie (README "Exactness"; measured on the bench prompts).
 
@@ -87,17 +90,37 @@ class PackedLinear:
         if weight.device.type == "cpu" and weight.dtype == torch.float32 and skinny.library() is not None:
             self.skinny = skinny.SkinnyWeight(weight, bias)
 
-    def __call__(self, x: Tensor) -> Tensor:  # [..., in] -> [..., out]
-        flat = x.reshape(-1, self.in_features)
-        M = flat.shape[0]
+    def __call__(self, x: Tensor, norm: tuple[Tensor, float] | None = None, gated: bool = False,
+                 residual: Tensor | None = None, rope: tuple[Tensor, Tensor, int] | None = None
+                 ) -> Tensor:  # [..., in] (gated: [..., 2 in]) -> [..., out]
+        """``norm=(weight, eps)``: RMSNorm each row first; ``gated``: x is [gate | up], multiply ``silu(gate) * up``;
+        ``residual [..., out]``: added to the result; ``rope=(cos, sin [..., D], heads)``: the first ``heads``
+        groups of D outputs turn by those rotary angles. A decoder layer's elementwise work around its products,
+        which the skinny kernel does inside its call."""
+        flat = x.reshape(-1, x.shape[-1])
+        M, shape = flat.shape[0], (*x.shape[:-1], self.out_features)
+        if rope is not None:
+            rope = (rope[0].reshape(M, -1), rope[1].reshape(M, -1), rope[2])
         if self.skinny is not None and M <= SKINNY_ROWS:
-            return self.skinny(flat).view(*x.shape[:-1], self.out_features)
+            res = None if residual is None else residual.reshape(M, self.out_features)
+            return self.skinny(flat, norm, gated, res, rope).view(shape)
+        if norm is not None:
+            flat = F.rms_norm(flat, (flat.shape[-1],), norm[0], norm[1])
+        if gated:
+            gate, up = flat.split(self.in_features, dim=-1)
+            flat = F.silu(gate) * up
         if self.packed is None:
-            return F.linear(x, self.weight, self.bias)
-        if M < MIN_ROWS:  # zero rows: the products are bound by reading the weights, so they cost nothing
-            flat = F.pad(flat, (0, 0, 0, MIN_ROWS - M))
-        y = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")
-        return y[:M].view(*x.shape[:-1], self.out_features)
+            y = F.linear(flat, self.weight, self.bias)
+        else:
+            if M < MIN_ROWS:  # zero rows: the products are bound by reading the weights, so they cost nothing
+                flat = F.pad(flat, (0, 0, 0, MIN_ROWS - M))
+            y = torch.ops.mkldnn._linear_pointwise(flat, self.packed, self.bias, "none", [], "")[:M]
+        if rope is not None:
+            cos, sin, turned = rope
+            heads = y.view(M, -1, cos.shape[-1])  # [M, groups, D]
+            heads[:, :turned] = rotate(heads[:, :turned], cos[:, None], sin[:, None])
+        y = y.reshape(shape)
+        return y if residual is None else residual + y
 
 
 def _pack(weight: Tensor) -> Tensor | None:
@@ -225,7 +248,7 @@ class FastDecoder:
         T = embeds.shape[1]
         if int(positions.max()) >= self.cos.shape[0]:
             self._rope(2 * int(positions.max()) + 1)
-        cos, sin = self.cos[positions][:, None], self.sin[positions][:, None]  # [R, 1, T, D]
+        cos, sin = self.cos[positions], self.sin[positions]  # [R, T, D]
         cache.reserve(T)
         x = embeds.to(self.dtype)
         for i, layer in enumerate(self.layers):
@@ -260,31 +283,28 @@ class _Layer:
             self.qk_norms = [(n.weight.detach(), _eps(n)) for n in (attn.q_norm, attn.k_norm)]
 
     def __call__(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: StaticKV, i: int) -> Tensor:
-        R, T, H = x.shape
+        R, T, _ = x.shape
         # 1. attention: q/k/v in one product, rotary positions, this forward's keys/values into the cache
-        (w, eps) = self.norms[0]
-        qkv = self.qkv(F.rms_norm(x, (H,), w, eps))  # [R, T, (heads + 2 kv_heads) * D]
         D = self.head_dim
-        heads = qkv.view(R, T, -1, D).transpose(1, 2)  # [R, heads + 2 kv_heads, T, D]
-        if self.qk_norms is None:  # q and k rotate as one tensor (half the elementwise calls)
-            qk, v = heads.split([self.heads + self.kv_heads, self.kv_heads], dim=1)
-            q, k = rotate(qk, cos, sin).split([self.heads, self.kv_heads], dim=1)  # [R, heads|kv_heads, T, D]
+        if self.qk_norms is None:  # q and k turn by their positions inside the product's call
+            qkv = self.qkv(x, norm=self.norms[0], rope=(cos, sin, self.heads + self.kv_heads))  # [R, T, (h + 2 kv) D]
+            q, k, v = qkv.view(R, T, -1, D).transpose(1, 2).split([self.heads, self.kv_heads, self.kv_heads], dim=1)
         else:  # Qwen3: RMSNorm per head on q and k (their own weights) before the rotation
-            q, k, v = heads.split([self.heads, self.kv_heads, self.kv_heads], dim=1)
-            q = rotate(F.rms_norm(q, (D,), *self.qk_norms[0]), cos, sin)
-            k = rotate(F.rms_norm(k, (D,), *self.qk_norms[1]), cos, sin)
+            qkv = self.qkv(x, norm=self.norms[0])
+            q, k, v = qkv.view(R, T, -1, D).transpose(1, 2).split([self.heads, self.kv_heads, self.kv_heads], dim=1)
+            q = rotate(F.rms_norm(q, (D,), *self.qk_norms[0]), cos[:, None], sin[:, None])
+            k = rotate(F.rms_norm(k, (D,), *self.qk_norms[1]), cos[:, None], sin[:, None])
         keys, values = cache.write(i, k, v)  # [R, kv_heads, S + T, D]
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale,
                                              enable_gqa=self.kv_heads != self.heads)
-        x = x + self.o(out.transpose(1, 2).reshape(R, T, self.heads * D))
-        # 2. the SiLU-gated MLP: gate and up in one product
-        (w, eps) = self.norms[1]
-        gate, up = self.gate_up(F.rms_norm(x, (H,), w, eps)).split(self.inter, dim=-1)
-        return x + self.down(F.silu(gate) * up)
+        x = self.o(out.transpose(1, 2).reshape(R, T, self.heads * D), residual=x)
+        # 2. the SiLU-gated MLP: gate and up in one product, the gate applied as the down product reads them
+        return self.down(self.gate_up(x, norm=self.norms[1]), gated=True, residual=x)
 
 
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotary embedding (the rotate-half convention, as Llama): ``x [R, h, T, D]``, ``cos/sin [R or 1, 1, T, D]``."""
+    """Rotary embedding (the rotate-half convention, as Llama): ``x [..., h, T, D]``, ``cos/sin [..., 1, T, D]``
+    (broadcast over the heads)."""
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin

@@ -4,7 +4,9 @@ The kernel (``mmspec/csrc/skinny.c``, read its header for the layout) is compile
 compiler for the machine it runs on and cached under ``~/.cache/mmspec/kernels``, keyed by the source, the
 compiler and the CPU. Measured on the development CPU (AMD EPYC, 2 vCPUs, AVX-512; BENCHMARKS.md
 "Session 9", ``benchmarks/skinny_probe.py``): the text zoo target's products take 2.3-3.1 ms for 1-9 rows against
-oneDNN's prepacked 3.6-4.4 ms.
+oneDNN's prepacked 3.6-4.4 ms. A call can also fold in the elementwise work a decoder layer does around a product
+(RMSNorm, the SiLU gate, the residual, rotary angles: ``SkinnyWeight``), which as torch operations cost about a
+sixth of a one-frame forward (BENCHMARKS.md "Session 10").
 
 It is used only where it was measured (x86-64 Linux with AVX-512) and where its OpenMP calls resolve to the runtime
 torch already uses; elsewhere, or without a compiler, ``library()`` returns None, ``reason()`` says why, and the fast
@@ -81,7 +83,9 @@ def _load():
     if omp_after - omp_before or len(omp_after) > 1:
         raise _Unavailable("the skinny kernel would run on a second OpenMP runtime beside torch's")
     fn = lib.mmspec_skinny
-    fn.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_long, ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    fn.argtypes = ([ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float, ctypes.c_int] + [ctypes.c_void_p] * 5
+                   + [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_long]
+                   + [ctypes.c_int] * 3)
     fn.restype = None
     return fn
 
@@ -107,7 +111,14 @@ def _openmp_runtimes() -> set[str]:
 
 class SkinnyWeight:
     """``weight [out, in]`` (float32, CPU) stored in column panels of 16 outputs ``[ceil(out / 16), in, 16]``, and
-    its ``bias [out]`` or None; calling it on ``x [M, in]`` returns ``x W^T + b`` ``[M, out]``."""
+    its ``bias [out]`` or None; calling it on ``x [M, in]`` returns ``x W^T + b`` ``[M, out]``.
+
+    The call can fold in the elementwise work a decoder layer does around its products, so it costs no torch
+    operations: ``norm=(weight [in], eps)`` applies RMSNorm to each row of x first; ``gated=True`` takes
+    ``x [M, 2 in]`` as [gate | up] and multiplies by ``silu(gate) * up``; ``residual [M, out]`` is added to the
+    result; ``rope=(cos [M, D], sin [M, D], heads)`` then turns the first ``heads`` groups of D outputs of each row
+    by those rotary angles (the rotate-half convention). Each row's arithmetic is the same whatever rows run with
+    it."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None):
         if weight.dtype != torch.float32 or weight.device.type != "cpu" or weight.dim() != 2:
@@ -120,10 +131,33 @@ class SkinnyWeight:
         self.panels = padded.view(panels, PANEL, self.in_features).transpose(1, 2).contiguous()
         self.bias = None if bias is None else bias.detach().float().contiguous()
 
-    def __call__(self, x: Tensor) -> Tensor:  # [M, in] -> [M, out]
+    def __call__(self, x: Tensor, norm: tuple[Tensor, float] | None = None, gated: bool = False,
+                 residual: Tensor | None = None, rope: tuple[Tensor, Tensor, int] | None = None
+                 ) -> Tensor:  # [M, in] (gated: [M, 2 in]) -> [M, out]
         fn = library()
+        width = self.in_features * (2 if gated else 1)
+        if x.dim() != 2 or x.shape[1] != width or (norm is not None and gated):
+            raise ValueError(f"SkinnyWeight takes rows of {width} features{' (gate | up)' if gated else ''} and at "
+                             f"most one of norm and gated, got {tuple(x.shape)}")
         x = x.to(torch.float32).contiguous()  # the kernel reads float32 rows in order (no copy when they are)
         y = torch.empty(x.shape[0], self.out_features, dtype=torch.float32)
-        fn(x.data_ptr(), self.panels.data_ptr(), None if self.bias is None else self.bias.data_ptr(), y.data_ptr(),
-           x.shape[0], self.in_features, self.out_features, torch.get_num_threads())
+        weight, eps = (None, 0.0) if norm is None else (norm[0].to(torch.float32).contiguous(), float(norm[1]))
+        if residual is not None:
+            if tuple(residual.shape) != tuple(y.shape):
+                raise ValueError(f"residual {tuple(residual.shape)} must be the output's shape {tuple(y.shape)}")
+            residual = residual.to(torch.float32).contiguous()
+        cos = sin = None
+        turned = width_of_head = 0
+        if rope is not None:
+            cos, sin, turned = rope
+            width_of_head = cos.shape[-1]
+            if (tuple(cos.shape) != (x.shape[0], width_of_head) or cos.shape != sin.shape or width_of_head % 2
+                    or not 0 <= turned * width_of_head <= self.out_features):
+                raise ValueError(f"rope takes cos and sin [{x.shape[0]}, D] (D even) and at most "
+                                 f"{self.out_features} // D heads, got {tuple(cos.shape)}, {tuple(sin.shape)}, {turned}")
+            cos, sin = cos.to(torch.float32).contiguous(), sin.to(torch.float32).contiguous()
+        fn(x.data_ptr(), None if weight is None else weight.data_ptr(), eps, int(gated), self.panels.data_ptr(),
+           None if self.bias is None else self.bias.data_ptr(), None if residual is None else residual.data_ptr(),
+           None if cos is None else cos.data_ptr(), None if sin is None else sin.data_ptr(), int(turned),
+           int(width_of_head), y.data_ptr(), x.shape[0], self.in_features, self.out_features, torch.get_num_threads())
         return y

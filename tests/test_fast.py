@@ -149,3 +149,48 @@ def test_without_the_skinny_kernel_products_run_on_onednn(monkeypatch):
     assert packed.skinny is None
     x = torch.randn(3, 16)
     torch.testing.assert_close(packed(x), F.linear(x, weight), rtol=1e-5, atol=1e-5)
+
+
+def test_the_skinny_call_folds_in_a_layers_elementwise_work_as_torch_does_it():
+    """RMSNorm before, the SiLU gate before, a residual after and rotary angles on the first heads after: the
+    skinny kernel's call (the fast path's decode and verify products) equals the same PackedLinear run with torch
+    operations (its prefill path), and each row still comes out bit for bit the same however many rows run."""
+    from mmspec import skinny
+
+    if skinny.library() is None:
+        pytest.skip(f"no skinny kernel here: {skinny.reason()}")
+    torch.manual_seed(0)
+    D, heads = 8, 5
+    for in_features in (20, 48):
+        weight, bias = torch.randn(heads * D, in_features) * 0.2, torch.randn(heads * D)
+        kernel, plain = fast.PackedLinear([weight], [bias]), fast.PackedLinear([weight], [bias])
+        plain.skinny = None  # torch's operations around oneDNN's (or the plain) product
+        assert kernel.skinny is not None
+        rows = 14
+        x, gate_up = torch.randn(rows, in_features) * 3, torch.randn(rows, 2 * in_features) * 3
+        norm = (torch.rand(in_features) + 0.5, 1e-5)
+        residual = torch.randn(rows, heads * D)
+        angles = torch.rand(rows, D // 2) * 6
+        cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+        cases = [dict(x=x, norm=norm), dict(x=gate_up, gated=True), dict(x=x, residual=residual),
+                 dict(x=x, norm=norm, residual=residual, rope=(cos, sin, 3)), dict(x=x, rope=(cos, sin, heads))]
+        for case in cases:
+            case = dict(case)
+            inputs = case.pop("x")
+            want = plain(inputs, **case)
+            torch.testing.assert_close(kernel(inputs, **case), want, rtol=1e-4, atol=1e-4)
+
+            def first(m):
+                part = {k: (v[:m] if isinstance(v, torch.Tensor) else v) for k, v in case.items()}
+                if "rope" in part:
+                    part["rope"] = (cos[:m], sin[:m], case["rope"][2])
+                return kernel(inputs[:m], **part)[:1]
+
+            alone = first(1)
+            assert all(torch.equal(first(m), alone) for m in (2, 5, 9, 13, 14)), case.keys()
+    with pytest.raises(ValueError, match="at most one of norm and gated"):
+        kernel.skinny(gate_up, norm=(torch.ones(2 * in_features), 1e-5), gated=True)
+    with pytest.raises(ValueError, match="residual"):
+        kernel.skinny(x, residual=torch.zeros(rows, 3))
+    with pytest.raises(ValueError, match="rope"):
+        kernel.skinny(x, rope=(cos[:, :3], sin[:, :3], 1))

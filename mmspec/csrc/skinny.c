@@ -8,18 +8,28 @@
  * no horizontal sums, every weight read once per chunk of up to 12 rows, and each output's sum runs over i in
  * the same order whatever the chunk holds, so a row's products are bit-identical however many rows run with it.
  *
+ * The call also does a decoder layer's elementwise work around its products (BENCHMARKS.md, "Session 10": as torch
+ * operations it cost about 0.7 ms of a 4.7 ms one-frame forward of the text zoo target): RMSNorm or the SiLU gate
+ * on each input row, a residual added to the output, rotary angles on the q and k heads of the output. Each is
+ * done row by row in a fixed order, so the bit-identity above holds with them too.
+ *
  * Built at first use with the system C compiler for the machine it runs on (mmspec/skinny.py); the OpenMP calls
  * resolve to the runtime torch has already loaded, so the kernel shares torch's threads.
  */
+#include <immintrin.h>
+#include <math.h>
 #include <stddef.h>
+#include <stdlib.h>
 
 typedef float vec16 __attribute__((vector_size(64)));
 typedef float vec16_any __attribute__((vector_size(64), aligned(4)));  /* loads that need no alignment */
 
 /* One chunk of MM rows (1..12) over every panel; NB panels (16 outputs each) per inner step (MM x NB
- * accumulators and NB weight vectors stay in the 32 vector registers of AVX-512). */
-#define CHUNK(MM, NB)                                                                                              \
-static void chunk_##MM(const float *x, const float *Wp, const float *b, float *y, int in, int out, int threads) { \
+ * accumulators and NB weight vectors stay in the 32 vector registers of AVX-512). WT: the weights' type, LOAD: 16
+ * of them as a float vector; sc: per-output scales (int8 weights) or NULL. */
+#define CHUNK(NAME, WT, LOAD, MM, NB)                                                                              \
+static void NAME##_##MM(const float *x, const WT *Wp, const float *sc, const float *b, const float *res, float *y,  \
+                        int in, int out, int threads) {                                                            \
     int panels = (out + 15) / 16, groups = (panels + NB - 1) / NB;                                                 \
     _Pragma("omp parallel for num_threads(threads) schedule(static)")                                              \
     for (int g = 0; g < groups; g++) {                                                                             \
@@ -27,11 +37,11 @@ static void chunk_##MM(const float *x, const float *Wp, const float *b, float *y
         vec16 acc[MM][NB];                                                                                         \
         for (int m = 0; m < MM; m++)                                                                               \
             for (int j = 0; j < NB; j++) acc[m][j] = (vec16){0};                                                   \
-        const vec16_any *w = (const vec16_any *)(Wp + (size_t)p0 * in * 16);                                             \
+        const WT *w = Wp + (size_t)p0 * in * 16;                                                                   \
         if (np == NB) {                                                                                            \
             for (int i = 0; i < in; i++) {                                                                         \
                 vec16 wv[NB];                                                                                      \
-                for (int j = 0; j < NB; j++) wv[j] = w[(size_t)j * in + i];                                        \
+                for (int j = 0; j < NB; j++) wv[j] = LOAD(w + ((size_t)j * in + i) * 16);                          \
                 for (int m = 0; m < MM; m++) {                                                                     \
                     float xs = x[(size_t)m * in + i];                                                              \
                     for (int j = 0; j < NB; j++) acc[m][j] += wv[j] * xs;                                          \
@@ -40,7 +50,7 @@ static void chunk_##MM(const float *x, const float *Wp, const float *b, float *y
         } else { /* the last group holds fewer panels: the same sums, one panel at a time */                       \
             for (int j = 0; j < np; j++)                                                                           \
                 for (int i = 0; i < in; i++) {                                                                     \
-                    vec16 wv = w[(size_t)j * in + i];                                                              \
+                    vec16 wv = LOAD(w + ((size_t)j * in + i) * 16);                                                \
                     for (int m = 0; m < MM; m++) acc[m][j] += wv * x[(size_t)m * in + i];                          \
                 }                                                                                                  \
         }                                                                                                          \
@@ -48,29 +58,133 @@ static void chunk_##MM(const float *x, const float *Wp, const float *b, float *y
             for (int j = 0; j < np; j++) {                                                                         \
                 int o = (p0 + j) * 16, n = out - o < 16 ? out - o : 16;                                            \
                 float *dst = y + (size_t)m * out + o;                                                              \
-                for (int l = 0; l < n; l++) dst[l] = acc[m][j][l] + (b ? b[o + l] : 0.f);                          \
+                const float *add = res ? res + (size_t)m * out + o : NULL;                                         \
+                for (int l = 0; l < n; l++) {                                                                      \
+                    float v = (sc ? acc[m][j][l] * sc[o + l] : acc[m][j][l]) + (b ? b[o + l] : 0.f);               \
+                    dst[l] = add ? add[l] + v : v;                                                                 \
+                }                                                                                                  \
             }                                                                                                      \
     }                                                                                                              \
 }
 
-CHUNK(1, 4) CHUNK(2, 4) CHUNK(3, 4) CHUNK(4, 4) CHUNK(5, 2) CHUNK(6, 2) CHUNK(7, 2) CHUNK(8, 2)
-CHUNK(9, 2) CHUNK(10, 2) CHUNK(11, 2) CHUNK(12, 2)
+#define LOAD_F32(p) (*(const vec16_any *)(p))
+#define LOAD_I8(p) ((vec16)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p)))))
+#define CHUNKS(NAME, WT, LOAD)                                                                                     \
+    CHUNK(NAME, WT, LOAD, 1, 4) CHUNK(NAME, WT, LOAD, 2, 4) CHUNK(NAME, WT, LOAD, 3, 4) CHUNK(NAME, WT, LOAD, 4, 4)   \
+    CHUNK(NAME, WT, LOAD, 5, 2) CHUNK(NAME, WT, LOAD, 6, 2) CHUNK(NAME, WT, LOAD, 7, 2) CHUNK(NAME, WT, LOAD, 8, 2)   \
+    CHUNK(NAME, WT, LOAD, 9, 2) CHUNK(NAME, WT, LOAD, 10, 2) CHUNK(NAME, WT, LOAD, 11, 2)                          \
+    CHUNK(NAME, WT, LOAD, 12, 2)                                                                                   \
+    typedef void (*NAME##_fn)(const float *, const WT *, const float *, const float *, const float *, float *, int,  \
+                              int, int);                                                                           \
+    static const NAME##_fn NAME##_chunks[13] = {0, NAME##_1, NAME##_2, NAME##_3, NAME##_4, NAME##_5, NAME##_6,      \
+                                                NAME##_7, NAME##_8, NAME##_9, NAME##_10, NAME##_11, NAME##_12};
 
-typedef void (*chunk_fn)(const float *, const float *, const float *, float *, int, int, int);
-static const chunk_fn chunks[13] = {0, chunk_1, chunk_2, chunk_3, chunk_4, chunk_5, chunk_6, chunk_7, chunk_8,
-                                    chunk_9, chunk_10, chunk_11, chunk_12};
+CHUNKS(f32, float, LOAD_F32)
+CHUNKS(i8, signed char, LOAD_I8)
 
-/* x [rows, in] and y [rows, out] row-major and contiguous; Wp [ceil(out / 16), in, 16] (zero-padded outputs);
- * b [out] or NULL. Rows run in as few chunks of at most 12 as cover them, of even sizes (each chunk reads the
- * weights once). */
-void mmspec_skinny(const float *x, const float *Wp, const float *b, float *y, long rows, int in, int out, int threads) {
+/* exp(x) on 16 lanes: x = n ln2 + r with |r| <= ln2 / 2, exp(r) = 1 + r + r^2 P(r) (Cephes' expf coefficients),
+ * times 2^n; x is first clamped to [-87, 88] (the float32 range). */
+static inline __m512 exp16(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+static inline __mmask16 lanes(int left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1); }
+
+/* One row's input to a product, prepared in place of the torch operations the fast path would run before it:
+ * RMSNorm (norm: its weight; x / sqrt(mean(x^2) + eps) * norm) or the SiLU gate (gated: x is [gate | up], 2 in
+ * wide; silu(gate) * up). Sums and lanes run in the same order for every row, whatever rows run with it. */
+static void prepare(const float *x, const float *norm, float eps, int gated, float *dst, int in) {
+    if (norm) {
+        __m512 sq = _mm512_setzero_ps();
+        for (int i = 0; i < in; i += 16) {
+            __m512 v = _mm512_maskz_loadu_ps(lanes(in - i), x + i);
+            sq = _mm512_fmadd_ps(v, v, sq);
+        }
+        __m512 scale = _mm512_set1_ps(1.0f / sqrtf(_mm512_reduce_add_ps(sq) / (float)in + eps));
+        for (int i = 0; i < in; i += 16) {
+            __mmask16 m = lanes(in - i);
+            __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), scale);
+            _mm512_mask_storeu_ps(dst + i, m, _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, norm + i)));
+        }
+    } else { /* gated */
+        for (int i = 0; i < in; i += 16) {
+            __mmask16 m = lanes(in - i);
+            __m512 g = _mm512_maskz_loadu_ps(m, x + i), u = _mm512_maskz_loadu_ps(m, x + in + i);
+            __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), g));
+            __m512 silu = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+            _mm512_mask_storeu_ps(dst + i, m, _mm512_mul_ps(silu, u));
+        }
+    }
+}
+
+/* The product's rows before it (RMSNorm or the SiLU gate: `prepare`) and after it (rotary angles), around the chunks. */
+static void run(const float *x, const float *norm, float eps, int gated, const void *Wp, int int8, const float *sc,
+                const float *b, const float *res, const float *cos, const float *sin, int rotated, int head_dim,
+                float *y, long rows, int in, int out, int threads) {
+    float *y0 = y, *ready = NULL;
+    long all = rows;
+    if (norm || gated) {
+        ready = malloc(sizeof(float) * (size_t)rows * (size_t)in);
+        for (long m = 0; m < rows; m++) prepare(x + (size_t)m * in * (gated ? 2 : 1), norm, eps, gated,
+                                               ready + (size_t)m * in, in);
+        x = ready;
+    }
     long parts = (rows + 11) / 12;
     while (rows > 0) {
         int m = (int)((rows + parts - 1) / parts);
-        chunks[m](x, Wp, b, y, in, out, threads);
+        if (int8)
+            i8_chunks[m](x, (const signed char *)Wp, sc, b, res, y, in, out, threads);
+        else
+            f32_chunks[m](x, (const float *)Wp, NULL, b, res, y, in, out, threads);
         x += (size_t)m * in;
         y += (size_t)m * out;
+        if (res) res += (size_t)m * out;
         rows -= m;
         parts -= 1;
     }
+    free(ready);
+    if (cos) /* rotary positions on the first `rotated` heads of each row (q and k): the rotate-half convention */
+        for (long m = 0; m < all; m++) {
+            const float *c = cos + (size_t)m * head_dim, *s = sin + (size_t)m * head_dim;
+            int half = head_dim / 2;
+            for (int h = 0; h < rotated; h++) {
+                float *v = y0 + (size_t)m * out + (size_t)h * head_dim;
+                for (int d = 0; d < half; d++) {
+                    float a = v[d], b2 = v[d + half];
+                    v[d] = a * c[d] - b2 * s[d];
+                    v[d + half] = b2 * c[d + half] + a * s[d + half];
+                }
+            }
+        }
+}
+
+/* x [rows, in] (gated: [rows, 2 in]) and y [rows, out] row-major and contiguous; Wp [ceil(out / 16), in, 16]
+ * (zero-padded outputs); b [out] or NULL; norm [in] or NULL and gated 0/1 (at most one: the row preparation
+ * above, else x as it is); res [rows, out] or NULL (added to y: a residual); cos and sin [rows, head_dim] or NULL:
+ * then the first `rotated` heads of head_dim outputs in each row of y turn by those angles (rotary positions).
+ * Rows run in as few chunks of at most 12 as cover them, of even sizes (each chunk reads the weights once). */
+void mmspec_skinny(const float *x, const float *norm, float eps, int gated, const float *Wp, const float *b,
+                   const float *res, const float *cos, const float *sin, int rotated, int head_dim, float *y, long rows,
+                   int in, int out, int threads) {
+    run(x, norm, eps, gated, Wp, 0, NULL, b, res, cos, sin, rotated, head_dim, y, rows, in, out, threads);
+}
+
+/* The same with int8 weights Wp [ceil(out / 16), in, 16] and one scale per output, sc [ceil(out / 16) * 16]:
+ * y = (x Wp) * sc + b (a drafter's guesses: mmspec.drafters.int8). */
+void mmspec_skinny_int8(const float *x, const float *norm, float eps, int gated, const signed char *Wp,
+                        const float *sc, const float *b, const float *res, const float *cos, const float *sin,
+                        int rotated, int head_dim, float *y, long rows, int in, int out, int threads) {
+    run(x, norm, eps, gated, Wp, 1, sc, b, res, cos, sin, rotated, head_dim, y, rows, in, out, threads);
 }
