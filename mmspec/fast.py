@@ -94,9 +94,11 @@ class PackedLinear:
                  residual: Tensor | None = None, rope: tuple[Tensor, Tensor, int] | None = None
                  ) -> Tensor:  # [..., in] (gated: [..., 2 in]) -> [..., out]
         """``norm=(weight, eps)``: RMSNorm each row first; ``gated``: x is [gate | up], multiply ``silu(gate) * up``;
-        ``residual [..., out]``: added to the result; ``rope=(cos, sin [..., D], heads)``: the first ``heads``
+        ``residual [..., out]``: added to the result; or ``rope=(cos, sin [..., D], heads)``: the first ``heads``
         groups of D outputs turn by those rotary angles. A decoder layer's elementwise work around its products,
         which the skinny kernel does inside its call."""
+        if rope is not None and residual is not None:
+            raise ValueError("PackedLinear takes a residual or rotary angles, not both")
         flat = x.reshape(-1, x.shape[-1])
         M, shape = flat.shape[0], (*x.shape[:-1], self.out_features)
         if rope is not None:

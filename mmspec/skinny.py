@@ -116,7 +116,7 @@ class SkinnyWeight:
     The call can fold in the elementwise work a decoder layer does around its products, so it costs no torch
     operations: ``norm=(weight [in], eps)`` applies RMSNorm to each row of x first; ``gated=True`` takes
     ``x [M, 2 in]`` as [gate | up] and multiplies by ``silu(gate) * up``; ``residual [M, out]`` is added to the
-    result; ``rope=(cos [M, D], sin [M, D], heads)`` then turns the first ``heads`` groups of D outputs of each row
+    result; or ``rope=(cos [M, D], sin [M, D], heads)`` turns the first ``heads`` groups of D outputs of each row
     by those rotary angles (the rotate-half convention). Each row's arithmetic is the same whatever rows run with
     it."""
 
@@ -136,9 +136,9 @@ class SkinnyWeight:
                  ) -> Tensor:  # [M, in] (gated: [M, 2 in]) -> [M, out]
         fn = library()
         width = self.in_features * (2 if gated else 1)
-        if x.dim() != 2 or x.shape[1] != width or (norm is not None and gated):
-            raise ValueError(f"SkinnyWeight takes rows of {width} features{' (gate | up)' if gated else ''} and at "
-                             f"most one of norm and gated, got {tuple(x.shape)}")
+        if x.dim() != 2 or x.shape[1] != width or (norm is not None and gated) or (rope and residual is not None):
+            raise ValueError(f"SkinnyWeight takes rows of {width} features{' (gate | up)' if gated else ''}, at "
+                             f"most one of norm and gated and at most one of residual and rope, got {tuple(x.shape)}")
         x = x.to(torch.float32).contiguous()  # the kernel reads float32 rows in order (no copy when they are)
         y = torch.empty(x.shape[0], self.out_features, dtype=torch.float32)
         weight, eps = (None, 0.0) if norm is None else (norm[0].to(torch.float32).contiguous(), float(norm[1]))
