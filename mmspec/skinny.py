@@ -82,12 +82,22 @@ def _load():
     omp_after = _openmp_runtimes()
     if omp_after - omp_before or len(omp_after) > 1:
         raise _Unavailable("the skinny kernel would run on a second OpenMP runtime beside torch's")
-    fn = lib.mmspec_skinny
-    fn.argtypes = ([ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float, ctypes.c_int] + [ctypes.c_void_p] * 5
-                   + [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_long]
-                   + [ctypes.c_int] * 3)
-    fn.restype = None
-    return fn
+    pointer, head = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_float, ctypes.c_int]
+    tail = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_long] + [ctypes.c_int] * 3
+    kernels = {}
+    for name, weights in (("mmspec_skinny", [pointer] * 5), ("mmspec_skinny_int8", [pointer] * 6)):
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = head + weights + tail, None
+        kernels[name] = fn
+    return _Kernels(kernels["mmspec_skinny"], kernels["mmspec_skinny_int8"])
+
+
+class _Kernels:
+    """The library's two entry points: float32 weights (``product``) and int8 weights with per-output scales
+    (``product_int8``)."""
+
+    def __init__(self, product, product_int8):
+        self.product, self.product_int8 = product, product_int8
 
 
 def _cpu() -> str:
@@ -124,19 +134,38 @@ class SkinnyWeight:
         if weight.dtype != torch.float32 or weight.device.type != "cpu" or weight.dim() != 2:
             raise ValueError(f"SkinnyWeight takes a 2-D float32 CPU weight, got {weight.dtype} {tuple(weight.shape)} "
                              f"on {weight.device}")
+        self._set(weight, bias, None)
+
+    @classmethod
+    def int8(cls, weight: Tensor, scales: Tensor, bias: Tensor | None = None) -> "SkinnyWeight":
+        """Int8 weights ``[out, in]`` with one float scale per output ``[out]`` (``x W^T * scales + b``): a drafter's
+        copy (``mmspec.drafters.int8``), a quarter of the bytes to stream."""
+        if weight.dtype != torch.int8 or weight.device.type != "cpu" or weight.dim() != 2:
+            raise ValueError(f"SkinnyWeight.int8 takes a 2-D int8 CPU weight, got {weight.dtype} {tuple(weight.shape)}")
+        if tuple(scales.shape) != (weight.shape[0],):
+            raise ValueError(f"SkinnyWeight.int8 takes one scale per output, got {tuple(scales.shape)}")
+        made = cls.__new__(cls)
+        made._set(weight, bias, scales)
+        return made
+
+    def _set(self, weight: Tensor, bias: Tensor | None, scales: Tensor | None) -> None:
         self.out_features, self.in_features = weight.shape
         panels = -(-self.out_features // PANEL)
         padded = weight.new_zeros(panels * PANEL, self.in_features)
         padded[: self.out_features] = weight.detach()
         self.panels = padded.view(panels, PANEL, self.in_features).transpose(1, 2).contiguous()
+        self.scales = None
+        if scales is not None:
+            self.scales = torch.ones(panels * PANEL, dtype=torch.float32)
+            self.scales[: self.out_features] = scales.detach().float()
         self.bias = None if bias is None else bias.detach().float().contiguous()
 
     def __call__(self, x: Tensor, norm: tuple[Tensor, float] | None = None, gated: bool = False,
                  residual: Tensor | None = None, rope: tuple[Tensor, Tensor, int] | None = None
                  ) -> Tensor:  # [M, in] (gated: [M, 2 in]) -> [M, out]
-        fn = library()
+        kernels = library()
         width = self.in_features * (2 if gated else 1)
-        if x.dim() != 2 or x.shape[1] != width or (norm is not None and gated) or (rope and residual is not None):
+        if x.dim() != 2 or x.shape[1] != width or (norm is not None and gated) or (rope is not None and residual is not None):
             raise ValueError(f"SkinnyWeight takes rows of {width} features{' (gate | up)' if gated else ''}, at "
                              f"most one of norm and gated and at most one of residual and rope, got {tuple(x.shape)}")
         x = x.to(torch.float32).contiguous()  # the kernel reads float32 rows in order (no copy when they are)
@@ -156,8 +185,13 @@ class SkinnyWeight:
                 raise ValueError(f"rope takes cos and sin [{x.shape[0]}, D] (D even) and at most "
                                  f"{self.out_features} // D heads, got {tuple(cos.shape)}, {tuple(sin.shape)}, {turned}")
             cos, sin = cos.to(torch.float32).contiguous(), sin.to(torch.float32).contiguous()
-        fn(x.data_ptr(), None if weight is None else weight.data_ptr(), eps, int(gated), self.panels.data_ptr(),
-           None if self.bias is None else self.bias.data_ptr(), None if residual is None else residual.data_ptr(),
+        common = (x.data_ptr(), None if weight is None else weight.data_ptr(), eps, int(gated), self.panels.data_ptr())
+        if self.scales is None:
+            fn = kernels.product
+        else:
+            fn = kernels.product_int8
+            common += (self.scales.data_ptr(),)
+        fn(*common, None if self.bias is None else self.bias.data_ptr(), None if residual is None else residual.data_ptr(),
            None if cos is None else cos.data_ptr(), None if sin is None else sin.data_ptr(), int(turned),
            int(width_of_head), y.data_ptr(), x.shape[0], self.in_features, self.out_features, torch.get_num_threads())
         return y

@@ -343,3 +343,43 @@ def test_a_drafter_must_declare_wants_hidden(tiny_models):
         mmspec.generate(text_target(tiny_models), Undeclared(), PROMPTS[0], max_new_tokens=4)
     with pytest.raises(ValueError, match="declare wants_hidden"):
         mmspec.MixedDrafter([Undeclared()])
+
+
+@pytest.mark.parametrize("kind", ["eagle", "eagle1"])
+def test_the_int8_eagle_layer_is_the_layer_on_its_rounded_weights(kind):
+    """Where the skinny kernel builds, an EAGLE drafter on a CPU runs ``Int8EagleLayer``: its parts (fc, q/k/v with
+    the norm and rotary angles folded in, attention, o and the MLP with the gate and residuals folded in) give what
+    the float layer gives on the same int8-rounded weights, for a whole window and for pairs after a cache."""
+    import copy
+
+    from mmspec import skinny
+    from mmspec.drafters.int8 import Int8EagleLayer, eagle_int8, quantize
+    from mmspec.heads import Eagle1Layer
+
+    if skinny.library() is None:
+        pytest.skip(f"no skinny kernel here: {skinny.reason()}")
+    torch.manual_seed(0)
+    layer = eagle_for(32, 32, 4, window=16) if kind == "eagle" else Eagle1Layer(32, 32, 4, 80, window=16)
+    for p in layer.parameters():
+        p.data = torch.randn_like(p) * 0.3 + (1.0 if p.dim() == 1 else 0.0)
+    net = eagle_int8(layer)
+    assert isinstance(net, Int8EagleLayer)
+    rounded = copy.deepcopy(layer)
+    for m in rounded.modules():
+        if isinstance(m, torch.nn.Linear):
+            q, scales = quantize(m.weight)
+            m.weight.data = q.float() * scales.float()[:, None]
+    feats, emb = torch.randn(2, 6, 32), torch.randn(2, 6, 32)
+    with torch.inference_mode():
+        torch.testing.assert_close(net(feats, emb), rounded(feats, emb), rtol=1e-4, atol=1e-4)
+        x = net.project(feats[:, :2], emb[:, :2])  # two new pairs after 6 cached ones, at positions 6 and 7
+        torch.testing.assert_close(x, rounded.project(feats[:, :2], emb[:, :2]), rtol=1e-4, atol=1e-4)
+        positions = torch.tensor([[6, 7]])
+        mine, theirs = net.qkv(x, positions), rounded.qkv(x, positions)
+        for a, b in zip(mine, theirs):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+        keys, values = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8)
+        mask = torch.ones(2, 2, 8, dtype=torch.bool).tril(6)
+        mask[1, :, 0] = False  # a hole in one row
+        torch.testing.assert_close(net.attend(x, mine[0], keys, values, mask),
+                                   rounded.attend(x, theirs[0], keys, values, mask), rtol=1e-4, atol=1e-4)

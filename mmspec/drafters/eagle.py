@@ -30,7 +30,7 @@ from .. import tree as trees
 from ..sampling import Sampler
 from ..types import Draft, Step, count
 from . import selfdraft
-from .int8 import int8_copy
+from .int8 import eagle_int8
 
 
 class EagleDrafter:
@@ -63,7 +63,7 @@ class EagleDrafter:
         self.net = self.layer
         if target.device.type == "cpu" and self.layer.fc.weight.dtype == torch.float32:
             # on a CPU the layer's products run on int8 weights (a guess only), quantized once per layer
-            self.net = self.layer.int8.get("layer", list(self.layer.parameters()), lambda: int8_copy(self.layer))
+            self.net = self.layer.int8.get("layer", list(self.layer.parameters()), lambda: eagle_int8(self.layer))
         self.embed = target.input_embeddings()
         self.K = target.num_codebooks
         self.keys = self.values = None  # [B, heads, S, d] of the committed (feature, frame) pairs in the window

@@ -4,6 +4,8 @@ and the target verifies with its own full-precision weights, so these change the
 * ``Int8Head``: a linear map with int8 weights, one scale per row, on bfloat16 activations (a CPU's small
   products are bound by the bytes of their weights; this reads a quarter of them).
 * ``int8_copy``: a copy of a module (the EAGLE layer) whose linear maps are ``Int8Head`` maps.
+* ``Int8EagleLayer``: the EAGLE layer's parts on the skinny kernel's int8 products (``mmspec.skinny``), with the
+  layer's elementwise work inside their calls; ``eagle_int8`` picks it where that kernel builds.
 * ``DraftVocab``: the target's output head read on a subset of its vocabulary (EAGLE-3's reduced draft
   vocabulary).
 * ``Int8Copies``: where the int8 copies live between runs, made once per source weights.
@@ -15,6 +17,7 @@ import copy
 from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..protocols import OutputHead
@@ -35,19 +38,18 @@ def linear_parts(module: torch.nn.Module) -> tuple[Tensor, Tensor | None] | None
 
 class Int8Head(torch.nn.Module):
     """A CPU copy of a linear map (an output head, or a drafter's own layer) with int8 weights, one scale per
-    row, applied to bfloat16 activations. ``of`` returns the module itself where the kernel is missing or
-    the module is not one linear map (``linear_parts``)."""
+    row, applied to bfloat16 activations by torch's kernel, or to float32 ones by the skinny kernel where it builds
+    (``mmspec.skinny``: a 1.2-3x cheaper call for a drafter's few rows, BENCHMARKS.md "Session 10"). ``of`` returns
+    the module itself where the kernel is missing or the module is not one linear map (``linear_parts``)."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None):
         super().__init__()
         if weight.shape[1] % 16:  # torch's CPU kernel crashes (a segfault, not an error) on other widths
             raise ValueError(f"the int8 kernel needs an input size divisible by 16, got {weight.shape[1]}")
-        w = weight.detach().float()
-        scales = (w.abs().amax(1) / 127).clamp(min=1e-12)  # [V]
-        self.q = (w / scales[:, None]).round().clamp(-127, 127).to(torch.int8).contiguous()  # [V, H]
-        self.scales = scales.to(torch.bfloat16)
+        self.q, self.scales = quantize(weight)  # [V, H] int8, [V] bfloat16
         self.bias = None if bias is None else bias.detach().float()
         self.anchor = torch.nn.Parameter(torch.zeros(0, dtype=torch.float32), requires_grad=False)  # dtype probe
+        self.skinny = _skinny_int8(self.q, self.scales, self.bias)
 
     @classmethod
     def of(cls, module: torch.nn.Module) -> torch.nn.Module:
@@ -64,9 +66,28 @@ class Int8Head(torch.nn.Module):
         return fast
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.skinny is not None:
+            return self.skinny(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], -1)
         flat = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
         out = torch._weight_int8pack_mm(flat, self.q, self.scales).float().reshape(*x.shape[:-1], -1)
         return out if self.bias is None else out + self.bias
+
+
+def quantize(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """``weight [R, H]`` as int8 with one scale per row (the largest magnitude maps to 127): ``(q [R, H], scales
+    [R] bfloat16)``."""
+    w = weight.detach().float()
+    scales = (w.abs().amax(1) / 127).clamp(min=1e-12)  # [R]
+    return (w / scales[:, None]).round().clamp(-127, 127).to(torch.int8).contiguous(), scales.to(torch.bfloat16)
+
+
+def _skinny_int8(q: Tensor, scales: Tensor, bias: Tensor | None):
+    """The skinny kernel's copy of int8 weights (None where it does not build)."""
+    from .. import skinny
+
+    if q.device.type != "cpu" or skinny.library() is None:
+        return None
+    return skinny.SkinnyWeight.int8(q, scales.float(), bias)
 
 
 def int8_copy(module: torch.nn.Module) -> torch.nn.Module:
@@ -77,6 +98,89 @@ def int8_copy(module: torch.nn.Module) -> torch.nn.Module:
             if isinstance(sub, torch.nn.Linear):
                 setattr(child, attr, Int8Head.of(sub))
     return out
+
+
+def eagle_int8(layer: torch.nn.Module):
+    """What an EAGLE drafter runs ``layer`` (an ``EagleLayer`` or ``Eagle1Layer``) on, on a CPU: an
+    ``Int8EagleLayer`` where the skinny kernel builds, else ``int8_copy(layer)`` (also for a layer with a map whose
+    input width is not a multiple of 16, which ``int8_copy`` keeps in float32 as ``Int8Head`` requires)."""
+    from .. import skinny
+    from ..heads.engine_kinds import Eagle1Layer
+    from ..heads.modules import EagleLayer
+
+    widths = [m.in_features for m in layer.modules() if isinstance(m, torch.nn.Linear)]
+    if skinny.library() is None or type(layer) not in (EagleLayer, Eagle1Layer) or any(w % 16 for w in widths):
+        return int8_copy(layer)
+    return Int8EagleLayer(layer)
+
+
+class Int8EagleLayer:
+    """An EAGLE layer's three parts (``project``, ``qkv``, ``attend``, as ``EagleLayer`` has them) on int8 copies of
+    its weights run by the skinny kernel (``mmspec.skinny.SkinnyWeight.int8``): q/k/v and gate/up are one product
+    each, and the input norms, the rotary angles, the SiLU gate and both residuals happen inside the products'
+    calls. A drafted frame is then a handful of calls instead of some 30 torch operations (BENCHMARKS.md "Session
+    10"). The weights are quantized as ``Int8Head`` does (one scale per row); the activations stay float32."""
+
+    def __init__(self, layer: torch.nn.Module):
+        from ..heads.engine_kinds import Eagle1Layer
+
+        decoder = layer.layer
+        attn, mlp = decoder.self_attn, decoder.mlp
+        self.rotary_of = layer._angles
+        self.embed_first = isinstance(layer, Eagle1Layer)  # its fc reads [embedding, feature]
+        self.heads, self.head_dim, self.scale = attn.config.num_attention_heads, attn.head_dim, attn.scaling
+        self.fc = _int8_product([layer.fc])
+        self.qkv_product = _int8_product([attn.q_proj, attn.k_proj, attn.v_proj])
+        self.o = _int8_product([attn.o_proj])
+        self.gate_up = _int8_product([mlp.gate_proj, mlp.up_proj])
+        self.down = _int8_product([mlp.down_proj])
+        self.norms = [None if isinstance(n, torch.nn.Identity) else (n.weight.detach().float(), n.variance_epsilon)
+                      for n in (decoder.input_layernorm, decoder.post_attention_layernorm)]
+
+    def project(self, feats: Tensor, emb: Tensor) -> Tensor:
+        """``fc`` of the pair: ``[B, T, H]``."""
+        parts = [emb.to(feats.dtype), feats] if self.embed_first else [feats, emb.to(feats.dtype)]
+        x = torch.cat(parts, dim=-1)
+        return self.fc(x.reshape(-1, x.shape[-1])).view(*x.shape[:2], -1)
+
+    def qkv(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Rotated queries and keys and the values of ``x [B, T, H]`` at ``positions [B or 1, T]``: each
+        ``[B, heads, T, head_dim]``."""
+        B, T, H = x.shape
+        D = self.head_dim
+        cos, sin = self.rotary_of(positions, x)  # [B or 1, 1, T, D]
+        cos, sin = (c[:, 0].expand(B, T, D).reshape(B * T, D) for c in (cos, sin))
+        qkv = self.qkv_product(x.reshape(B * T, H), norm=self.norms[0], rope=(cos, sin, 2 * self.heads))
+        return qkv.view(B, T, 3 * self.heads, D).transpose(1, 2).split(self.heads, dim=1)
+
+    def attend(self, x: Tensor, q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None) -> Tensor:
+        """The outputs ``[B, T, H]``: attention over ``keys``/``values`` (``mask [B, T, S]``, True: may attend; None:
+        all), the residual, the SiLU-gated MLP and its residual, as ``EagleLayer.attend``."""
+        B, T, H = x.shape
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=None if mask is None else mask[:, None],
+                                             scale=self.scale)
+        h = self.o(out.transpose(1, 2).reshape(B * T, -1), residual=x.reshape(B * T, H))
+        return self.down(self.gate_up(h, norm=self.norms[1]), gated=True, residual=h).view(B, T, H)
+
+    def __call__(self, feats: Tensor, emb: Tensor, mask: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
+        """A whole window at once, as ``EagleLayer.forward``: predicted next features ``[B, T, H]``."""
+        x = self.project(feats, emb)
+        T = x.shape[1]
+        positions = torch.arange(T, device=x.device)[None] if positions is None else positions
+        mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()[None] if mask is None else mask
+        q, k, v = self.qkv(x, positions)
+        return self.attend(x, q, k, v, mask.expand(x.shape[0], T, T))
+
+
+def _int8_product(linears: Sequence[torch.nn.Linear]):
+    """One int8 skinny product for the ``linears`` side by side (their outputs concatenated)."""
+    from .. import skinny
+
+    q, scales = quantize(torch.cat([m.weight.detach() for m in linears]))
+    biases = [m.bias for m in linears]
+    bias = None if all(b is None for b in biases) else torch.cat(
+        [b.detach().float() if b is not None else m.weight.new_zeros(m.weight.shape[0]) for m, b in zip(linears, biases)])
+    return skinny.SkinnyWeight.int8(q, scales.float(), bias)
 
 
 class DraftVocab(torch.nn.Module):
