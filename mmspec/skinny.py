@@ -159,39 +159,47 @@ class SkinnyWeight:
             self.scales = torch.ones(panels * PANEL, dtype=torch.float32)
             self.scales[: self.out_features] = scales.detach().float()
         self.bias = None if bias is None else bias.detach().float().contiguous()
+        self._call = None  # the kernel for these weights, found at the first call
 
     def __call__(self, x: Tensor, norm: tuple[Tensor, float] | None = None, gated: bool = False,
                  residual: Tensor | None = None, rope: tuple[Tensor, Tensor, int] | None = None
                  ) -> Tensor:  # [M, in] (gated: [M, 2 in]) -> [M, out]
-        kernels = library()
+        # lean on purpose: a drafted frame makes six of these calls, a forward of the text zoo target 33
         width = self.in_features * (2 if gated else 1)
         if x.dim() != 2 or x.shape[1] != width or (norm is not None and gated) or (rope is not None and residual is not None):
             raise ValueError(f"SkinnyWeight takes rows of {width} features{' (gate | up)' if gated else ''}, at "
                              f"most one of norm and gated and at most one of residual and rope, got {tuple(x.shape)}")
-        x = x.to(torch.float32).contiguous()  # the kernel reads float32 rows in order (no copy when they are)
-        y = torch.empty(x.shape[0], self.out_features, dtype=torch.float32)
-        weight, eps = (None, 0.0) if norm is None else (norm[0].to(torch.float32).contiguous(), float(norm[1]))
+        x = _ready(x)  # the kernel reads float32 rows in order
+        M = x.shape[0]
+        y = torch.empty(M, self.out_features, dtype=torch.float32)
+        weight, eps = (None, 0.0) if norm is None else (_ready(norm[0]).data_ptr(), float(norm[1]))
+        add = None
         if residual is not None:
-            if tuple(residual.shape) != tuple(y.shape):
+            if residual.shape != y.shape:
                 raise ValueError(f"residual {tuple(residual.shape)} must be the output's shape {tuple(y.shape)}")
-            residual = residual.to(torch.float32).contiguous()
+            residual = _ready(residual)
+            add = residual.data_ptr()
         cos = sin = None
         turned = width_of_head = 0
         if rope is not None:
             cos, sin, turned = rope
             width_of_head = cos.shape[-1]
-            if (tuple(cos.shape) != (x.shape[0], width_of_head) or cos.shape != sin.shape or width_of_head % 2
+            if (tuple(cos.shape) != (M, width_of_head) or cos.shape != sin.shape or width_of_head % 2
                     or not 0 <= turned * width_of_head <= self.out_features):
-                raise ValueError(f"rope takes cos and sin [{x.shape[0]}, D] (D even) and at most "
+                raise ValueError(f"rope takes cos and sin [{M}, D] (D even) and at most "
                                  f"{self.out_features} // D heads, got {tuple(cos.shape)}, {tuple(sin.shape)}, {turned}")
-            cos, sin = cos.to(torch.float32).contiguous(), sin.to(torch.float32).contiguous()
-        common = (x.data_ptr(), None if weight is None else weight.data_ptr(), eps, int(gated), self.panels.data_ptr())
-        if self.scales is None:
-            fn = kernels.product
-        else:
-            fn = kernels.product_int8
-            common += (self.scales.data_ptr(),)
-        fn(*common, None if self.bias is None else self.bias.data_ptr(), None if residual is None else residual.data_ptr(),
-           None if cos is None else cos.data_ptr(), None if sin is None else sin.data_ptr(), int(turned),
-           int(width_of_head), y.data_ptr(), x.shape[0], self.in_features, self.out_features, torch.get_num_threads())
+            cos, sin = _ready(cos), _ready(sin)
+        if self._call is None:
+            kernels = library()
+            self._call = kernels.product if self.scales is None else kernels.product_int8
+        weights = (self.panels.data_ptr(),) + (() if self.scales is None else (self.scales.data_ptr(),)) + (
+            None if self.bias is None else self.bias.data_ptr(),)
+        self._call(x.data_ptr(), weight, eps, int(gated), *weights, add, None if cos is None else cos.data_ptr(),
+                   None if sin is None else sin.data_ptr(), turned, width_of_head, y.data_ptr(), M, self.in_features,
+                   self.out_features, torch.get_num_threads())
         return y
+
+
+def _ready(t: Tensor) -> Tensor:
+    """``t`` as the kernels read it: float32, contiguous (itself when it already is)."""
+    return t if t.dtype == torch.float32 and t.is_contiguous() else t.to(torch.float32).contiguous()
