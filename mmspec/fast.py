@@ -39,6 +39,7 @@ from . import skinny
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
 PACK_ROWS = 4  # rows the packed layout is tuned for; measured as fast as a one-row layout for 1..8 rows
 MIN_ROWS = 4  # fewer rows run padded to this many: oneDNN's 1-3-row kernel was slower (5.2 vs 3.9 ms per forward)
+ATTEND_FRAMES = 32  # forwards of up to this many frames attend on mmspec.skinny.attend (decode, verify), more on torch's
 SKINNY_ROWS = 128  # up to this many rows the skinny kernel runs (mmspec.skinny; benchmarks/skinny_probe.py: faster than
 # oneDNN up to 64 rows, on par at 96-128), so a row rounds alike in every decode and verify; more (prefills): oneDNN
 
@@ -231,6 +232,9 @@ class FastDecoder:
         self.kv_heads = self.layers[0].kv_heads
         self.dtype, self.device = first.q_proj.weight.dtype, first.q_proj.weight.device
         self.rotary = backbone.rotary_emb
+        attends = skinny.library() is not None and self.dtype == torch.float32 and self.device.type == "cpu"
+        for layer in self.layers:  # few-frame attention on mmspec.skinny.attend where its kernel builds
+            layer.attends = attends and self.head_dim <= 256
         self.max_positions = int(getattr(config, "max_position_embeddings", 4096) or 4096)
         self._rope(self.max_positions)
         self.setup_s = time.perf_counter() - started  # packing the weights: the fast path's one-time cost
@@ -279,6 +283,7 @@ class _Layer:
         self.gate_up = PackedLinear([mlp.gate_proj.weight, mlp.up_proj.weight])
         self.down = PackedLinear([mlp.down_proj.weight])
         self.inter = mlp.gate_proj.weight.shape[0]
+        self.attends = False  # set by FastDecoder
         self.norms = [(n.weight.detach(), _eps(n)) for n in (layer.input_layernorm, layer.post_attention_layernorm)]
         self.qk_norms = None
         if hasattr(attn, "q_norm") and hasattr(attn, "k_norm"):  # Qwen3: RMSNorm per head on q and k
@@ -297,9 +302,13 @@ class _Layer:
             q = rotate(F.rms_norm(q, (D,), *self.qk_norms[0]), cos[:, None], sin[:, None])
             k = rotate(F.rms_norm(k, (D,), *self.qk_norms[1]), cos[:, None], sin[:, None])
         keys, values = cache.write(i, k, v)  # [R, kv_heads, S + T, D]
-        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale,
-                                             enable_gqa=self.kv_heads != self.heads)
-        x = self.o(out.transpose(1, 2).reshape(R, T, self.heads * D), residual=x)
+        if self.attends and T <= ATTEND_FRAMES:  # mmspec.skinny's few-frame attention: a frame's result whatever T is
+            out = skinny.attend(q, keys, values, mask, self.scale)  # [R, T, heads * D]
+        else:
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale,
+                                                 enable_gqa=self.kv_heads != self.heads)
+            out = out.transpose(1, 2).reshape(R, T, self.heads * D)
+        x = self.o(out, residual=x)
         # 2. the SiLU-gated MLP: gate and up in one product, the gate applied as the down product reads them
         return self.down(self.gate_up(x, norm=self.norms[1]), gated=True, residual=x)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-SOURCE = Path(__file__).with_name("csrc") / "skinny.c"
+SOURCES = (Path(__file__).with_name("csrc") / "skinny.c", Path(__file__).with_name("csrc") / "attend.c")
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 PANEL = 16  # outputs per column panel (one 64-byte vector of float32)
 
@@ -63,7 +63,7 @@ def _load():
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise _Unavailable("no C compiler (cc or gcc) to build the skinny kernel")
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in SOURCES)
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     key = hashlib.sha256(source + version.encode() + _cpu().encode() + " ".join(FLAGS).encode()).hexdigest()[:16]
     folder = Path.home() / ".cache" / "mmspec" / "kernels"
@@ -72,7 +72,7 @@ def _load():
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder) as tmp:  # built aside, then renamed: a concurrent build is harmless
             out = Path(tmp) / built.name
-            run = subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", str(out)], capture_output=True, text=True,
+            run = subprocess.run([compiler, *FLAGS, *map(str, SOURCES), "-o", str(out)], capture_output=True, text=True,
                                  timeout=120)
             if run.returncode != 0:
                 raise _Unavailable(f"building the skinny kernel failed: {run.stderr.strip()[:300]}")
@@ -89,15 +89,20 @@ def _load():
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = head + weights + tail, None
         kernels[name] = fn
-    return _Kernels(kernels["mmspec_skinny"], kernels["mmspec_skinny_int8"])
+    attend = lib.mmspec_attend
+    stride = [ctypes.c_long]
+    attend.argtypes = ((([pointer] + stride * 3) * 3) + [pointer] + stride * 2 + [pointer] + [ctypes.c_int] * 6
+                       + [ctypes.c_float, ctypes.c_int])
+    attend.restype = None
+    return _Kernels(kernels["mmspec_skinny"], kernels["mmspec_skinny_int8"], attend)
 
 
 class _Kernels:
-    """The library's two entry points: float32 weights (``product``) and int8 weights with per-output scales
-    (``product_int8``)."""
+    """The library's entry points: products on float32 weights (``product``) and on int8 weights with per-output
+    scales (``product_int8``), and few-frame attention (``attend``)."""
 
-    def __init__(self, product, product_int8):
-        self.product, self.product_int8 = product, product_int8
+    def __init__(self, product, product_int8, attend):
+        self.product, self.product_int8, self.attend = product, product_int8, attend
 
 
 def _cpu() -> str:
@@ -203,3 +208,28 @@ class SkinnyWeight:
 def _ready(t: Tensor) -> Tensor:
     """``t`` as the kernels read it: float32, contiguous (itself when it already is)."""
     return t if t.dtype == torch.float32 and t.is_contiguous() else t.to(torch.float32).contiguous()
+
+
+def attend(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None, scale: float) -> Tensor:
+    """Attention of ``q [R, Hq, T, D]`` over ``keys``/``values [R, Hkv, S, D]`` (Hq a multiple of Hkv, D <= 256) with
+    an additive ``mask [R or 1, 1, T, S]`` (entries at the dtype's minimum hide a key) or None (query t sees keys
+    up to S - T + t) -> ``[R, T, Hq * D]``, float32 on a CPU, by ``attend.c`` (read its header: a query's result is
+    bit-identical whatever other queries run with it). The last dimension of every input must be contiguous; other
+    strides are read as they are."""
+    R, Hq, T, D = q.shape
+    Hkv, S = keys.shape[1], keys.shape[2]
+    tensors = [q, keys, values] + ([] if mask is None else [mask])
+    if any(t.dtype != torch.float32 or t.device.type != "cpu" or t.stride(-1) != 1 for t in tensors):
+        raise ValueError("attend takes float32 CPU tensors whose last dimension is contiguous")
+    if D > 256 or keys.shape != values.shape or keys.shape[0] != R or keys.shape[3] != D or Hq % Hkv:
+        raise ValueError(f"attend: q {tuple(q.shape)}, keys {tuple(keys.shape)} and values {tuple(values.shape)} must "
+                         "agree in rows and features (at most 256), with a query head count that the key heads divide")
+    if mask is not None and (tuple(mask.shape[-2:]) != (T, S) or mask.shape[0] not in (1, R)):
+        raise ValueError(f"attend: mask {tuple(mask.shape)} must be [{R} or 1, 1, {T}, {S}]")
+    out = torch.empty(R, T, Hq, D, dtype=torch.float32)
+    mr, mt = (0, 0) if mask is None else (mask.stride(0) if mask.shape[0] > 1 else 0, mask.stride(-2))
+    library().attend(q.data_ptr(), q.stride(0), q.stride(1), q.stride(2), keys.data_ptr(), keys.stride(0),
+                     keys.stride(1), keys.stride(2), values.data_ptr(), values.stride(0), values.stride(1),
+                     values.stride(2), None if mask is None else mask.data_ptr(), mr, mt, out.data_ptr(), R, T, Hq,
+                     Hkv, S, D, scale, torch.get_num_threads())
+    return out.view(R, T, Hq * D)

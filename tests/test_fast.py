@@ -196,3 +196,45 @@ def test_the_skinny_call_folds_in_a_layers_elementwise_work_as_torch_does_it():
         kernel.skinny(x, residual=torch.zeros(rows, 3))
     with pytest.raises(ValueError, match="rope"):
         kernel.skinny(x, rope=(cos[:, :3], sin[:, :3], 1))
+
+
+def test_few_frame_attention_equals_torchs_and_gives_a_frame_the_same_bits_in_any_verify():
+    """mmspec.skinny.attend (the fast path's decode and verify attention where its kernel builds) equals torch's
+    scaled-dot-product attention for chains and trees, padding holes, grouped key heads and head sizes that do and
+    do not fill 16 lanes; and each query's result is bit for bit the one-frame forward's over the keys it sees."""
+    from mmspec import skinny
+
+    if skinny.library() is None:
+        pytest.skip(f"no skinny kernel here: {skinny.reason()}")
+    torch.manual_seed(0)
+    lowest = torch.finfo(torch.float32).min
+    for R, Hq, Hkv, D, S, T in [(1, 4, 4, 56, 37, 1), (2, 4, 2, 16, 50, 5), (3, 2, 1, 24, 20, 9), (1, 2, 2, 8, 70, 17)]:
+        keys, values = torch.randn(R, Hkv, S + 7, D)[:, :, :S], torch.randn(R, Hkv, S + 7, D)[:, :, :S]  # a cache's view
+        q = torch.randn(R, T, Hq, D).transpose(1, 2)  # as the fast path's q: [R, Hq, T, D], frames strided
+        seen = torch.ones(R, T, S, dtype=torch.bool)
+        seen[:, :, S - T:] = torch.ones(T, T, dtype=torch.bool).tril()
+        if T > 2:  # a tree: the third frame is a second child of the first
+            seen[:, 2, S - T + 1] = False
+        seen[-1, :, :3] = False  # the last row's left padding
+        mask = torch.zeros(R, 1, T, S).masked_fill(~seen[:, None], lowest)
+        want = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=0.3,
+                                              enable_gqa=Hq != Hkv).transpose(1, 2).reshape(R, T, Hq * D)
+        got = skinny.attend(q, keys, values, mask, 0.3)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        if T == 1:  # no mask: every key
+            plain = F.scaled_dot_product_attention(q, keys, values, scale=0.3, enable_gqa=Hq != Hkv)
+            torch.testing.assert_close(skinny.attend(q, keys, values, None, 0.3), plain.reshape(R, 1, Hq * D))
+        for t in range(T):  # frame t alone, over the keys it sees (the same slots), as a one-frame forward runs it
+            alone = skinny.attend(q[:, :, t: t + 1], keys, values, mask[:, :, t: t + 1], 0.3)
+            assert torch.equal(alone, got[:, t: t + 1])
+        causal = skinny.attend(q, keys, values, None, 0.3)  # no mask: a causal tail
+        tail = torch.zeros(1, 1, T, S).masked_fill(~torch.ones(T, S, dtype=torch.bool).tril(S - T), lowest)
+        assert torch.equal(causal, skinny.attend(q, keys, values, tail, 0.3))
+        for t in range(T):  # a chain's frame t as the one-frame decode after it runs it: its keys only, no mask
+            end = S - T + t + 1
+            assert torch.equal(skinny.attend(q[:, :, t: t + 1], keys[:, :, :end], values[:, :, :end], None, 0.3),
+                               causal[:, t: t + 1])
+    with pytest.raises(ValueError, match="contiguous"):
+        skinny.attend(q, keys.transpose(-1, -2), values, None, 0.3)
+    with pytest.raises(ValueError, match="mask"):
+        skinny.attend(q, keys, values, mask[..., :-1], 0.3)
