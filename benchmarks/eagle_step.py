@@ -1,7 +1,8 @@
 """Time one drafted frame of a zoo EAGLE layer on a CPU: ``EagleDrafter._step`` for one new pair, with the
-layer as the drafter runs it there (its int8 copy) against the float layer and against copies whose products
-run on the fast path's prepacked oneDNN weights (``mmspec.fast.PackedLinear``, float32 and bfloat16), in one
-process, interleaved, median of many calls. The choice of the int8 copy for drafting rests on this.
+layer as the drafter runs it there (``Int8EagleLayer`` on the skinny kernel where it builds, else its int8 copy)
+against its int8 copy (``Int8Head`` per map, on the skinny kernel or on torch's int8 kernel), the float layer and
+copies whose products run on the fast path's prepacked oneDNN weights (``mmspec.fast.PackedLinear``, float32 and
+bfloat16), in one process, interleaved, median of many calls. The choice of int8 weights for drafting rests on this.
 
     python benchmarks/eagle_step.py [--modality text|speech] [--threads 1] [--calls 300]
 """
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from mmspec.drafters.int8 import int8_copy
+    from mmspec.drafters.int8 import Int8Head, eagle_int8, int8_copy
     from mmspec.heads.store import load_heads
     from mmspec.modalities import get
     from mmspec.sampling import Sampler
@@ -67,7 +68,13 @@ def main(argv=None) -> int:
     frames = torch.randint(0, target.vocab_size, (1, 1, target.num_codebooks))
     positions = torch.tensor([[S]])
     drafter.keys = keys
-    nets = {"int8 copy (as drafted)": int8_copy(drafter.layer), "float32 layer": drafter.layer,
+    torch_int8 = int8_copy(drafter.layer)
+    for module in torch_int8.modules():  # the same int8 maps on torch's int8 kernel (before session 10)
+        if isinstance(module, Int8Head):
+            module.skinny = None
+    nets = {"as drafted (Int8EagleLayer where the skinny kernel builds)": eagle_int8(drafter.layer),
+            "int8 copy, Int8Head per map": int8_copy(drafter.layer), "int8 copy, torch's int8 kernel": torch_int8,
+            "float32 layer": drafter.layer,
             "prepacked float32": packed_copy(drafter.layer, torch.float32),
             "prepacked bfloat16": packed_copy(drafter.layer, torch.bfloat16)}
     times: dict[str, list[float]] = {name: [] for name in nets}
@@ -80,7 +87,7 @@ def main(argv=None) -> int:
                 times[name].append(time.perf_counter() - t)
     for name, ts in times.items():
         ts.sort()
-        print(f"{name:26s} {1000 * ts[len(ts) // 2]:.3f} ms per drafted frame (median of {len(ts)})")
+        print(f"{name:60s} {1000 * ts[len(ts) // 2]:.3f} ms per drafted frame (median of {len(ts)})")
     return 0
 
 

@@ -276,10 +276,11 @@ def environment() -> dict:
            "python": platform.python_version(), "torch": torch.__version__, "mmspec": mmspec.__version__,
            "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     from . import skinny
-    from .fast import SKINNY_ROWS
+    from .fast import ATTEND_FRAMES, SKINNY_ROWS
 
-    env["fast_products"] = f"skinny kernel (up to {SKINNY_ROWS} rows), oneDNN above" if skinny.library() is not None \
-        else f"oneDNN prepacked ({skinny.reason()})"
+    env["fast_products"] = (f"skinny kernel (up to {SKINNY_ROWS} rows; attention up to {ATTEND_FRAMES} frames), "
+                            "oneDNN and torch's attention above") if skinny.library() is not None \
+        else f"oneDNN prepacked, torch's attention ({skinny.reason()})"
     for pkg in ("transformers", "diffusers", "encodec"):
         try:
             env[pkg] = importlib.import_module(pkg).__version__

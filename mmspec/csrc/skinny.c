@@ -24,6 +24,16 @@
 typedef float vec16 __attribute__((vector_size(64)));
 typedef float vec16_any __attribute__((vector_size(64), aligned(4)));  /* loads that need no alignment */
 
+/* Outputs o .. o + 15 of a row (fewer at the end of out) from their sums: times the int8 scales (sc, padded to
+ * whole panels) where there are any, plus the bias, then plus the residual row (res), into the output row y. */
+static inline void finish(__m512 v, int o, int out, const float *sc, const float *b, const float *res, float *y) {
+    __mmask16 n = out - o >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (out - o)) - 1);
+    if (sc) v = _mm512_mul_ps(v, _mm512_loadu_ps(sc + o));
+    if (b) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(n, b + o));
+    if (res) v = _mm512_add_ps(_mm512_maskz_loadu_ps(n, res + o), v);
+    _mm512_mask_storeu_ps(y + o, n, v);
+}
+
 /* One chunk of MM rows (1..12) over every panel; NB panels (16 outputs each) per inner step (MM x NB
  * accumulators and NB weight vectors stay in the 32 vector registers of AVX-512). WT: the weights' type, LOAD: 16
  * of them as a float vector; sc: per-output scales (int8 weights) or NULL. */
@@ -55,15 +65,9 @@ static void NAME##_##MM(const float *x, const WT *Wp, const float *sc, const flo
                 }                                                                                                  \
         }                                                                                                          \
         for (int m = 0; m < MM; m++)                                                                               \
-            for (int j = 0; j < np; j++) {                                                                         \
-                int o = (p0 + j) * 16, n = out - o < 16 ? out - o : 16;                                            \
-                float *dst = y + (size_t)m * out + o;                                                              \
-                const float *add = res ? res + (size_t)m * out + o : NULL;                                         \
-                for (int l = 0; l < n; l++) {                                                                      \
-                    float v = (sc ? acc[m][j][l] * sc[o + l] : acc[m][j][l]) + (b ? b[o + l] : 0.f);               \
-                    dst[l] = add ? add[l] + v : v;                                                                 \
-                }                                                                                                  \
-            }                                                                                                      \
+            for (int j = 0; j < np; j++)                                                                           \
+                finish((__m512)acc[m][j], (p0 + j) * 16, out, sc, b, res ? res + (size_t)m * out : NULL,            \
+                       y + (size_t)m * out);                                                                       \
     }                                                                                                              \
 }
 
