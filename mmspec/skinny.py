@@ -94,15 +94,17 @@ def _load():
     attend.argtypes = ((([pointer] + stride * 3) * 3) + [pointer] + stride * 2 + [pointer] + [ctypes.c_int] * 6
                        + [ctypes.c_float, ctypes.c_int])
     attend.restype = None
-    return _Kernels(kernels["mmspec_skinny"], kernels["mmspec_skinny_int8"], attend)
+    norm = lib.mmspec_rms_norm
+    norm.argtypes, norm.restype = [pointer, pointer, ctypes.c_float, pointer, ctypes.c_long, ctypes.c_int], None
+    return _Kernels(kernels["mmspec_skinny"], kernels["mmspec_skinny_int8"], attend, norm)
 
 
 class _Kernels:
     """The library's entry points: products on float32 weights (``product``) and on int8 weights with per-output
-    scales (``product_int8``), and few-frame attention (``attend``)."""
+    scales (``product_int8``), few-frame attention (``attend``) and RMSNorm (``rms_norm``)."""
 
-    def __init__(self, product, product_int8, attend):
-        self.product, self.product_int8, self.attend = product, product_int8, attend
+    def __init__(self, product, product_int8, attend, rms_norm):
+        self.product, self.product_int8, self.attend, self.rms_norm = product, product_int8, attend, rms_norm
 
 
 def _cpu() -> str:
@@ -233,3 +235,15 @@ def attend(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None, scale: 
                      values.stride(2), None if mask is None else mask.data_ptr(), mr, mt, out.data_ptr(), R, T, Hq,
                      Hkv, S, D, scale, torch.get_num_threads())
     return out.view(R, T, Hq * D)
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    """RMSNorm over the last dimension of ``x [..., H]`` (float32, CPU) with ``weight [H]``, row by row as the product
+    kernel's ``norm`` option does it (one C call instead of torch's composite of several operations)."""
+    if x.dtype != torch.float32 or x.device.type != "cpu" or tuple(weight.shape) != (x.shape[-1],):
+        raise ValueError(f"rms_norm takes float32 CPU rows and a weight of their width, got {x.dtype} "
+                         f"{tuple(x.shape)} and {tuple(weight.shape)}")
+    x, weight = _ready(x), _ready(weight)
+    y = torch.empty_like(x)
+    library().rms_norm(x.data_ptr(), weight.data_ptr(), float(eps), y.data_ptr(), x.numel() // x.shape[-1], x.shape[-1])
+    return y

@@ -192,3 +192,9 @@ void mmspec_skinny_int8(const float *x, const float *norm, float eps, int gated,
                         int rotated, int head_dim, float *y, long rows, int in, int out, int threads) {
     run(x, norm, eps, gated, Wp, 1, sc, b, res, cos, sin, rotated, head_dim, y, rows, in, out, threads);
 }
+
+/* RMSNorm of each row of x [rows, in] into y (weight norm [in], epsilon eps), as `prepare` does it before a product:
+ * the fast path's final norm. */
+void mmspec_rms_norm(const float *x, const float *norm, float eps, float *y, long rows, int in) {
+    for (long m = 0; m < rows; m++) prepare(x + (size_t)m * in, norm, eps, 0, y + (size_t)m * in, in);
+}
