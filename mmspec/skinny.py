@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 SOURCES = (Path(__file__).with_name("csrc") / "skinny.c", Path(__file__).with_name("csrc") / "attend.c")
+HEADERS = (Path(__file__).with_name("csrc") / "vecmath.h",)  # read by the sources: part of the build's key
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 PANEL = 16  # outputs per column panel (one 64-byte vector of float32)
 
@@ -63,7 +64,7 @@ def _load():
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         raise _Unavailable("no C compiler (cc or gcc) to build the skinny kernel")
-    source = b"".join(path.read_bytes() for path in SOURCES)
+    source = b"".join(path.read_bytes() for path in SOURCES + HEADERS)
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
     key = hashlib.sha256(source + version.encode() + _cpu().encode() + " ".join(FLAGS).encode()).hexdigest()[:16]
     folder = Path.home() / ".cache" / "mmspec" / "kernels"

@@ -16,30 +16,16 @@
  * Built with skinny.c into one library at first use (mmspec/skinny.py); AVX-512 only.
  */
 #include <immintrin.h>
+#include "vecmath.h"
 #include <math.h>
 #include <stdlib.h>
 
 #define HIDDEN (-1e30f) /* mask entries at or below this hide a key (the fast path writes the dtype's minimum) */
 #define INLINE static inline __attribute__((always_inline))
 
-/* exp(x) on 16 lanes for x <= 0: x = n ln2 + r with |r| <= ln2 / 2, exp(r) = 1 + r + r^2 P(r) (Cephes' expf
- * coefficients), times 2^n; lanes below -87 (exp underflows float32; -inf: a hidden key) give exactly 0. */
-INLINE __m512 exp16(__m512 x) {
-    const __m512 lowest = _mm512_set1_ps(-87.0f);
-    __mmask16 keep = _mm512_cmp_ps_mask(x, lowest, _CMP_GE_OQ);
-    x = _mm512_max_ps(x, lowest);
-    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    return _mm512_maskz_mov_ps(keep, _mm512_scalef_ps(p, n));
+/* exp(x) on 16 lanes for x <= 0 (vecmath.h), with exactly 0 below -87 (exp underflows float32; -inf: a hidden key). */
+INLINE __m512 exp16_weights(__m512 x) {
+    return _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_GE_OQ), exp16(x));
 }
 
 INLINE __mmask16 lanes(long left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1); }
@@ -168,7 +154,7 @@ void mmspec_attend(const float *q, long qr, long qh, long qt, const float *k, lo
                 __m512 total = _mm512_setzero_ps(), shift = _mm512_set1_ps(most);
                 for (int j = 0; j < S; j += 16) {
                     __mmask16 m = lanes(S - j);
-                    __m512 e = exp16(_mm512_sub_ps(_mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), m, st + j), shift));
+                    __m512 e = exp16_weights(_mm512_sub_ps(_mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), m, st + j), shift));
                     _mm512_mask_storeu_ps(st + j, m, e);
                     total = _mm512_add_ps(total, e);
                 }
