@@ -169,6 +169,9 @@ class SkinnyWeight:
         self.bias = None if bias is None else bias.detach().float().contiguous()
         self._call = None  # the kernel for these weights, found at the first call
 
+    def __getstate__(self) -> dict:  # copies and pickles hold the weights; the kernel is looked up again
+        return {**self.__dict__, "_call": None}
+
     def __call__(self, x: Tensor, norm: tuple[Tensor, float] | None = None, gated: bool = False,
                  residual: Tensor | None = None, rope: tuple[Tensor, Tensor, int] | None = None
                  ) -> Tensor:  # [M, in] (gated: [M, 2 in]) -> [M, out]

@@ -1,6 +1,8 @@
 """The fast path (mmspec.fast): packed products, the static cache, and logits equal to the eager HF forward."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -188,6 +190,8 @@ def test_the_skinny_call_folds_in_a_layers_elementwise_work_as_torch_does_it():
 
             alone = first(1)
             assert all(torch.equal(first(m), alone) for m in (2, 5, 9, 13, 14)), case.keys()
+    twin = copy.deepcopy(kernel.skinny)  # after a call: a copy (a deep-copied drafter, a pickle) still runs
+    assert torch.equal(twin(x), kernel.skinny(x))
     with pytest.raises(ValueError, match="at most one of norm and gated"):
         kernel.skinny(gate_up, norm=(torch.ones(2 * in_features), 1e-5), gated=True)
     with pytest.raises(ValueError, match="at most one of residual and rope"):
