@@ -6,7 +6,9 @@ compiler and the CPU. Measured on the development CPU (AMD EPYC, 2 vCPUs, AVX-51
 "Session 9", ``benchmarks/skinny_probe.py``): the text zoo target's products take 2.3-3.1 ms for 1-9 rows against
 oneDNN's prepacked 3.6-4.4 ms. A call can also fold in the elementwise work a decoder layer does around a product
 (RMSNorm, the SiLU gate, the residual, rotary angles: ``SkinnyWeight``), which as torch operations cost about a
-sixth of a one-frame forward (BENCHMARKS.md "Session 10").
+sixth of a one-frame forward (BENCHMARKS.md "Session 10"). ``EagleStep`` runs an EAGLE drafting layer's whole step
+(``csrc/eagle.c``) in one call: in a decode loop the torch operations between its kernels cost as much as the kernels
+(BENCHMARKS.md "Session 11").
 
 It is used only where it was measured (x86-64 Linux with AVX-512) and where its OpenMP calls resolve to the runtime
 torch already uses; elsewhere, or without a compiler, ``library()`` returns None, ``reason()`` says why, and the fast
@@ -26,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-SOURCES = (Path(__file__).with_name("csrc") / "skinny.c", Path(__file__).with_name("csrc") / "attend.c")
+SOURCES = tuple(Path(__file__).with_name("csrc") / name for name in ("skinny.c", "attend.c", "eagle.c"))
 HEADERS = (Path(__file__).with_name("csrc") / "vecmath.h",)  # read by the sources: part of the build's key
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 PANEL = 16  # outputs per column panel (one 64-byte vector of float32)
@@ -97,15 +99,21 @@ def _load():
     attend.restype = None
     norm = lib.mmspec_rms_norm
     norm.argtypes, norm.restype = [pointer, pointer, ctypes.c_float, pointer, ctypes.c_long, ctypes.c_int], None
-    return _Kernels(kernels["mmspec_skinny"], kernels["mmspec_skinny_int8"], attend, norm)
+    eagle = lib.mmspec_eagle_step
+    eagle.argtypes = ([pointer] * 5 + [ctypes.c_int] + [pointer] * 2 + [ctypes.c_int] + [pointer] * 2 + [ctypes.c_long]
+                      + [pointer] * 6 + [ctypes.c_int] * 4)
+    eagle.restype = ctypes.c_int
+    return _Kernels(kernels["mmspec_skinny"], kernels["mmspec_skinny_int8"], attend, norm, eagle)
 
 
 class _Kernels:
     """The library's entry points: products on float32 weights (``product``) and on int8 weights with per-output
-    scales (``product_int8``), few-frame attention (``attend``) and RMSNorm (``rms_norm``)."""
+    scales (``product_int8``), few-frame attention (``attend``), RMSNorm (``rms_norm``) and an EAGLE drafting
+    layer's step on int8 weights (``eagle_step``, ``EagleStep``)."""
 
-    def __init__(self, product, product_int8, attend, rms_norm):
+    def __init__(self, product, product_int8, attend, rms_norm, eagle_step):
         self.product, self.product_int8, self.attend, self.rms_norm = product, product_int8, attend, rms_norm
+        self.eagle_step = eagle_step
 
 
 def _cpu() -> str:
@@ -251,3 +259,60 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     y = torch.empty_like(x)
     library().rms_norm(x.data_ptr(), weight.data_ptr(), float(eps), y.data_ptr(), x.numel() // x.shape[-1], x.shape[-1])
     return y
+
+
+class _Product(ctypes.Structure):
+    _fields_ = [("w", ctypes.c_void_p), ("sc", ctypes.c_void_p), ("b", ctypes.c_void_p)]
+
+
+class _Layer(ctypes.Structure):  # eagle.c's Layer
+    _fields_ = ([(name, _Product) for name in ("fc", "qkv", "o", "gate_up", "down")]
+                + [("norm0", ctypes.c_void_p), ("norm1", ctypes.c_void_p), ("eps0", ctypes.c_float),
+                   ("eps1", ctypes.c_float), ("scale", ctypes.c_float)]
+                + [(name, ctypes.c_int) for name in ("H", "E", "heads", "D", "I", "embed_first")])
+
+
+class EagleStep:
+    """An EAGLE layer's step as one call of ``eagle.c`` (read its header): ``products`` the int8 ``SkinnyWeight``
+    maps ``(fc, qkv, o, gate_up, down)`` (q/k/v and gate/up side by side), ``norms`` the two RMSNorms ``(weight,
+    eps)`` or None, ``heads`` attention heads of ``head_dim`` features, ``scale`` the attention scale, and whether
+    ``fc`` reads [embedding, feature] (``embed_first``) or [feature, embedding]. Holds the tensors it points at."""
+
+    def __init__(self, products, norms, heads: int, head_dim: int, scale: float, embed_first: bool):
+        fc, qkv, o, gate_up, down = products
+        if any(p.scales is None for p in products) or qkv.out_features != 3 * heads * head_dim:
+            raise ValueError("EagleStep takes int8 products fc, qkv (3 x heads x head_dim outputs), o, gate_up, down")
+        H, I = fc.out_features, down.in_features
+        norms = [None if n is None else (_ready(n[0]), float(n[1])) for n in norms]
+        self._keep = (products, norms)
+        parts = [_Product(p.panels.data_ptr(), p.scales.data_ptr(), None if p.bias is None else p.bias.data_ptr())
+                 for p in products]
+        self.layer = _Layer(*parts, *[None if n is None else n[0].data_ptr() for n in norms],
+                            *[0.0 if n is None else n[1] for n in norms], float(scale), H, fc.in_features - H, heads,
+                            head_dim, I, int(embed_first))
+        self.H, self.E, self.heads, self.head_dim = H, fc.in_features - H, heads, head_dim
+
+    def __call__(self, feats: Tensor, positions: Tensor, tables: tuple[Tensor, Tensor], keys: Tensor, values: Tensor,
+                 mask: Tensor | None, emb: Tensor | None = None, table: Tensor | None = None,
+                 frames: Tensor | None = None, offsets: Tensor | None = None):
+        """New pairs ``feats [B, T, H]`` with their embeddings ``emb [B, T, E]``, or their frames ``[B, T, K]`` looked up
+        in ``table [*, E]`` at ``offsets [K]`` (int64) and summed, at ``positions [B or 1, T]`` (int64) of the rotary
+        ``tables`` (cos, sin ``[P, D]``), after ``keys``/``values [B, heads, S, D]``; ``mask`` an additive ``[B, T, S +
+        T]`` or None (pair t sees the cached slots and the new pairs up to itself). Returns ``(out [B, T, H], keys,
+        values [B, heads, S + T, D])``, or None when a position is outside the tables."""
+        B, T, H = feats.shape
+        S, h, D = keys.shape[2], self.heads, self.head_dim
+        feats, keys, values = _ready(feats), _ready(keys), _ready(values)
+        positions = positions.to(torch.long).contiguous()
+        frames = None if frames is None else frames.to(torch.long).contiguous()
+        grown = [torch.empty(B, h, S + T, D, dtype=torch.float32) for _ in range(2)]
+        out = torch.empty(B, T, H, dtype=torch.float32)
+        K = 0 if frames is None else frames.shape[-1]
+        code = library().eagle_step(
+            ctypes.byref(self.layer), feats.data_ptr(), None if table is None else table.data_ptr(),
+            None if frames is None else frames.data_ptr(), None if offsets is None else offsets.data_ptr(), K,
+            None if emb is None else _ready(emb).data_ptr(), positions.data_ptr(), int(positions.shape[0] > 1),
+            tables[0].data_ptr(), tables[1].data_ptr(), tables[0].shape[0], keys.data_ptr(), values.data_ptr(),
+            grown[0].data_ptr(), grown[1].data_ptr(), None if mask is None else mask.data_ptr(), out.data_ptr(), B, T, S,
+            torch.get_num_threads())
+        return None if code else (out, grown[0], grown[1])

@@ -383,3 +383,60 @@ def test_the_int8_eagle_layer_is_the_layer_on_its_rounded_weights(kind):
         mask[1, :, 0] = False  # a hole in one row
         torch.testing.assert_close(net.attend(x, mine[0], keys, values, mask),
                                    rounded.attend(x, theirs[0], keys, values, mask), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["eagle", "eagle1"])
+def test_the_int8_eagle_step_in_one_call_equals_its_parts(kind):
+    """``Int8EagleLayer.step`` (one call of ``eagle.c``: embedding lookup, fc, q/k/v with the norm and rotary angles,
+    the keys and values appended, attention, o, the MLP) gives what its parts give run one by one, for a chain after a
+    cache, a pair with no cache, pairs with a mask (holes, a tree), positions past the rotary table, an embedding that
+    is a codebook table (looked up in C) and one that is any module (embedded in Python); a deep copy steps alike."""
+    import copy
+
+    from mmspec import skinny
+    from mmspec.drafters.int8 import Int8EagleLayer, eagle_int8
+    from mmspec.heads import Eagle1Layer
+    from mmspec.hf import FrameEmbedding
+
+    if skinny.library() is None:
+        pytest.skip(f"no skinny kernel here: {skinny.reason()}")
+    torch.manual_seed(1)
+    layer = eagle_for(32, 32, 4, window=16) if kind == "eagle" else Eagle1Layer(32, 32, 4, 80, window=16)
+    for p in layer.parameters():
+        p.data = torch.randn_like(p) * 0.3 + (1.0 if p.dim() == 1 else 0.0)
+    net = eagle_int8(layer)
+    assert isinstance(net, Int8EagleLayer)
+    codebooks = FrameEmbedding(torch.nn.Embedding(3 * 10, 32), [0, 10, 20])  # K = 3 codebooks of 10 ids
+    other = torch.nn.Sequential(FrameEmbedding(torch.nn.Embedding(30, 32)), torch.nn.Tanh())
+
+    def parts(feats, frames, embed, positions, keys, values, mask):
+        x = net.project(feats, embed(frames))
+        q, k, v = net.qkv(x, positions)
+        keys, values = torch.cat([keys, k], 2), torch.cat([values, v], 2)
+        T, S = x.shape[1], keys.shape[2]
+        if mask is None:
+            mask = torch.ones(T, S, dtype=torch.bool).tril(S - T).expand(x.shape[0], T, S)
+        return net.attend(x, q, keys, values, mask), keys, values
+
+    cases = [(1, 1, 6, None), (2, 3, 5, None), (2, 2, 0, None), (1, 1, 200, None)]  # (B, T, S, mask), 200: past table
+    hole = torch.ones(2, 3, 8, dtype=torch.bool).tril(5)
+    hole[1, :, 0] = False  # a slot row 1 does not hold
+    tree = torch.tensor([[1, 1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 0, 1, 0], [1, 1, 1, 1, 1, 1, 0, 1]], dtype=torch.bool)
+    cases += [(2, 3, 5, hole), (2, 3, 5, tree.expand(2, 3, 8))]
+    with torch.inference_mode():
+        for embed in (codebooks, other):
+            for B, T, S, mask in cases:
+                K = 3 if embed is codebooks else 1
+                feats, frames = torch.randn(B, T, 32), torch.randint(-1, 10, (B, T, K))  # -1: read as id 0
+                keys, values = torch.randn(B, 4, S, 8), torch.randn(B, 4, S, 8)
+                positions = torch.arange(S, S + T)[None].expand(B, T) + torch.arange(B)[:, None]
+                got = net.step(feats, frames, embed, positions, keys, values, mask)
+                want = parts(feats, frames.clamp(min=0), embed, positions, keys, values, mask)
+                for a, b in zip(got, want):
+                    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+        twin = copy.deepcopy(net)
+        feats, frames = torch.randn(1, 2, 32), torch.randint(0, 10, (1, 2, 3))
+        keys, values, positions = torch.randn(1, 4, 4, 8), torch.randn(1, 4, 4, 8), torch.tensor([[4, 5]])
+        for a, b in zip(twin.step(feats, frames, codebooks, positions, keys, values, None),
+                        net.step(feats, frames, codebooks, positions, keys, values, None)):
+            assert torch.equal(a, b)

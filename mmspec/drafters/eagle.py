@@ -30,7 +30,7 @@ from .. import tree as trees
 from ..sampling import Sampler
 from ..types import Draft, Step, count
 from . import selfdraft
-from .int8 import eagle_int8
+from .int8 import Int8EagleLayer, eagle_int8
 
 
 class EagleDrafter:
@@ -89,16 +89,27 @@ class EagleDrafter:
         their outputs ``[B, T, H]`` and the keys and values with theirs appended; ``mask [B, T, S + T]``
         (None: each new pair sees everything before it and itself)."""
         dtype = self.keys.dtype
+        if isinstance(self.net, Int8EagleLayer):  # the CPU's int8 layer: the whole step in a few kernel calls
+            if self.holes:
+                mask = self._holes(mask, feats.shape[1], keys.shape[2] + feats.shape[1], feats.shape[0])
+            return self.net.step(feats.to(dtype), frames, self.embed, positions, keys, values, mask)
         x = self.net.project(feats.to(dtype), self.embed(frames).to(dtype))  # [B, T, H]
         q, k, v = self.net.qkv(x, positions)
         keys, values = torch.cat([keys, k], 2), torch.cat([values, v], 2)
         B, T, S = x.shape[0], x.shape[1], keys.shape[2]
-        if mask is None and (T > 1 or self.holes):  # one new pair without holes sees everything: no mask at all
+        if mask is None and T > 1:  # one new pair sees everything: no mask at all
             mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T).expand(B, T, S)
-        if self.holes:  # the committed context's first columns: only each row's own pairs
-            C = self.valid.shape[1]
-            mask = torch.cat([mask[..., :C] & self.valid[:, None, :], mask[..., C:]], dim=-1)
+        if self.holes:
+            mask = self._holes(mask, T, S, B)
         return self.net.attend(x, q, keys, values, mask), keys, values
+
+    def _holes(self, mask: Tensor | None, T: int, S: int, B: int) -> Tensor:
+        """``mask [B, T, S]`` (None: each new pair sees everything before it and itself) with the committed
+        context's slots that hold no pair of a row (``valid``) hidden from that row."""
+        if mask is None:
+            mask = torch.ones(T, S, dtype=torch.bool, device=self.valid.device).tril(S - T).expand(B, T, S)
+        C = self.valid.shape[1]
+        return torch.cat([mask[..., :C] & self.valid[:, None, :], mask[..., C:]], dim=-1)
 
     def _chain(self, k: int) -> Draft:
         drafted, probs = [], []

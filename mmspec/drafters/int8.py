@@ -5,7 +5,8 @@ and the target verifies with its own full-precision weights, so these change the
   products are bound by the bytes of their weights; this reads a quarter of them).
 * ``int8_copy``: a copy of a module (the EAGLE layer) whose linear maps are ``Int8Head`` maps.
 * ``Int8EagleLayer``: the EAGLE layer's parts on the skinny kernel's int8 products (``mmspec.skinny``), with the
-  layer's elementwise work inside their calls; ``eagle_int8`` picks it where that kernel builds.
+  layer's elementwise work inside their calls, and a drafter's whole step as one call (``step``, ``eagle.c``);
+  ``eagle_int8`` picks it where that kernel builds.
 * ``DraftVocab``: the target's output head read on a subset of its vocabulary (EAGLE-3's reduced draft
   vocabulary).
 * ``Int8Copies``: where the int8 copies live between runs, made once per source weights.
@@ -136,6 +137,8 @@ class Int8EagleLayer:
         self.down = _int8_product([mlp.down_proj])
         self.norms = [None if isinstance(n, torch.nn.Identity) else (n.weight.detach().float(), n.variance_epsilon)
                       for n in (decoder.input_layernorm, decoder.post_attention_layernorm)]
+        self._step, self._offsets = None, None  # the one-call step (made at its first use), the embedding's offsets
+        self._tables = (torch.zeros(0, self.head_dim), torch.zeros(0, self.head_dim))  # rotary cos, sin [P, D]
 
     def project(self, feats: Tensor, emb: Tensor) -> Tensor:
         """``fc`` of the pair: ``[B, T, H]``."""
@@ -161,6 +164,39 @@ class Int8EagleLayer:
                                              scale=self.scale)
         h = self.o(out.transpose(1, 2).reshape(B * T, -1), residual=x.reshape(B * T, H))
         return self.down(self.gate_up(h, norm=self.norms[1]), gated=True, residual=h).view(B, T, H)
+
+    def step(self, feats: Tensor, frames: Tensor, embed: torch.nn.Module, positions: Tensor, keys: Tensor,
+             values: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        """New pairs ``(feats [B, T, H], frames [B, T, K])`` (``embed``: the target's frame embedding) at ``positions
+        [B or 1, T]`` after the cached ``keys``/``values [B, heads, S, head_dim]``, as one kernel call (a drafter's inner
+        loop; ``mmspec/csrc/eagle.c``): their outputs ``[B, T, H]`` and the keys and values with theirs appended.
+        ``mask [B, T, S + T]`` (True: may attend) or None: pair t sees the S cached pairs and the new pairs up to
+        itself."""
+        from .. import skinny
+        from ..hf import FrameEmbedding
+
+        if self._step is None:
+            self._step = skinny.EagleStep((self.fc, self.qkv_product, self.o, self.gate_up, self.down), self.norms,
+                                          self.heads, self.head_dim, self.scale, self.embed_first)
+        weight = embed.table.weight if isinstance(embed, FrameEmbedding) else None
+        if weight is not None and weight.dtype == torch.float32 and weight.is_contiguous() and weight.shape[1] == self._step.E:
+            if self._offsets is None or self._offsets.shape[0] != len(embed.offsets):
+                self._offsets = torch.tensor(embed.offsets, dtype=torch.long)
+            lookup = {"table": weight.detach(), "frames": frames, "offsets": self._offsets}
+        else:
+            lookup = {"emb": embed(frames).float()}
+        if mask is not None:  # True/False -> 0 / the lowest float (an additive mask, as the kernel reads it)
+            mask = torch.zeros(mask.shape, dtype=torch.float32).masked_fill_(~mask, torch.finfo(torch.float32).min)
+        for _ in range(2):
+            done = self._step(feats, positions, self._tables, keys, values, mask, **lookup)
+            if done is not None:
+                return done
+            self.rotary_of(positions, feats)  # a position past the rotary table: grow it, then again
+            self._tables = tuple(t.contiguous() for t in self.rotary_of.__self__._table)
+        raise AssertionError("the rotary table did not grow")  # pragma: no cover
+
+    def __getstate__(self) -> dict:  # a copy rebuilds the kernel call's pointers from its own tensors
+        return {**self.__dict__, "_step": None}
 
     def __call__(self, feats: Tensor, emb: Tensor, mask: Tensor | None = None, positions: Tensor | None = None) -> Tensor:
         """A whole window at once, as ``EagleLayer.forward``: predicted next features ``[B, T, H]``."""

@@ -1,0 +1,101 @@
+/* One step of an EAGLE drafting layer in one call (mmspec/drafters/int8.py, Int8EagleLayer.step), float32
+ * activations on int8 weights.
+ *
+ * Why (BENCHMARKS.md, "Session 11"): a drafted frame of the speech zoo heads ran its layer as six kernel calls
+ * (skinny.c, attend.c) with some 25 torch operations and Python lines between them; inside the decode loop, where
+ * every other call has just streamed megabytes through the caches, each of those small operations cost 5-40 us and
+ * together about as much as the kernels. Here the same calls run back to back in C:
+ *   1. the pair's input rows [feature | embedding] (or [embedding | feature]); the embedding is the sum of the
+ *      frame's K codebook rows of the target's table, or given;
+ *   2. fc (int8 product), then q/k/v in one product with the input norm and rotary angles read from a table by
+ *      position;
+ *   3. the new keys and values appended after the cached ones, in a caller's buffer of S + T slots;
+ *   4. attention (attend.c), o with the residual, gate/up with the post-attention norm, down with the SiLU gate and
+ *      the residual.
+ * The arithmetic of every part is that of the separate calls (the same kernels), so the layer's output does not
+ * depend on whether it ran here or as separate calls.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+void mmspec_skinny_int8(const float *x, const float *norm, float eps, int gated, const signed char *Wp,
+                        const float *sc, const float *b, const float *res, const float *cos, const float *sin,
+                        int rotated, int head_dim, float *y, long rows, int in, int out, int threads);
+void mmspec_attend(const float *q, long qr, long qh, long qt, const float *k, long kr, long kh, long ks,
+                   const float *v, long vr, long vh, long vs, const float *mask, long mr, long mt, float *out, int R,
+                   int T, int Hq, int Hkv, int S, int D, float scale, int threads);
+
+typedef struct { /* one int8 product: panels [ceil(out / 16), in, 16], scales [ceil(out / 16) * 16], bias or NULL */
+    const signed char *w;
+    const float *sc, *b;
+} Product;
+
+typedef struct { /* the layer's weights and sizes, filled once by the caller */
+    Product fc, qkv, o, gate_up, down;
+    const float *norm0, *norm1; /* RMSNorm weights before attention and before the MLP, or NULL (none) */
+    float eps0, eps1, scale;
+    int H, E, heads, D, I, embed_first;
+} Layer;
+
+/* feats [M, H] (M = B T, pair t of row b at m = b T + t); the embedding: table [*, E] rows frames[m, k] + offsets[k]
+ * summed over k < K (frames int64 [M, K], negative ids read as 0), or emb [M, E] when table is NULL; positions int64
+ * [B or 1, T] (pb: 1 when per row) index cos/sin tables [P, D]; keys and values [B, heads, S, D] -> grown [B, heads,
+ * S + T, D] (caller's buffers); mask an additive [B, T, S + T] or NULL (pair t sees slots up to S + t); out [M, H].
+ * Returns 0, or -1 (nothing written) when a position is outside the tables. */
+int mmspec_eagle_step(const Layer *L, const float *feats, const float *table, const long *frames, const long *offsets,
+                      int K, const float *emb, const long *positions, int pb, const float *cos_table,
+                      const float *sin_table, long P, const float *keys, const float *values, float *grown_keys,
+                      float *grown_values, const float *mask, float *out, int B, int T, int S, int threads) {
+    int H = L->H, E = L->E, h = L->heads, D = L->D, I = L->I, M = B * T, S2 = S + T, hd = h * D;
+    for (int m = 0; m < M; m++) {
+        long p = positions[(pb ? m : m % T)];
+        if (p < 0 || p >= P) return -1;
+    }
+    size_t in = (size_t)H + E;
+    float *xin = malloc(sizeof(float) * ((size_t)M * in + (size_t)M * H * 2 + (size_t)M * 3 * hd + (size_t)M * hd +
+                                         (size_t)M * 2 * I + (size_t)M * 2 * D));
+    float *x = xin + (size_t)M * in, *x2 = x + (size_t)M * H, *qkv = x2 + (size_t)M * H, *att = qkv + (size_t)M * 3 * hd;
+    float *gu = att + (size_t)M * hd, *cs = gu + (size_t)M * 2 * I, *sn = cs + (size_t)M * D;
+    for (int m = 0; m < M; m++) { /* 1. input rows and rotary angles */
+        float *row = xin + (size_t)m * in, *f = row + (L->embed_first ? E : 0), *e = row + (L->embed_first ? 0 : H);
+        memcpy(f, feats + (size_t)m * H, sizeof(float) * H);
+        if (table) {
+            memset(e, 0, sizeof(float) * E);
+            for (int k = 0; k < K; k++) {
+                long id = frames[(size_t)m * K + k];
+                const float *t = table + (size_t)((id < 0 ? 0 : id) + offsets[k]) * E;
+                for (int j = 0; j < E; j++) e[j] += t[j];
+            }
+        } else {
+            memcpy(e, emb + (size_t)m * E, sizeof(float) * E);
+        }
+        long p = positions[(pb ? m : m % T)];
+        memcpy(cs + (size_t)m * D, cos_table + p * D, sizeof(float) * D);
+        memcpy(sn + (size_t)m * D, sin_table + p * D, sizeof(float) * D);
+    }
+    /* 2. fc, q/k/v */
+    mmspec_skinny_int8(xin, NULL, 0.f, 0, L->fc.w, L->fc.sc, L->fc.b, NULL, NULL, NULL, 0, 0, x, M, (int)in, H, threads);
+    mmspec_skinny_int8(x, L->norm0, L->eps0, 0, L->qkv.w, L->qkv.sc, L->qkv.b, NULL, cs, sn, 2 * h, D, qkv, M, H,
+                       3 * hd, threads);
+    /* 3. keys and values: the cached slots, then the new pairs' */
+    for (int b = 0; b < B; b++)
+        for (int j = 0; j < h; j++) {
+            size_t old = ((size_t)b * h + j) * S * D, grown = ((size_t)b * h + j) * S2 * D;
+            memcpy(grown_keys + grown, keys + old, sizeof(float) * S * D);
+            memcpy(grown_values + grown, values + old, sizeof(float) * S * D);
+            for (int t = 0; t < T; t++) {
+                const float *src = qkv + ((size_t)b * T + t) * 3 * hd;
+                memcpy(grown_keys + grown + (size_t)(S + t) * D, src + hd + (size_t)j * D, sizeof(float) * D);
+                memcpy(grown_values + grown + (size_t)(S + t) * D, src + 2 * hd + (size_t)j * D, sizeof(float) * D);
+            }
+        }
+    /* 4. attention, o + residual, gate/up after the norm, down with the SiLU gate + residual */
+    mmspec_attend(qkv, (long)T * 3 * hd, D, 3 * hd, grown_keys, (long)h * S2 * D, (long)S2 * D, D, grown_values,
+                  (long)h * S2 * D, (long)S2 * D, D, mask, (long)T * S2, S2, att, B, T, h, h, S2, D, L->scale, threads);
+    mmspec_skinny_int8(att, NULL, 0.f, 0, L->o.w, L->o.sc, L->o.b, x, NULL, NULL, 0, 0, x2, M, hd, H, threads);
+    mmspec_skinny_int8(x2, L->norm1, L->eps1, 0, L->gate_up.w, L->gate_up.sc, L->gate_up.b, NULL, NULL, NULL, 0, 0, gu,
+                       M, H, 2 * I, threads);
+    mmspec_skinny_int8(gu, NULL, 0.f, 1, L->down.w, L->down.sc, L->down.b, x2, NULL, NULL, 0, 0, out, M, I, H, threads);
+    free(xin);
+    return 0;
+}
