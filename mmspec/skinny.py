@@ -103,17 +103,22 @@ def _load():
     eagle.argtypes = ([pointer] * 5 + [ctypes.c_int] + [pointer] * 2 + [ctypes.c_int] + [pointer] * 2 + [ctypes.c_long]
                       + [pointer] * 6 + [ctypes.c_int] * 4)
     eagle.restype = ctypes.c_int
-    return _Kernels(kernels["mmspec_skinny"], kernels["mmspec_skinny_int8"], attend, norm, eagle)
+    chain = lib.mmspec_eagle_chain
+    i32, i64 = ctypes.c_int, ctypes.c_long
+    chain.argtypes = [pointer, pointer, i32, pointer, i32, i32] + [pointer] * 6 + [i64] + [pointer] * 3 + [i32] * 3 + [
+        pointer, i32]
+    chain.restype = ctypes.c_int
+    return _Kernels(kernels["mmspec_skinny"], kernels["mmspec_skinny_int8"], attend, norm, eagle, chain)
 
 
 class _Kernels:
     """The library's entry points: products on float32 weights (``product``) and on int8 weights with per-output
-    scales (``product_int8``), few-frame attention (``attend``), RMSNorm (``rms_norm``) and an EAGLE drafting
-    layer's step on int8 weights (``eagle_step``, ``EagleStep``)."""
+    scales (``product_int8``), few-frame attention (``attend``), RMSNorm (``rms_norm``), an EAGLE drafting layer's
+    step on int8 weights and its greedy chain (``eagle_step``, ``eagle_chain``: ``EagleStep``)."""
 
-    def __init__(self, product, product_int8, attend, rms_norm, eagle_step):
+    def __init__(self, product, product_int8, attend, rms_norm, eagle_step, eagle_chain):
         self.product, self.product_int8, self.attend, self.rms_norm = product, product_int8, attend, rms_norm
-        self.eagle_step = eagle_step
+        self.eagle_step, self.eagle_chain = eagle_step, eagle_chain
 
 
 def _cpu() -> str:
@@ -316,3 +321,28 @@ class EagleStep:
             grown[0].data_ptr(), grown[1].data_ptr(), None if mask is None else mask.data_ptr(), out.data_ptr(), B, T, S,
             torch.get_num_threads())
         return None if code else (out, grown[0], grown[1])
+
+    def chain(self, head, n: int, feat: Tensor, first: Tensor, tables: tuple[Tensor, Tensor], keys: Tensor,
+              values: Tensor, valid: Tensor | None, table: Tensor, offsets: Tensor, K: int, V: int,
+              rows: Tensor | None = None) -> Tensor | None:
+        """A greedy chain of ``n`` frames (``eagle.c``, ``mmspec_eagle_chain``): each round reads a frame from the newest
+        feature (``feat [B, H]`` first) through ``head`` (an int8 ``SkinnyWeight`` of K codebooks x V ids, or of a draft
+        vocabulary whose ids are ``rows``, K = 1), the argmax per codebook, then steps the layer on that pair at position
+        ``first [B] + round`` after ``keys``/``values [B, heads, S, D]`` (``valid [B, S]``: the slots a row holds, or
+        None: all). The embedding: ``table`` at ``offsets``. Returns frames ``[B, n, K]`` (int64), or None when a
+        position is outside the rotary ``tables``."""
+        B, S = feat.shape[0], keys.shape[2]
+        if head.scales is None or head.in_features != self.H:
+            raise ValueError(f"a chain reads an int8 head of {self.H} inputs")
+        feat, keys, values = _ready(feat), _ready(keys), _ready(values)
+        first = first.to(torch.long).contiguous()
+        valid = None if valid is None else valid.to(torch.uint8).contiguous()
+        rows = None if rows is None else rows.to(torch.long).contiguous()
+        product = _Product(head.panels.data_ptr(), head.scales.data_ptr(), None if head.bias is None else head.bias.data_ptr())
+        frames = torch.empty(B, n, K, dtype=torch.long)
+        code = library().eagle_chain(
+            ctypes.byref(self.layer), ctypes.byref(product), head.out_features, None if rows is None else rows.data_ptr(),
+            K, V, feat.data_ptr(), table.data_ptr(), offsets.data_ptr(), first.data_ptr(), tables[0].data_ptr(),
+            tables[1].data_ptr(), tables[0].shape[0], keys.data_ptr(), values.data_ptr(),
+            None if valid is None else valid.data_ptr(), B, S, n, frames.data_ptr(), torch.get_num_threads())
+        return None if code else frames

@@ -440,3 +440,60 @@ def test_the_int8_eagle_step_in_one_call_equals_its_parts(kind):
         for a, b in zip(twin.step(feats, frames, codebooks, positions, keys, values, None),
                         net.step(feats, frames, codebooks, positions, keys, values, None)):
             assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("vocab", [None, "draft vocabulary"])
+def test_the_greedy_chain_in_one_call_drafts_what_the_loop_drafts(tiny_models, monkeypatch, vocab):
+    """Under greedy drafting an EAGLE chain on the int8 layer is one kernel call (``Int8EagleLayer.chain``): it drafts
+    the very frames the drafter's own loop drafts (head read, argmax, layer step per round), in a batch of two rows
+    that commit different counts (slots a row does not hold are masked) and on a draft vocabulary; output stays
+    greedy decoding."""
+    from mmspec import skinny
+    from mmspec.drafters.int8 import Int8EagleLayer
+
+    if skinny.library() is None:
+        pytest.skip(f"no skinny kernel here: {skinny.reason()}")
+    target = text_target(tiny_models)
+    torch.manual_seed(3)
+    layer = eagle_for(32, 32, 4, window=64)
+    ids = None if vocab is None else torch.arange(0, 300, 2)
+    runs = {}
+    for name in ("kernel", "loop"):
+        if name == "loop":
+            monkeypatch.setattr(Int8EagleLayer, "chain", lambda *args, **kwargs: None)
+        drafter, drafts = EagleDrafter(layer, vocab=ids), []
+        propose = drafter.propose
+
+        def record(last, k, propose=propose, drafts=drafts):
+            draft = propose(last, k)
+            drafts.append(draft.tokens.clone())
+            return draft
+
+        drafter.propose = record
+        gen = mmspec.generate(target, drafter, PROMPTS, max_new_tokens=16, k=4)
+        assert isinstance(drafter.net, Int8EagleLayer)
+        runs[name] = (gen, drafts)
+    (gen, drafts), (loop_gen, loop_drafts) = runs["kernel"], runs["loop"]
+    assert len(drafts) == len(loop_drafts) > 3 and all(torch.equal(a, b) for a, b in zip(drafts, loop_drafts))
+    assert torch.equal(gen.tokens, mmspec.autoregressive(target, PROMPTS, max_new_tokens=16).tokens)
+    assert torch.equal(loop_gen.tokens, gen.tokens)
+    # rows that hold different slots (random heads accept too little for that to happen above): set the state by hand
+    drafter = EagleDrafter(layer, vocab=ids)
+    target.track_hidden(True)
+    target.start(PROMPTS, 16)
+    drafter.start(target, gen_sampler(target), PROMPTS, 16)
+    drafter.keys, drafter.values = torch.randn(2, 4, 9, 8), torch.randn(2, 4, 9, 8)
+    drafter.valid = torch.rand(2, 9) > 0.4
+    drafter.valid[:, -1] = True
+    drafter.holes, drafter.next_feat, drafter.P = True, torch.randn(2, 1, 32) * 3, torch.tensor([11, 14])
+    with torch.inference_mode():
+        loop = drafter._chain(5).tokens  # Int8EagleLayer.chain is still patched out here
+        monkeypatch.undo()
+        assert torch.equal(drafter._chain(5).tokens, loop)
+
+
+def gen_sampler(target):
+    from mmspec.sampling import Sampler
+    from mmspec.types import Sampling
+
+    return Sampler(Sampling(), 0, target.device, keyed=False)

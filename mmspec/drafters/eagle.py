@@ -112,6 +112,11 @@ class EagleDrafter:
         return torch.cat([mask[..., :C] & self.valid[:, None, :], mask[..., C:]], dim=-1)
 
     def _chain(self, k: int) -> Draft:
+        if isinstance(self.net, Int8EagleLayer) and self.sampler.greedy and not self.confidence:  # one kernel call
+            frames = self.net.chain(self.head, k, self.next_feat[:, 0], self.P, self.keys, self.values,
+                                    self.valid if self.holes else None, self.embed, self.K, self.target.vocab_size)
+            if frames is not None:
+                return Draft(tokens=frames)
         drafted, probs = [], []
         feat, keys, values = self.next_feat, self.keys, self.values
         # Each round: read a frame from the newest predicted feature, then predict the feature after it.

@@ -172,28 +172,60 @@ class Int8EagleLayer:
         loop; ``mmspec/csrc/eagle.c``): their outputs ``[B, T, H]`` and the keys and values with theirs appended.
         ``mask [B, T, S + T]`` (True: may attend) or None: pair t sees the S cached pairs and the new pairs up to
         itself."""
+        table = self._lookup(embed)
+        lookup = {"emb": embed(frames).float()} if table is None else {"table": table[0], "frames": frames,
+                                                                        "offsets": table[1]}
+        if mask is not None:  # True/False -> 0 / the lowest float (an additive mask, as the kernel reads it)
+            mask = torch.zeros(mask.shape, dtype=torch.float32).masked_fill_(~mask, torch.finfo(torch.float32).min)
+        for _ in range(2):
+            done = self._kernel()(feats, positions, self._tables, keys, values, mask, **lookup)
+            if done is not None:
+                return done
+            self._grow(positions, feats)
+        raise AssertionError("the rotary table did not grow")  # pragma: no cover
+
+    def chain(self, head: torch.nn.Module, n: int, feat: Tensor, first: Tensor, keys: Tensor, values: Tensor,
+              valid: Tensor | None, embed: torch.nn.Module, K: int, V: int) -> Tensor | None:
+        """A greedy chain of ``n`` frames in one kernel call (``mmspec/csrc/eagle.c``): each round the argmax of every
+        codebook read through ``head`` from the newest feature (``feat [B, H]`` first), then the layer's step on that
+        pair at position ``first [B] + round`` after the cached ``keys``/``values [B, heads, S, D]`` (``valid [B, S]``:
+        the slots a row holds, None: all). Returns the frames ``[B, n, K]``, or None where the kernel cannot read
+        ``head`` (not an int8 copy) or ``embed`` (not a float32 frame table): then the drafter runs its own loop."""
+        sub, rows = (head.sub, head.rows) if isinstance(head, DraftVocab) else (head, None)
+        table = self._lookup(embed)
+        if not isinstance(sub, Int8Head) or sub.skinny is None or table is None:
+            return None
+        for _ in range(2):
+            frames = self._kernel().chain(sub.skinny, n, feat, first, self._tables, keys, values, valid, table[0],
+                                          table[1], K, V, rows)
+            if frames is not None:
+                return frames
+            self._grow(first[:, None] + n, feat)
+        raise AssertionError("the rotary table did not grow")  # pragma: no cover
+
+    def _kernel(self):
         from .. import skinny
-        from ..hf import FrameEmbedding
 
         if self._step is None:
             self._step = skinny.EagleStep((self.fc, self.qkv_product, self.o, self.gate_up, self.down), self.norms,
                                           self.heads, self.head_dim, self.scale, self.embed_first)
+        return self._step
+
+    def _lookup(self, embed: torch.nn.Module) -> tuple[Tensor, Tensor] | None:
+        """The frame table and codebook offsets the kernel sums a pair's embedding from, or None (embedded in Python)."""
+        from ..hf import FrameEmbedding
+
         weight = embed.table.weight if isinstance(embed, FrameEmbedding) else None
-        if weight is not None and weight.dtype == torch.float32 and weight.is_contiguous() and weight.shape[1] == self._step.E:
-            if self._offsets is None or self._offsets.shape[0] != len(embed.offsets):
-                self._offsets = torch.tensor(embed.offsets, dtype=torch.long)
-            lookup = {"table": weight.detach(), "frames": frames, "offsets": self._offsets}
-        else:
-            lookup = {"emb": embed(frames).float()}
-        if mask is not None:  # True/False -> 0 / the lowest float (an additive mask, as the kernel reads it)
-            mask = torch.zeros(mask.shape, dtype=torch.float32).masked_fill_(~mask, torch.finfo(torch.float32).min)
-        for _ in range(2):
-            done = self._step(feats, positions, self._tables, keys, values, mask, **lookup)
-            if done is not None:
-                return done
-            self.rotary_of(positions, feats)  # a position past the rotary table: grow it, then again
-            self._tables = tuple(t.contiguous() for t in self.rotary_of.__self__._table)
-        raise AssertionError("the rotary table did not grow")  # pragma: no cover
+        if weight is None or weight.dtype != torch.float32 or not weight.is_contiguous() or weight.shape[1] != self._kernel().E:
+            return None
+        if self._offsets is None or self._offsets.shape[0] != len(embed.offsets):
+            self._offsets = torch.tensor(embed.offsets, dtype=torch.long)
+        return weight.detach(), self._offsets
+
+    def _grow(self, positions: Tensor, x: Tensor) -> None:
+        """The rotary tables, grown to cover ``positions``."""
+        self.rotary_of(positions, x)
+        self._tables = tuple(t.contiguous() for t in self.rotary_of.__self__._table)
 
     def __getstate__(self) -> dict:  # a copy rebuilds the kernel call's pointers from its own tensors
         return {**self.__dict__, "_step": None}
