@@ -106,7 +106,7 @@ def _load():
     chain = lib.mmspec_eagle_chain
     i32, i64 = ctypes.c_int, ctypes.c_long
     chain.argtypes = [pointer, pointer, i32, pointer, i32, i32] + [pointer] * 6 + [i64] + [pointer] * 3 + [i32] * 3 + [
-        pointer, i32]
+        ctypes.c_float, pointer, i32]
     chain.restype = ctypes.c_int
     return _Kernels(kernels["mmspec_skinny"], kernels["mmspec_skinny_int8"], attend, norm, eagle, chain)
 
@@ -324,13 +324,14 @@ class EagleStep:
 
     def chain(self, head, n: int, feat: Tensor, first: Tensor, tables: tuple[Tensor, Tensor], keys: Tensor,
               values: Tensor, valid: Tensor | None, table: Tensor, offsets: Tensor, K: int, V: int,
-              rows: Tensor | None = None) -> Tensor | None:
+              rows: Tensor | None = None, confidence: float = 0.0) -> Tensor | None:
         """A greedy chain of ``n`` frames (``eagle.c``, ``mmspec_eagle_chain``): each round reads a frame from the newest
         feature (``feat [B, H]`` first) through ``head`` (an int8 ``SkinnyWeight`` of K codebooks x V ids, or of a draft
         vocabulary whose ids are ``rows``, K = 1), the argmax per codebook, then steps the layer on that pair at position
         ``first [B] + round`` after ``keys``/``values [B, heads, S, D]`` (``valid [B, S]``: the slots a row holds, or
-        None: all). The embedding: ``table`` at ``offsets``. Returns frames ``[B, n, K]`` (int64), or None when a
-        position is outside the rotary ``tables``."""
+        None: all). From the second round on the chain ends before a frame whose top probability (the least over its
+        codebooks) is below ``confidence`` in every row. The embedding: ``table`` at ``offsets``. Returns frames ``[B,
+        m, K]`` (int64, 1 <= m <= n), or None when a position is outside the rotary ``tables``."""
         B, S = feat.shape[0], keys.shape[2]
         if head.scales is None or head.in_features != self.H:
             raise ValueError(f"a chain reads an int8 head of {self.H} inputs")
@@ -344,5 +345,6 @@ class EagleStep:
             ctypes.byref(self.layer), ctypes.byref(product), head.out_features, None if rows is None else rows.data_ptr(),
             K, V, feat.data_ptr(), table.data_ptr(), offsets.data_ptr(), first.data_ptr(), tables[0].data_ptr(),
             tables[1].data_ptr(), tables[0].shape[0], keys.data_ptr(), values.data_ptr(),
-            None if valid is None else valid.data_ptr(), B, S, n, frames.data_ptr(), torch.get_num_threads())
-        return None if code else frames
+            None if valid is None else valid.data_ptr(), B, S, n, float(confidence), frames.data_ptr(),
+            torch.get_num_threads())
+        return None if code < 0 else frames[:, :code]

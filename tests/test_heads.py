@@ -486,10 +486,29 @@ def test_the_greedy_chain_in_one_call_drafts_what_the_loop_drafts(tiny_models, m
     drafter.valid = torch.rand(2, 9) > 0.4
     drafter.valid[:, -1] = True
     drafter.holes, drafter.next_feat, drafter.P = True, torch.randn(2, 1, 32) * 3, torch.tensor([11, 14])
+    monkeypatch.undo()
+    from mmspec.drafters import selfdraft
+
+    tops = []  # per round, the most sure row's top probability (a chain ends where it is below the confidence)
+    with torch.inference_mode(), monkeypatch.context() as patch:
+        patch.setattr(Int8EagleLayer, "chain", lambda *args, **kwargs: None)
+        patch.setattr(selfdraft, "read", lambda *a: tops.append(read(*a)) or tops[-1])
+        drafter.confidence = 0.0
+        drafter._chain(5)
+    tops = [float(t.softmax(-1).amax(-1).amin(-1).max()) for t in tops[1:]]  # rounds 1..4
+    later = min(tops[1:])
+    cuts = [0.0, tops[0] * 1.01] + ([(later * 1.01)] if later < tops[0] else [])
+    lengths = set()
     with torch.inference_mode():
-        loop = drafter._chain(5).tokens  # Int8EagleLayer.chain is still patched out here
-        monkeypatch.undo()
-        assert torch.equal(drafter._chain(5).tokens, loop)
+        for confidence in cuts:
+            drafter.confidence = confidence
+            with monkeypatch.context() as patch:
+                patch.setattr(Int8EagleLayer, "chain", lambda *args, **kwargs: None)
+                loop = drafter._chain(5).tokens
+            kernel = drafter._chain(5).tokens
+            assert torch.equal(kernel, loop)
+            lengths.add(kernel.shape[1])
+    assert len(lengths) == len(cuts), (lengths, tops)
 
 
 def gen_sampler(target):

@@ -16,6 +16,8 @@
  * depend on whether it ran here or as separate calls. A greedy chain (mmspec_eagle_chain) runs a drafter's whole
  * propose in one call: per round the int8 head read, the argmax of each codebook, and the step on that pair.
  */
+#include <immintrin.h>
+#include "vecmath.h"
 #include <stdlib.h>
 #include <string.h>
 
@@ -118,18 +120,30 @@ int mmspec_eagle_step(const Layer *L, const float *feats, const float *table, co
     return 0;
 }
 
-/* A greedy chain of n frames after each row's newest feature feat [B, H], with the cached pairs keys and values [B,
- * heads, S, D] (valid [B, S] bytes: 0 where a slot holds no pair of that row, or NULL: all hold one): round i reads
+/* The largest probability of softmax(l[0 .. n - 1]) given its maximum: 1 / sum exp(l - max). */
+static float top_probability(const float *l, int n, float top) {
+    __m512 total = _mm512_setzero_ps(), shift = _mm512_set1_ps(top);
+    for (int j = 0; j < n; j += 16) {
+        __mmask16 m = n - j >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - j)) - 1);
+        __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, l + j), shift));
+        total = _mm512_add_ps(total, _mm512_maskz_mov_ps(m, e));
+    }
+    return 1.0f / _mm512_reduce_add_ps(total);
+}
+
+/* A greedy chain of up to n frames after each row's newest feature feat [B, H], with the cached pairs keys and values
+ * [B, heads, S, D] (valid [B, S] bytes: 0 where a slot holds no pair of that row, or NULL: all hold one): round i reads
  * the frame from the feature through the int8 head (Vh outputs: K codebooks of V ids each; or one of Vh draft-vocabulary
  * ids, rows [Vh] mapping them to the target's ids, K = 1), the argmax of each codebook (the first on a tie), then
- * (before the last round) steps the layer on (feature, frame) at position first[b] + i. The embedding table and
- * offsets as for mmspec_eagle_step. frames_out int64 [B, n, K]. Returns 0, or -1 (nothing run) when a position is
- * outside the rotary tables. */
+ * (before the last round) steps the layer on (feature, frame) at position first[b] + i. From the second round on, the
+ * chain ends before a frame whose top probability (the least over its codebooks) is below `confidence` in every row.
+ * The embedding table and offsets as for mmspec_eagle_step. frames_out int64 [B, n, K]. Returns the frames drafted
+ * (1 .. n), or -1 (nothing run) when a position is outside the rotary tables. */
 int mmspec_eagle_chain(const Layer *L, const Product *head, int Vh, const long *rows, int K, int V, const float *feat,
                        const float *table, const long *offsets, const long *first, const float *cos_table,
                        const float *sin_table, long P, const float *keys, const float *values, const unsigned char *valid,
-                       int B, int S, int n, long *frames_out, int threads) {
-    int H = L->H, h = L->heads, D = L->D, cap = S + n - 1;
+                       int B, int S, int n, float confidence, long *frames_out, int threads) {
+    int H = L->H, h = L->heads, D = L->D, cap = S + n - 1, drafted = n;
     for (int b = 0; b < B; b++)
         if (first[b] < 0 || first[b] + n - 1 > P) return -1;
     float *kbuf = malloc(sizeof(float) * ((size_t)B * h * cap * D * 2 + (size_t)B * H * 2 + (size_t)B * Vh +
@@ -142,16 +156,28 @@ int mmspec_eagle_chain(const Layer *L, const Product *head, int Vh, const long *
     for (int i = 0; i < n; i++) {
         mmspec_skinny_int8(f, NULL, 0.f, 0, head->w, head->sc, head->b, NULL, NULL, NULL, 0, 0, logits, B, H, Vh,
                            threads);
-        for (int b = 0; b < B; b++)
+        int unsure = 0; /* rows whose frame is below the confidence */
+        for (int b = 0; b < B; b++) {
+            float least = 1.0f;
             for (int k = 0; k < K; k++) {
-                const float *l = logits + (size_t)b * Vh + (size_t)k * (rows ? Vh : V);
-                int best = 0, width = rows ? Vh : V;
+                int width = rows ? Vh : V, best = 0;
+                const float *l = logits + (size_t)b * Vh + (size_t)k * width;
                 for (int j = 1; j < width; j++)
                     if (l[j] > l[best]) best = j;
-                long id = rows ? rows[best] : best;
-                frames_out[((size_t)b * n + i) * K + k] = id;
-                ids[(size_t)b * K + k] = id;
+                ids[(size_t)b * K + k] = rows ? rows[best] : best;
+                if (i && confidence > 0.f) {
+                    float p = top_probability(l, width, l[best]);
+                    least = p < least ? p : least;
+                }
             }
+            unsure += i && confidence > 0.f && least < confidence;
+        }
+        if (unsure == B) { /* every row is unsure of this frame: the chain ends before it */
+            drafted = i;
+            break;
+        }
+        for (int b = 0; b < B; b++)
+            for (int k = 0; k < K; k++) frames_out[((size_t)b * n + i) * K + k] = ids[(size_t)b * K + k];
         if (i + 1 == n) break;
         const float *m = NULL;
         if (valid) { /* one query per row: its own held slots and every drafted pair */
@@ -169,5 +195,5 @@ int mmspec_eagle_chain(const Layer *L, const Product *head, int Vh, const long *
     free(ids);
     free(pos);
     free(kbuf);
-    return 0;
+    return drafted;
 }

@@ -112,9 +112,10 @@ class EagleDrafter:
         return torch.cat([mask[..., :C] & self.valid[:, None, :], mask[..., C:]], dim=-1)
 
     def _chain(self, k: int) -> Draft:
-        if isinstance(self.net, Int8EagleLayer) and self.sampler.greedy and not self.confidence:  # one kernel call
+        if isinstance(self.net, Int8EagleLayer) and self.sampler.greedy:  # the whole chain in one kernel call
             frames = self.net.chain(self.head, k, self.next_feat[:, 0], self.P, self.keys, self.values,
-                                    self.valid if self.holes else None, self.embed, self.K, self.target.vocab_size)
+                                    self.valid if self.holes else None, self.embed, self.K, self.target.vocab_size,
+                                    self.confidence)
             if frames is not None:
                 return Draft(tokens=frames)
         drafted, probs = [], []

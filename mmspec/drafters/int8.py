@@ -185,11 +185,13 @@ class Int8EagleLayer:
         raise AssertionError("the rotary table did not grow")  # pragma: no cover
 
     def chain(self, head: torch.nn.Module, n: int, feat: Tensor, first: Tensor, keys: Tensor, values: Tensor,
-              valid: Tensor | None, embed: torch.nn.Module, K: int, V: int) -> Tensor | None:
+              valid: Tensor | None, embed: torch.nn.Module, K: int, V: int, confidence: float = 0.0) -> Tensor | None:
         """A greedy chain of ``n`` frames in one kernel call (``mmspec/csrc/eagle.c``): each round the argmax of every
         codebook read through ``head`` from the newest feature (``feat [B, H]`` first), then the layer's step on that
         pair at position ``first [B] + round`` after the cached ``keys``/``values [B, heads, S, D]`` (``valid [B, S]``:
-        the slots a row holds, None: all). Returns the frames ``[B, n, K]``, or None where the kernel cannot read
+        the slots a row holds, None: all); from the second round on it ends before a frame whose top probability is
+        below ``confidence`` in every row (``EagleDrafter``'s rule). Returns the frames ``[B, m <= n, K]``, or None where
+        the kernel cannot read
         ``head`` (not an int8 copy) or ``embed`` (not a float32 frame table): then the drafter runs its own loop."""
         sub, rows = (head.sub, head.rows) if isinstance(head, DraftVocab) else (head, None)
         table = self._lookup(embed)
@@ -197,7 +199,7 @@ class Int8EagleLayer:
             return None
         for _ in range(2):
             frames = self._kernel().chain(sub.skinny, n, feat, first, self._tables, keys, values, valid, table[0],
-                                          table[1], K, V, rows)
+                                          table[1], K, V, rows, confidence)
             if frames is not None:
                 return frames
             self._grow(first[:, None] + n, feat)
