@@ -213,8 +213,12 @@ class EagleDrafter:
         n = feats.shape[1]
         positions = self.P[:, None] + torch.arange(n, device=feats.device)[None]  # [B, n]
         out, keys, values = self._step(feats, frames, positions, self.keys, self.values, None)
-        self.next_feat = out.gather(1, step.newest()[:, None, None].expand(-1, 1, out.shape[-1]))  # [B, 1, H]
-        valid = torch.cat([self.valid, torch.arange(n, device=feats.device)[None] < counts[:, None]], dim=1)
+        if step.counts is None or bool((counts == n).all()):  # every row added n pairs (always at batch 1)
+            self.next_feat = out[:, -1:]  # [B, 1, H]
+            valid = None if not self.holes else torch.cat([self.valid, self.valid.new_ones(self.valid.shape[0], n)], 1)
+        else:
+            self.next_feat = out.gather(1, step.newest()[:, None, None].expand(-1, 1, out.shape[-1]))  # [B, 1, H]
+            valid = torch.cat([self.valid, torch.arange(n, device=feats.device)[None] < counts[:, None]], dim=1)
         self._window(keys, values, valid)
         self.P = self.P + counts
 
@@ -223,9 +227,15 @@ class EagleDrafter:
         self.next_feat, self.P = self.next_feat[index], self.P[index]
         self._window(self.keys[index], self.values[index], self.valid[index])
 
-    def _window(self, keys: Tensor, values: Tensor, valid: Tensor) -> None:
+    def _window(self, keys: Tensor, values: Tensor, valid: Tensor | None) -> None:
         """Keep each row's newest pairs, right-aligned, at most half the trained window (room for the draft;
-        attention spans stay inside it): a row's window is the one it has decoded alone."""
+        attention spans stay inside it): a row's window is the one it has decoded alone. ``valid [B, S]``: which
+        slots hold a pair of their row (None: all do)."""
+        if valid is None:  # no holes: the newest slots, no sorting
+            width = min(self.layer.window // 2, keys.shape[2])
+            self.keys, self.values = keys[:, :, keys.shape[2] - width:], values[:, :, keys.shape[2] - width:]
+            self.valid, self.holes = torch.ones(1, 1, dtype=torch.bool, device=keys.device).expand(keys.shape[0], width), False
+            return
         if not bool(valid.all()):
             order = torch.sort(valid.long(), dim=1, stable=True).indices  # [B, S] a row's holes first
             keys = keys.gather(2, order[:, None, :, None].expand_as(keys))
