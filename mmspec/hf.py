@@ -213,10 +213,11 @@ class KVCache:
 
     def lean_inputs(self, T: int, pos: Tensor, parents: Tensor | None, dtype: torch.dtype,
                     new_mask: Tensor | None = None) -> tuple[Tensor | None, Tensor]:
-        """``inputs`` for the fast path, whose attention takes no mask where none is needed: one frame over a
-        cache without padding (``mask`` None) sees every cached position, so it gets ``(None, positions)``."""
-        if T == 1 and self.mask is None:
-            return None, pos[:, None].clamp(min=0)
+        """``inputs`` for the fast path, whose attention takes no mask where none is needed: a chain of T frames over a
+        cache without padding or holes (``mask`` None) sees every cached position and its own frames causally (the
+        "causal tail" ``mmspec.fast.FastDecoder`` takes as mask None), so it gets ``(None, positions)``."""
+        if self.mask is None and parents is None and new_mask is None:
+            return None, pos[:, None] + torch.arange(T, device=pos.device)[None] if T > 1 else pos[:, None]
         return self.inputs(T, pos, parents, dtype, new_mask)
 
     def inputs(self, T: int, pos: Tensor, parents: Tensor | None, dtype: torch.dtype,

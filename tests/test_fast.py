@@ -242,3 +242,25 @@ def test_few_frame_attention_equals_torchs_and_gives_a_frame_the_same_bits_in_an
         skinny.attend(q, keys.transpose(-1, -2), values, None, 0.3)
     with pytest.raises(ValueError, match="mask"):
         skinny.attend(q, keys, values, mask[..., :-1], 0.3)
+
+
+@pytest.mark.parametrize("T", [3, 40])
+def test_a_chain_without_padding_runs_with_no_mask_as_with_its_mask(tiny_models, T):
+    """A verify chain over a cache without padding or holes builds no mask (``KVCache.lean_inputs`` gives None, the
+    decoder reads it as the causal tail): its hidden states equal those of the same forward with the written-out
+    mask, on the few-frame attention kernel (3 frames) and on torch's attention (40, where the decoder writes the
+    tail out itself); a padded batch still gets its mask."""
+    target = TextTarget.from_pretrained(tiny_models["llama"], fast=True)
+    target.start(PROMPTS[:1], 64)
+    assert target.cache.mask is None
+    mask, positions = target.cache.lean_inputs(T, target.pos, None, target.fast.dtype)
+    assert mask is None and positions.tolist() == [list(range(int(target.pos), int(target.pos) + T))]
+    written, _ = target.cache.inputs(T, target.pos, None, target.fast.dtype)  # [1, 1, T, S + T]
+    embeds = target._embed(torch.arange(5, 5 + T)[None])
+    kv, length = target.cache.kv, target.cache.kv.length
+    plain = target.fast(embeds, positions, None, kv)
+    kv.length = length
+    assert torch.equal(target.fast(embeds, positions, written, kv), plain)
+    padded = TextTarget.from_pretrained(tiny_models["llama"], fast=True)
+    padded.start(PROMPTS, 64)  # two prompts of different lengths: left padding
+    assert padded.cache.lean_inputs(T, padded.pos, None, padded.fast.dtype)[0] is not None
