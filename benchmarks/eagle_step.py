@@ -1,10 +1,13 @@
 """Time one drafted frame of a zoo EAGLE layer on a CPU: ``EagleDrafter._step`` for one new pair, with the
-layer as the drafter runs it there (``Int8EagleLayer`` on the skinny kernel where it builds, else its int8 copy)
-against its int8 copy (``Int8Head`` per map, on the skinny kernel or on torch's int8 kernel), the float layer and
-copies whose products run on the fast path's prepacked oneDNN weights (``mmspec.fast.PackedLinear``, float32 and
-bfloat16), in one process, interleaved, median of many calls. The choice of int8 weights for drafting rests on this.
+layer as the drafter runs it there (``Int8EagleLayer``: the step as one call of ``eagle.c`` where the skinny kernel
+builds, else its int8 copy) against the same layer's parts called one by one (session 10's drafting), its int8 copy
+(``Int8Head`` per map, on the skinny kernel or on torch's int8 kernel), the float layer and copies whose products run
+on the fast path's prepacked oneDNN weights (``mmspec.fast.PackedLinear``, float32 and bfloat16), in one process,
+interleaved, median of many calls. Then a whole greedy chain of ``--chain`` frames (``EagleDrafter._chain``: head
+read, argmax, step per frame) as one call and as the drafter's loop over the parts. The choice of int8 weights for
+drafting rests on this.
 
-    python benchmarks/eagle_step.py [--modality text|speech] [--threads 1] [--calls 300]
+    python benchmarks/eagle_step.py [--modality text|speech] [--threads 1] [--calls 300] [--chain 4]
 """
 from __future__ import annotations
 
@@ -40,12 +43,21 @@ def packed_copy(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     return out
 
 
+class _Parts:
+    """An ``Int8EagleLayer`` seen only through its parts (``project``, ``qkv``, ``attend``): the drafter then calls them
+    one by one with its torch operations between them, as before the step became one call."""
+
+    def __init__(self, net):
+        self.project, self.qkv, self.attend = net.project, net.qkv, net.attend
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--modality", default="text", choices=["text", "speech"])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--calls", type=int, default=300)
     p.add_argument("--context", type=int, default=40, help="pairs already in the drafter's cache")
+    p.add_argument("--chain", type=int, default=4, help="frames of the timed greedy chain")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -72,7 +84,9 @@ def main(argv=None) -> int:
     for module in torch_int8.modules():  # the same int8 maps on torch's int8 kernel (before session 10)
         if isinstance(module, Int8Head):
             module.skinny = None
-    nets = {"as drafted (Int8EagleLayer where the skinny kernel builds)": eagle_int8(drafter.layer),
+    drafted = eagle_int8(drafter.layer)
+    nets = {"as drafted (Int8EagleLayer where the skinny kernel builds)": drafted,
+            "Int8EagleLayer's parts one call each (session 10)": _Parts(drafted),
             "int8 copy, Int8Head per map": int8_copy(drafter.layer), "int8 copy, torch's int8 kernel": torch_int8,
             "float32 layer": drafter.layer,
             "prepacked float32": packed_copy(drafter.layer, torch.float32),
@@ -88,6 +102,22 @@ def main(argv=None) -> int:
     for name, ts in times.items():
         ts.sort()
         print(f"{name:60s} {1000 * ts[len(ts) // 2]:.3f} ms per drafted frame (median of {len(ts)})")
+    # a whole greedy chain: as one call where the layer is an Int8EagleLayer, else the drafter's own loop
+    drafter.keys, drafter.values, drafter.holes = keys, values, False
+    drafter.next_feat, drafter.P, drafter.confidence = feats, torch.tensor([S]), 0.0  # every chain k frames long
+    chains = {"greedy chain as drafted (one call where the kernel builds)": drafted,
+              "greedy chain, the drafter's loop over the parts": _Parts(drafted)}
+    times = {name: [] for name in chains}
+    with torch.inference_mode():
+        for _ in range(args.calls):
+            for name, net in chains.items():
+                drafter.net = net
+                t = time.perf_counter()
+                drafter._chain(args.chain)
+                times[name].append(time.perf_counter() - t)
+    for name, ts in times.items():
+        ts.sort()
+        print(f"{name:60s} {1000 * ts[len(ts) // 2]:.3f} ms per chain of {args.chain} (median of {len(ts)})")
     return 0
 
 
