@@ -215,9 +215,10 @@ class StaticKV:
 class FastDecoder:
     """A Llama-family decoder stack (``backbone``: ``LlamaModel``-like) run over a ``StaticKV``.
 
-    ``embeds [R, T, E]`` at ``positions [R, T]`` with an additive ``mask [R, 1, T, S + T]`` (None: the causal tail,
-    frame t sees every cached position and the new frames up to itself: a chain without padding or holes)
-    -> the final-norm hidden state ``[R, T, H]``; the cache's ``length`` grows by T."""
+    ``embeds [R, T, E]`` at ``positions [R, T]`` with an additive ``mask [R, 1, T, S + T]``, or ``[R, 1, T, T]`` over
+    the new frames only (every cached position visible: a tree over a cache without padding or holes), or None (the
+    causal tail: frame t sees every cached position and the new frames up to itself, a chain without padding or
+    holes) -> the final-norm hidden state ``[R, T, H]``; the cache's ``length`` grows by T."""
 
     def __init__(self, backbone: torch.nn.Module):
         reason = why_not(backbone)
@@ -255,11 +256,14 @@ class FastDecoder:
         if int(positions.max()) >= self.cos.shape[0]:
             self._rope(2 * int(positions.max()) + 1)
         cos, sin = self.cos[positions], self.sin[positions]  # [R, T, D]
-        if mask is None and T > 1 and not (self.layers[0].attends and T <= ATTEND_FRAMES):  # torch's attention
-            S = cache.length + T  # needs the causal tail written out
-            visible = torch.ones(T, S, dtype=torch.bool, device=embeds.device).tril(S - T)
-            mask = torch.zeros(T, S, dtype=self.dtype, device=embeds.device).masked_fill(~visible, torch.finfo(self.dtype).min)
-            mask = mask[None, None]  # [1, 1, T, S]
+        S = cache.length + T
+        if not (self.layers[0].attends and T <= ATTEND_FRAMES):  # torch's attention needs every column written out
+            if mask is None and T > 1:  # the causal tail
+                visible = torch.ones(T, S, dtype=torch.bool, device=embeds.device).tril(S - T)
+                mask = torch.zeros(T, S, dtype=self.dtype, device=embeds.device).masked_fill(~visible, torch.finfo(self.dtype).min)
+                mask = mask[None, None]  # [1, 1, T, S]
+            elif mask is not None and mask.shape[-1] < S:  # the new frames' mask only: the cached columns are visible
+                mask = F.pad(mask, (S - mask.shape[-1], 0))
         cache.reserve(T)
         x = embeds.to(self.dtype)
         for i, layer in enumerate(self.layers):

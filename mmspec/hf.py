@@ -213,11 +213,16 @@ class KVCache:
 
     def lean_inputs(self, T: int, pos: Tensor, parents: Tensor | None, dtype: torch.dtype,
                     new_mask: Tensor | None = None) -> tuple[Tensor | None, Tensor]:
-        """``inputs`` for the fast path, whose attention takes no mask where none is needed: a chain of T frames over a
-        cache without padding or holes (``mask`` None) sees every cached position and its own frames causally (the
-        "causal tail" ``mmspec.fast.FastDecoder`` takes as mask None), so it gets ``(None, positions)``."""
-        if self.mask is None and parents is None and new_mask is None:
-            return None, pos[:, None] + torch.arange(T, device=pos.device)[None] if T > 1 else pos[:, None]
+        """``inputs`` for the fast path, whose attention reads no mask over a cache without padding or holes (``mask``
+        None), where every cached position is visible: a chain of T frames sees its own frames causally (the "causal
+        tail" ``mmspec.fast.FastDecoder`` takes as mask None), so it gets ``(None, positions)``; a tree gets the mask of
+        its own frames only, ``[R, 1, T, T]`` (the decoder reads the cached columns as visible)."""
+        if self.mask is None and new_mask is None:
+            if parents is None:
+                return None, pos[:, None] + torch.arange(T, device=pos.device)[None] if T > 1 else pos[:, None]
+            p = rows_of(parents, pos.shape[0])  # [R, T]
+            own = torch.zeros(p.shape[0], 1, T, T, dtype=dtype, device=pos.device)
+            return own.masked_fill_(~tree.ancestors(p)[:, None], torch.finfo(dtype).min), pos[:, None] + tree.depths(p) - 1
         return self.inputs(T, pos, parents, dtype, new_mask)
 
     def inputs(self, T: int, pos: Tensor, parents: Tensor | None, dtype: torch.dtype,

@@ -94,8 +94,8 @@ def _load():
         kernels[name] = fn
     attend = lib.mmspec_attend
     stride = [ctypes.c_long]
-    attend.argtypes = ((([pointer] + stride * 3) * 3) + [pointer] + stride * 2 + [pointer] + [ctypes.c_int] * 6
-                       + [ctypes.c_float, ctypes.c_int])
+    attend.argtypes = ((([pointer] + stride * 3) * 3) + [pointer] + stride * 2 + [ctypes.c_int, pointer]
+                       + [ctypes.c_int] * 6 + [ctypes.c_float, ctypes.c_int])
     attend.restype = None
     norm = lib.mmspec_rms_norm
     norm.argtypes, norm.restype = [pointer, pointer, ctypes.c_float, pointer, ctypes.c_long, ctypes.c_int], None
@@ -231,9 +231,10 @@ def _ready(t: Tensor) -> Tensor:
 
 def attend(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None, scale: float) -> Tensor:
     """Attention of ``q [R, Hq, T, D]`` over ``keys``/``values [R, Hkv, S, D]`` (Hq a multiple of Hkv, D <= 256) with
-    an additive ``mask [R or 1, 1, T, S]`` (entries at the dtype's minimum hide a key) or None (query t sees keys
-    up to S - T + t) -> ``[R, T, Hq * D]``, float32 on a CPU, by ``attend.c`` (read its header: a query's result is
-    bit-identical whatever other queries run with it). The last dimension of every input must be contiguous; other
+    an additive ``mask [R or 1, 1, T, W]`` over the last W slots, T <= W <= S (entries at the dtype's minimum hide a
+    key; earlier slots are all visible: W = T is a tree's own frames over a cache without holes) or None (query t sees
+    keys up to S - T + t) -> ``[R, T, Hq * D]``, float32 on a CPU, by ``attend.c`` (read its header: a query's result
+    is bit-identical whatever other queries run with it). The last dimension of every input must be contiguous; other
     strides are read as they are."""
     R, Hq, T, D = q.shape
     Hkv, S = keys.shape[1], keys.shape[2]
@@ -243,13 +244,14 @@ def attend(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None, scale: 
     if D > 256 or keys.shape != values.shape or keys.shape[0] != R or keys.shape[3] != D or Hq % Hkv:
         raise ValueError(f"attend: q {tuple(q.shape)}, keys {tuple(keys.shape)} and values {tuple(values.shape)} must "
                          "agree in rows and features (at most 256), with a query head count that the key heads divide")
-    if mask is not None and (tuple(mask.shape[-2:]) != (T, S) or mask.shape[0] not in (1, R)):
-        raise ValueError(f"attend: mask {tuple(mask.shape)} must be [{R} or 1, 1, {T}, {S}]")
+    W = S if mask is None else mask.shape[-1]
+    if mask is not None and (mask.shape[-2] != T or not T <= W <= S or mask.shape[0] not in (1, R)):
+        raise ValueError(f"attend: mask {tuple(mask.shape)} must be [{R} or 1, 1, {T}, W] with {T} <= W <= {S}")
     out = torch.empty(R, T, Hq, D, dtype=torch.float32)
     mr, mt = (0, 0) if mask is None else (mask.stride(0) if mask.shape[0] > 1 else 0, mask.stride(-2))
     library().attend(q.data_ptr(), q.stride(0), q.stride(1), q.stride(2), keys.data_ptr(), keys.stride(0),
                      keys.stride(1), keys.stride(2), values.data_ptr(), values.stride(0), values.stride(1),
-                     values.stride(2), None if mask is None else mask.data_ptr(), mr, mt, out.data_ptr(), R, T, Hq,
+                     values.stride(2), None if mask is None else mask.data_ptr(), mr, mt, W, out.data_ptr(), R, T, Hq,
                      Hkv, S, D, scale, torch.get_num_threads())
     return out.view(R, T, Hq * D)
 

@@ -240,27 +240,37 @@ def test_few_frame_attention_equals_torchs_and_gives_a_frame_the_same_bits_in_an
                                causal[:, t: t + 1])
     with pytest.raises(ValueError, match="contiguous"):
         skinny.attend(q, keys.transpose(-1, -2), values, None, 0.3)
+        own = mask[..., S - T:]  # the mask of the last T slots only (a tree's frames): the earlier slots all visible
+        full = torch.cat([torch.zeros(R, 1, T, S - T), own], dim=-1)
+        assert torch.equal(skinny.attend(q, keys, values, own, 0.3), skinny.attend(q, keys, values, full, 0.3))
     with pytest.raises(ValueError, match="mask"):
-        skinny.attend(q, keys, values, mask[..., :-1], 0.3)
+        skinny.attend(q, keys, values, mask[..., : T - 1], 0.3)  # narrower than the frames
 
 
 @pytest.mark.parametrize("T", [3, 40])
-def test_a_chain_without_padding_runs_with_no_mask_as_with_its_mask(tiny_models, T):
-    """A verify chain over a cache without padding or holes builds no mask (``KVCache.lean_inputs`` gives None, the
-    decoder reads it as the causal tail): its hidden states equal those of the same forward with the written-out
-    mask, on the few-frame attention kernel (3 frames) and on torch's attention (40, where the decoder writes the
-    tail out itself); a padded batch still gets its mask."""
+@pytest.mark.parametrize("shape", ["chain", "tree"])
+def test_a_verify_without_padding_builds_a_lean_mask_with_the_full_masks_result(tiny_models, T, shape):
+    """Over a cache without padding or holes a verify chain builds no mask (``KVCache.lean_inputs`` gives None, the
+    decoder reads it as the causal tail) and a tree only its own frames' ``[R, 1, T, T]``: the hidden states equal
+    those of the same forward with the written-out mask over every slot, on the few-frame attention kernel (3 frames)
+    and on torch's attention (40, where the decoder writes the rest out itself); a padded batch gets the full mask."""
     target = TextTarget.from_pretrained(tiny_models["llama"], fast=True)
     target.start(PROMPTS[:1], 64)
     assert target.cache.mask is None
-    mask, positions = target.cache.lean_inputs(T, target.pos, None, target.fast.dtype)
-    assert mask is None and positions.tolist() == [list(range(int(target.pos), int(target.pos) + T))]
-    written, _ = target.cache.inputs(T, target.pos, None, target.fast.dtype)  # [1, 1, T, S + T]
+    parents = None if shape == "chain" else torch.tensor([-1] + [t // 2 for t in range(T - 1)])  # a binary tree
+    mask, positions = target.cache.lean_inputs(T, target.pos, parents, target.fast.dtype)
+    written, want = target.cache.inputs(T, target.pos, parents, target.fast.dtype)  # [1, 1, T, S + T]
+    assert torch.equal(positions, want)
+    if shape == "chain":
+        assert mask is None and positions.tolist() == [list(range(int(target.pos), int(target.pos) + T))]
+    else:
+        assert tuple(mask.shape) == (1, 1, T, T) and torch.equal(mask, written[..., -T:])
     embeds = target._embed(torch.arange(5, 5 + T)[None])
     kv, length = target.cache.kv, target.cache.kv.length
-    plain = target.fast(embeds, positions, None, kv)
+    lean = target.fast(embeds, positions, mask, kv)
     kv.length = length
-    assert torch.equal(target.fast(embeds, positions, written, kv), plain)
+    assert torch.equal(target.fast(embeds, positions, written, kv), lean)
     padded = TextTarget.from_pretrained(tiny_models["llama"], fast=True)
     padded.start(PROMPTS, 64)  # two prompts of different lengths: left padding
-    assert padded.cache.lean_inputs(T, padded.pos, None, padded.fast.dtype)[0] is not None
+    mask, _ = padded.cache.lean_inputs(T, padded.pos, parents, padded.fast.dtype)
+    assert mask is not None and mask.shape[-1] == padded.cache.length + T

@@ -33,7 +33,7 @@ INLINE __mmask16 lanes(long left) { return left >= 16 ? (__mmask16)0xFFFF : (__m
 typedef struct {
     const float *q, *k, *v, *mask; /* this task's row and head */
     long qt, ks, vs, mt;           /* strides: query frame, key slot, value slot, mask frame */
-    int T, S, D;
+    int T, S, D, moff;             /* moff: the slot the mask's first column is (slots before it: all visible) */
     float scale;
     float *scores; /* [T, S] */
 } Task;
@@ -85,8 +85,10 @@ INLINE void score_block(const Task *a, int j0, int pieces, __mmask16 tail) {
         }
         __m512 s = _mm512_mul_ps(sum16(dots), scale);
         __mmask16 m = lanes(n), seen;
-        if (a->mask) {
-            __m512 add = _mm512_maskz_loadu_ps(m, a->mask + t * a->mt + j0);
+        if (a->mask) { /* lanes before the mask's first slot add nothing (a loaded 0 would add the same) */
+            int lo = a->moff - j0;
+            __mmask16 from = m & (lo <= 0 ? (__mmask16)0xFFFF : lo >= 16 ? (__mmask16)0 : (__mmask16)(0xFFFFu << lo));
+            __m512 add = _mm512_maskz_loadu_ps(from, a->mask + t * a->mt + (j0 - a->moff));
             s = _mm512_add_ps(s, add);
             seen = _mm512_cmp_ps_mask(add, _mm512_set1_ps(HIDDEN), _CMP_GT_OQ);
         } else { /* a causal tail: query t sees keys up to S - T + t */
@@ -122,12 +124,13 @@ INLINE void value_block(const Task *a, int t0, int TB, int c0, int NC, __mmask16
 #define TB_SWITCH(CALL) switch (tb) { case 1: CALL(1); break; case 2: CALL(2); break; case 3: CALL(3); break; default: CALL(4); }
 
 /* q [R, Hq, T, D] at element strides (qr, qh, qt); keys and values [R, Hkv, S, D] at strides (kr, kh, ks) and
- * (vr, vh, vs); the head dimension contiguous everywhere; mask an additive [R, T, S] at strides (mr, mt, 1)
- * (entries <= -1e30 hide the key), or NULL: query t sees keys 0 .. S - T + t (a causal tail). Query head h reads
+ * (vr, vh, vs); the head dimension contiguous everywhere; mask an additive [R, T, W] at strides (mr, mt, 1) over the
+ * last W <= S slots, every earlier slot visible (entries <= -1e30 hide the key; W = S: a full mask, W = T: a tree's
+ * frames over a cache without holes), or NULL: query t sees keys 0 .. S - T + t (a causal tail). Query head h reads
  * key/value head h / (Hq / Hkv). out [R, T, Hq, D], contiguous. A query that sees no key gets zeros. D <= 256. */
 void mmspec_attend(const float *q, long qr, long qh, long qt, const float *k, long kr, long kh, long ks,
-                   const float *v, long vr, long vh, long vs, const float *mask, long mr, long mt, float *out, int R,
-                   int T, int Hq, int Hkv, int S, int D, float scale, int threads) {
+                   const float *v, long vr, long vh, long vs, const float *mask, long mr, long mt, int W, float *out,
+                   int R, int T, int Hq, int Hkv, int S, int D, float scale, int threads) {
     int tasks = R * Hq, group = Hq / Hkv, pieces = (D + 15) / 16;
     __mmask16 tail = (D % 16) ? (__mmask16)((1u << (D % 16)) - 1) : (__mmask16)0xFFFF;
 #pragma omp parallel num_threads(threads)
@@ -138,7 +141,7 @@ void mmspec_attend(const float *q, long qr, long qh, long qt, const float *k, lo
         for (int task = 0; task < tasks; task++) {
             int r = task / Hq, h = task % Hq, g = h / group;
             Task a = {q + r * qr + h * qh, k + r * kr + g * kh, v + r * vr + g * vh, mask ? mask + r * mr : NULL,
-                      qt, ks, vs, mt, T, S, D, scale, scores};
+                      qt, ks, vs, mt, T, S, D, S - W, scale, scores};
             for (int j0 = 0; j0 < S; j0 += 16) score_block(&a, j0, pieces, tail);
             for (int t = 0; t < T; t++) { /* 2. max, exps in place, sums */
                 float *st = scores + (long)t * S;

@@ -25,8 +25,8 @@ void mmspec_skinny_int8(const float *x, const float *norm, float eps, int gated,
                         const float *sc, const float *b, const float *res, const float *cos, const float *sin,
                         int rotated, int head_dim, float *y, long rows, int in, int out, int threads);
 void mmspec_attend(const float *q, long qr, long qh, long qt, const float *k, long kr, long kh, long ks,
-                   const float *v, long vr, long vh, long vs, const float *mask, long mr, long mt, float *out, int R,
-                   int T, int Hq, int Hkv, int S, int D, float scale, int threads);
+                   const float *v, long vr, long vh, long vs, const float *mask, long mr, long mt, int W, float *out,
+                   int R, int T, int Hq, int Hkv, int S, int D, float scale, int threads);
 
 typedef struct { /* one int8 product: panels [ceil(out / 16), in, 16], scales [ceil(out / 16) * 16], bias or NULL */
     const signed char *w;
@@ -85,7 +85,7 @@ static void step(const Layer *L, const float *feats, const float *table, const l
         }
     /* 4. attention, o + residual, gate/up after the norm, down with the SiLU gate + residual */
     mmspec_attend(qkv, (long)T * 3 * hd, D, 3 * hd, kbuf, (long)h * cap * D, (long)cap * D, D, vbuf, (long)h * cap * D,
-                  (long)cap * D, D, mask, (long)T * S2, S2, att, B, T, h, h, S2, D, L->scale, threads);
+                  (long)cap * D, D, mask, (long)T * S2, S2, S2, att, B, T, h, h, S2, D, L->scale, threads);
     mmspec_skinny_int8(att, NULL, 0.f, 0, L->o.w, L->o.sc, L->o.b, x, NULL, NULL, 0, 0, x2, M, hd, H, threads);
     mmspec_skinny_int8(x2, L->norm1, L->eps1, 0, L->gate_up.w, L->gate_up.sc, L->gate_up.b, NULL, NULL, NULL, 0, 0, gu,
                        M, H, 2 * I, threads);
