@@ -58,14 +58,16 @@ def _verdict(draft: Draft, parents: Tensor, node: Tensor, final: Tensor) -> Verd
 
 def deepest(parents: Tensor, passed: Tensor) -> Tensor:
     """The deepest node whose whole path passed (``passed [B, N]``), the first among equals; -1 if none."""
-    B, N = passed.shape
-    ok = passed.clone()
-    for j in range(N):  # parents come first, so one pass settles every path
-        p = parents[:, j]
-        ok[:, j] &= (p < 0) | ok.gather(1, p.clamp(min=0)[:, None])[:, 0]
-    score = tree.depths(parents) * (N + 1) - torch.arange(N, device=passed.device)  # deeper first, then earlier
-    best = torch.where(ok, score, -1).argmax(-1)  # [B]
-    return torch.where(ok.any(-1), best, -1)
+    best = []
+    for row, good in zip(parents.tolist(), passed.tolist()):  # a few small ints: a list walk beats torch operations
+        depth, ok, node = [], [], (0, -1)  # node: (depth, -index) of the best so far
+        for j, p in enumerate(row):  # parents come first, so one pass settles every path
+            depth.append(1 if p < 0 else depth[p] + 1)
+            ok.append(good[j] and (p < 0 or ok[p]))
+            if ok[j] and (depth[j], -j) > node:
+                node = (depth[j], -j)
+        best.append(-node[1] if node[0] else -1)
+    return torch.tensor(best, dtype=torch.long, device=passed.device)
 
 
 def match(draft: Draft, choice: Tensor) -> Verdict:

@@ -5,6 +5,10 @@ A tree of N nodes is ``parents [N]`` (shared by the batch) or ``[B, N]`` (per ro
 node, or -1 for a child of the frame before the tree. Parents come before their children
 (``parents[j] < j``), so a node's depth and ancestors follow in one pass. A chain is ``-1, 0, 1, ...``.
 
+The topology is a few dozen small integers per row, so ``depths``, ``ancestors`` and ``path_to`` walk it as Python
+lists (one pass, parents first) and return tensors: a loop of torch operations over the nodes cost 0.1-0.2 ms per call
+on a CPU, several calls a verify step (BENCHMARKS.md "Session 11").
+
 Two frames of reference appear:
 
 * **nodes** of a ``Draft``: -1 means "child of the newest committed frame";
@@ -56,38 +60,51 @@ def forward_parents(parents: Tensor | None, N: int, device=None) -> Tensor | Non
     return torch.cat([lead, parents + 1], dim=-1)
 
 
+def _rows(parents: Tensor) -> list[list[int]]:
+    """``parents [..., N]`` as one list of N ints per leading index."""
+    return parents.reshape(-1, parents.shape[-1]).tolist()
+
+
+def _depth_list(row: list[int]) -> list[int]:
+    depth: list[int] = []
+    for p in row:
+        depth.append(1 if p < 0 else depth[p] + 1)
+    return depth
+
+
 def depths(parents: Tensor) -> Tensor:
     """Depth of every node, ``[..., N]`` (a child of -1 has depth 1)."""
-    N = parents.shape[-1]
-    depth = torch.zeros_like(parents)
-    for j in range(N):
-        p = parents[..., j]
-        depth[..., j] = torch.where(p < 0, 1, depth.gather(-1, p.clamp(min=0)[..., None])[..., 0] + 1)
-    return depth
+    if parents.shape[-1] == 0:
+        return torch.zeros_like(parents)
+    out = [_depth_list(row) for row in _rows(parents)]
+    return torch.tensor(out, dtype=parents.dtype).view(parents.shape).to(parents.device)
 
 
 def ancestors(parents: Tensor) -> Tensor:
     """``mask [..., N, N]``: ``mask[..., i, j]`` is True when node j is node i or one of its ancestors."""
     N = parents.shape[-1]
-    mask = torch.eye(N, dtype=torch.bool, device=parents.device).expand(*parents.shape[:-1], N, N).clone()
-    for i in range(N):
-        p = parents[..., i]
-        row = mask[..., i, :]
-        inherited = mask.gather(-2, p.clamp(min=0)[..., None, None].expand(*p.shape, 1, N))[..., 0, :]
-        mask[..., i, :] = row | (inherited & (p >= 0)[..., None])
-    return mask
+    if N == 0:
+        return torch.zeros(*parents.shape, 0, dtype=torch.bool, device=parents.device)
+    seen = []
+    for row in _rows(parents):
+        sets: list[list[bool]] = []
+        for i, p in enumerate(row):
+            line = list(sets[p]) if p >= 0 else [False] * N
+            line[i] = True
+            sets.append(line)
+        seen.append(sets)
+    return torch.tensor(seen, dtype=torch.bool).view(*parents.shape, N).to(parents.device)
 
 
 def path_to(parents: Tensor, node: Tensor, length: int) -> Tensor:
     """The nodes from the root down to ``node [B]`` (-1 = none), ``[B, length]`` padded with -1 after the
     node's depth. ``parents [B, N]``."""
-    B = parents.shape[0]
-    out = parents.new_full((B, length), -1)
-    cur = node.clone()
-    depth = torch.where(node >= 0, depths(parents).gather(-1, node.clamp(min=0)[:, None])[:, 0], 0)  # [B]
-    for d in range(length, 0, -1):
-        here = depth >= d
-        out[:, d - 1] = torch.where(here, cur, out[:, d - 1])
-        step = parents.gather(-1, cur.clamp(min=0)[:, None])[:, 0]
-        cur = torch.where(here, step, cur)
-    return out
+    out = []
+    for row, n in zip(_rows(parents), node.tolist()):
+        path = []
+        while n >= 0:
+            path.append(n)
+            n = row[n]
+        path = path[::-1][max(0, len(path) - length):]  # a path deeper than length: its last nodes
+        out.append(path + [-1] * (length - len(path)))
+    return torch.tensor(out, dtype=parents.dtype).view(len(out), length).to(parents.device)

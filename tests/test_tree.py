@@ -6,6 +6,8 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 import mmspec
@@ -201,3 +203,49 @@ def test_a_tree_is_cut_to_the_room_left_near_the_end_of_the_context():
     gen = mmspec.generate(target, ToyTreeDrafter(target.perturbed(0.3), width=2, depth=3), p, max_new_tokens=40, k=3)
     assert torch.equal(gen.tokens, base.tokens) and gen.tokens.shape[1] == 20 - 4
     assert min(s.n_drafted for s in gen.steps[1:]) < 14  # some late steps verified fewer than the full 14 nodes
+
+
+def _reference(parents: torch.Tensor, passed: torch.Tensor, node: torch.Tensor):
+    """Depths, ancestor masks, the deepest passing node and its path by their definitions, node by node."""
+    B, N = parents.shape
+    depth = [[0] * N for _ in range(B)]
+    anc = torch.zeros(B, N, N, dtype=torch.bool)
+    best, paths = [], []
+    for b in range(B):
+        for j in range(N):
+            k, chain_up = j, []
+            while k >= 0:
+                chain_up.append(k)
+                k = int(parents[b, k])
+            depth[b][j] = len(chain_up)
+            anc[b, j, chain_up] = True
+        good = [j for j in range(N) if all(bool(passed[b, k]) for k in torch.nonzero(anc[b, j]).flatten().tolist())]
+        best.append(max(good, key=lambda j: (depth[b][j], -j)) if good else -1)
+        up, k = [], int(node[b])
+        while k >= 0:
+            up.append(k)
+            k = int(parents[b, k])
+        paths.append(up[::-1])
+    return torch.tensor(depth), anc, torch.tensor(best), paths
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.floats(0, 1), min_size=1, max_size=12), min_size=1, max_size=3), st.integers(0, 2**31 - 1))
+def test_topology_walks_equal_their_definitions(shapes, seed):
+    """``tree.depths``, ``tree.ancestors``, ``tree.path_to`` and ``accept_tree.deepest`` (list walks over the parents)
+    equal the definitions (walk up from every node) on random trees of 1-12 nodes in 1-3 rows."""
+    from mmspec.accept_tree import deepest
+
+    g = torch.Generator().manual_seed(seed)
+    N = len(shapes[0])
+    parents = torch.tensor([[min(int(u * (j + 1)), j) - 1 for j, u in enumerate((row * N)[:N])] for row in shapes])
+    passed = torch.rand(parents.shape, generator=g) < 0.7
+    node = torch.randint(-1, N, (parents.shape[0],), generator=g)
+    depth, anc, best, paths = _reference(parents, passed, node)
+    tree.check(parents, N)
+    assert torch.equal(tree.depths(parents), depth) and torch.equal(tree.depths(parents[0]), depth[0])
+    assert torch.equal(tree.ancestors(parents), anc) and torch.equal(tree.ancestors(parents[0]), anc[0])
+    assert torch.equal(deepest(parents, passed), best)
+    for length in (N, 2):
+        want = [(p[-length:] if len(p) > length else p) + [-1] * (length - min(len(p), length)) for p in paths]
+        assert tree.path_to(parents, node, length).tolist() == want
