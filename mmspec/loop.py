@@ -168,8 +168,10 @@ def _fit(target: Target, draft: Draft, first: bool) -> Draft:
     """A tree that does not fit the context: a clear error at the run's first draft (the node budget is too
     large for this model and prompt); later (near the end of a fixed-length context, such as an image
     grid) its first nodes that fit, which are ancestor-closed because parents come before children."""
+    if draft.parents is None:  # a chain: the loop's budget already keeps it inside the context
+        return draft
     room = target.max_frames - int(target.pos.max()) - 1  # frames the verify forward may add after ``last``
-    if draft.parents is None or draft.size <= room:
+    if draft.size <= room:
         return draft
     if first:
         raise ValueError(f"a tree of {draft.size} nodes does not fit the model's context ({target.max_frames} frames) "
