@@ -516,3 +516,19 @@ def gen_sampler(target):
     from mmspec.types import Sampling
 
     return Sampler(Sampling(), 0, target.device, keyed=False)
+
+
+def test_without_the_kernel_eagle_drafts_on_its_int8_copy(tiny_models, monkeypatch):
+    """Where the C kernels cannot be built, an EAGLE drafter runs its int8 copy through its own loop (no one-call step
+    or chain) and greedy output is still greedy decoding."""
+    from mmspec import skinny
+    from mmspec.drafters.int8 import Int8EagleLayer
+
+    monkeypatch.setattr(skinny, "_state", {"lib": None, "why": "no C compiler (a test)"})
+    target = text_target(tiny_models)
+    torch.manual_seed(0)
+    drafter = EagleDrafter(eagle_for(32, 32, 4, window=64))
+    gen = mmspec.generate(target, drafter, PROMPTS, max_new_tokens=12, k=4)
+    assert not isinstance(drafter.net, Int8EagleLayer)
+    assert max(s.n_drafted for s in gen.steps) == 4
+    assert torch.equal(gen.tokens, mmspec.autoregressive(target, PROMPTS, max_new_tokens=12).tokens)
