@@ -100,13 +100,13 @@ def _load():
     norm = lib.mmspec_rms_norm
     norm.argtypes, norm.restype = [pointer, pointer, ctypes.c_float, pointer, ctypes.c_long, ctypes.c_int], None
     eagle = lib.mmspec_eagle_step
-    eagle.argtypes = ([pointer] * 5 + [ctypes.c_int] + [pointer] * 2 + [ctypes.c_int] + [pointer] * 2 + [ctypes.c_long]
-                      + [pointer] * 6 + [ctypes.c_int] * 4)
+    eagle.argtypes = ([pointer] * 3 + [ctypes.c_long] + [pointer] * 2 + [ctypes.c_int] + [pointer] * 2 + [ctypes.c_int]
+                      + [pointer] * 2 + [ctypes.c_long] + [pointer] * 6 + [ctypes.c_int] * 4)
     eagle.restype = ctypes.c_int
     chain = lib.mmspec_eagle_chain
     i32, i64 = ctypes.c_int, ctypes.c_long
-    chain.argtypes = [pointer, pointer, i32, pointer, i32, i32] + [pointer] * 6 + [i64] + [pointer] * 3 + [i32] * 3 + [
-        ctypes.c_float, pointer, i32]
+    chain.argtypes = [pointer, pointer, i32, pointer, i32, i32, pointer, pointer, i64] + [pointer] * 4 + [i64] + [
+        pointer] * 3 + [i32] * 3 + [ctypes.c_float, pointer, i32]
     chain.restype = ctypes.c_int
     return _Kernels(kernels["mmspec_skinny"], kernels["mmspec_skinny_int8"], attend, norm, eagle, chain)
 
@@ -306,9 +306,19 @@ class EagleStep:
         in ``table [*, E]`` at ``offsets [K]`` (int64) and summed, at ``positions [B or 1, T]`` (int64) of the rotary
         ``tables`` (cos, sin ``[P, D]``), after ``keys``/``values [B, heads, S, D]``; ``mask`` an additive ``[B, T, S +
         T]`` or None (pair t sees the cached slots and the new pairs up to itself). Returns ``(out [B, T, H], keys,
-        values [B, heads, S + T, D])``, or None when a position is outside the tables."""
+        values [B, heads, S + T, D])``, or None when a position is outside the tables; ValueError when a frame's row is
+        outside ``table``."""
         B, T, H = feats.shape
         S, h, D = keys.shape[2], self.heads, self.head_dim
+        if (H != self.H or tuple(keys.shape) != (B, h, S, D) or keys.shape != values.shape
+                or positions.shape[-1] != T or positions.shape[0] not in (1, B)
+                or (emb is None) == (table is None) or (emb is not None and tuple(emb.shape) != (B, T, self.E))
+                or (table is not None and (frames.shape[:2] != (B, T) or frames.shape[-1] != offsets.shape[0]
+                                           or table.shape[1] != self.E))
+                or (mask is not None and tuple(mask.shape) != (B, T, S + T))):
+            raise ValueError(f"EagleStep: feats [B, T, {self.H}], keys and values [B, {h}, S, {D}], positions [B or 1, "
+                             f"T], emb [B, T, {self.E}] or frames [B, T, K] with K offsets into a table [*, {self.E}], "
+                             "mask [B, T, S + T] or None")
         feats, keys, values = _ready(feats), _ready(keys), _ready(values)
         positions = positions.to(torch.long).contiguous()
         frames = None if frames is None else frames.to(torch.long).contiguous()
@@ -317,11 +327,13 @@ class EagleStep:
         K = 0 if frames is None else frames.shape[-1]
         code = library().eagle_step(
             ctypes.byref(self.layer), feats.data_ptr(), None if table is None else table.data_ptr(),
-            None if frames is None else frames.data_ptr(), None if offsets is None else offsets.data_ptr(), K,
+            0 if table is None else table.shape[0], None if frames is None else frames.data_ptr(), None if offsets is None else offsets.data_ptr(), K,
             None if emb is None else _ready(emb).data_ptr(), positions.data_ptr(), int(positions.shape[0] > 1),
             tables[0].data_ptr(), tables[1].data_ptr(), tables[0].shape[0], keys.data_ptr(), values.data_ptr(),
             grown[0].data_ptr(), grown[1].data_ptr(), None if mask is None else mask.data_ptr(), out.data_ptr(), B, T, S,
             torch.get_num_threads())
+        if code == -2:
+            raise ValueError(f"EagleStep: a frame's embedding row is outside the table of {table.shape[0]} rows")
         return None if code else (out, grown[0], grown[1])
 
     def chain(self, head, n: int, feat: Tensor, first: Tensor, tables: tuple[Tensor, Tensor], keys: Tensor,
@@ -335,18 +347,30 @@ class EagleStep:
         codebooks) is below ``confidence`` in every row. The embedding: ``table`` at ``offsets``. Returns frames ``[B,
         m, K]`` (int64, 1 <= m <= n), or None when a position is outside the rotary ``tables``."""
         B, S = feat.shape[0], keys.shape[2]
+        if (tuple(feat.shape) != (B, self.H) or tuple(keys.shape) != (B, self.heads, S, self.head_dim)
+                or keys.shape != values.shape or tuple(first.shape) != (B,) or offsets.shape[0] != K
+                or table.shape[1] != self.E or (valid is not None and tuple(valid.shape) != (B, S))):
+            raise ValueError(f"EagleStep.chain: feat [B, {self.H}], keys and values [B, {self.heads}, S, "
+                             f"{self.head_dim}], first [B], K offsets into a table [*, {self.E}], valid [B, S] or None")
         if head.scales is None or head.in_features != self.H:
             raise ValueError(f"a chain reads an int8 head of {self.H} inputs")
+        if head.out_features != (K * V if rows is None else rows.shape[0]) or (rows is not None and K != 1):
+            raise ValueError(f"a chain's head gives K x V = {K} x {V} logits, or one per draft-vocabulary id (K = 1); "
+                             f"this one gives {head.out_features}")
         feat, keys, values = _ready(feat), _ready(keys), _ready(values)
         first = first.to(torch.long).contiguous()
         valid = None if valid is None else valid.to(torch.uint8).contiguous()
         rows = None if rows is None else rows.to(torch.long).contiguous()
-        product = _Product(head.panels.data_ptr(), head.scales.data_ptr(), None if head.bias is None else head.bias.data_ptr())
+        bias = None if head.bias is None else head.bias.data_ptr()
+        product = _Product(head.panels.data_ptr(), head.scales.data_ptr(), bias)
         frames = torch.empty(B, n, K, dtype=torch.long)
         code = library().eagle_chain(
             ctypes.byref(self.layer), ctypes.byref(product), head.out_features, None if rows is None else rows.data_ptr(),
-            K, V, feat.data_ptr(), table.data_ptr(), offsets.data_ptr(), first.data_ptr(), tables[0].data_ptr(),
-            tables[1].data_ptr(), tables[0].shape[0], keys.data_ptr(), values.data_ptr(),
+            K, V, feat.data_ptr(), table.data_ptr(), table.shape[0], offsets.data_ptr(), first.data_ptr(),
+            tables[0].data_ptr(), tables[1].data_ptr(), tables[0].shape[0], keys.data_ptr(), values.data_ptr(),
             None if valid is None else valid.data_ptr(), B, S, n, float(confidence), frames.data_ptr(),
             torch.get_num_threads())
+        if code == -2:
+            raise ValueError(f"EagleStep.chain: {K} codebooks of {V} ids do not fit an embedding table of "
+                             f"{table.shape[0]} rows")
         return None if code < 0 else frames[:, :code]

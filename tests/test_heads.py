@@ -440,6 +440,17 @@ def test_the_int8_eagle_step_in_one_call_equals_its_parts(kind):
         for a, b in zip(twin.step(feats, frames, codebooks, positions, keys, values, None),
                         net.step(feats, frames, codebooks, positions, keys, values, None)):
             assert torch.equal(a, b)
+        with pytest.raises(ValueError, match="embedding row"):  # id 10 of the last codebook: row 30 of a 30-row table
+            net.step(feats, torch.full((1, 2, 3), 10), codebooks, positions, keys, values, None)
+        with pytest.raises(ValueError, match="keys and values"):  # keys of another head size: refused, never read
+            net.step(feats, frames, codebooks, positions, keys[..., :4], values[..., :4], None)
+        chain = net._kernel().chain
+        with pytest.raises(ValueError, match="embedding table"):  # 2 codebooks of 16 ids at offsets 0, 20: rows past 30
+            chain(net.o, 2, feats[:, 0], positions[:, 0], net._tables, keys, values, None, codebooks.table.weight,
+                  torch.tensor([0, 20]), 2, 16)
+        with pytest.raises(ValueError, match="logits"):  # 3 x 10 ids from a head of 32 outputs
+            chain(net.o, 2, feats[:, 0], positions[:, 0], net._tables, keys, values, None, codebooks.table.weight,
+                  torch.tensor([0, 10, 20]), 3, 10)
 
 
 @pytest.mark.parametrize("vocab", [None, "draft vocabulary"])

@@ -105,14 +105,20 @@ static void hold(const float *keys, const float *values, float *kbuf, float *vbu
  * summed over k < K (frames int64 [M, K], negative ids read as 0), or emb [M, E] when table is NULL; positions int64
  * [B or 1, T] (pb: 1 when per row) index cos/sin tables [P, D]; keys and values [B, heads, S, D] -> grown [B, heads,
  * S + T, D] (caller's buffers); mask an additive [B, T, S + T] or NULL (pair t sees slots up to S + t); out [M, H].
- * Returns 0, or -1 (nothing written) when a position is outside the tables. */
-int mmspec_eagle_step(const Layer *L, const float *feats, const float *table, const long *frames, const long *offsets,
-                      int K, const float *emb, const long *positions, int pb, const float *cos_table,
-                      const float *sin_table, long P, const float *keys, const float *values, float *grown_keys,
-                      float *grown_values, const float *mask, float *out, int B, int T, int S, int threads) {
+ * Returns 0, -1 (nothing written) when a position is outside the rotary tables, or -2 when a frame's row is outside
+ * the embedding table (table_rows rows). */
+int mmspec_eagle_step(const Layer *L, const float *feats, const float *table, long table_rows, const long *frames,
+                      const long *offsets, int K, const float *emb, const long *positions, int pb,
+                      const float *cos_table, const float *sin_table, long P, const float *keys, const float *values,
+                      float *grown_keys, float *grown_values, const float *mask, float *out, int B, int T, int S,
+                      int threads) {
     for (int m = 0; m < B * T; m++) {
         long p = positions[(pb ? m : m % T)];
         if (p < 0 || p >= P) return -1;
+        for (int k = 0; table && k < K; k++) {
+            long id = frames[(size_t)m * K + k], row = (id < 0 ? 0 : id) + offsets[k];
+            if (row >= table_rows) return -2;
+        }
     }
     hold(keys, values, grown_keys, grown_values, B, L->heads, S, S + T, L->D);
     step(L, feats, table, frames, offsets, K, emb, positions, pb, cos_table, sin_table, grown_keys, grown_values, S + T,
@@ -138,14 +144,18 @@ static float top_probability(const float *l, int n, float top) {
  * (before the last round) steps the layer on (feature, frame) at position first[b] + i. From the second round on, the
  * chain ends before a frame whose top probability (the least over its codebooks) is below `confidence` in every row.
  * The embedding table and offsets as for mmspec_eagle_step. frames_out int64 [B, n, K]. Returns the frames drafted
- * (1 .. n), or -1 (nothing run) when a position is outside the rotary tables. */
+ * (1 .. n), -1 (nothing run) when a position is outside the rotary tables, or -2 when a codebook's ids would fall
+ * outside the embedding table. */
 int mmspec_eagle_chain(const Layer *L, const Product *head, int Vh, const long *rows, int K, int V, const float *feat,
-                       const float *table, const long *offsets, const long *first, const float *cos_table,
-                       const float *sin_table, long P, const float *keys, const float *values, const unsigned char *valid,
-                       int B, int S, int n, float confidence, long *frames_out, int threads) {
+                       const float *table, long table_rows, const long *offsets, const long *first,
+                       const float *cos_table, const float *sin_table, long P, const float *keys, const float *values,
+                       const unsigned char *valid, int B, int S, int n, float confidence, long *frames_out,
+                       int threads) {
     int H = L->H, h = L->heads, D = L->D, cap = S + n - 1, drafted = n;
     for (int b = 0; b < B; b++)
         if (first[b] < 0 || first[b] + n - 1 > P) return -1;
+    for (int k = 0; k < K; k++) /* every id the head can give (below V, or a draft vocabulary's, checked by its caller) */
+        if (offsets[k] < 0 || offsets[k] + V > table_rows) return -2;
     float *kbuf = malloc(sizeof(float) * ((size_t)B * h * cap * D * 2 + (size_t)B * H * 2 + (size_t)B * Vh +
                                           (size_t)B * cap));
     float *vbuf = kbuf + (size_t)B * h * cap * D, *f = vbuf + (size_t)B * h * cap * D, *next = f + (size_t)B * H;
