@@ -345,6 +345,24 @@ def test_a_drafter_must_declare_wants_hidden(tiny_models):
         mmspec.MixedDrafter([Undeclared()])
 
 
+def int8_layer(kind: str, seed: int):
+    """A small EAGLE layer of ``kind`` (eagle / eagle1) with random weights and the ``Int8EagleLayer`` a CPU drafter
+    runs it as (skips where the C kernels do not build)."""
+    from mmspec import skinny
+    from mmspec.drafters.int8 import Int8EagleLayer, eagle_int8
+    from mmspec.heads import Eagle1Layer
+
+    if skinny.library() is None:
+        pytest.skip(f"no skinny kernel here: {skinny.reason()}")
+    torch.manual_seed(seed)
+    layer = eagle_for(32, 32, 4, window=16) if kind == "eagle" else Eagle1Layer(32, 32, 4, 80, window=16)
+    for p in layer.parameters():
+        p.data = torch.randn_like(p) * 0.3 + (1.0 if p.dim() == 1 else 0.0)
+    net = eagle_int8(layer)
+    assert isinstance(net, Int8EagleLayer)
+    return layer, net
+
+
 @pytest.mark.parametrize("kind", ["eagle", "eagle1"])
 def test_the_int8_eagle_layer_is_the_layer_on_its_rounded_weights(kind):
     """Where the skinny kernel builds, an EAGLE drafter on a CPU runs ``Int8EagleLayer``: its parts (fc, q/k/v with
@@ -352,18 +370,9 @@ def test_the_int8_eagle_layer_is_the_layer_on_its_rounded_weights(kind):
     the float layer gives on the same int8-rounded weights, for a whole window and for pairs after a cache."""
     import copy
 
-    from mmspec import skinny
-    from mmspec.drafters.int8 import Int8EagleLayer, eagle_int8, quantize
-    from mmspec.heads import Eagle1Layer
+    from mmspec.drafters.int8 import quantize
 
-    if skinny.library() is None:
-        pytest.skip(f"no skinny kernel here: {skinny.reason()}")
-    torch.manual_seed(0)
-    layer = eagle_for(32, 32, 4, window=16) if kind == "eagle" else Eagle1Layer(32, 32, 4, 80, window=16)
-    for p in layer.parameters():
-        p.data = torch.randn_like(p) * 0.3 + (1.0 if p.dim() == 1 else 0.0)
-    net = eagle_int8(layer)
-    assert isinstance(net, Int8EagleLayer)
+    layer, net = int8_layer(kind, seed=0)
     rounded = copy.deepcopy(layer)
     for m in rounded.modules():
         if isinstance(m, torch.nn.Linear):
@@ -393,19 +402,9 @@ def test_the_int8_eagle_step_in_one_call_equals_its_parts(kind):
     is a codebook table (looked up in C) and one that is any module (embedded in Python); a deep copy steps alike."""
     import copy
 
-    from mmspec import skinny
-    from mmspec.drafters.int8 import Int8EagleLayer, eagle_int8
-    from mmspec.heads import Eagle1Layer
     from mmspec.hf import FrameEmbedding
 
-    if skinny.library() is None:
-        pytest.skip(f"no skinny kernel here: {skinny.reason()}")
-    torch.manual_seed(1)
-    layer = eagle_for(32, 32, 4, window=16) if kind == "eagle" else Eagle1Layer(32, 32, 4, 80, window=16)
-    for p in layer.parameters():
-        p.data = torch.randn_like(p) * 0.3 + (1.0 if p.dim() == 1 else 0.0)
-    net = eagle_int8(layer)
-    assert isinstance(net, Int8EagleLayer)
+    _, net = int8_layer(kind, seed=1)
     codebooks = FrameEmbedding(torch.nn.Embedding(3 * 10, 32), [0, 10, 20])  # K = 3 codebooks of 10 ids
     other = torch.nn.Sequential(FrameEmbedding(torch.nn.Embedding(30, 32)), torch.nn.Tanh())
 
