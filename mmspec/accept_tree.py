@@ -60,9 +60,8 @@ def deepest(parents: Tensor, passed: Tensor) -> Tensor:
     """The deepest node whose whole path passed (``passed [B, N]``), the first among equals; -1 if none."""
     best = []
     for row, good in zip(parents.tolist(), passed.tolist()):  # a few small ints: a list walk beats torch operations
-        depth, ok, node = [], [], (0, -1)  # node: (depth, -index) of the best so far
+        depth, ok, node = tree.depth_list(row), [], (0, -1)  # node: (depth, -index) of the best so far
         for j, p in enumerate(row):  # parents come first, so one pass settles every path
-            depth.append(1 if p < 0 else depth[p] + 1)
             ok.append(good[j] and (p < 0 or ok[p]))
             if ok[j] and (depth[j], -j) > node:
                 node = (depth[j], -j)

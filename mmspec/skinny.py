@@ -272,6 +272,12 @@ class _Product(ctypes.Structure):
     _fields_ = [("w", ctypes.c_void_p), ("sc", ctypes.c_void_p), ("b", ctypes.c_void_p)]
 
 
+def _product(weight: "SkinnyWeight") -> _Product:
+    """eagle.c's view of an int8 ``SkinnyWeight``: its panels, scales and bias."""
+    return _Product(weight.panels.data_ptr(), weight.scales.data_ptr(),
+                    None if weight.bias is None else weight.bias.data_ptr())
+
+
 class _Layer(ctypes.Structure):  # eagle.c's Layer
     _fields_ = ([(name, _Product) for name in ("fc", "qkv", "o", "gate_up", "down")]
                 + [("norm0", ctypes.c_void_p), ("norm1", ctypes.c_void_p), ("eps0", ctypes.c_float),
@@ -292,9 +298,7 @@ class EagleStep:
         H, I = fc.out_features, down.in_features
         norms = [None if n is None else (_ready(n[0]), float(n[1])) for n in norms]
         self._keep = (products, norms)
-        parts = [_Product(p.panels.data_ptr(), p.scales.data_ptr(), None if p.bias is None else p.bias.data_ptr())
-                 for p in products]
-        self.layer = _Layer(*parts, *[None if n is None else n[0].data_ptr() for n in norms],
+        self.layer = _Layer(*map(_product, products), *[None if n is None else n[0].data_ptr() for n in norms],
                             *[0.0 if n is None else n[1] for n in norms], float(scale), H, fc.in_features - H, heads,
                             head_dim, I, int(embed_first))
         self.H, self.E, self.heads, self.head_dim = H, fc.in_features - H, heads, head_dim
@@ -327,7 +331,8 @@ class EagleStep:
         K = 0 if frames is None else frames.shape[-1]
         code = library().eagle_step(
             ctypes.byref(self.layer), feats.data_ptr(), None if table is None else table.data_ptr(),
-            0 if table is None else table.shape[0], None if frames is None else frames.data_ptr(), None if offsets is None else offsets.data_ptr(), K,
+            0 if table is None else table.shape[0], None if frames is None else frames.data_ptr(),
+            None if offsets is None else offsets.data_ptr(), K,
             None if emb is None else _ready(emb).data_ptr(), positions.data_ptr(), int(positions.shape[0] > 1),
             tables[0].data_ptr(), tables[1].data_ptr(), tables[0].shape[0], keys.data_ptr(), values.data_ptr(),
             grown[0].data_ptr(), grown[1].data_ptr(), None if mask is None else mask.data_ptr(), out.data_ptr(), B, T, S,
@@ -361,8 +366,7 @@ class EagleStep:
         first = first.to(torch.long).contiguous()
         valid = None if valid is None else valid.to(torch.uint8).contiguous()
         rows = None if rows is None else rows.to(torch.long).contiguous()
-        bias = None if head.bias is None else head.bias.data_ptr()
-        product = _Product(head.panels.data_ptr(), head.scales.data_ptr(), bias)
+        product = _product(head)
         frames = torch.empty(B, n, K, dtype=torch.long)
         code = library().eagle_chain(
             ctypes.byref(self.layer), ctypes.byref(product), head.out_features, None if rows is None else rows.data_ptr(),

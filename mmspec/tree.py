@@ -65,7 +65,8 @@ def _rows(parents: Tensor) -> list[list[int]]:
     return parents.reshape(-1, parents.shape[-1]).tolist()
 
 
-def _depth_list(row: list[int]) -> list[int]:
+def depth_list(row: list[int]) -> list[int]:
+    """Depths of one row's nodes from its parents as a list (a child of -1 has depth 1)."""
     depth: list[int] = []
     for p in row:
         depth.append(1 if p < 0 else depth[p] + 1)
@@ -76,7 +77,7 @@ def depths(parents: Tensor) -> Tensor:
     """Depth of every node, ``[..., N]`` (a child of -1 has depth 1)."""
     if parents.shape[-1] == 0:
         return torch.zeros_like(parents)
-    out = [_depth_list(row) for row in _rows(parents)]
+    out = [depth_list(row) for row in _rows(parents)]
     return torch.tensor(out, dtype=parents.dtype).view(parents.shape).to(parents.device)
 
 

@@ -177,12 +177,8 @@ class Int8EagleLayer:
                                                                         "offsets": table[1]}
         if mask is not None:  # True/False -> 0 / the lowest float (an additive mask, as the kernel reads it)
             mask = torch.zeros(mask.shape, dtype=torch.float32).masked_fill_(~mask, torch.finfo(torch.float32).min)
-        for _ in range(2):
-            done = self._kernel()(feats, positions, self._tables, keys, values, mask, **lookup)
-            if done is not None:
-                return done
-            self._grow(positions, feats)
-        raise AssertionError("the rotary table did not grow")  # pragma: no cover
+        return self._on_tables(lambda tables: self._kernel()(feats, positions, tables, keys, values, mask, **lookup),
+                               positions, feats)
 
     def chain(self, head: torch.nn.Module, n: int, feat: Tensor, first: Tensor, keys: Tensor, values: Tensor,
               valid: Tensor | None, embed: torch.nn.Module, K: int, V: int, confidence: float = 0.0) -> Tensor | None:
@@ -191,19 +187,15 @@ class Int8EagleLayer:
         pair at position ``first [B] + round`` after the cached ``keys``/``values [B, heads, S, D]`` (``valid [B, S]``:
         the slots a row holds, None: all); from the second round on it ends before a frame whose top probability is
         below ``confidence`` in every row (``EagleDrafter``'s rule). Returns the frames ``[B, m <= n, K]``, or None where
-        the kernel cannot read
-        ``head`` (not an int8 copy) or ``embed`` (not a float32 frame table): then the drafter runs its own loop."""
+        the kernel cannot read ``head`` (not an int8 copy) or ``embed`` (not a float32 frame table): then the drafter
+        runs its own loop."""
         sub, rows = (head.sub, head.rows) if isinstance(head, DraftVocab) else (head, None)
         table = self._lookup(embed)
         if not isinstance(sub, Int8Head) or sub.skinny is None or table is None:
             return None
-        for _ in range(2):
-            frames = self._kernel().chain(sub.skinny, n, feat, first, self._tables, keys, values, valid, table[0],
-                                          table[1], K, V, rows, confidence)
-            if frames is not None:
-                return frames
-            self._grow(first[:, None] + n, feat)
-        raise AssertionError("the rotary table did not grow")  # pragma: no cover
+        return self._on_tables(lambda tables: self._kernel().chain(sub.skinny, n, feat, first, tables, keys, values,
+                                                                   valid, table[0], table[1], K, V, rows, confidence),
+                               first[:, None] + n, feat)
 
     def _kernel(self):
         from .. import skinny
@@ -224,10 +216,17 @@ class Int8EagleLayer:
             self._offsets = torch.tensor(embed.offsets, dtype=torch.long)
         return weight.detach(), self._offsets
 
-    def _grow(self, positions: Tensor, x: Tensor) -> None:
-        """The rotary tables, grown to cover ``positions``."""
-        self.rotary_of(positions, x)
-        self._tables = tuple(t.contiguous() for t in self.rotary_of.__self__._table)
+    def _on_tables(self, run: Callable, positions: Tensor, x: Tensor):
+        """``run(tables)`` on the rotary tables (cos, sin); where it returns None (a position past them) the tables grow
+        to cover ``positions`` (the layer's own ``_angles``) and it runs again."""
+        done = run(self._tables)
+        if done is None:
+            self.rotary_of(positions, x)
+            self._tables = tuple(t.contiguous() for t in self.rotary_of.__self__._table)
+            done = run(self._tables)
+        if done is None:  # pragma: no cover
+            raise AssertionError("the rotary table did not grow")
+        return done
 
     def __getstate__(self) -> dict:  # a copy rebuilds the kernel call's pointers from its own tensors
         return {**self.__dict__, "_step": None}
