@@ -51,6 +51,20 @@ class _Parts:
         self.project, self.qkv, self.attend = net.project, net.qkv, net.attend
 
 
+def timed(drafter, nets: dict, call, calls: int, unit: str) -> None:
+    """Run ``call()`` with each of ``nets`` as the drafter's layer, interleaved, ``calls`` times; print the medians."""
+    times: dict[str, list[float]] = {name: [] for name in nets}
+    for _ in range(calls):
+        for name, net in nets.items():
+            drafter.net = net
+            t = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - t)
+    for name, ts in times.items():
+        ts.sort()
+        print(f"{name:60s} {1000 * ts[len(ts) // 2]:.3f} ms {unit} (median of {len(ts)})")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--modality", default="text", choices=["text", "speech"])
@@ -91,33 +105,15 @@ def main(argv=None) -> int:
             "float32 layer": drafter.layer,
             "prepacked float32": packed_copy(drafter.layer, torch.float32),
             "prepacked bfloat16": packed_copy(drafter.layer, torch.bfloat16)}
-    times: dict[str, list[float]] = {name: [] for name in nets}
     with torch.inference_mode():
-        for _ in range(args.calls):
-            for name, net in nets.items():
-                drafter.net = net
-                t = time.perf_counter()
-                drafter._step(feats, frames, positions, keys, values, None)
-                times[name].append(time.perf_counter() - t)
-    for name, ts in times.items():
-        ts.sort()
-        print(f"{name:60s} {1000 * ts[len(ts) // 2]:.3f} ms per drafted frame (median of {len(ts)})")
-    # a whole greedy chain: as one call where the layer is an Int8EagleLayer, else the drafter's own loop
-    drafter.keys, drafter.values, drafter.holes = keys, values, False
-    drafter.next_feat, drafter.P, drafter.confidence = feats, torch.tensor([S]), 0.0  # every chain k frames long
-    chains = {"greedy chain as drafted (one call where the kernel builds)": drafted,
-              "greedy chain, the drafter's loop over the parts": _Parts(drafted)}
-    times = {name: [] for name in chains}
-    with torch.inference_mode():
-        for _ in range(args.calls):
-            for name, net in chains.items():
-                drafter.net = net
-                t = time.perf_counter()
-                drafter._chain(args.chain)
-                times[name].append(time.perf_counter() - t)
-    for name, ts in times.items():
-        ts.sort()
-        print(f"{name:60s} {1000 * ts[len(ts) // 2]:.3f} ms per chain of {args.chain} (median of {len(ts)})")
+        timed(drafter, nets, lambda: drafter._step(feats, frames, positions, keys, values, None), args.calls,
+              "per drafted frame")
+        # a whole greedy chain: as one call where the layer is an Int8EagleLayer, else the drafter's own loop
+        drafter.keys, drafter.values, drafter.holes = keys, values, False
+        drafter.next_feat, drafter.P, drafter.confidence = feats, torch.tensor([S]), 0.0  # every chain k frames long
+        chains = {"greedy chain as drafted (one call where the kernel builds)": drafted,
+                  "greedy chain, the drafter's loop over the parts": _Parts(drafted)}
+        timed(drafter, chains, lambda: drafter._chain(args.chain), args.calls, f"per chain of {args.chain}")
     return 0
 
 

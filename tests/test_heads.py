@@ -452,25 +452,33 @@ def test_the_int8_eagle_step_in_one_call_equals_its_parts(kind):
                   torch.tensor([0, 10, 20]), 3, 10)
 
 
-@pytest.mark.parametrize("vocab", [None, "draft vocabulary"])
-def test_the_greedy_chain_in_one_call_drafts_what_the_loop_drafts(tiny_models, monkeypatch, vocab):
-    """Under greedy drafting an EAGLE chain on the int8 layer is one kernel call (``Int8EagleLayer.chain``): it drafts
-    the very frames the drafter's own loop drafts (head read, argmax, layer step per round), in a batch of two rows
-    that commit different counts (slots a row does not hold are masked) and on a draft vocabulary; output stays
-    greedy decoding."""
+def _no_chain(*args, **kwargs):  # Int8EagleLayer.chain patched out: the drafter runs its own loop
+    return None
+
+
+def chain_setup(tiny_models, vocab):
+    """The tiny text target, a random EAGLE layer and its draft vocabulary (None: all ids), where the kernels build."""
     from mmspec import skinny
-    from mmspec.drafters.int8 import Int8EagleLayer
 
     if skinny.library() is None:
         pytest.skip(f"no skinny kernel here: {skinny.reason()}")
     target = text_target(tiny_models)
     torch.manual_seed(3)
-    layer = eagle_for(32, 32, 4, window=64)
-    ids = None if vocab is None else torch.arange(0, 300, 2)
+    return target, eagle_for(32, 32, 4, window=64), None if vocab is None else torch.arange(0, 300, 2)
+
+
+@pytest.mark.parametrize("vocab", [None, "draft vocabulary"])
+def test_the_greedy_chain_in_one_call_drafts_what_the_loop_drafts(tiny_models, monkeypatch, vocab):
+    """Under greedy drafting an EAGLE chain on the int8 layer is one kernel call (``Int8EagleLayer.chain``): over a
+    whole generation it drafts the very frames the drafter's own loop drafts (head read, argmax, layer step per round),
+    on the whole head and on a draft vocabulary; output stays greedy decoding."""
+    from mmspec.drafters.int8 import Int8EagleLayer
+
+    target, layer, ids = chain_setup(tiny_models, vocab)
     runs = {}
     for name in ("kernel", "loop"):
         if name == "loop":
-            monkeypatch.setattr(Int8EagleLayer, "chain", lambda *args, **kwargs: None)
+            monkeypatch.setattr(Int8EagleLayer, "chain", _no_chain)
         drafter, drafts = EagleDrafter(layer, vocab=ids), []
         propose = drafter.propose
 
@@ -487,7 +495,16 @@ def test_the_greedy_chain_in_one_call_drafts_what_the_loop_drafts(tiny_models, m
     assert len(drafts) == len(loop_drafts) > 3 and all(torch.equal(a, b) for a, b in zip(drafts, loop_drafts))
     assert torch.equal(gen.tokens, mmspec.autoregressive(target, PROMPTS, max_new_tokens=16).tokens)
     assert torch.equal(loop_gen.tokens, gen.tokens)
-    # rows that hold different slots (random heads accept too little for that to happen above): set the state by hand
+
+
+@pytest.mark.parametrize("vocab", [None, "draft vocabulary"])
+def test_the_one_call_chain_masks_holes_and_stops_where_the_loop_stops(tiny_models, monkeypatch, vocab):
+    """Rows that hold different slots (set by hand: random heads accept too little for that to happen in a run) and
+    confidence stops that cut the chain after 1, some and all 5 rounds: the one-call chain drafts what the loop does."""
+    from mmspec.drafters import selfdraft
+    from mmspec.drafters.int8 import Int8EagleLayer
+
+    target, layer, ids = chain_setup(tiny_models, vocab)
     drafter = EagleDrafter(layer, vocab=ids)
     target.track_hidden(True)
     target.start(PROMPTS, 16)
@@ -496,12 +513,9 @@ def test_the_greedy_chain_in_one_call_drafts_what_the_loop_drafts(tiny_models, m
     drafter.valid = torch.rand(2, 9) > 0.4
     drafter.valid[:, -1] = True
     drafter.holes, drafter.next_feat, drafter.P = True, torch.randn(2, 1, 32) * 3, torch.tensor([11, 14])
-    monkeypatch.undo()
-    from mmspec.drafters import selfdraft
-
     tops = []  # per round, the most sure row's top probability (a chain ends where it is below the confidence)
     with torch.inference_mode(), monkeypatch.context() as patch:
-        patch.setattr(Int8EagleLayer, "chain", lambda *args, **kwargs: None)
+        patch.setattr(Int8EagleLayer, "chain", _no_chain)
         patch.setattr(selfdraft, "read", lambda *a: tops.append(read(*a)) or tops[-1])
         drafter.confidence = 0.0
         drafter._chain(5)
@@ -513,7 +527,7 @@ def test_the_greedy_chain_in_one_call_drafts_what_the_loop_drafts(tiny_models, m
         for confidence in cuts:
             drafter.confidence = confidence
             with monkeypatch.context() as patch:
-                patch.setattr(Int8EagleLayer, "chain", lambda *args, **kwargs: None)
+                patch.setattr(Int8EagleLayer, "chain", _no_chain)
                 loop = drafter._chain(5).tokens
             kernel = drafter._chain(5).tokens
             assert torch.equal(kernel, loop)
