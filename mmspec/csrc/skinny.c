@@ -5,8 +5,9 @@
  * development CPU (2 vCPUs), a plain streaming read about 40-60 GB/s. Here the weight is stored in column panels
  * of 16 outputs, Wp[panel][i][0..15] (one 64-byte vector per input feature), so a row's 16 outputs are 16
  * independent accumulators updated with one broadcast x[m, i] and one fused multiply-add per vector of weights:
- * no horizontal sums, every weight read once per chunk of up to 12 rows, and each output's sum runs over i in
- * the same order whatever the chunk holds, so a row's products are bit-identical however many rows run with it.
+ * no horizontal sums, every weight read from memory once per call (prefetched a group of panels ahead), and each
+ * output's sum runs over i in the same order whatever the chunk holds, so a row's products are bit-identical however
+ * many rows run with it.
  *
  * The call also does a decoder layer's elementwise work around its products (BENCHMARKS.md, "Session 10": as torch
  * operations it cost about 0.7 ms of a 4.7 ms one-frame forward of the text zoo target): RMSNorm or the SiLU gate
@@ -29,66 +30,103 @@ typedef float vec16_any __attribute__((vector_size(64), aligned(4)));  /* loads 
  * whole panels) where there are any, plus the bias, then plus the residual row (res), into the output row y. */
 static inline void finish(__m512 v, int o, int out, const float *sc, const float *b, const float *res, float *y) {
     __mmask16 n = out - o >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (out - o)) - 1);
-    if (sc) v = _mm512_mul_ps(v, _mm512_loadu_ps(sc + o));
+    if (sc) { /* the barrier: a scaled sum is rounded before the bias or residual is added, never fused into one
+               multiply-add (the compiler did so in some chunk sizes only: a row's bits then hung on its chunk) */
+        v = _mm512_mul_ps(v, _mm512_loadu_ps(sc + o));
+        __asm__("" : "+v"(v));
+    }
     if (b) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(n, b + o));
     if (res) v = _mm512_add_ps(_mm512_maskz_loadu_ps(n, res + o), v);
     _mm512_mask_storeu_ps(y + o, n, v);
 }
 
-/* One chunk of MM rows (1..12) over every panel; NB panels (16 outputs each) per inner step (MM x NB
- * accumulators and NB weight vectors stay in the 32 vector registers of AVX-512). WT: the weights' type, LOAD: 16
- * of them as a float vector; sc: per-output scales (int8 weights) or NULL. */
-#define CHUNK(NAME, WT, LOAD, MM, NB)                                                                              \
-static void NAME##_##MM(const float *x, const WT *Wp, const float *sc, const float *b, const float *res, float *y,  \
-                        int in, int out, int threads) {                                                            \
+/* The micro-kernel: a chunk of MM rows (1..16) of x [MM, in] times the np <= NB panels at w (16 outputs each, from
+ * panel p0 on), NB panels per inner step (MM x NB accumulators and NB weight vectors stay in the 32 vector registers
+ * of AVX-512), finished into y [MM, out]. WT: the weights' type, LOAD: 16 of them as a float vector; sc: per-output
+ * scales (int8 weights) or NULL. */
+#define MICRO(NAME, WT, LOAD, MM, NB)                                                                              \
+static void NAME##_##MM##x##NB(const float *x, const WT *w, int np, int p0, const float *sc, const float *b,        \
+                               const float *res, float *y, int in, int out) {                                      \
+    vec16 acc[MM][NB];                                                                                             \
+    for (int m = 0; m < MM; m++)                                                                                   \
+        for (int j = 0; j < NB; j++) acc[m][j] = (vec16){0};                                                       \
+    if (np == NB) {                                                                                                \
+        for (int i = 0; i < in; i++) {                                                                             \
+            vec16 wv[NB];                                                                                          \
+            for (int j = 0; j < NB; j++) wv[j] = LOAD(w + ((size_t)j * in + i) * 16);                              \
+            for (int j = 0; j < NB; j++) /* the next group's line, into L2 (this thread's next, as a rule) */     \
+                _mm_prefetch((const char *)(w + ((size_t)(j + NB) * in + i) * 16), _MM_HINT_T1);                     \
+            for (int m = 0; m < MM; m++) {                                                                         \
+                float xs = x[(size_t)m * in + i];                                                                  \
+                for (int j = 0; j < NB; j++) acc[m][j] += wv[j] * xs;                                              \
+            }                                                                                                      \
+        }                                                                                                          \
+    } else { /* the last group holds fewer panels: the same sums, one panel at a time */                           \
+        for (int j = 0; j < np; j++)                                                                               \
+            for (int i = 0; i < in; i++) {                                                                         \
+                vec16 wv = LOAD(w + ((size_t)j * in + i) * 16);                                                    \
+                for (int m = 0; m < MM; m++) acc[m][j] += wv * x[(size_t)m * in + i];                              \
+            }                                                                                                      \
+    }                                                                                                              \
+    for (int m = 0; m < MM; m++)                                                                                   \
+        for (int j = 0; j < np; j++)                                                                               \
+            finish((__m512)acc[m][j], (p0 + j) * 16, out, sc, b, res ? res + (size_t)m * out : NULL,                \
+                   y + (size_t)m * out);                                                                           \
+}
+
+typedef void (*micro_f32)(const float *, const float *, int, int, const float *, const float *, const float *, float *,
+                          int, int);
+typedef void (*micro_i8)(const float *, const signed char *, int, int, const float *, const float *, const float *,
+                         float *, int, int);
+
+/* One pass over the weights for all the rows: each group of NB panels is read from memory once and every chunk of
+ * rows runs over it while it sits in the core's cache (the chunks' sizes in size[0 .. chunks)). Reading the weights
+ * once per chunk instead made 13-17 rows cost two streams of the weights (BENCHMARKS.md, "Session 12"). */
+#define PASS(NAME, WT, NB)                                                                                         \
+static void NAME##_pass##NB(const float *x, const WT *Wp, const float *sc, const float *b, const float *res, float *y,  \
+                            int in, int out, int threads, int chunks, const int *size) {                           \
     int panels = (out + 15) / 16, groups = (panels + NB - 1) / NB;                                                 \
     _Pragma("omp parallel for num_threads(threads) schedule(static)")                                              \
     for (int g = 0; g < groups; g++) {                                                                             \
         int p0 = g * NB, np = panels - p0 < NB ? panels - p0 : NB;                                                 \
-        vec16 acc[MM][NB];                                                                                         \
-        for (int m = 0; m < MM; m++)                                                                               \
-            for (int j = 0; j < NB; j++) acc[m][j] = (vec16){0};                                                   \
         const WT *w = Wp + (size_t)p0 * in * 16;                                                                   \
-        if (np == NB) {                                                                                            \
-            for (int i = 0; i < in; i++) {                                                                         \
-                vec16 wv[NB];                                                                                      \
-                for (int j = 0; j < NB; j++) wv[j] = LOAD(w + ((size_t)j * in + i) * 16);                          \
-                for (int m = 0; m < MM; m++) {                                                                     \
-                    float xs = x[(size_t)m * in + i];                                                              \
-                    for (int j = 0; j < NB; j++) acc[m][j] += wv[j] * xs;                                          \
-                }                                                                                                  \
-            }                                                                                                      \
-        } else { /* the last group holds fewer panels: the same sums, one panel at a time */                       \
-            for (int j = 0; j < np; j++)                                                                           \
-                for (int i = 0; i < in; i++) {                                                                     \
-                    vec16 wv = LOAD(w + ((size_t)j * in + i) * 16);                                                \
-                    for (int m = 0; m < MM; m++) acc[m][j] += wv * x[(size_t)m * in + i];                          \
-                }                                                                                                  \
+        const float *xc = x, *rc = res;                                                                            \
+        float *yc = y;                                                                                             \
+        for (int c = 0; c < chunks; c++) {                                                                         \
+            NAME##_micro##NB[size[c]](xc, w, np, p0, sc, b, rc, yc, in, out);                                      \
+            xc += (size_t)size[c] * in;                                                                            \
+            yc += (size_t)size[c] * out;                                                                           \
+            if (rc) rc += (size_t)size[c] * out;                                                                   \
         }                                                                                                          \
-        for (int m = 0; m < MM; m++)                                                                               \
-            for (int j = 0; j < np; j++)                                                                           \
-                finish((__m512)acc[m][j], (p0 + j) * 16, out, sc, b, res ? res + (size_t)m * out : NULL,            \
-                       y + (size_t)m * out);                                                                       \
     }                                                                                                              \
 }
 
 #define LOAD_F32(p) (*(const vec16_any *)(p))
 #define LOAD_I8(p) ((vec16)_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p)))))
-/* Panels per inner step by rows: four for 1-4 rows, three for 5-9 (27 accumulators at 9; each broadcast row value
- * then feeds three FMAs: 6-10% faster than two panels for 5-9 and 16 rows on an Intel Xeon, BENCHMARKS.md "Session
- * 11"), two for 10-12. */
-#define CHUNKS(NAME, WT, LOAD)                                                                                     \
-    CHUNK(NAME, WT, LOAD, 1, 4) CHUNK(NAME, WT, LOAD, 2, 4) CHUNK(NAME, WT, LOAD, 3, 4) CHUNK(NAME, WT, LOAD, 4, 4)   \
-    CHUNK(NAME, WT, LOAD, 5, 3) CHUNK(NAME, WT, LOAD, 6, 3) CHUNK(NAME, WT, LOAD, 7, 3) CHUNK(NAME, WT, LOAD, 8, 3)   \
-    CHUNK(NAME, WT, LOAD, 9, 3) CHUNK(NAME, WT, LOAD, 10, 2) CHUNK(NAME, WT, LOAD, 11, 2)                          \
-    CHUNK(NAME, WT, LOAD, 12, 2)                                                                                   \
-    typedef void (*NAME##_fn)(const float *, const WT *, const float *, const float *, const float *, float *, int,  \
-                              int, int);                                                                           \
-    static const NAME##_fn NAME##_chunks[13] = {0, NAME##_1, NAME##_2, NAME##_3, NAME##_4, NAME##_5, NAME##_6,      \
-                                                NAME##_7, NAME##_8, NAME##_9, NAME##_10, NAME##_11, NAME##_12};
+/* Panels per inner step by the largest chunk's rows: four for 1-4 rows, three for 5-9 (27 accumulators at 9; each
+ * broadcast row value then feeds three FMAs: 6-10% faster than two panels for 5-9 and 16 rows on an Intel Xeon,
+ * BENCHMARKS.md "Session 11"), two for 10-16 (13-16 rows spill a few accumulators and still beat two chunks of
+ * three panels by 8-17%, BENCHMARKS.md "Session 12"). A pass's smaller chunks use its width. */
+#define KERNELS(NAME, WT, LOAD)                                                                                    \
+    MICRO(NAME, WT, LOAD, 1, 4) MICRO(NAME, WT, LOAD, 2, 4) MICRO(NAME, WT, LOAD, 3, 4) MICRO(NAME, WT, LOAD, 4, 4)   \
+    MICRO(NAME, WT, LOAD, 1, 3) MICRO(NAME, WT, LOAD, 2, 3) MICRO(NAME, WT, LOAD, 3, 3) MICRO(NAME, WT, LOAD, 4, 3)   \
+    MICRO(NAME, WT, LOAD, 5, 3) MICRO(NAME, WT, LOAD, 6, 3) MICRO(NAME, WT, LOAD, 7, 3) MICRO(NAME, WT, LOAD, 8, 3)   \
+    MICRO(NAME, WT, LOAD, 9, 3) MICRO(NAME, WT, LOAD, 1, 2) MICRO(NAME, WT, LOAD, 2, 2) MICRO(NAME, WT, LOAD, 3, 2)   \
+    MICRO(NAME, WT, LOAD, 4, 2) MICRO(NAME, WT, LOAD, 5, 2) MICRO(NAME, WT, LOAD, 6, 2) MICRO(NAME, WT, LOAD, 7, 2)   \
+    MICRO(NAME, WT, LOAD, 8, 2) MICRO(NAME, WT, LOAD, 9, 2) MICRO(NAME, WT, LOAD, 10, 2)                           \
+    MICRO(NAME, WT, LOAD, 11, 2) MICRO(NAME, WT, LOAD, 12, 2) MICRO(NAME, WT, LOAD, 13, 2)                         \
+    MICRO(NAME, WT, LOAD, 14, 2) MICRO(NAME, WT, LOAD, 15, 2) MICRO(NAME, WT, LOAD, 16, 2)                          \
+    static const micro_##NAME NAME##_micro4[5] = {0, NAME##_1x4, NAME##_2x4, NAME##_3x4, NAME##_4x4};              \
+    static const micro_##NAME NAME##_micro3[10] = {0, NAME##_1x3, NAME##_2x3, NAME##_3x3, NAME##_4x3, NAME##_5x3,  \
+                                                   NAME##_6x3, NAME##_7x3, NAME##_8x3, NAME##_9x3};                \
+    static const micro_##NAME NAME##_micro2[17] = {0, NAME##_1x2, NAME##_2x2, NAME##_3x2, NAME##_4x2, NAME##_5x2,  \
+                                                   NAME##_6x2, NAME##_7x2, NAME##_8x2, NAME##_9x2, NAME##_10x2,     \
+                                                   NAME##_11x2, NAME##_12x2, NAME##_13x2, NAME##_14x2,            \
+                                                   NAME##_15x2, NAME##_16x2};                                      \
+    PASS(NAME, WT, 4) PASS(NAME, WT, 3) PASS(NAME, WT, 2)
 
-CHUNKS(f32, float, LOAD_F32)
-CHUNKS(i8, signed char, LOAD_I8)
+KERNELS(f32, float, LOAD_F32)
+KERNELS(i8, signed char, LOAD_I8)
 
 static inline __mmask16 lanes(int left) { return left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1); }
 
@@ -131,19 +169,27 @@ static void run(const float *x, const float *norm, float eps, int gated, const v
                                                ready + (size_t)m * in, in);
         x = ready;
     }
-    long parts = (rows + 11) / 12;
-    while (rows > 0) {
-        int m = (int)((rows + parts - 1) / parts);
-        if (int8)
-            i8_chunks[m](x, (const signed char *)Wp, sc, b, res, y, in, out, threads);
-        else
-            f32_chunks[m](x, (const float *)Wp, NULL, b, res, y, in, out, threads);
-        x += (size_t)m * in;
-        y += (size_t)m * out;
-        if (res) res += (size_t)m * out;
-        rows -= m;
-        parts -= 1;
+    /* up to 16 rows in one chunk, more in as few chunks of at most 12 as cover them, of even sizes; one pass of the
+     * weights over them all */
+    long parts = rows <= 16 ? 1 : (rows + 11) / 12;
+    int *size = malloc(sizeof(int) * (size_t)parts), largest = 0;
+    for (long c = 0, left = rows; c < parts; c++) {
+        size[c] = (int)((left + (parts - c) - 1) / (parts - c));
+        left -= size[c];
+        if (size[c] > largest) largest = size[c];
     }
+    if (int8) {
+        const signed char *w8 = (const signed char *)Wp;
+        if (largest <= 4) i8_pass4(x, w8, sc, b, res, y, in, out, threads, (int)parts, size);
+        else if (largest <= 9) i8_pass3(x, w8, sc, b, res, y, in, out, threads, (int)parts, size);
+        else i8_pass2(x, w8, sc, b, res, y, in, out, threads, (int)parts, size);
+    } else {
+        const float *w32 = (const float *)Wp;
+        if (largest <= 4) f32_pass4(x, w32, NULL, b, res, y, in, out, threads, (int)parts, size);
+        else if (largest <= 9) f32_pass3(x, w32, NULL, b, res, y, in, out, threads, (int)parts, size);
+        else f32_pass2(x, w32, NULL, b, res, y, in, out, threads, (int)parts, size);
+    }
+    free(size);
     free(ready);
     if (cos) /* rotary positions on the first `rotated` heads of each row (q and k): the rotate-half convention */
         for (long m = 0; m < all; m++) {
@@ -164,7 +210,8 @@ static void run(const float *x, const float *norm, float eps, int gated, const v
  * (zero-padded outputs); b [out] or NULL; norm [in] or NULL and gated 0/1 (at most one: the row preparation
  * above, else x as it is); res [rows, out] or NULL (added to y: a residual); cos and sin [rows, head_dim] or NULL:
  * then the first `rotated` heads of head_dim outputs in each row of y turn by those angles (rotary positions).
- * Rows run in as few chunks of at most 12 as cover them, of even sizes (each chunk reads the weights once). */
+ * Up to 16 rows run as one chunk, more in as few chunks of at most 12 as cover them, of even sizes, in one pass of
+ * the weights (`PASS`). */
 void mmspec_skinny(const float *x, const float *norm, float eps, int gated, const float *Wp, const float *b,
                    const float *res, const float *cos, const float *sin, int rotated, int head_dim, float *y, long rows,
                    int in, int out, int threads) {
