@@ -225,6 +225,32 @@ def test_load_refuses_heads_of_another_target(tiny_models, tmp_path):
         load_heads(tmp_path / "missing", llama)
 
 
+def test_a_cache_checks_the_target_once_until_its_output_head_changes(tiny_models, tmp_path, monkeypatch):
+    """With a cache (repeated runs), the digest of the target's output head runs once; another target object or an
+    in-place change of the head's weights (as training makes) checks again, and refuses then."""
+    from mmspec.heads import save_heads, store, target_info
+
+    llama, other = text_target(tiny_models), text_target(tiny_models)
+    save_heads(MedusaHeads(32, 2), tmp_path / "h", target_info(llama, "llama"))
+    calls = []
+    check = store.check_target
+    monkeypatch.setattr(store, "check_target", lambda *a: calls.append(a[1]) or check(*a))
+    cache: dict = {}
+    for _ in range(3):
+        assert isinstance(load_heads(tmp_path / "h", llama, cache=cache), MedusaDrafter)
+    assert calls == [llama]
+    load_heads(tmp_path / "h", other, cache=cache)  # an equal target, but another object: checked
+    load_heads(tmp_path / "h", llama)  # no cache: checked every time
+    assert calls == [llama, other, llama]
+    load_heads(tmp_path / "h", llama, cache=cache)
+    load_heads(tmp_path / "h", llama, cache=cache)
+    assert calls == [llama, other, llama, llama]  # the cache holds llama's check again
+    with torch.no_grad():
+        llama.output_head().identity().mul_(2)  # the weights changed in place: the heads are another target's now
+    with pytest.raises(ValueError, match="trained for another target.*fingerprint"):
+        load_heads(tmp_path / "h", llama, cache=cache)
+
+
 def test_eagle_depth_caps_the_draft(tiny_models):
     target = text_target(tiny_models)
     torch.manual_seed(0)
