@@ -11,8 +11,9 @@ concatenates every layer's keys and values on every step. Here:
   Elsewhere (CUDA, or a dtype/kernel the CPU build lacks) the plain ``F.linear`` on the fused weights.
 * **Skinny products** (``mmspec.skinny``): where its C kernel builds (float32, x86-64 with AVX-512), products of up
   to ``SKINNY_ROWS`` rows (every decode and verify forward) run on it instead: the weights in panels of 16 outputs,
-  read once per 12 rows; 1.25-1.7x faster than oneDNN's for 1-12 rows on the development CPU (BENCHMARKS.md, "Session
-  9"). oneDNN keeps prefills. Its call also does the layer's elementwise work around each product (RMSNorm of the
+  read from memory once per call whatever the row count; 1.25-1.7x faster than oneDNN's for 1-12 rows on the
+  development CPU (BENCHMARKS.md, "Session 9"), 1.5-1.8x faster again for 13-32 rows since the single pass ("Session
+  12"). oneDNN keeps prefills. Its call also does the layer's elementwise work around each product (RMSNorm of the
   input, the SiLU gate, the residual, rotary angles on q and k): 0.7-0.8 ms less per forward of the text zoo target
   than as torch operations (BENCHMARKS.md, "Session 10"). ``PackedLinear`` takes the same options and runs them as
   torch operations on the other paths.
