@@ -54,7 +54,7 @@ static void NAME##_##MM##x##NB(const float *x, const WT *w, int np, int p0, cons
         for (int i = 0; i < in; i++) {                                                                             \
             vec16 wv[NB];                                                                                          \
             for (int j = 0; j < NB; j++) wv[j] = LOAD(w + ((size_t)j * in + i) * 16);                              \
-            for (int j = 0; j < NB; j++) /* the next group's line, into L2 (this thread's next, as a rule) */     \
+            for (int j = 0; j < NB; j++) /* the next group's line into L2 (past the last: a prefetch never faults) */\
                 _mm_prefetch((const char *)(w + ((size_t)(j + NB) * in + i) * 16), _MM_HINT_T1);                     \
             for (int m = 0; m < MM; m++) {                                                                         \
                 float xs = x[(size_t)m * in + i];                                                                  \
