@@ -83,7 +83,7 @@ typedef void (*micro_i8)(const float *, const signed char *, int, int, const flo
  * rows runs over it while it sits in the core's cache (the chunks' sizes in size[0 .. chunks)). Reading the weights
  * once per chunk instead made 13-17 rows cost two streams of the weights (BENCHMARKS.md, "Session 12"). */
 #define PASS(NAME, WT, NB)                                                                                         \
-static void NAME##_pass##NB(const float *x, const WT *Wp, const float *sc, const float *b, const float *res, float *y,  \
+static void NAME##_pass##NB(const float *x, const WT *Wp, const float *sc, const float *b, const float *res, float *y, \
                             int in, int out, int threads, int chunks, const int *size) {                           \
     int panels = (out + 15) / 16, groups = (panels + NB - 1) / NB;                                                 \
     _Pragma("omp parallel for num_threads(threads) schedule(static)")                                              \
@@ -106,24 +106,24 @@ static void NAME##_pass##NB(const float *x, const WT *Wp, const float *sc, const
 /* Panels per inner step by the largest chunk's rows: four for 1-4 rows, three for 5-9 (27 accumulators at 9; each
  * broadcast row value then feeds three FMAs: 6-10% faster than two panels for 5-9 and 16 rows on an Intel Xeon,
  * BENCHMARKS.md "Session 11"), two for 10-16 (13-16 rows spill a few accumulators and still beat two chunks of
- * three panels by 8-17%, BENCHMARKS.md "Session 12"). A pass's smaller chunks use its width. */
+ * three panels by 8-17%, BENCHMARKS.md "Session 12"). A pass's smaller chunks use its width: `run` splits rows
+ * into chunks at most one row apart, so a pass of three panels meets 5-9 rows, one of two 9-16 (the tables hold
+ * those). */
 #define KERNELS(NAME, WT, LOAD)                                                                                    \
     MICRO(NAME, WT, LOAD, 1, 4) MICRO(NAME, WT, LOAD, 2, 4) MICRO(NAME, WT, LOAD, 3, 4) MICRO(NAME, WT, LOAD, 4, 4)   \
-    MICRO(NAME, WT, LOAD, 1, 3) MICRO(NAME, WT, LOAD, 2, 3) MICRO(NAME, WT, LOAD, 3, 3) MICRO(NAME, WT, LOAD, 4, 3)   \
     MICRO(NAME, WT, LOAD, 5, 3) MICRO(NAME, WT, LOAD, 6, 3) MICRO(NAME, WT, LOAD, 7, 3) MICRO(NAME, WT, LOAD, 8, 3)   \
-    MICRO(NAME, WT, LOAD, 9, 3) MICRO(NAME, WT, LOAD, 1, 2) MICRO(NAME, WT, LOAD, 2, 2) MICRO(NAME, WT, LOAD, 3, 2)   \
-    MICRO(NAME, WT, LOAD, 4, 2) MICRO(NAME, WT, LOAD, 5, 2) MICRO(NAME, WT, LOAD, 6, 2) MICRO(NAME, WT, LOAD, 7, 2)   \
-    MICRO(NAME, WT, LOAD, 8, 2) MICRO(NAME, WT, LOAD, 9, 2) MICRO(NAME, WT, LOAD, 10, 2)                           \
+    MICRO(NAME, WT, LOAD, 9, 3) MICRO(NAME, WT, LOAD, 9, 2) MICRO(NAME, WT, LOAD, 10, 2)                           \
     MICRO(NAME, WT, LOAD, 11, 2) MICRO(NAME, WT, LOAD, 12, 2) MICRO(NAME, WT, LOAD, 13, 2)                         \
     MICRO(NAME, WT, LOAD, 14, 2) MICRO(NAME, WT, LOAD, 15, 2) MICRO(NAME, WT, LOAD, 16, 2)                          \
     static const micro_##NAME NAME##_micro4[5] = {0, NAME##_1x4, NAME##_2x4, NAME##_3x4, NAME##_4x4};              \
-    static const micro_##NAME NAME##_micro3[10] = {0, NAME##_1x3, NAME##_2x3, NAME##_3x3, NAME##_4x3, NAME##_5x3,  \
-                                                   NAME##_6x3, NAME##_7x3, NAME##_8x3, NAME##_9x3};                \
-    static const micro_##NAME NAME##_micro2[17] = {0, NAME##_1x2, NAME##_2x2, NAME##_3x2, NAME##_4x2, NAME##_5x2,  \
-                                                   NAME##_6x2, NAME##_7x2, NAME##_8x2, NAME##_9x2, NAME##_10x2,     \
-                                                   NAME##_11x2, NAME##_12x2, NAME##_13x2, NAME##_14x2,            \
-                                                   NAME##_15x2, NAME##_16x2};                                      \
-    PASS(NAME, WT, 4) PASS(NAME, WT, 3) PASS(NAME, WT, 2)
+    static const micro_##NAME NAME##_micro3[10] = {0, 0, 0, 0, 0, NAME##_5x3, NAME##_6x3, NAME##_7x3, NAME##_8x3,  \
+                                                   NAME##_9x3};                                                    \
+    static const micro_##NAME NAME##_micro2[17] = {0, 0, 0, 0, 0, 0, 0, 0, 0, NAME##_9x2, NAME##_10x2, NAME##_11x2, \
+                                                   NAME##_12x2, NAME##_13x2, NAME##_14x2, NAME##_15x2, NAME##_16x2}; \
+    PASS(NAME, WT, 4) PASS(NAME, WT, 3) PASS(NAME, WT, 2)                                                          \
+    typedef void (*pass_##NAME)(const float *, const WT *, const float *, const float *, const float *, float *, int, \
+                                int, int, int, const int *);                                                       \
+    static const pass_##NAME NAME##_passes[5] = {0, 0, NAME##_pass2, NAME##_pass3, NAME##_pass4};
 
 KERNELS(f32, float, LOAD_F32)
 KERNELS(i8, signed char, LOAD_I8)
@@ -178,17 +178,11 @@ static void run(const float *x, const float *norm, float eps, int gated, const v
         left -= size[c];
         if (size[c] > largest) largest = size[c];
     }
-    if (int8) {
-        const signed char *w8 = (const signed char *)Wp;
-        if (largest <= 4) i8_pass4(x, w8, sc, b, res, y, in, out, threads, (int)parts, size);
-        else if (largest <= 9) i8_pass3(x, w8, sc, b, res, y, in, out, threads, (int)parts, size);
-        else i8_pass2(x, w8, sc, b, res, y, in, out, threads, (int)parts, size);
-    } else {
-        const float *w32 = (const float *)Wp;
-        if (largest <= 4) f32_pass4(x, w32, NULL, b, res, y, in, out, threads, (int)parts, size);
-        else if (largest <= 9) f32_pass3(x, w32, NULL, b, res, y, in, out, threads, (int)parts, size);
-        else f32_pass2(x, w32, NULL, b, res, y, in, out, threads, (int)parts, size);
-    }
+    int nb = largest <= 4 ? 4 : largest <= 9 ? 3 : 2; /* panels per step, by the largest chunk (`KERNELS`) */
+    if (int8)
+        i8_passes[nb](x, (const signed char *)Wp, sc, b, res, y, in, out, threads, (int)parts, size);
+    else
+        f32_passes[nb](x, (const float *)Wp, NULL, b, res, y, in, out, threads, (int)parts, size);
     free(size);
     free(ready);
     if (cos) /* rotary positions on the first `rotated` heads of each row (q and k): the rotate-half convention */

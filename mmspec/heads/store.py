@@ -121,11 +121,12 @@ def load_heads(folder: str | Path, target, tree: int | None = None, width: int =
     from ..drafters.medusa import MedusaDrafter
 
     config = read_heads_config(folder)
+    key = _checked_key(folder, config, target)
     held = None if cache is None else cache.get("checked")
-    if held is None or held[0] is not target or held[1] != _checked_key(folder, config, target):
+    if held is None or held[0] is not target or held[1] != key:
         check_target(config, target, folder)  # a digest of the output head: 8 ms on the text zoo target, once per cache
         if cache is not None:
-            cache["checked"] = (target, _checked_key(folder, config, target))
+            cache["checked"] = (target, key)
     module = _module(resolve_heads(folder), config, target, {} if cache is None else cache)
     vocab = torch.tensor(config["draft_vocab"], dtype=torch.long) if config.get("draft_vocab") else None
     if config["kind"] in ("medusa", "medusa1"):
