@@ -237,6 +237,12 @@ class FastDecoder:
         attends = skinny.library() is not None and self.dtype == torch.float32 and self.device.type == "cpu"
         for layer in self.layers:  # few-frame attention on mmspec.skinny.attend where its kernel builds
             layer.attends = attends and self.head_dim <= 256
+        self.whole = None  # the whole stack as one C call (mmspec.skinny.Decoder) where every part runs on the kernels
+        if (self.layers[0].attends and self.head_dim % 2 == 0
+                and all(p.skinny is not None and layer.qk_norms is None for layer in self.layers for p in layer.products)):
+            self.whole = skinny.Decoder([(*(p.skinny for p in layer.products), layer.norms, layer.scale)
+                                         for layer in self.layers], self.layers[0].heads, self.kv_heads, self.head_dim,
+                                        self.norm)
         self.max_positions = int(getattr(config, "max_position_embeddings", 4096) or 4096)
         self._rope(self.max_positions)
         self.setup_s = time.perf_counter() - started  # packing the weights: the fast path's one-time cost
@@ -257,6 +263,12 @@ class FastDecoder:
         if int(positions.max()) >= self.cos.shape[0]:
             self._rope(2 * int(positions.max()) + 1)
         cos, sin = self.cos[positions], self.sin[positions]  # [R, T, D]
+        R = embeds.shape[0]
+        if self.whole is not None and T <= ATTEND_FRAMES and R * T <= SKINNY_ROWS:  # decode and verify forwards
+            cache.reserve(T)
+            hidden = self.whole(embeds.to(self.dtype), cos, sin, cache.keys, cache.values, cache.length, mask)
+            cache.length += T
+            return hidden  # [R, T, H]
         S = cache.length + T
         if not (self.layers[0].attends and T <= ATTEND_FRAMES):  # torch's attention needs every column written out
             if mask is None and T > 1:  # the causal tail
@@ -292,8 +304,9 @@ class _Layer:
         projections = (attn.q_proj, attn.k_proj, attn.v_proj)
         self.qkv = PackedLinear([p.weight for p in projections], [p.bias for p in projections])
         self.o = PackedLinear([attn.o_proj.weight], [attn.o_proj.bias])
-        self.gate_up = PackedLinear([mlp.gate_proj.weight, mlp.up_proj.weight])
-        self.down = PackedLinear([mlp.down_proj.weight])
+        self.gate_up = PackedLinear([mlp.gate_proj.weight, mlp.up_proj.weight], [mlp.gate_proj.bias, mlp.up_proj.bias])
+        self.down = PackedLinear([mlp.down_proj.weight], [mlp.down_proj.bias])
+        self.products = (self.qkv, self.o, self.gate_up, self.down)
         self.inter = mlp.gate_proj.weight.shape[0]
         self.attends = False  # set by FastDecoder
         self.norms = [(n.weight.detach(), _eps(n)) for n in (layer.input_layernorm, layer.post_attention_layernorm)]

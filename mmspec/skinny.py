@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-SOURCES = tuple(Path(__file__).with_name("csrc") / name for name in ("skinny.c", "attend.c", "eagle.c"))
+SOURCES = tuple(Path(__file__).with_name("csrc") / name for name in ("skinny.c", "attend.c", "eagle.c", "decoder.c"))
 HEADERS = (Path(__file__).with_name("csrc") / "vecmath.h",)  # read by the sources: part of the build's key
 FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC")
 PANEL = 16  # outputs per column panel (one 64-byte vector of float32)
@@ -108,17 +108,22 @@ def _load():
     chain.argtypes = [pointer, pointer, i32, pointer, i32, i32, pointer, pointer, i64] + [pointer] * 4 + [i64] + [
         pointer] * 3 + [i32] * 3 + [ctypes.c_float, pointer, i32]
     chain.restype = ctypes.c_int
-    return _Kernels(kernels["mmspec_skinny"], kernels["mmspec_skinny_int8"], attend, norm, eagle, chain)
+    decoder = lib.mmspec_decoder
+    decoder.argtypes = ([pointer, i32] + [pointer] * 5 + [i64, i64, i32, i32, pointer, i64, i64, i32, pointer,
+                                                          ctypes.c_float, pointer] + [i32] * 8)
+    decoder.restype = None
+    return _Kernels(kernels["mmspec_skinny"], kernels["mmspec_skinny_int8"], attend, norm, eagle, chain, decoder)
 
 
 class _Kernels:
     """The library's entry points: products on float32 weights (``product``) and on int8 weights with per-output
     scales (``product_int8``), few-frame attention (``attend``), RMSNorm (``rms_norm``), an EAGLE drafting layer's
-    step on int8 weights and its greedy chain (``eagle_step``, ``eagle_chain``: ``EagleStep``)."""
+    step on int8 weights and its greedy chain (``eagle_step``, ``eagle_chain``: ``EagleStep``), a float32 decoder
+    stack's forward over a static cache (``decoder``: ``Decoder``)."""
 
-    def __init__(self, product, product_int8, attend, rms_norm, eagle_step, eagle_chain):
+    def __init__(self, product, product_int8, attend, rms_norm, eagle_step, eagle_chain, decoder):
         self.product, self.product_int8, self.attend, self.rms_norm = product, product_int8, attend, rms_norm
-        self.eagle_step, self.eagle_chain = eagle_step, eagle_chain
+        self.eagle_step, self.eagle_chain, self.decoder = eagle_step, eagle_chain, decoder
 
 
 def _cpu() -> str:
@@ -378,3 +383,74 @@ class EagleStep:
             raise ValueError(f"EagleStep.chain: {K} codebooks of {V} ids do not fit an embedding table of "
                              f"{table.shape[0]} rows")
         return None if code < 0 else frames[:, :code]
+
+
+class _DecoderLayer(ctypes.Structure):  # decoder.c's DecoderLayer
+    _fields_ = ([(name, ctypes.c_void_p) for name in ("qkv", "qkv_b", "o", "o_b", "gate_up", "gate_up_b", "down",
+                                                      "down_b", "norm0", "norm1")]
+                + [(name, ctypes.c_float) for name in ("eps0", "eps1", "scale")])
+
+
+class Decoder:
+    """A Llama-family decoder stack's forward as one call of ``decoder.c`` (read its header): ``layers`` one
+    ``(qkv, o, gate_up, down, norms, scale)`` per decoder layer, the products float32 ``SkinnyWeight`` (q/k/v and gate/up
+    side by side), ``norms`` the input and post-attention RMSNorms ``((weight, eps), (weight, eps))``; ``heads`` and
+    ``kv_heads`` attention heads of ``head_dim`` features; ``norm`` the final RMSNorm ``(weight, eps)``. Holds the
+    tensors it points at. Each step is the kernel call the layer-by-layer path makes, so the result is bit-identical."""
+
+    def __init__(self, layers, heads: int, kv_heads: int, head_dim: int, norm: tuple[Tensor, float]):
+        structs = []
+        keep = []
+        for qkv, o, gate_up, down, norms, scale in layers:
+            products = (qkv, o, gate_up, down)
+            if any(p.scales is not None for p in products):
+                raise ValueError("Decoder takes float32 products")
+            weights = [_ready(n[0]) for n in norms]
+            keep += [products, weights]
+            pointers = []
+            for p in products:
+                pointers += [p.panels.data_ptr(), None if p.bias is None else p.bias.data_ptr()]
+            structs.append(_DecoderLayer(*pointers, *[w.data_ptr() for w in weights], *[float(n[1]) for n in norms],
+                                         float(scale)))
+        qkv, o, gate_up, down = layers[0][:4]
+        self.H, self.inter = o.out_features, down.in_features
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        if (qkv.out_features != (heads + 2 * kv_heads) * head_dim or o.in_features != heads * head_dim
+                or gate_up.out_features != 2 * self.inter or head_dim > 256 or head_dim % 2):
+            raise ValueError("Decoder: q/k/v must give (heads + 2 kv_heads) x head_dim outputs (head_dim even, at most "
+                             "256), o read heads x head_dim, gate/up give twice down's inputs")
+        self.norm = (_ready(norm[0]), float(norm[1]))
+        self.layers = (_DecoderLayer * len(structs))(*structs)
+        self._keep = keep
+
+    def __call__(self, x: Tensor, cos: Tensor, sin: Tensor, keys: Tensor, values: Tensor, length: int,
+                 mask: Tensor | None) -> Tensor:
+        """``x [R, T, H]`` at rotary angles ``cos``/``sin [R, T, D]``; ``keys``/``values [L, R, Hkv, slots, D]`` (a static
+        cache's buffers, room for T more slots after ``length``; the new frames' keys and values are written there);
+        ``mask`` as ``attend`` takes it over the ``length + T`` slots, or None (the causal tail) -> the final-norm
+        hidden state ``[R, T, H]``."""
+        R, T, H = x.shape
+        L, D = len(self.layers), self.head_dim
+        slots = keys.shape[3]
+        if (H != self.H or tuple(cos.shape) != (R, T, D) or cos.shape != sin.shape
+                or tuple(keys.shape) != (L, R, self.kv_heads, slots, D) or keys.stride() != values.stride()
+                or keys.stride()[2:] != (slots * D, D, 1) or length + T > slots):
+            raise ValueError(f"Decoder: x [R, T, {self.H}], cos and sin [R, T, {D}], keys and values [{L}, R, "
+                             f"{self.kv_heads}, slots, {D}] with room for T slots after {length}")
+        tensors = [x, cos, sin, keys, values] + ([] if mask is None else [mask])
+        if any(t.dtype != torch.float32 or t.device.type != "cpu" for t in tensors):
+            raise ValueError("Decoder takes float32 CPU tensors")
+        S = length + T
+        W = S if mask is None else mask.shape[-1]
+        if mask is not None and (mask.dim() != 4 or mask.shape[-2] != T or not T <= W <= S
+                                 or mask.shape[0] not in (1, R) or mask.stride(-1) != 1):
+            raise ValueError(f"Decoder: mask {tuple(mask.shape)} must be [{R} or 1, 1, {T}, W] with {T} <= W <= {S}")
+        x, cos, sin = _ready(x), _ready(cos), _ready(sin)
+        mr, mt = (0, 0) if mask is None else (mask.stride(0) if mask.shape[0] > 1 else 0, mask.stride(-2))
+        out = torch.empty(R, T, H, dtype=torch.float32)
+        weight, eps = self.norm
+        library().decoder(self.layers, L, x.data_ptr(), cos.data_ptr(), sin.data_ptr(), keys.data_ptr(),
+                          values.data_ptr(), keys.stride(0), keys.stride(1), slots, length,
+                          None if mask is None else mask.data_ptr(), mr, mt, W, weight.data_ptr(), eps, out.data_ptr(),
+                          R, T, H, self.heads, self.kv_heads, D, self.inter, torch.get_num_threads())
+        return out

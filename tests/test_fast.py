@@ -282,3 +282,66 @@ def test_a_verify_without_padding_builds_a_lean_mask_with_the_full_masks_result(
     padded.start(PROMPTS, 64)  # two prompts of different lengths: left padding
     mask, _ = padded.cache.lean_inputs(T, padded.pos, parents, padded.fast.dtype)
     assert mask is not None and mask.shape[-1] == padded.cache.length + T
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2"])
+def test_the_stack_as_one_c_call_equals_the_layer_by_layer_path_bit_for_bit(tiny_models, arch):
+    """``FastDecoder.whole`` (decoder.c: every layer back to back in C) makes the very kernel calls the layer-by-layer
+    path makes from Python: the same hidden states and cache contents, bit for bit, for a decode frame, a causal
+    chain, a tree (its own frames' mask), a padded batch (the full mask) and a row view of the cache."""
+    from mmspec import skinny
+
+    if skinny.library() is None:
+        pytest.skip(f"no skinny kernels here: {skinny.reason()}")
+    target = TextTarget.from_pretrained(tiny_models[arch], fast=True)
+    decoder = target.fast
+    assert decoder.whole is not None
+    layered = copy.copy(decoder)
+    layered.whole = None
+    torch.manual_seed(0)
+    R, H, S0 = 2, target.model.config.hidden_size, 6
+    parents = torch.tensor([-1, 0, 0, 1, 1])
+    tree = torch.zeros(1, 1, 5, 5).masked_fill_(~mmspec.tree.ancestors(parents[None])[:, None], torch.finfo().min)
+    full = torch.zeros(R, 1, 3, S0 + 3)
+    full[1, :, :, :2] = torch.finfo().min  # row 1's two padding slots
+    full[:, :, :, S0:] = full[:, :, :, S0:].masked_fill(~torch.ones(3, 3, dtype=torch.bool).tril(), torch.finfo().min)
+    cases = [(1, None), (4, None), (5, tree), (3, full)]
+    for rows in (R, 1):
+        caches = []
+        for path in (decoder, layered):
+            cache = path.new_cache(R, 4)  # grows as the forwards need
+            torch.manual_seed(1)  # the same inputs on both paths
+            outs = [path(torch.randn(R, S0, H), torch.arange(S0).expand(R, S0), None, cache)]
+            for T, mask in cases:
+                view = cache if rows == R else cache.row(0, cache.length)
+                x, positions = torch.randn(rows, T, H), torch.arange(view.length, view.length + T).expand(rows, T)
+                outs.append(path(x, positions, mask if mask is None or mask.shape[0] in (1, rows) else mask[:1], view))
+                if rows == 1:
+                    cache.length = view.length
+                cache.length -= T // 2  # roll back part of it: the next forward overwrites those slots
+            caches.append((cache, outs))
+        (c_cache, c_outs), (p_cache, p_outs) = caches
+        assert all(torch.equal(a, b) for a, b in zip(c_outs, p_outs))
+        assert c_cache.length == p_cache.length and torch.equal(c_cache.keys[:, :, :, : c_cache.length],
+                                                                 p_cache.keys[:, :, :, : p_cache.length])
+        assert torch.equal(c_cache.values[:, :, :, : c_cache.length], p_cache.values[:, :, :, : p_cache.length])
+
+
+def test_mlp_biases_reach_the_fast_path(tiny_models):
+    """A Llama with ``mlp_bias`` (gate, up and down products with biases) gives the eager forward's logits."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=64, mlp_bias=True, attention_bias=True)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1 and p.shape[0] != 32:  # the biases (not the norms' weights): clearly nonzero
+                p.normal_(0, 0.5)
+    decoder = fast.FastDecoder(model.model)
+    ids = torch.tensor([[3, 4, 5, 6, 7]])
+    with torch.inference_mode():
+        want = model.model(ids).last_hidden_state
+        got = decoder(model.model.embed_tokens(ids), torch.arange(5)[None], None, decoder.new_cache(1, 8))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
