@@ -17,6 +17,12 @@ concatenates every layer's keys and values on every step. Here:
   input, the SiLU gate, the residual, rotary angles on q and k): 0.7-0.8 ms less per forward of the text zoo target
   than as torch operations (BENCHMARKS.md, "Session 10"). ``PackedLinear`` takes the same options and runs them as
   torch operations on the other paths.
+* **The whole stack in one call** (``mmspec.skinny.Decoder``, ``csrc/decoder.c``): where every product runs on the
+  skinny kernel and attention on its few-frame kernel, a decode or verify forward (up to 32 frames and 128 rows) runs
+  every layer back to back in C, the same kernel calls with the same arguments, so its hidden states are
+  bit-identical to the layer-by-layer path's. Run from Python, a layer's five kernel calls and the views, cache
+  writes and checks between them cost as much as its products: a one-frame forward of the text zoo target took
+  3.6-4.0 ms layer by layer and 1.8 ms as one call on an Intel Xeon (BENCHMARKS.md, "Session 13").
 * **A static cache** (``StaticKV``): keys and values preallocated ``[R, Hkv, S, D]`` per layer, written in place at
   the cache's length; rolling back moves the length (nothing is copied: rejected entries are overwritten later);
   a tree's accepted path is gathered to the front of the tail in place.

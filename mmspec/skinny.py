@@ -8,7 +8,9 @@ oneDNN's prepacked 3.6-4.4 ms. A call can also fold in the elementwise work a de
 (RMSNorm, the SiLU gate, the residual, rotary angles: ``SkinnyWeight``), which as torch operations cost about a
 sixth of a one-frame forward (BENCHMARKS.md "Session 10"). ``EagleStep`` runs an EAGLE drafting layer's whole step
 (``csrc/eagle.c``) in one call: in a decode loop the torch operations between its kernels cost as much as the kernels
-(BENCHMARKS.md "Session 11").
+(BENCHMARKS.md "Session 11"). ``Decoder`` runs a float32 Llama-family decoder stack's decode or verify forward in one
+call (``csrc/decoder.c``): run layer by layer from Python, the calls and tensor operations between the kernels cost
+about as much as the products of a one-frame forward (BENCHMARKS.md "Session 13").
 
 It is used only where it was measured (x86-64 Linux with AVX-512) and where its OpenMP calls resolve to the runtime
 torch already uses; elsewhere, or without a compiler, ``library()`` returns None, ``reason()`` says why, and the fast

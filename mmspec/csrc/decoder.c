@@ -10,7 +10,7 @@
  *   3. attention over slots 0 .. length + T - 1 (attend.c), with the caller's additive mask or the causal tail;
  *   4. o plus the residual, gate/up after the post-attention norm, down on the SiLU gate plus the residual;
  * then the final RMSNorm. Each step is the very kernel call FastDecoder makes from Python with the same arguments,
- * so the hidden states are bit-identical to that path's (tests/test_fast_decoder.py checks it).
+ * so the hidden states are bit-identical to that path's (tests/test_fast.py checks it).
  */
 #include <stdlib.h>
 #include <string.h>
