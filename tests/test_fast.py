@@ -296,6 +296,13 @@ def test_the_stack_as_one_c_call_equals_the_layer_by_layer_path_bit_for_bit(tiny
     target = TextTarget.from_pretrained(tiny_models[arch], fast=True)
     decoder = target.fast
     assert decoder.whole is not None
+    whole, calls = decoder.whole, []
+    decoder.whole = lambda *args: calls.append(args[0].shape[1]) or whole(*args)
+    target.start(PROMPTS, 8)  # short prompts: each row's prefill runs on it too
+    calls.clear()
+    target.forward(torch.tensor([[5, 6, 7], [8, 9, 10]])[..., None])
+    assert calls == [3], "a verify forward of the target runs on the one call"
+    decoder.whole = whole
     layered = copy.copy(decoder)
     layered.whole = None
     torch.manual_seed(0)
