@@ -8,9 +8,10 @@
 #   5. how often fast greedy output differs from eager greedy output and HF generate (fast_exactness.py)
 #   6. batches of 8 (issue 23): the zoo heads and prompt lookup at several k, rows that ended dropped or kept
 #   7. one drafted frame of the EAGLE layers, int8 against prepacked products (eagle_step.py)
+#   8. the decoder stack as one C call against layer by layer, text and speech (decoder_ab.py)
 #
 #   [S=_s9] bash benchmarks/fast_session.sh [PART ...]   (parts: forward profile hf text speech image exactness batch
-#                                                        eagle; default all; S: a suffix for the result files)
+#                                                        eagle decoder; default all; S: a suffix for the result files)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R=benchmarks/results
@@ -18,7 +19,7 @@ S=${S:-}
 mkdir -p "$R"
 PY=${PY:-python}
 MMSPEC=${MMSPEC:-mmspec}
-parts=${*:-forward profile hf text speech image exactness batch eagle}
+parts=${*:-forward profile hf text speech image exactness batch eagle decoder}
 for part in $parts; do
   echo "== $part ($(date -u +%H:%M:%S), load $(cut -d' ' -f1 /proc/loadavg))"
   case $part in
@@ -55,6 +56,9 @@ for part in $parts; do
     eagle)
       $PY benchmarks/eagle_step.py --modality text
       $PY benchmarks/eagle_step.py --modality speech ;;
+    decoder)
+      $PY benchmarks/decoder_ab.py --modality text
+      $PY benchmarks/decoder_ab.py --modality speech --methods "none:2,heads:2" ;;
     exactness)
       $PY benchmarks/fast_exactness.py --json $R/fast_exactness$S.json ;;
     *) echo "unknown part $part"; exit 2 ;;
