@@ -415,6 +415,9 @@ class Decoder:
             structs.append(_DecoderLayer(*pointers, *[w.data_ptr() for w in weights], *[float(n[1]) for n in norms],
                                          float(scale)))
         qkv, o, gate_up, down = layers[0][:4]
+        shapes = {tuple((p.out_features, p.in_features) for p in layer[:4]) for layer in layers}
+        if len(shapes) > 1:
+            raise ValueError(f"Decoder: every layer's products must have the same shapes, got {sorted(shapes)}")
         self.H, self.inter = o.out_features, down.in_features
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
         if (qkv.out_features != (heads + 2 * kv_heads) * head_dim or o.in_features != heads * head_dim
@@ -444,7 +447,7 @@ class Decoder:
             raise ValueError("Decoder takes float32 CPU tensors")
         S = length + T
         W = S if mask is None else mask.shape[-1]
-        if mask is not None and (mask.dim() != 4 or mask.shape[-2] != T or not T <= W <= S
+        if mask is not None and (mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[-2] != T or not T <= W <= S
                                  or mask.shape[0] not in (1, R) or mask.stride(-1) != 1):
             raise ValueError(f"Decoder: mask {tuple(mask.shape)} must be [{R} or 1, 1, {T}, W] with {T} <= W <= {S}")
         x, cos, sin = _ready(x), _ready(cos), _ready(sin)
