@@ -88,13 +88,13 @@ def check_target(config: dict, target, folder) -> None:
                              f"{info[key]!r}")
 
 
-def _checked_key(folder, config: dict, target) -> tuple:
-    """What a passed ``check_target`` held for, beside the target object itself: the folder, what its config says of
-    the target, and the target's output head's storage and version (an in-place change of the weights, as training
-    makes, gives a new key)."""
+def _checked_key(folder: Path, config: dict, target) -> tuple:
+    """What a passed ``check_target`` held for, beside the target object itself: the (resolved) folder, what its config
+    says of the target, and the target's output head's storage and version (an in-place change of the weights, as
+    training makes, gives a new key)."""
     weight = target.output_head().identity()
     said = tuple(config.get(k) for k in ("hidden_size", "vocab_size", "num_codebooks", "fingerprint"))
-    return str(resolve_heads(folder)), said, weight.data_ptr(), weight._version
+    return str(folder), said, weight.data_ptr(), weight._version
 
 
 def build(config: dict):
@@ -120,14 +120,15 @@ def load_heads(folder: str | Path, target, tree: int | None = None, width: int =
     from ..drafters.eagle import EagleDrafter
     from ..drafters.medusa import MedusaDrafter
 
-    config = read_heads_config(folder)
-    key = _checked_key(folder, config, target)
+    resolved = resolve_heads(folder)  # a zoo name is looked up once per load
+    config = read_heads_config(resolved)
+    key = _checked_key(resolved, config, target)
     held = None if cache is None else cache.get("checked")
     if held is None or held[0] is not target or held[1] != key:
         check_target(config, target, folder)  # a digest of the output head: 8 ms on the text zoo target, once per cache
         if cache is not None:
             cache["checked"] = (target, key)
-    module = _module(resolve_heads(folder), config, target, {} if cache is None else cache)
+    module = _module(resolved, config, target, {} if cache is None else cache)
     vocab = torch.tensor(config["draft_vocab"], dtype=torch.long) if config.get("draft_vocab") else None
     if config["kind"] in ("medusa", "medusa1"):
         return MedusaDrafter(module, tree=tree, width=width, vocab=vocab)
