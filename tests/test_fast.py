@@ -303,11 +303,10 @@ def test_the_stack_as_one_c_call_equals_the_layer_by_layer_path_bit_for_bit(tiny
     target.forward(torch.tensor([[5, 6, 7], [8, 9, 10]])[..., None])
     assert calls == [3], "a verify forward of the target runs on the one call"
     decoder.whole = whole
-    kv = decoder.new_cache(1, 8)
+    kv, angles = decoder.new_cache(1, 8), decoder.cos[None, :3]  # angles [1, 3, D] serve as cos and sin here
     for bad in (torch.zeros(1, 1, 2, 9), torch.zeros(1, 2, 3, 3), torch.zeros(1, 1, 3, 2)):  # T is 3
         with pytest.raises(ValueError, match="mask"):
-            whole(torch.zeros(1, 3, target.model.config.hidden_size), *decoder.cos[None, :3].expand(2, 1, 3, -1),
-                  kv.keys, kv.values, 0, bad)
+            whole(torch.zeros(1, 3, target.model.config.hidden_size), angles, angles, kv.keys, kv.values, 0, bad)
     layered = copy.copy(decoder)
     layered.whole = None
     torch.manual_seed(0)
