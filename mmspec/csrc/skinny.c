@@ -46,7 +46,7 @@ static inline void finish(__m512 v, int o, int out, const float *sc, const float
  * scales (int8 weights) or NULL. */
 #define MICRO(NAME, WT, LOAD, MM, NB)                                                                              \
 static void NAME##_##MM##x##NB(const float *x, const WT *w, int np, int p0, const float *sc, const float *b,        \
-                               const float *res, float *y, int in, int out) {                                      \
+                               const float *res, float *y, int in, int out, int fetch) {                           \
     vec16 acc[MM][NB];                                                                                             \
     for (int m = 0; m < MM; m++)                                                                                   \
         for (int j = 0; j < NB; j++) acc[m][j] = (vec16){0};                                                       \
@@ -54,8 +54,9 @@ static void NAME##_##MM##x##NB(const float *x, const WT *w, int np, int p0, cons
         for (int i = 0; i < in; i++) {                                                                             \
             vec16 wv[NB];                                                                                          \
             for (int j = 0; j < NB; j++) wv[j] = LOAD(w + ((size_t)j * in + i) * 16);                              \
-            for (int j = 0; j < NB; j++) /* the next group's line into L2 (past the last: a prefetch never faults) */\
-                _mm_prefetch((const char *)(w + ((size_t)(j + NB) * in + i) * 16), _MM_HINT_T1);                     \
+            if (fetch) /* the next group's line into L2 (past the last: a prefetch never faults) */                \
+                for (int j = 0; j < NB; j++)                                                                       \
+                    _mm_prefetch((const char *)(w + ((size_t)(j + NB) * in + i) * 16), _MM_HINT_T1);                 \
             for (int m = 0; m < MM; m++) {                                                                         \
                 float xs = x[(size_t)m * in + i];                                                                  \
                 for (int j = 0; j < NB; j++) acc[m][j] += wv[j] * xs;                                              \
@@ -75,13 +76,15 @@ static void NAME##_##MM##x##NB(const float *x, const WT *w, int np, int p0, cons
 }
 
 typedef void (*micro_f32)(const float *, const float *, int, int, const float *, const float *, const float *, float *,
-                          int, int);
+                          int, int, int);
 typedef void (*micro_i8)(const float *, const signed char *, int, int, const float *, const float *, const float *,
-                         float *, int, int);
+                         float *, int, int, int);
 
 /* One pass over the weights for all the rows: each group of NB panels is read from memory once and every chunk of
  * rows runs over it while it sits in the core's cache (the chunks' sizes in size[0 .. chunks)). Reading the weights
- * once per chunk instead made 13-17 rows cost two streams of the weights (BENCHMARKS.md, "Session 12"). */
+ * once per chunk instead made 13-17 rows cost two streams of the weights (BENCHMARKS.md, "Session 12"). Only the
+ * first chunk prefetches the next group: the later chunks' prefetches would find it in L2 already and only take
+ * load slots (BENCHMARKS.md, "Session 14"). */
 #define PASS(NAME, WT, NB)                                                                                         \
 static void NAME##_pass##NB(const float *x, const WT *Wp, const float *sc, const float *b, const float *res, float *y, \
                             int in, int out, int threads, int chunks, const int *size) {                           \
@@ -93,7 +96,7 @@ static void NAME##_pass##NB(const float *x, const WT *Wp, const float *sc, const
         const float *xc = x, *rc = res;                                                                            \
         float *yc = y;                                                                                             \
         for (int c = 0; c < chunks; c++) {                                                                         \
-            NAME##_micro##NB[size[c]](xc, w, np, p0, sc, b, rc, yc, in, out);                                      \
+            NAME##_micro##NB[size[c]](xc, w, np, p0, sc, b, rc, yc, in, out, c == 0);                              \
             xc += (size_t)size[c] * in;                                                                            \
             yc += (size_t)size[c] * out;                                                                           \
             if (rc) rc += (size_t)size[c] * out;                                                                   \
@@ -108,17 +111,21 @@ static void NAME##_pass##NB(const float *x, const WT *Wp, const float *sc, const
  * BENCHMARKS.md "Session 11"), two for 10-16 (13-16 rows spill a few accumulators and still beat two chunks of
  * three panels by 8-17%, BENCHMARKS.md "Session 12"). A pass's smaller chunks use its width: `run` splits rows
  * into chunks at most one row apart, so a pass of three panels meets 5-9 rows, one of two 9-16 (the tables hold
- * those). */
+ * those), and 17-28 rows run as a chunk of 14 and one of the rest on two panels (3-14 rows: 4-9% faster than two
+ * even chunks of three panels for 17-28 rows, BENCHMARKS.md "Session 14"). */
 #define KERNELS(NAME, WT, LOAD)                                                                                    \
     MICRO(NAME, WT, LOAD, 1, 4) MICRO(NAME, WT, LOAD, 2, 4) MICRO(NAME, WT, LOAD, 3, 4) MICRO(NAME, WT, LOAD, 4, 4)   \
     MICRO(NAME, WT, LOAD, 5, 3) MICRO(NAME, WT, LOAD, 6, 3) MICRO(NAME, WT, LOAD, 7, 3) MICRO(NAME, WT, LOAD, 8, 3)   \
-    MICRO(NAME, WT, LOAD, 9, 3) MICRO(NAME, WT, LOAD, 9, 2) MICRO(NAME, WT, LOAD, 10, 2)                           \
+    MICRO(NAME, WT, LOAD, 9, 3) MICRO(NAME, WT, LOAD, 3, 2) MICRO(NAME, WT, LOAD, 4, 2) MICRO(NAME, WT, LOAD, 5, 2)   \
+    MICRO(NAME, WT, LOAD, 6, 2) MICRO(NAME, WT, LOAD, 7, 2) MICRO(NAME, WT, LOAD, 8, 2)                            \
+    MICRO(NAME, WT, LOAD, 9, 2) MICRO(NAME, WT, LOAD, 10, 2)                                                       \
     MICRO(NAME, WT, LOAD, 11, 2) MICRO(NAME, WT, LOAD, 12, 2) MICRO(NAME, WT, LOAD, 13, 2)                         \
     MICRO(NAME, WT, LOAD, 14, 2) MICRO(NAME, WT, LOAD, 15, 2) MICRO(NAME, WT, LOAD, 16, 2)                          \
     static const micro_##NAME NAME##_micro4[5] = {0, NAME##_1x4, NAME##_2x4, NAME##_3x4, NAME##_4x4};              \
     static const micro_##NAME NAME##_micro3[10] = {0, 0, 0, 0, 0, NAME##_5x3, NAME##_6x3, NAME##_7x3, NAME##_8x3,  \
                                                    NAME##_9x3};                                                    \
-    static const micro_##NAME NAME##_micro2[17] = {0, 0, 0, 0, 0, 0, 0, 0, 0, NAME##_9x2, NAME##_10x2, NAME##_11x2, \
+    static const micro_##NAME NAME##_micro2[17] = {0, 0, 0, NAME##_3x2, NAME##_4x2, NAME##_5x2, NAME##_6x2,       \
+                                                   NAME##_7x2, NAME##_8x2, NAME##_9x2, NAME##_10x2, NAME##_11x2,   \
                                                    NAME##_12x2, NAME##_13x2, NAME##_14x2, NAME##_15x2, NAME##_16x2}; \
     PASS(NAME, WT, 4) PASS(NAME, WT, 3) PASS(NAME, WT, 2)                                                          \
     typedef void (*pass_##NAME)(const float *, const WT *, const float *, const float *, const float *, float *, int, \
@@ -169,12 +176,12 @@ static void run(const float *x, const float *norm, float eps, int gated, const v
                                                ready + (size_t)m * in, in);
         x = ready;
     }
-    /* up to 16 rows in one chunk, more in as few chunks of at most 12 as cover them, of even sizes; one pass of the
-     * weights over them all */
-    long parts = rows <= 16 ? 1 : (rows + 11) / 12;
+    /* up to 16 rows in one chunk; 17-28 as 14 and the rest; more in as few chunks of at most 12 as cover them, of
+     * even sizes; one pass of the weights over them all */
+    long parts = rows <= 16 ? 1 : rows <= 28 ? 2 : (rows + 11) / 12;
     int *size = malloc(sizeof(int) * (size_t)parts), largest = 0;
     for (long c = 0, left = rows; c < parts; c++) {
-        size[c] = (int)((left + (parts - c) - 1) / (parts - c));
+        size[c] = rows > 16 && rows <= 28 ? (c == 0 ? 14 : (int)left) : (int)((left + (parts - c) - 1) / (parts - c));
         left -= size[c];
         if (size[c] > largest) largest = size[c];
     }
@@ -204,8 +211,8 @@ static void run(const float *x, const float *norm, float eps, int gated, const v
  * (zero-padded outputs); b [out] or NULL; norm [in] or NULL and gated 0/1 (at most one: the row preparation
  * above, else x as it is); res [rows, out] or NULL (added to y: a residual); cos and sin [rows, head_dim] or NULL:
  * then the first `rotated` heads of head_dim outputs in each row of y turn by those angles (rotary positions).
- * Up to 16 rows run as one chunk, more in as few chunks of at most 12 as cover them, of even sizes, in one pass of
- * the weights (`PASS`). */
+ * Up to 16 rows run as one chunk, 17-28 as 14 and the rest, more in as few chunks of at most 12 as cover them, of
+ * even sizes, in one pass of the weights (`PASS`). */
 void mmspec_skinny(const float *x, const float *norm, float eps, int gated, const float *Wp, const float *b,
                    const float *res, const float *cos, const float *sin, int rotated, int head_dim, float *y, long rows,
                    int in, int out, int threads) {
