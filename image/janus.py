@@ -15,7 +15,9 @@ Janus generates image tokens with its language model fed by *generation* embeddi
   embedding + aligner (``input_embeddings``), the very modules the forward uses.
 
 Batches are left-padded; ``pos`` counts each row's real tokens, as in the text adapter. Cache, rollback,
-padding, guidance and the device/dtype policy are ``mmspec.hf``'s.
+padding, guidance and the device/dtype policy are ``mmspec.hf``'s. On a CPU the language model (a Llama) runs on
+the fast path (``mmspec.fast``: a static cache, prepacked products) by default; the generation embedding and head
+stay Janus' own modules.
 """
 from __future__ import annotations
 
@@ -36,7 +38,8 @@ class JanusTarget(hf.HiddenStates, hf.HFTarget):
     num_codebooks = 1
 
     def __init__(self, model, processor=None, *, guidance_scale: float | None = None, guidance_interval=None,
-                 device: str | torch.device | None = None, path: str = "", boi_token_id: int | None = None):
+                 device: str | torch.device | None = None, path: str = "", boi_token_id: int | None = None,
+                 fast: bool | None = None):
         self.model, self.processor, self.path = model.eval(), processor, path
         self.device = hf.resolve_device(device) if device is not None else next(model.parameters()).device
         self.lm = model.model.language_model
@@ -58,16 +61,18 @@ class JanusTarget(hf.HiddenStates, hf.HFTarget):
         self._cache_arg = hf.cache_arg(self.lm)
         self.max_frames = 1_000_000
         self.pos = torch.zeros(1, dtype=torch.long)
+        # the fast path (mmspec.fast) runs the language model; the embeddings and the generation head stay Janus' own
+        self.fast = hf.fast_decoder(self.lm, fast, type(self).__name__)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, guidance_scale=None, guidance_interval=None, device=None,
                         dtype=None, fast: bool | None = None) -> "JanusTarget":
         """Load a Janus / Janus-Pro folder or hub id; its ``config.json`` must say ``model_type: janus``
-        (checked before anything is built). ``device`` / ``dtype``: ``mmspec.hf``'s policy. ``fast``: Janus runs
-        the eager forward (``fast=True`` warns so)."""
+        (checked before anything is built). ``device`` / ``dtype``: ``mmspec.hf``'s policy. ``fast``: the language
+        model's static-cache forward on prepacked weights (``mmspec.fast``; None = on for a CPU)."""
         from transformers import AutoProcessor, JanusForConditionalGeneration
 
-        hf.eager_only(fast, cls.__name__, "the fast path does not cover Janus' generation embedding yet")
+        hf.check_fast(fast)
         device = hf.resolve_device(device)
         dtype = hf.resolve_dtype(dtype, device)
         hf.check_model_type(name_or_path, ("janus",), "a Janus model")
@@ -80,7 +85,7 @@ class JanusTarget(hf.HiddenStates, hf.HFTarget):
         except (OSError, ValueError):
             processor = None
         return cls(model, processor, guidance_scale=guidance_scale, guidance_interval=guidance_interval, device=device,
-                   path=str(name_or_path), boi_token_id=_saved_boi(name_or_path))
+                   path=str(name_or_path), boi_token_id=_saved_boi(name_or_path), fast=fast)
 
     @property
     def guided(self) -> bool:
@@ -117,10 +122,14 @@ class JanusTarget(hf.HiddenStates, hf.HFTarget):
             uncond = ids.masked_fill((ids != self.bos_id) & (ids != self.boi_id), self.pad_id)
             ids = torch.cat([ids, uncond])  # [2B, L]
         pads = self.pads.repeat(ids.shape[0] // self.B)  # [B|2B]
-        self.cache = hf.KVCache(mask=hf.padding_mask(pads, ids.shape[1]))  # mask [B|2B, L]
         self.pos = -self.pads
         self.first = ids.shape[1] - self.pads  # [B] pos at grid index 0
         self.max_frames = int(self.first.max()) + self.grid_tokens
+        if self.fast is None:
+            self.cache = hf.KVCache(mask=hf.padding_mask(pads, ids.shape[1]))  # mask [B|2B, L]
+        else:  # slots for the prompt, the grid and a verify's frames; an unpadded batch runs without a mask
+            kv = self.fast.new_cache(ids.shape[0], ids.shape[1] + self.grid_tokens + 64)
+            self.cache = hf.KVCache(mask=hf.padding_mask(pads, ids.shape[1]) if bool(pads.any()) else None, kv=kv)
         embeds = self.model.get_input_embeddings()(ids)  # [2B, L, H]
         return self._run(embeds, keep_last=True)  # [B, 1, 1, V]
 
@@ -139,16 +148,22 @@ class JanusTarget(hf.HiddenStates, hf.HFTarget):
         generation-head logits ``[B, T', 1, V]``."""
         rows, T = embeds.shape[:2]
         pos = self.pos.repeat(rows // self.B)  # [B|2B]
-        if parents is not None:  # each node sees its ancestors and sits at pos + depth - 1
-            mask, positions = self.cache.tree(parents, pos, embeds.dtype)  # [R, 1, T, S + T], [R, T]
-            self.cache.grow(T)
+        if self.fast is not None:
+            hidden = self._fast_run(embeds, pos, parents)  # [B|2B, T, H]
+            hidden = hidden[:, -1:] if keep_last else hidden
+            if self.hidden_wanted:
+                self._hidden = hidden[: self.B]  # the conditional half (see output_head)
         else:
-            mask, positions = self.cache.grow(T), hf.position_ids(pos, T)  # [B|2B, S + T], [B|2B, T]
-        out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
-                      **{self._cache_arg: self.cache.kv})
-        # last_hidden_state [B|2B, T, H] is after the final norm (a base model returns it always)
-        hidden = out.last_hidden_state[:, -1:] if keep_last else out.last_hidden_state
-        self._record_hidden(out, hidden.shape[1], rows=self.B)  # the conditional half (see output_head)
+            if parents is not None:  # each node sees its ancestors and sits at pos + depth - 1
+                mask, positions = self.cache.tree(parents, pos, embeds.dtype)  # [R, 1, T, S + T], [R, T]
+                self.cache.grow(T)
+            else:
+                mask, positions = self.cache.grow(T), hf.position_ids(pos, T)  # [B|2B, S + T], [B|2B, T]
+            out = self.lm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True,
+                          **{self._cache_arg: self.cache.kv})
+            # last_hidden_state [B|2B, T, H] is after the final norm (a base model returns it always)
+            hidden = out.last_hidden_state[:, -1:] if keep_last else out.last_hidden_state
+            self._record_hidden(out, hidden.shape[1], rows=self.B)  # the conditional half (see output_head)
         logits = self.model.model.generation_head(hidden).float()  # [B|2B, T', V]
         if self.guided:
             # the input at position pos + t (a tree: depth - 1 after pos) predicts grid index pos + t + 1 - first
@@ -159,6 +174,16 @@ class JanusTarget(hf.HiddenStates, hf.HFTarget):
             logits = self.guidance.mix(logits, self.B, index, self.grid_tokens)  # [B, T', V]
         self.pos = self.pos + T
         return logits[:, :, None, :]  # [B, T', 1, V]
+
+    def _fast_run(self, embeds: Tensor, pos: Tensor, parents: Tensor | None) -> Tensor:
+        """The language model on the fast path over ``embeds [R, T, H]`` at ``pos [R]`` (a tree with ``parents``; the
+        prefill of a left-padded batch hides its padding frames): the final-norm state ``[R, T, H]``."""
+        T = embeds.shape[1]
+        prefill = self.cache.length == 0 and self.cache.mask is not None
+        mask, positions = self.cache.lean_inputs(T, pos, parents, self.fast.dtype,
+                                                 new_mask=self.cache.mask if prefill else None)
+        self.cache.grow(T)
+        return self.fast(embeds, positions, mask, self.cache.kv)
 
     def finished(self, frames: Tensor) -> Tensor:
         return torch.zeros(frames.shape[:2], dtype=torch.bool, device=frames.device)

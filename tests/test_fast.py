@@ -62,6 +62,35 @@ def test_fast_logits_equal_the_eager_forward(tiny_models, arch):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
+
+def test_janus_runs_its_language_model_on_the_fast_path_as_the_eager_forward_does(janus_models):
+    """Janus (guided: conditional and unconditional rows; a left-padded batch): the prefill, a chain, a tree kept along
+    a different path per row, then greedy grids, autoregressive and drafted by the smaller Janus, all on the fast path:
+    logits agree with the eager forward's to float rounding and every grid is the eager autoregressive one."""
+    from mmspec.drafters.model import ModelDrafter
+    from mmspec.image.janus import JanusTarget
+
+    model, small = janus_models
+    quick, eager = JanusTarget(model, guidance_scale=3.0, fast=True), JanusTarget(model, guidance_scale=3.0, fast=False)
+    assert quick.forward_path == "fast" and eager.forward_path == "eager"
+    prompts = [[2, 10, 11, 12, 5], [2, 20, 5]]
+    chain = torch.tensor([[5, 6, 7], [8, 9, 10]])[..., None]  # [2, 3, 1] image codes
+    nodes = torch.tensor([[11, 12, 13, 14], [15, 16, 17, 18]])[..., None]
+    parents = torch.tensor([-1, -1, 0, 1])
+    got, want = [], []
+    for target, out in ((quick, got), (eager, want)):
+        out.append(target.start(prompts, 16))
+        out.append(target.forward(chain))
+        out.append(target.forward(nodes, parents))
+        target.keep(target.pos - 4 + 2, torch.tensor([[1, 3], [0, 2]]))
+        out.append(target.forward(chain[:, :1]))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    grids = mmspec.autoregressive(eager, prompts, max_new_tokens=16).tokens
+    assert torch.equal(mmspec.autoregressive(quick, prompts, max_new_tokens=16).tokens, grids)
+    drafter = ModelDrafter(JanusTarget(small, guidance_scale=3.0, fast=True))
+    assert torch.equal(mmspec.generate(quick, drafter, prompts, max_new_tokens=16, k=3).tokens, grids)
+
 def test_fast_path_greedy_equals_hf_generate_with_a_model_drafter(tiny_models):
     target = TextTarget.from_pretrained(tiny_models["llama"], fast=True)
     draft = TextTarget.from_pretrained(tiny_models["llama-draft"], fast=True)
