@@ -16,7 +16,9 @@ Classifier-free guidance as ``generate`` does it: the text encoder's states are 
 ("null") half and a zero attention mask; the decoder runs 2B rows in one cache, and the logits are
 ``uncond + guidance_scale * (cond - uncond)`` (float32), rolled back together; the default scale is the
 model's own ``generation_config.guidance_scale`` (3.0 if it has none). Rollback crops the decoder's
-self-attention cache through its public ``crop(-n)`` (the cross-attention cache is fixed; ``mmspec.hf``).
+self-attention cache through its public ``crop(-n)`` (the cross-attention cache is fixed; ``mmspec.hf``). On a CPU
+the decoder runs on the fast path by default (``speech.musicgen_fast``: a static self-attention cache rolled back by
+its length, the encoder's keys and values computed once, prepacked products).
 A token tree runs in one forward: a 4-D self-attention mask, positions by depth (through the decoder's
 input embeddings: it takes no position ids) and the delay constraint at step first + depth - 1.
 The codebooks of one step come from K parallel heads over one hidden state, so per-codebook acceptance
@@ -51,7 +53,7 @@ class MusicgenTarget(hf.HiddenStates, hf.HFTarget):
     """
 
     def __init__(self, model, tokenizer, *, guidance_scale: float | None = None,
-                 device: str | torch.device | None = None):
+                 device: str | torch.device | None = None, fast: bool | None = None):
         dec = model.decoder.config
         if getattr(dec, "audio_channels", 1) != 1:
             raise ValueError("only mono MusicGen models are supported (audio_channels == 1)")
@@ -73,6 +75,7 @@ class MusicgenTarget(hf.HiddenStates, hf.HFTarget):
         self.max_frames = int(dec.max_position_embeddings)
         self.sample_rate = int(model.config.audio_encoder.sampling_rate)
         self._cache_arg = hf.cache_arg(model)
+        self.fast = _fast_decoder(model, fast, type(self).__name__)
         self.pos = torch.zeros(1, dtype=torch.long)
 
     @classmethod
@@ -80,11 +83,11 @@ class MusicgenTarget(hf.HiddenStates, hf.HFTarget):
                         device: str | torch.device | None = None, fast: bool | None = None) -> "MusicgenTarget":
         """Load model and processor/tokenizer by hub id (``facebook/musicgen-small``) or local folder; its
         ``config.json`` must say ``model_type: musicgen`` (checked before anything is built).
-        ``device`` / ``dtype``: ``mmspec.hf``'s policy; ``guidance_scale=None``: the model's own. ``fast``: MusicGen runs
-        the eager forward (``fast=True`` warns so)."""
+        ``device`` / ``dtype``: ``mmspec.hf``'s policy; ``guidance_scale=None``: the model's own. ``fast``: the decoder's
+        static-cache forward on prepacked weights (``speech.musicgen_fast``; None = on for a CPU)."""
         from transformers import AutoProcessor, AutoTokenizer, MusicgenForConditionalGeneration
 
-        hf.eager_only(fast, cls.__name__, "an encoder-decoder with cross-attention is not a Llama-family decoder")
+        hf.check_fast(fast)
         device = hf.resolve_device(device)
         dtype = hf.resolve_dtype(dtype, device)
         path = os.path.expanduser(str(name_or_path))
@@ -97,7 +100,7 @@ class MusicgenTarget(hf.HiddenStates, hf.HFTarget):
                 tokenizer = AutoTokenizer.from_pretrained(path)
         except (OSError, EnvironmentError) as err:
             raise ValueError(f"could not load MusicGen {name_or_path!r}: {str(err).splitlines()[0]}") from err
-        return cls(model, tokenizer, guidance_scale=guidance_scale, device=device)
+        return cls(model, tokenizer, guidance_scale=guidance_scale, device=device, fast=fast)
 
     # -- Target protocol -------------------------------------------------------------------------
     @torch.inference_mode()
@@ -115,7 +118,11 @@ class MusicgenTarget(hf.HiddenStates, hf.HFTarget):
         # 2. Length: N new steps (N - K + 1 audio frames), as generate(max_new_tokens=N).
         B = len(texts)
         self.new_steps = min(int(max_new_tokens), self.max_frames - 1)
-        self.cache = hf.KVCache(kv=None)  # the model makes its encoder-decoder cache on the first forward
+        if self.fast is None:
+            self.cache = hf.KVCache(kv=None)  # the model makes its encoder-decoder cache on the first forward
+        else:  # the encoder's keys and values once; slots for BOS, the steps and a verify's frames
+            self.fast.encode(hidden, mask)
+            self.cache = hf.KVCache(kv=self.fast.new_cache(hidden.shape[0], self.new_steps + 1 + 64))
         self.pos = torch.zeros(B, dtype=torch.long, device=self.device)
         bos = torch.full((B, 1, self.num_codebooks), self.pad_id, dtype=torch.long, device=self.device)
         self._bos = bos[0, 0]
@@ -134,14 +141,23 @@ class MusicgenTarget(hf.HiddenStates, hf.HFTarget):
         if self.guided:
             ids = ids.repeat(2, 1)
         first = self.cache.length  # decoder steps in the cache = the step the first logits predict (BOS: step 0)
-        inputs = {"decoder_input_ids": ids} if parents is None else self._tree_inputs(ids, parents)
-        out = self.model(encoder_outputs=BaseModelOutput(last_hidden_state=self.encoded), attention_mask=self.enc_mask,
-                         use_cache=True, output_hidden_states=self.hidden_wanted, **inputs,
-                         **{self._cache_arg: self.cache.kv})
-        self.cache.kv = out.cache if self._cache_arg == "cache" else out.past_key_values
-        # the decoder's last state [R, T, H] (one row per batch row, not per codebook): the conditional half
-        self._record_hidden(out, T, rows=B)
-        logits = out.logits.float()  # [R * K, T, V_dec]
+        if self.fast is not None:
+            pos = self.pos.repeat(ids.shape[0] // (B * K))  # [R] decoder steps in the cache
+            mask, positions = self.cache.lean_inputs(T, pos, parents, self.fast.dtype)
+            self.cache.grow(T)
+            hidden, logits = self.fast(ids, positions, mask, self.cache.kv)  # [R, T, H], [R * K, T, V_dec]
+            if self.hidden_wanted:
+                self._hidden = hidden[:B]  # the conditional half
+        else:
+            inputs = {"decoder_input_ids": ids} if parents is None else self._tree_inputs(ids, parents)
+            out = self.model(encoder_outputs=BaseModelOutput(last_hidden_state=self.encoded), attention_mask=self.enc_mask,
+                             use_cache=True, output_hidden_states=self.hidden_wanted, **inputs,
+                             **{self._cache_arg: self.cache.kv})
+            self.cache.kv = out.cache if self._cache_arg == "cache" else out.past_key_values
+            # the decoder's last state [R, T, H] (one row per batch row, not per codebook): the conditional half
+            self._record_hidden(out, T, rows=B)
+            logits = out.logits
+        logits = logits.float()  # [R * K, T, V_dec]
         # 2. Guidance, as ClassifierFreeGuidanceLogitsProcessor: uncond + scale * (cond - uncond).
         if self.guided:
             logits = self.guidance.mix(logits, B * K)
@@ -228,6 +244,23 @@ class MusicgenTarget(hf.HiddenStates, hf.HFTarget):
         if (draft.vocab_size, draft.num_codebooks, draft.sample_rate) != (self.vocab_size, self.num_codebooks,
                                                                           self.sample_rate):
             raise ValueError("draft MusicGen uses a different codec (codebooks, codes or sample rate)")
+
+
+def _fast_decoder(model, fast: bool | None, who: str):
+    """MusicGen's fast path (``speech.musicgen_fast.FastMusicgen``) or None (the eager forward): ``fast`` True (on; a
+    model it cannot run falls back to eager with a warning naming why), False, or None (on for float32 or bfloat16
+    weights on a CPU, as ``mmspec.hf.fast_decoder``)."""
+    from .musicgen_fast import FastMusicgen, why_not
+
+    hf.check_fast(fast)
+    weight = next(model.decoder.parameters())
+    if fast is not True and (fast is False or weight.device.type != "cpu" or weight.dtype == torch.float16):
+        return None
+    reason = why_not(model)
+    if reason is not None:
+        hf.eager_only(fast, who, reason)
+        return None
+    return FastMusicgen(model)
 
 
 class CodebookHeads(torch.nn.Module):

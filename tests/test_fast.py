@@ -91,6 +91,37 @@ def test_janus_runs_its_language_model_on_the_fast_path_as_the_eager_forward_doe
     drafter = ModelDrafter(JanusTarget(small, guidance_scale=3.0, fast=True))
     assert torch.equal(mmspec.generate(quick, drafter, prompts, max_new_tokens=16, k=3).tokens, grids)
 
+
+def test_musicgen_runs_its_decoder_on_the_fast_path_as_the_eager_forward_does(musicgen_models, tokenizer):
+    """MusicGen (guided; two prompts of different lengths, so the encoder's padding is masked): the BOS step, a chain, a
+    tree kept along a different path per row, a forward wider than the C attention takes, then greedy codes, autoregressive and drafted by the smaller MusicGen,
+    on the fast path: logits agree with the eager forward's to float rounding and the codes are the eager ones."""
+    from mmspec.drafters.model import ModelDrafter
+    from mmspec.speech import MusicgenTarget
+
+    model, small = musicgen_models
+    quick = MusicgenTarget(model, tokenizer, guidance_scale=3.0, fast=True)
+    eager = MusicgenTarget(model, tokenizer, guidance_scale=3.0, fast=False)
+    assert quick.forward_path == "fast" and eager.forward_path == "eager"
+    prompts = ["hello world", "for i in range(10): print(i)"]
+    chain = torch.tensor([[[5, 32, 32], [6, 7, 32], [8, 9, 10]], [[1, 32, 32], [2, 3, 32], [4, 5, 6]]])  # [2, 3, 3]
+    nodes = torch.tensor([[[11, 12, 13]] * 4, [[14, 15, 16]] * 4]) + torch.arange(4)[None, :, None]  # [2, 4, 3]
+    parents = torch.tensor([-1, -1, 0, 1])
+    got, want = [], []
+    for target, out in ((quick, got), (eager, want)):
+        out.append(target.start(prompts, 12))
+        out.append(target.forward(chain))
+        out.append(target.forward(nodes, parents))
+        target.keep(target.pos - 4 + 2, torch.tensor([[1, 3], [0, 2]]))
+        out.append(target.forward(chain[:, :1]))
+        out.append(target.forward(torch.arange(2 * 34 * 3).view(2, 34, 3) % 32))  # past the C kernel's 32 frames
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    codes = mmspec.autoregressive(eager, prompts, max_new_tokens=12).tokens
+    assert torch.equal(mmspec.autoregressive(quick, prompts, max_new_tokens=12).tokens, codes)
+    drafter = ModelDrafter(MusicgenTarget(small, tokenizer, guidance_scale=3.0, fast=True))
+    assert torch.equal(mmspec.generate(quick, drafter, prompts, max_new_tokens=12, k=3).tokens, codes)
+
 def test_fast_path_greedy_equals_hf_generate_with_a_model_drafter(tiny_models):
     target = TextTarget.from_pretrained(tiny_models["llama"], fast=True)
     draft = TextTarget.from_pretrained(tiny_models["llama-draft"], fast=True)
