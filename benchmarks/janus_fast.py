@@ -63,25 +63,34 @@ def main(argv=None) -> int:
     paths = {"fast": JanusTarget(model, guidance_scale=5.0, fast=True),
              "eager": JanusTarget(model, guidance_scale=5.0, fast=False)}
     prompt = [2] + list(range(10, 40)) + [5]  # BOS, 30 text ids, BOI
-    walls: dict[str, list[float]] = {name: [] for name in paths}
-    tokens = {}
-    for rep in range(args.repeats + 1):  # the first round warms both paths up
-        for name, target in paths.items():
-            out = mmspec.autoregressive(target, prompt, max_new_tokens=args.new)
-            tokens[name] = out.tokens
+    runs = {name: (lambda t=target: mmspec.autoregressive(t, prompt, max_new_tokens=args.new))
+            for name, target in paths.items()}
+    return interleaved(runs, args.repeats, args.new, "image tokens",
+                       f"Janus, language model {params:.0f}M parameters ({args.layers} layers x {args.hidden}), "
+                       f"{args.codes} codes, guided (2 rows), {args.new} image tokens")
+
+
+def interleaved(runs: dict, repeats: int, new: int, unit: str, title: str) -> int:
+    """Each of ``runs`` (name -> a call returning an ``mmspec.Generation`` of ``new`` frames) once to warm up, then
+    ``repeats`` rounds, interleaved; prints the title with the machine, each run's median frames per second and the
+    fast / eager ratio; returns 0 if every run's frames equal the "eager" run's, else 1."""
+    walls: dict[str, list[float]] = {name: [] for name in runs}
+    frames = {}
+    for rep in range(repeats + 1):  # the first round warms every run up
+        for name, run in runs.items():
+            out = run()
+            frames[name] = out.tokens
             if rep:
                 walls[name].append(out.wall_s)
-    same = torch.equal(tokens["fast"], tokens["eager"])
+    same = all(torch.equal(f, frames["eager"]) for f in frames.values())
     env = environment()
-    print(f"Janus, language model {params:.0f}M parameters ({args.layers} layers x {args.hidden}), {args.codes} codes, "
-          f"guided (2 rows), {args.new} image tokens, float32, {cpu_name()} ({env['cpu_count']} CPUs), "
-          f"{torch.get_num_threads()} threads, products: {env['fast_products']}")
-    speed = {name: args.new / statistics.median(ts) for name, ts in walls.items()}
-    for name in paths:
-        print(f"  {name:5s} {speed[name]:7.1f} image tokens/s (median of {args.repeats})")
-    print(f"  fast / eager {speed['fast'] / speed['eager']:.2f}x; identical tokens: {same}")
+    print(f"{title}, float32, {cpu_name()} ({env['cpu_count']} CPUs), {torch.get_num_threads()} threads, "
+          f"products: {env['fast_products']}")
+    speed = {name: new / statistics.median(ts) for name, ts in walls.items()}
+    for name in runs:
+        print(f"  {name:13s} {speed[name]:7.1f} {unit}/s (median of {repeats})")
+    print(f"  fast / eager {speed['fast'] / speed['eager']:.2f}x; identical output everywhere: {same}")
     return 0 if same else 1
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 from pathlib import Path
 
 import torch
 
 import mmspec
-from mmspec.bench import environment
 from mmspec.speech import MusicgenTarget
 
-from janus_fast import cpu_name  # noqa: E402 (a script beside this one)
+from janus_fast import interleaved  # noqa: E402 (a script beside this one)
 
 TOKENIZER = Path(__file__).resolve().parents[1] / "text" / "zoo" / "code-target"
 
@@ -71,25 +69,9 @@ def main(argv=None) -> int:
             drafter = ModelDrafter(MusicgenTarget(draft, tokenizer, guidance_scale=3.0, fast=name == "fast"))
             runs[f"{name} + draft"] = (lambda t=target, d=drafter: mmspec.generate(
                 t, d, "80s pop track with bassy drums", max_new_tokens=args.new, k=4))
-    walls: dict[str, list[float]] = {name: [] for name in runs}
-    codes = {}
-    for rep in range(args.repeats + 1):  # the first round warms every path up
-        for name, run in runs.items():
-            out = run()
-            codes[name] = out.tokens
-            if rep:
-                walls[name].append(out.wall_s)
-    same = all(torch.equal(c, codes["eager"]) for c in codes.values())
-    env = environment()
-    print(f"MusicGen, decoder {params:.0f}M parameters ({args.layers} layers x {args.hidden}), guided (2 rows), "
-          f"{args.new} steps, float32, {cpu_name()} ({env['cpu_count']} CPUs), {torch.get_num_threads()} threads, "
-          f"products: {env['fast_products']}")
-    speed = {name: args.new / statistics.median(ts) for name, ts in walls.items()}
-    for name in runs:
-        print(f"  {name:13s} {speed[name]:7.1f} steps/s (median of {args.repeats})")
-    print(f"  fast / eager {speed['fast'] / speed['eager']:.2f}x; identical codes everywhere: {same}")
-    return 0 if same else 1
-
+    return interleaved(runs, args.repeats, args.new, "steps",
+                       f"MusicGen, decoder {params:.0f}M parameters ({args.layers} layers x {args.hidden}), "
+                       f"guided (2 rows), {args.new} steps")
 
 if __name__ == "__main__":
     raise SystemExit(main())
