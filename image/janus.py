@@ -125,11 +125,12 @@ class JanusTarget(hf.HiddenStates, hf.HFTarget):
         self.pos = -self.pads
         self.first = ids.shape[1] - self.pads  # [B] pos at grid index 0
         self.max_frames = int(self.first.max()) + self.grid_tokens
+        mask = hf.padding_mask(pads, ids.shape[1])  # [B|2B, L]
         if self.fast is None:
-            self.cache = hf.KVCache(mask=hf.padding_mask(pads, ids.shape[1]))  # mask [B|2B, L]
+            self.cache = hf.KVCache(mask=mask)
         else:  # slots for the prompt, the grid and a verify's frames; an unpadded batch runs without a mask
             kv = self.fast.new_cache(ids.shape[0], ids.shape[1] + self.grid_tokens + 64)
-            self.cache = hf.KVCache(mask=hf.padding_mask(pads, ids.shape[1]) if bool(pads.any()) else None, kv=kv)
+            self.cache = hf.KVCache(mask=mask if bool(pads.any()) else None, kv=kv)
         embeds = self.model.get_input_embeddings()(ids)  # [2B, L, H]
         return self._run(embeds, keep_last=True)  # [B, 1, 1, V]
 

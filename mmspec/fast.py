@@ -275,14 +275,8 @@ class FastDecoder:
             hidden = self.whole(embeds.to(self.dtype), cos, sin, cache.keys, cache.values, cache.length, mask)
             cache.length += T
             return hidden  # [R, T, H]
-        S = cache.length + T
         if not (self.layers[0].attends and T <= ATTEND_FRAMES):  # torch's attention needs every column written out
-            if mask is None and T > 1:  # the causal tail
-                visible = torch.ones(T, S, dtype=torch.bool, device=embeds.device).tril(S - T)
-                mask = torch.zeros(T, S, dtype=self.dtype, device=embeds.device).masked_fill(~visible, torch.finfo(self.dtype).min)
-                mask = mask[None, None]  # [1, 1, T, S]
-            elif mask is not None and mask.shape[-1] < S:  # the new frames' mask only: the cached columns are visible
-                mask = F.pad(mask, (S - mask.shape[-1], 0))
+            mask = full_mask(mask, T, cache.length + T, self.dtype, embeds.device)
         cache.reserve(T)
         x = embeds.to(self.dtype)
         for i, layer in enumerate(self.layers):
@@ -292,6 +286,29 @@ class FastDecoder:
         if self.layers[0].attends:  # the C kernels build here: their norm is one call (torch's, several operations)
             return skinny.rms_norm(x, weight, eps)  # [R, T, H]
         return F.rms_norm(x, (x.shape[-1],), weight, eps)  # [R, T, H]
+
+
+def full_mask(mask: Tensor | None, T: int, S: int, dtype: torch.dtype, device) -> Tensor | None:
+    """The additive mask over all ``S`` slots that torch's attention needs, from the fast path's lean one: the causal
+    tail (``mask`` None; ``[1, 1, T, S]``, None for one frame, which sees everything), the new frames' own mask ``[R, 1,
+    T, T]`` with every cached column visible, or a full mask as it is."""
+    if mask is None:
+        if T == 1:
+            return None
+        visible = torch.ones(T, S, dtype=torch.bool, device=device).tril(S - T)
+        return torch.zeros(T, S, dtype=dtype, device=device).masked_fill(~visible, torch.finfo(dtype).min)[None, None]
+    return F.pad(mask, (S - mask.shape[-1], 0)) if mask.shape[-1] < S else mask
+
+
+def attention(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None, scale: float, few: bool) -> Tensor:
+    """``q [R, h, T, D]`` over ``keys``/``values [R, kv_heads, S, D]`` -> ``[R, T, h * D]``: ``few`` on mmspec.skinny's
+    few-frame kernel (a frame's result whatever T is; ``mask`` lean, None: the causal tail), else on torch's (``mask``
+    over every slot: ``full_mask``)."""
+    if few:
+        return skinny.attend(q, keys, values, mask, scale)
+    R, h, T, D = q.shape
+    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale, enable_gqa=keys.shape[1] != h)
+    return out.transpose(1, 2).reshape(R, T, h * D)
 
 
 def _eps(norm: torch.nn.Module) -> float:
@@ -333,12 +350,7 @@ class _Layer:
             q = rotate(F.rms_norm(q, (D,), *self.qk_norms[0]), cos[:, None], sin[:, None])
             k = rotate(F.rms_norm(k, (D,), *self.qk_norms[1]), cos[:, None], sin[:, None])
         keys, values = cache.write(i, k, v)  # [R, kv_heads, S + T, D]
-        if self.attends and T <= ATTEND_FRAMES:  # mmspec.skinny's few-frame attention: a frame's result whatever T is
-            out = skinny.attend(q, keys, values, mask, self.scale)  # [R, T, heads * D]
-        else:
-            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale,
-                                                 enable_gqa=self.kv_heads != self.heads)
-            out = out.transpose(1, 2).reshape(R, T, self.heads * D)
+        out = attention(q, keys, values, mask, self.scale, self.attends and T <= ATTEND_FRAMES)  # [R, T, heads * D]
         x = self.o(out, residual=x)
         # 2. the SiLU-gated MLP: gate and up in one product, the gate applied as the down product reads them
         return self.down(self.gate_up(x, norm=self.norms[1]), gated=True, residual=x)

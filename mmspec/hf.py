@@ -363,8 +363,9 @@ class HFTarget:
         self.pos = pos.clone()
 
 
-def fast_decoder(backbone: torch.nn.Module, fast: bool | None, who: str):
-    """The fast path (``mmspec.fast.FastDecoder``) over ``backbone`` or None (the eager forward).
+def fast_decoder(backbone: torch.nn.Module, fast: bool | None, who: str, why_not=None, build=None):
+    """The fast path over ``backbone`` (``build(backbone)``; default ``mmspec.fast.FastDecoder``, a Llama-family stack)
+    or None (the eager forward); ``why_not(backbone)`` says why a model cannot run on it (None: it can).
 
     ``fast``: True (on; a model the fast path cannot run falls back to eager with a warning naming why), False
     (eager), None (the default: on where it measured faster, a CPU with float32 or bfloat16 weights)."""
@@ -375,11 +376,11 @@ def fast_decoder(backbone: torch.nn.Module, fast: bool | None, who: str):
     if fast is not True and (fast is False or weight.device.type != "cpu" or weight.dtype == torch.float16):
         eager_only(fast, who, "")
         return None
-    reason = fastpath.why_not(backbone)
+    reason = (why_not or fastpath.why_not)(backbone)
     if reason is not None:
         eager_only(fast, who, reason)
         return None
-    return fastpath.FastDecoder(backbone)
+    return (build or fastpath.FastDecoder)(backbone)
 
 
 def check_fast(fast) -> None:

@@ -75,7 +75,9 @@ class MusicgenTarget(hf.HiddenStates, hf.HFTarget):
         self.max_frames = int(dec.max_position_embeddings)
         self.sample_rate = int(model.config.audio_encoder.sampling_rate)
         self._cache_arg = hf.cache_arg(model)
-        self.fast = _fast_decoder(model, fast, type(self).__name__)
+        from .musicgen_fast import FastMusicgen, why_not
+
+        self.fast = hf.fast_decoder(model, fast, type(self).__name__, why_not=why_not, build=FastMusicgen)
         self.pos = torch.zeros(1, dtype=torch.long)
 
     @classmethod
@@ -244,23 +246,6 @@ class MusicgenTarget(hf.HiddenStates, hf.HFTarget):
         if (draft.vocab_size, draft.num_codebooks, draft.sample_rate) != (self.vocab_size, self.num_codebooks,
                                                                           self.sample_rate):
             raise ValueError("draft MusicGen uses a different codec (codebooks, codes or sample rate)")
-
-
-def _fast_decoder(model, fast: bool | None, who: str):
-    """MusicGen's fast path (``speech.musicgen_fast.FastMusicgen``) or None (the eager forward): ``fast`` True (on; a
-    model it cannot run falls back to eager with a warning naming why), False, or None (on for float32 or bfloat16
-    weights on a CPU, as ``mmspec.hf.fast_decoder``)."""
-    from .musicgen_fast import FastMusicgen, why_not
-
-    hf.check_fast(fast)
-    weight = next(model.decoder.parameters())
-    if fast is not True and (fast is False or weight.device.type != "cpu" or weight.dtype == torch.float16):
-        return None
-    reason = why_not(model)
-    if reason is not None:
-        hf.eager_only(fast, who, reason)
-        return None
-    return FastMusicgen(model)
 
 
 class CodebookHeads(torch.nn.Module):

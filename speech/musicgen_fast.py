@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmspec import skinny
-from mmspec.fast import ATTEND_FRAMES, PackedLinear, StaticKV
+from mmspec.fast import ATTEND_FRAMES, PackedLinear, StaticKV, attention, full_mask
 
 
 def why_not(model) -> str | None:
@@ -55,7 +55,6 @@ class FastMusicgen:
             raise ValueError(f"cannot build MusicGen's fast path: {reason}")
         started = time.perf_counter()
         decoder = model.decoder.model.decoder
-        self.model = model
         self.tables = decoder.embed_tokens  # K codebook tables
         self.positions = decoder.embed_positions
         self.K = len(self.tables)
@@ -106,26 +105,17 @@ class FastMusicgen:
         if int(positions.max()) >= self.positions.weights.shape[0]:
             self.positions.make_weights(int(positions.max()) + 1, self.positions.embedding_dim)
         x = (x + self.positions.weights[positions].to(x.dtype)).to(self.dtype)
-        S = cache.length + T
         few = self.attends and T <= ATTEND_FRAMES
-        if not few and (mask is None and T > 1 or mask is not None and mask.shape[-1] < S):
-            mask = _full_mask(mask, T, S, self.dtype, x.device)
+        if not few:
+            mask = full_mask(mask, T, cache.length + T, self.dtype, x.device)
+        cross_mask = self.cross_mask.expand(R, 1, T, self.cross_mask.shape[-1])  # the same encoder slots for every frame
         cache.reserve(T)
         for i, layer in enumerate(self.layers):
-            x = layer(x, i, mask, cache, self, few)
+            x = layer(x, i, mask, cross_mask, cache, self, few)
         cache.length += T
         hidden = self.norm(x)  # [R, T, H]
         logits = self.lm_heads(hidden).view(R, T, self.K, self.V).permute(0, 2, 1, 3).reshape(R * self.K, T, self.V)
         return hidden, logits
-
-
-def _full_mask(mask: Tensor | None, T: int, S: int, dtype, device) -> Tensor:
-    """The additive self-attention mask over all ``S`` slots ``[R or 1, 1, T, S]`` for torch's kernel: the causal tail
-    (``mask`` None) or the new frames' own mask ``[R, 1, T, T]`` with every cached slot visible."""
-    if mask is None:
-        visible = torch.ones(T, S, dtype=torch.bool, device=device).tril(S - T)
-        return torch.zeros(T, S, dtype=dtype, device=device).masked_fill(~visible, torch.finfo(dtype).min)[None, None]
-    return F.pad(mask, (S - mask.shape[-1], 0))
 
 
 class _Layer:
@@ -141,26 +131,18 @@ class _Layer:
         self.norms = (layer.self_attn_layer_norm, layer.encoder_attn_layer_norm, layer.final_layer_norm)
         self.act = layer.activation_fn
 
-    def __call__(self, x: Tensor, i: int, mask: Tensor | None, cache: StaticKV, net: FastMusicgen, few: bool) -> Tensor:
+    def __call__(self, x: Tensor, i: int, mask: Tensor | None, cross_mask: Tensor, cache: StaticKV, net: FastMusicgen,
+                 few: bool) -> Tensor:
         R, T, H = x.shape
         h, D = net.heads, net.head_dim
         # 1. self-attention over the cached frames and the new ones (written into the static cache)
         q, k, v = self.qkv(self.norms[0](x)).view(R, T, 3 * h, D).transpose(1, 2).split(h, dim=1)
         keys, values = cache.write(i, k, v)  # [R, h, S + T, D]
-        x = x + self.out(_attend(q, keys, values, mask, net.scale, few))
+        x = self.out(attention(q, keys, values, mask, net.scale, few), residual=x)
         # 2. cross-attention over the text encoder's states
         q = self.cross_q(self.norms[1](x)).view(R, T, h, D).transpose(1, 2)
         keys, values = net.cross[i]
-        x = x + self.cross_out(_attend(q, keys, values, net.cross_mask.expand(R, 1, T, keys.shape[2]), net.scale, few))
+        x = self.cross_out(attention(q, keys, values, cross_mask, net.scale, few), residual=x)
         # 3. the MLP
-        return x + self.fc2(self.act(self.fc1(self.norms[2](x))))
+        return self.fc2(self.act(self.fc1(self.norms[2](x))), residual=x)
 
-
-def _attend(q: Tensor, keys: Tensor, values: Tensor, mask: Tensor | None, scale: float, few: bool) -> Tensor:
-    """``q [R, h, T, D]`` over ``keys``/``values [R, h, S, D]`` -> ``[R, T, h * D]``: the C kernel for few frames (mask
-    None: the causal tail), else torch's."""
-    if few:
-        return skinny.attend(q, keys, values, mask, scale)
-    R, h, T, D = q.shape
-    out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale)
-    return out.transpose(1, 2).reshape(R, T, h * D)

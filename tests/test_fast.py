@@ -42,6 +42,23 @@ def test_static_cache_rolls_back_by_length_and_keeps_a_path_in_place():
         kv.crop(2)
 
 
+def assert_forwards_agree(quick, eager, prompts, chain: torch.Tensor, nodes: torch.Tensor, *more: torch.Tensor) -> None:
+    """On both targets: the prefill of ``prompts`` (16 new frames), a ``chain [2, 3, K]``, a tree of ``nodes [2, 4, K]``
+    (parents -1, -1, 0, 1) kept along a different path per row, one frame, then each of ``more``: the fast path's
+    logits agree with the eager forward's to float rounding."""
+    parents = torch.tensor([-1, -1, 0, 1])
+    got, want = [], []
+    for target, out in ((quick, got), (eager, want)):
+        out.append(target.start(prompts, 16))
+        out.append(target.forward(chain))
+        out.append(target.forward(nodes, parents))
+        target.keep(target.pos - 4 + 2, torch.tensor([[1, 3], [0, 2]]))  # a different path per row
+        out.append(target.forward(chain[:, :1]))
+        out.extend(target.forward(frames) for frames in more)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
 def test_fast_logits_equal_the_eager_forward(tiny_models, arch):
     """Prefill (left-padded), a chain and a tree: the two paths' logits agree to float rounding."""
@@ -50,17 +67,7 @@ def test_fast_logits_equal_the_eager_forward(tiny_models, arch):
     assert quick.forward_path == "fast" and eager.forward_path == "eager"
     chain = torch.tensor([[5, 6, 7], [8, 9, 10]])[..., None]  # [2, 3, 1]
     nodes = torch.tensor([[11, 12, 13, 14], [15, 16, 17, 18]])[..., None]  # [2, 4, 1]
-    parents = torch.tensor([-1, -1, 0, 1])
-    got, want = [], []
-    for target, out in ((quick, got), (eager, want)):
-        out.append(target.start(PROMPTS, 16))
-        out.append(target.forward(chain))
-        out.append(target.forward(nodes, parents))
-        target.keep(target.pos - 4 + 2, torch.tensor([[1, 3], [0, 2]]))  # a different path per row
-        out.append(target.forward(chain[:, :1]))
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
-
+    assert_forwards_agree(quick, eager, PROMPTS, chain, nodes)
 
 
 def test_janus_runs_its_language_model_on_the_fast_path_as_the_eager_forward_does(janus_models):
@@ -76,16 +83,7 @@ def test_janus_runs_its_language_model_on_the_fast_path_as_the_eager_forward_doe
     prompts = [[2, 10, 11, 12, 5], [2, 20, 5]]
     chain = torch.tensor([[5, 6, 7], [8, 9, 10]])[..., None]  # [2, 3, 1] image codes
     nodes = torch.tensor([[11, 12, 13, 14], [15, 16, 17, 18]])[..., None]
-    parents = torch.tensor([-1, -1, 0, 1])
-    got, want = [], []
-    for target, out in ((quick, got), (eager, want)):
-        out.append(target.start(prompts, 16))
-        out.append(target.forward(chain))
-        out.append(target.forward(nodes, parents))
-        target.keep(target.pos - 4 + 2, torch.tensor([[1, 3], [0, 2]]))
-        out.append(target.forward(chain[:, :1]))
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert_forwards_agree(quick, eager, prompts, chain, nodes)
     grids = mmspec.autoregressive(eager, prompts, max_new_tokens=16).tokens
     assert torch.equal(mmspec.autoregressive(quick, prompts, max_new_tokens=16).tokens, grids)
     drafter = ModelDrafter(JanusTarget(small, guidance_scale=3.0, fast=True))
@@ -94,8 +92,9 @@ def test_janus_runs_its_language_model_on_the_fast_path_as_the_eager_forward_doe
 
 def test_musicgen_runs_its_decoder_on_the_fast_path_as_the_eager_forward_does(musicgen_models, tokenizer):
     """MusicGen (guided; two prompts of different lengths, so the encoder's padding is masked): the BOS step, a chain, a
-    tree kept along a different path per row, a forward wider than the C attention takes, then greedy codes, autoregressive and drafted by the smaller MusicGen,
-    on the fast path: logits agree with the eager forward's to float rounding and the codes are the eager ones."""
+    tree kept along a different path per row, a forward wider than the C attention takes, then greedy codes,
+    autoregressive and drafted by the smaller MusicGen, on the fast path: logits agree with the eager forward's to float
+    rounding and the codes are the eager ones."""
     from mmspec.drafters.model import ModelDrafter
     from mmspec.speech import MusicgenTarget
 
@@ -106,21 +105,13 @@ def test_musicgen_runs_its_decoder_on_the_fast_path_as_the_eager_forward_does(mu
     prompts = ["hello world", "for i in range(10): print(i)"]
     chain = torch.tensor([[[5, 32, 32], [6, 7, 32], [8, 9, 10]], [[1, 32, 32], [2, 3, 32], [4, 5, 6]]])  # [2, 3, 3]
     nodes = torch.tensor([[[11, 12, 13]] * 4, [[14, 15, 16]] * 4]) + torch.arange(4)[None, :, None]  # [2, 4, 3]
-    parents = torch.tensor([-1, -1, 0, 1])
-    got, want = [], []
-    for target, out in ((quick, got), (eager, want)):
-        out.append(target.start(prompts, 12))
-        out.append(target.forward(chain))
-        out.append(target.forward(nodes, parents))
-        target.keep(target.pos - 4 + 2, torch.tensor([[1, 3], [0, 2]]))
-        out.append(target.forward(chain[:, :1]))
-        out.append(target.forward(torch.arange(2 * 34 * 3).view(2, 34, 3) % 32))  # past the C kernel's 32 frames
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    assert_forwards_agree(quick, eager, prompts, chain, nodes,
+                          torch.arange(2 * 34 * 3).view(2, 34, 3) % 32)  # past the C kernel's 32 frames
     codes = mmspec.autoregressive(eager, prompts, max_new_tokens=12).tokens
     assert torch.equal(mmspec.autoregressive(quick, prompts, max_new_tokens=12).tokens, codes)
     drafter = ModelDrafter(MusicgenTarget(small, tokenizer, guidance_scale=3.0, fast=True))
     assert torch.equal(mmspec.generate(quick, drafter, prompts, max_new_tokens=12, k=3).tokens, codes)
+
 
 def test_fast_path_greedy_equals_hf_generate_with_a_model_drafter(tiny_models):
     target = TextTarget.from_pretrained(tiny_models["llama"], fast=True)
